@@ -1,0 +1,95 @@
+"""Shared defaults for every jaxhybrid config (configs/*.py build on these).
+
+Every field exists here, so that the locked config refuses a misspelt key
+(``--config.batchsize=...`` is an error naming the valid keys).
+"""
+from __future__ import annotations
+
+import os
+
+import ml_collections
+
+MNIST_NPZ = os.environ.get(
+    "JAXHYBRID_MNIST_NPZ",
+    os.path.join(os.getcwd(), "..", "shared", "data", "mnist.npz"))
+
+
+def data_config(**overrides) -> ml_collections.ConfigDict:
+    d = ml_collections.ConfigDict({
+        "source": "digits",          # digits | npz | tfds
+        "name": "",                  # TFDS name (tfds) e.g. mnist, cifar10, svhn_cropped
+        "data_dir": "",              # TFDS data_dir ('' = $TFDS_DATA_DIR or ~/tensorflow_datasets)
+        "npz_path": "",              # npz with x_train, y_train, x_test, y_test
+        "validation_size": 0.1,      # int count or fraction of TRAIN (never test)
+        "seed": 0,                   # split seed (fixed across training seeds)
+        "ood_classes": (),           # classes removed from training; their test images = near-OOD set
+        "train_subset": 0,           # cap on training examples (0 = all)
+        "frame": 0,                  # zero-pad images to frame×frame (0 = keep size); thesis: 32
+        "mean": (),                  # per-channel normalisation inside the model ((): none)
+        "std": (),
+    })
+    d.update(overrides)
+    return d
+
+
+def optimizer_config(**overrides) -> ml_collections.ConfigDict:
+    d = ml_collections.ConfigDict({
+        "name": "adam",              # adam | adamw | sgd | momentum
+        "learning_rate": 1e-3,       # base learning rate at base_batch_size
+        "lr_scaling": "none",        # none | sqrt | linear (from base_batch_size; Hoffer et al. 2017: sqrt)
+        "base_batch_size": 128,
+        "schedule": "constant",      # constant | cosine | step
+        "warmup_steps": 0,
+        "decay_factor": 0.1,         # step schedule: multiply by this ...
+        "decay_every_epochs": 0,     # ... every this many epochs (0 = never)
+        "momentum": 0.9,             # sgd momentum / adam b1
+        "b2": 0.999,
+        "weight_decay": 0.0,         # adamw only
+        "grad_clip_norm": 0.0,       # 0 = no clipping
+    })
+    d.update(overrides)
+    return d
+
+
+def evals_config(**overrides) -> ml_collections.ConfigDict:
+    d = ml_collections.ConfigDict({
+        # comma-separated evaluator plug-ins, run at eval_every and at the end of training
+        "names": "classification,calibration,temperature,ood,adversarial",
+        "split": "test",             # the split the evaluators report on
+        "num_bins": 15,              # calibration bins (METRICS.md)
+        # OOD sets: heldout (data.ood_classes), digits (sklearn digits resized), uniform_noise,
+        # gaussian_noise, constant, inverted, and datasets "tfds:NAME[:split]" / "npz:PATH"
+        "ood_sets": "uniform_noise,gaussian_noise,constant,inverted",
+        "ood_max_examples": 0,       # cap per OOD set (0 = all)
+        "attack": "fgsm",            # fgsm | pgd
+        "epsilons": "default",       # default {0,1,2,4,8,16}/255 | dhm {0,.02..,.08} | "0,0.01,..."
+        "pgd_steps": 10,
+        "pgd_step_size": 0.0,        # 0 = 2.5·ε/steps
+        "pgd_random_start": False,
+        "adversarial_max_examples": 1000,  # attacked examples (first N of the split; 0 = all)
+    })
+    d.update(overrides)
+    return d
+
+
+def base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.family = "classifier"
+    c.joint_weight = 1.0             # λ: 0 = FFN (cross-entropy), 1 = GFFN (joint), between = mix
+    c.label_model = "softmax"        # softmax | binary (thesis eq. 2.15–2.20)
+    c.seed = 0                       # init + shuffling seed
+    c.data = data_config()
+    c.model = ml_collections.ConfigDict({"name": "cnn", "width": 32, "stages": 2,
+                                         "convs_per_stage": 2, "hidden": (256,)})
+    c.batch_size = 128               # GLOBAL batch over all devices and hosts
+    c.eval_batch_size = 512          # GLOBAL
+    c.num_epochs = 10.0
+    c.num_steps = 0                  # > 0 overrides num_epochs
+    c.optimizer = optimizer_config()
+    c.log_every = 50
+    c.checkpoint_every = 0           # steps; 0 = once per epoch
+    c.keep_checkpoints = 2           # latest N kept (the best by val accuracy is kept too)
+    c.eval_every = 0                 # run the evaluators every N steps (0 = only at the end)
+    c.num_devices = 0                # 0 = all devices
+    c.evals = evals_config()
+    return c

@@ -1,0 +1,165 @@
+"""OOD sets for the ``ood`` evaluator, from ``config.evals.ood_sets``.
+
+* ``heldout``: test images of ``data.ood_classes`` (removed from training): near-OOD.
+* ``digits``: sklearn's 1,797 8×8 digits, adapted to the in-distribution image shape.
+* ``tfds:NAME[:SPLIT]`` (default split ``test``), ``npz:PATH`` (its test arrays):
+  another dataset, adapted to the in-distribution image shape.
+* ``uniform_noise``, ``gaussian_noise``, ``constant``, ``inverted``: built-in transforms
+  of the in-distribution evaluation split (noise drawn per example from a hash of
+  (seed, example id), so identical on any device count and batch size).
+
+Foreign images are adapted to the in-distribution stored shape (H, W, C) by
+:func:`jaxhybrid.data.preprocess.adapt_to` (zero-pad if they fit, else bilinear
+resize; channels repeated 1→3 or luminance 3→1) and re-quantised to 8 bits; then the
+usual preprocessing (e.g. padding to the model frame) applies. The rule used is
+stated in the report.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import ml_collections
+import numpy as np
+
+from jaxhybrid.data.preprocess import adapt_to, to_float
+from jaxhybrid.data.sources import SubsetSource, load_source_split
+
+TRANSFORMS = ("uniform_noise", "gaussian_noise", "constant", "inverted")
+NAMED = ("heldout", "digits") + TRANSFORMS
+
+
+@dataclasses.dataclass
+class OODSet:
+    name: str
+    source: object
+    description: str
+
+
+def _to_uint8(x: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)
+
+
+class AdaptedSource:
+    """A foreign source whose images are adapted to ``target_shape`` (H, W, C)."""
+
+    def __init__(self, base, target_shape):
+        self.base, self.image_shape = base, tuple(target_shape)
+        self.num_examples = len(base)
+        _, self.rule = adapt_to(to_float(base.get(np.arange(min(1, len(base))))["image"]),
+                                self.image_shape)
+
+    def __len__(self):
+        return self.num_examples
+
+    @property
+    def labels(self):
+        return self.base.labels
+
+    def get(self, indices):
+        rows = self.base.get(np.asarray(indices))
+        images, _ = adapt_to(to_float(rows["image"]), self.image_shape)
+        return {"image": _to_uint8(images), "label": rows["label"]}
+
+
+def _hash_uniform(seed: int, ids: np.ndarray, size: int) -> np.ndarray:
+    """U[0, 1) [n, size], a deterministic function of (seed, id, position) (splitmix64)."""
+    with np.errstate(over="ignore"):
+        x = (np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15)
+             + ids.astype(np.uint64)[:, None] * np.uint64(0xBF58476D1CE4E5B9)
+             + np.arange(size, dtype=np.uint64)[None, :] * np.uint64(0x94D049BB133111EB))
+        x ^= x >> np.uint64(30)
+        x *= np.uint64(0xBF58476D1CE4E5B9)
+        x ^= x >> np.uint64(27)
+        x *= np.uint64(0x94D049BB133111EB)
+        x ^= x >> np.uint64(31)
+    return (x >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+
+
+class TransformedSource:
+    """The in-distribution split with a transform applied per example."""
+
+    def __init__(self, base, kind: str, seed: int = 0):
+        if kind not in TRANSFORMS:
+            raise ValueError(f"Unknown transform {kind!r}; valid: {', '.join(TRANSFORMS)}")
+        self.base, self.kind, self.seed = base, kind, seed
+        self.image_shape = tuple(base.image_shape)
+        self.num_examples = len(base)
+
+    def __len__(self):
+        return self.num_examples
+
+    @property
+    def labels(self):
+        return self.base.labels
+
+    def get(self, indices):
+        indices = np.asarray(indices)
+        rows = self.base.get(indices)
+        n = len(indices)
+        h, w, c = self.image_shape
+        if self.kind == "inverted":
+            images = 255 - rows["image"]
+        elif self.kind == "uniform_noise":
+            images = _to_uint8(_hash_uniform(self.seed, indices, h * w * c).reshape(n, h, w, c))
+        elif self.kind == "gaussian_noise":  # N(0.5, 0.25²) clipped to [0, 1] (Box–Muller)
+            u = _hash_uniform(self.seed + 1, indices, 2 * h * w * c)
+            u1, u2 = np.maximum(u[:, 0::2], 1e-12), u[:, 1::2]
+            g = np.sqrt(-2 * np.log(u1)) * np.cos(2 * np.pi * u2)
+            images = _to_uint8(np.clip(0.5 + 0.25 * g, 0, 1).reshape(n, h, w, c))
+        else:  # constant: one U[0,1] value per image and channel
+            v = _hash_uniform(self.seed + 2, indices, c)
+            images = _to_uint8(np.broadcast_to(v[:, None, None, :], (n, h, w, c)))
+        return {"image": images, "label": rows["label"]}
+
+
+DESCRIPTIONS = {
+    "uniform_noise": "uniform noise U[0,1] per pixel",
+    "gaussian_noise": "Gaussian noise N(0.5, 0.25²) per pixel, clipped to [0,1]",
+    "constant": "constant images, one U[0,1] value per image and channel",
+    "inverted": "inverted in-distribution images (1 − x)",
+}
+
+
+def _foreign(exp, spec: str):
+    kind, _, rest = spec.partition(":")
+    if kind == "tfds":
+        name, _, split = rest.partition(":")
+        cfg = ml_collections.ConfigDict({"source": "tfds", "name": name,
+                                         "data_dir": exp.config.data.data_dir})
+        return load_source_split(cfg, split or "test"), f"TFDS {name} ({split or 'test'} split)"
+    if kind == "npz":
+        cfg = ml_collections.ConfigDict({"source": "npz", "npz_path": rest})
+        return load_source_split(cfg, "test"), f"npz {rest} (test arrays)"
+    raise ValueError(f"Unknown OOD set {spec!r}; valid: {', '.join(NAMED)}, "
+                     f"tfds:NAME[:SPLIT], npz:PATH")
+
+
+def build_ood_sets(exp, spec: str, *, max_examples: int = 0) -> list[OODSet]:
+    sets = []
+    eval_source = {"test": exp.splits.test, "validation": exp.splits.validation}.get(
+        exp.config.evals.split, exp.splits.test)
+    for item in [s.strip() for s in spec.split(",") if s.strip()]:
+        if item == "heldout":
+            if exp.splits.heldout_test is None or len(exp.splits.heldout_test) == 0:
+                raise ValueError("OOD set 'heldout' needs data.ood_classes (classes removed "
+                                 "from training), but none are set")
+            src = exp.splits.heldout_test
+            desc = (f"test images of the held-out classes {tuple(exp.config.data.ood_classes)} "
+                    f"(never seen in training)")
+        elif item in TRANSFORMS:
+            src = TransformedSource(eval_source, item, seed=exp.config.seed)
+            desc = DESCRIPTIONS[item] + f", shaped like the {exp.config.evals.split} split"
+        elif item == "digits":
+            cfg = ml_collections.ConfigDict({"source": "digits"})
+            base = load_source_split(cfg, "all")
+            src = AdaptedSource(base, exp.splits.image_shape)
+            desc = f"sklearn digits (all {len(base)}); {src.rule}"
+        else:
+            base, what = _foreign(exp, item)
+            src = AdaptedSource(base, exp.splits.image_shape)
+            desc = f"{what}; {src.rule}"
+        if max_examples and len(src) > max_examples:
+            src = SubsetSource(src, np.arange(max_examples))
+            desc += f"; first {max_examples} examples"
+        sets.append(OODSet(item, src, desc))
+    return sets

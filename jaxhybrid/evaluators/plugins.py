@@ -1,0 +1,224 @@
+"""The evaluator plug-ins: classification, calibration, temperature, ood, adversarial.
+
+Each takes an :class:`EvalContext` and returns a :class:`Section`. Metrics are
+computed over whole splits (outputs gathered from padded, masked batches), never
+averaged over batches.
+"""
+from __future__ import annotations
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxhybrid import parallel
+from jaxhybrid.evaluators import EvalContext, Section, plots
+from jaxhybrid.evaluators import ood_sets as ood_sets_lib
+from jaxhybrid.evaluators.adversarial import epsilon_grid, fgsm, pgd
+from jaxhybrid.evaluators.calibration import calibration_metrics
+from jaxhybrid.evaluators.ood import ood_metrics, roc_curve
+from jaxhybrid.evaluators.temperature import apply_temperature, fit_temperature, nll
+
+
+def _probs(logits) -> np.ndarray:
+    z = np.asarray(logits, np.float64)
+    z = z - z.max(-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(-1, keepdims=True)
+
+
+def _table(rows: list[list], header: list[str]) -> str:
+    def fmt(v):
+        if isinstance(v, float):
+            return f"{v:.4f}"
+        return str(v)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(fmt(v) for v in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+# -- classification ----------------------------------------------------------------------
+def classification(ctx: EvalContext) -> Section:
+    """accuracy, NLL (nats), Brier score (Σ_k (p_k − y_k)², mean over examples)."""
+    ctx.require_logits("classification")
+    out = ctx.outputs()
+    logits, labels = out["logits"], out["label"]
+    p = _probs(logits)
+    onehot = np.eye(p.shape[1])[labels]
+    m = {"accuracy": float(np.mean(p.argmax(-1) == labels)),
+         "nll": nll(logits, labels),
+         "brier": float(np.mean(np.sum((p - onehot) ** 2, -1))),
+         "num_examples": int(len(labels)), "split": ctx.config.evals.split}
+    md = _table([[m["split"], m["num_examples"], m["accuracy"], m["nll"], m["brier"]]],
+                ["split", "examples", "accuracy", "NLL (nats)", "Brier"])
+    return Section("classification", m, {"accuracy": m["accuracy"], "nll": m["nll"],
+                                         "brier": m["brier"]}, md)
+
+
+# -- calibration -------------------------------------------------------------------------
+def calibration(ctx: EvalContext) -> Section:
+    ctx.require_logits("calibration")
+    out = ctx.outputs()
+    p, labels = _probs(out["logits"]), out["label"]
+    bins = int(ctx.config.evals.num_bins)
+    cal = calibration_metrics(p, labels, num_bins=bins)
+    cal_mass = calibration_metrics(p, labels, num_bins=bins, binning="equal_mass")
+    fig = "reliability.png"
+    plots.reliability_diagram(cal, os.path.join(ctx.out_dir, fig),
+                              title=f"{ctx.exp.family.name} λ={ctx.config.joint_weight}")
+    m = {"equal_width": cal, "equal_mass": {k: cal_mass[k] for k in ("ece", "mce", "rms_ce")}}
+    md = (f"Top-label confidence, {bins} equal-width bins (lo, hi], confidence 1.0 in the "
+          f"last bin, computed over the whole split.\n\n"
+          + _table([["equal-width", cal["ece"], cal["mce"], cal["rms_ce"]],
+                    ["equal-mass", cal_mass["ece"], cal_mass["mce"], cal_mass["rms_ce"]]],
+                   ["binning", "ECE", "MCE", "RMS-CE"]))
+    return Section("calibration", m, {"ece": cal["ece"], "mce": cal["mce"],
+                                      "rms_ce": cal["rms_ce"]}, md,
+                   [("Reliability diagram", fig)])
+
+
+# -- temperature scaling -----------------------------------------------------------------
+def temperature_scaling(ctx: EvalContext) -> Section:
+    """Fit T on the validation split (NLL), report ECE/NLL before and after on the eval split."""
+    ctx.require_logits("temperature")
+    if len(ctx.exp.splits.validation) == 0:
+        return Section("temperature", {"skipped": "empty validation split"}, {},
+                       "Skipped: the validation split is empty (data.validation_size=0).")
+    val = ctx.outputs("validation")
+    t = fit_temperature(val["logits"], val["label"])
+    out = ctx.outputs()
+    logits, labels = out["logits"], out["label"]
+    bins = int(ctx.config.evals.num_bins)
+    before = calibration_metrics(_probs(logits), labels, num_bins=bins)
+    scaled = np.asarray(apply_temperature(logits, t))
+    after = calibration_metrics(_probs(scaled), labels, num_bins=bins)
+    fig = "reliability_temperature_scaled.png"
+    plots.reliability_diagram(after, os.path.join(ctx.out_dir, fig), title=f"after T={t:.3f}")
+    m = {"temperature": t, "fitted_on": "validation", "num_fit_examples": int(len(val["label"])),
+         "ece_before": before["ece"], "ece_after": after["ece"],
+         "nll_before": nll(logits, labels), "nll_after": nll(scaled, labels),
+         "reliability_after": after}
+    md = (f"T = {t:.4f}, fitted by minimising NLL on the validation split "
+          f"({m['num_fit_examples']} examples); reported on the {ctx.config.evals.split} split.\n\n"
+          + _table([["before", m["ece_before"], m["nll_before"]],
+                    [f"after (T={t:.3f})", m["ece_after"], m["nll_after"]]],
+                   ["", "ECE", "NLL"]))
+    return Section("temperature", m, {"temperature": t, "ece_after_ts": m["ece_after"],
+                                      "nll_after_ts": m["nll_after"]}, md,
+                   [("Reliability after temperature scaling", fig)])
+
+
+# -- OOD detection -----------------------------------------------------------------------
+def ood(ctx: EvalContext) -> Section:
+    """Every OOD set of evals.ood_sets × every score of the family (higher = in-dist)."""
+    fam = ctx.exp.family
+    if fam.ood_scores is None:
+        raise ValueError(f"family {fam.name!r} offers no OOD scores")
+    in_scores = {k: np.asarray(v) for k, v in fam.ood_scores(ctx.outputs()).items()}
+    sets = ood_sets_lib.build_ood_sets(ctx.exp, ctx.config.evals.ood_sets,
+                                       max_examples=ctx.config.evals.ood_max_examples)
+    m: dict = {"convention": {
+        "score": "higher = more in-distribution",
+        "fpr95": "fraction of OOD accepted at the threshold keeping 95% of in-dist "
+                 "(in-distribution positive; Hendrycks & Gimpel)",
+        "fpr80_ood": "fraction of in-dist flagged OOD at the threshold catching 80% of OOD "
+                     "(OOD positive; hvae-oodd FPR80)"},
+        "in_distribution": {"split": ctx.config.evals.split,
+                            "num_examples": int(len(next(iter(in_scores.values()))))},
+        "sets": {}}
+    headline, rows = {}, []
+    out_scores: dict[str, dict[str, np.ndarray]] = {}
+    for s in sets:
+        outputs = ctx.predictor.outputs(ctx.params, s.source)
+        scores = {k: np.asarray(v) for k, v in fam.ood_scores(outputs).items()}
+        out_scores[s.name] = scores
+        m["sets"][s.name] = {"description": s.description, "num_examples": int(len(s.source)),
+                             "scores": {}}
+        for score_name, s_in in in_scores.items():
+            r = ood_metrics(s_in, scores[score_name])
+            m["sets"][s.name]["scores"][score_name] = r
+            headline[f"ood/{s.name}/{score_name}/auroc"] = r["auroc"]
+            rows.append([s.name, score_name, r["auroc"], r["aupr_in"], r["aupr_out"],
+                         r["fpr95"], r["fpr80_ood"], r["num_in"], r["num_out"]])
+    figures = []
+    for score_name, s_in in in_scores.items():
+        if not sets:
+            break
+        hist = f"ood_hist_{score_name}.png"
+        plots.score_histograms(s_in, {n: v[score_name] for n, v in out_scores.items()},
+                               os.path.join(ctx.out_dir, hist), score_name)
+        curves = {}
+        for n, v in out_scores.items():
+            fpr, tpr = roc_curve(s_in, v[score_name])
+            curves[n] = (fpr, tpr, m["sets"][n]["scores"][score_name]["auroc"])
+        roc = f"ood_roc_{score_name}.png"
+        plots.roc_curves(curves, os.path.join(ctx.out_dir, roc), title=f"ROC: {score_name}")
+        figures += [(f"Score histograms: {score_name}", hist), (f"ROC curves: {score_name}", roc)]
+    desc = "\n".join(f"- **{s.name}**: {s.description} ({len(s.source)} examples)" for s in sets)
+    md = (f"In-distribution: the {ctx.config.evals.split} split "
+          f"({m['in_distribution']['num_examples']} examples). Scores: higher = more "
+          f"in-distribution (max_softmax; log_px = log Z(x) = logsumexp of the logits, i.e. "
+          f"log p(x) + const; max_logit). AUROC/AUPR-In/AUPR-Out as sklearn; **FPR@95**: "
+          f"fraction of OOD accepted at the threshold that keeps 95% of in-distribution "
+          f"(in-distribution positive); **FPR@80 (OOD+)**: fraction of in-distribution "
+          f"flagged as OOD at the threshold catching 80% of OOD (hvae-oodd).\n\n{desc}\n\n"
+          + _table(rows, ["OOD set", "score", "AUROC", "AUPR-In", "AUPR-Out", "FPR@95",
+                          "FPR@80 (OOD+)", "# in", "# OOD"]))
+    return Section("ood", m, headline, md, figures)
+
+
+# -- adversarial robustness --------------------------------------------------------------
+def _attack_fn(ctx: EvalContext, epsilons):
+    """Jitted, sharded: batch -> {'correct_<i>': [B] bool} for each ε of the grid."""
+    ev = ctx.config.evals
+    logits_fn = ctx.exp.family.logits_fn
+    attack = ev.attack
+    if attack not in ("fgsm", "pgd"):
+        raise ValueError(f"Unknown evals.attack {attack!r}; valid choices: fgsm, pgd")
+
+    def per_device(params, batch):
+        f = lambda z: logits_fn(params, z)  # deterministic eval mode
+        x, y = batch["image"], batch["label"]
+        out = {}
+        for i, eps in enumerate(epsilons):
+            if attack == "fgsm":
+                x_adv = fgsm(f, x, y, eps)
+            else:
+                step = ev.pgd_step_size or 2.5 * eps / max(ev.pgd_steps, 1)
+                rng = jax.random.fold_in(jax.random.PRNGKey(ctx.config.seed),
+                                         jax.lax.axis_index(parallel.AXIS))
+                x_adv = pgd(f, x, y, eps, steps=int(ev.pgd_steps), step_size=step, rng=rng,
+                            random_start=bool(ev.pgd_random_start))
+            out[f"correct_{i}"] = jnp.argmax(f(x_adv), -1) == y
+        return out
+
+    return jax.jit(parallel.shard_outputs(per_device, ctx.exp.mesh))
+
+
+def adversarial(ctx: EvalContext) -> Section:
+    """Accuracy under FGSM (or PGD) at each ε (pixel scale [0, 1]; clipped to [0, 1])."""
+    ctx.require_logits("adversarial")
+    ev = ctx.config.evals
+    epsilons = epsilon_grid(ev.epsilons)
+    fn = _attack_fn(ctx, epsilons)
+    out = ctx.predictor.outputs(ctx.params, ctx.split_source(), fn=fn,
+                                max_examples=int(ev.adversarial_max_examples))
+    acc = [float(np.mean(out[f"correct_{i}"])) for i in range(len(epsilons))]
+    n = int(len(out["label"]))
+    fig = "robustness.png"
+    plots.accuracy_vs_epsilon({f"{ctx.exp.family.name} λ={ctx.config.joint_weight}":
+                               (list(epsilons), acc)}, os.path.join(ctx.out_dir, fig),
+                              title=f"{ev.attack.upper()} accuracy")
+    m = {"attack": ev.attack, "epsilons": list(epsilons), "accuracy": acc, "num_examples": n,
+         "epsilon_units": "pixel scale [0, 1]", "clip": [0.0, 1.0]}
+    if ev.attack == "pgd":
+        m.update(pgd_steps=int(ev.pgd_steps), pgd_step_size=ev.pgd_step_size or "2.5·ε/steps",
+                 pgd_random_start=bool(ev.pgd_random_start))
+    headline = {f"{ev.attack}/eps={e:.4g}/accuracy": a for e, a in zip(epsilons, acc)}
+    md = (f"Untargeted {ev.attack.upper()} on the true label, ε in units of the [0, 1] pixel "
+          f"scale (normalisation happens inside the model), x' clipped to [0, 1], sign(0) = 0, "
+          f"per-example gradients; {n} examples of the {ev.split} split.\n\n"
+          + _table([[f"{e:.4f} ({e * 255:.1f}/255)", a] for e, a in zip(epsilons, acc)],
+                   ["ε", "accuracy"]))
+    return Section("adversarial", m, headline, md, [(f"Accuracy vs ε ({ev.attack})", fig)])

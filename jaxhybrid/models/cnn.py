@@ -1,0 +1,57 @@
+"""The GFFN thesis CNN: conv + ReLU + max-pool stages, then dense layers.
+
+No dropout and no batch norm, so the logits are a deterministic function of the
+input (SEEDS.md §1). Inputs are pixel-space images [B, H, W, C] in [0, 1];
+optional per-channel normalisation happens inside the module, so that attacks and
+OOD transforms work in pixel space.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+
+class Normalize(nn.Module):
+    """(x − mean) / std per channel; identity when mean/std are None."""
+    mean: Sequence[float] | None = None
+    std: Sequence[float] | None = None
+
+    @nn.compact
+    def __call__(self, x):
+        if self.mean is None and self.std is None:
+            return x
+        mean = jnp.asarray(self.mean if self.mean is not None else 0.0, x.dtype)
+        std = jnp.asarray(self.std if self.std is not None else 1.0, x.dtype)
+        return (x - mean) / std
+
+
+class ThesisCNN(nn.Module):
+    """conv(w)-conv(w)-pool, conv(2w)-conv(2w)-pool, ..., dense(hidden)-ReLU, dense(K).
+
+    x: [B, H, W, C] -> logits [B, K]. ``stages`` pooling stages, each of
+    ``convs_per_stage`` 3×3 convolutions with ReLU; channel width doubles per stage.
+    """
+    num_classes: int
+    width: int = 32
+    stages: int = 2
+    convs_per_stage: int = 2
+    hidden: Sequence[int] = (256,)
+    mean: Sequence[float] | None = None
+    std: Sequence[float] | None = None
+    dtype: str = "float32"
+
+    @nn.compact
+    def __call__(self, x, *, train: bool = False):
+        del train  # deterministic: no dropout, no batch norm
+        dtype = jnp.dtype(self.dtype)
+        x = Normalize(self.mean, self.std)(x.astype(jnp.float32)).astype(dtype)
+        for s in range(self.stages):
+            for _ in range(self.convs_per_stage):
+                x = nn.relu(nn.Conv(self.width * 2**s, (3, 3), padding="SAME", dtype=dtype)(x))
+            x = nn.max_pool(x, (2, 2), strides=(2, 2), padding="SAME")
+        x = x.reshape((x.shape[0], -1))
+        for h in self.hidden:
+            x = nn.relu(nn.Dense(h, dtype=dtype)(x))
+        return nn.Dense(self.num_classes, dtype=dtype)(x).astype(jnp.float32)

@@ -1,0 +1,121 @@
+"""Device mesh, global arrays from host-local batches, and the shard_map'd step.
+
+One 1-D mesh axis named ``data`` spans every device of every host. Parameters are
+replicated (``P()``), batches are split along their leading axis (``P('data')``).
+The loss is written per device and reduced with explicit collectives over
+``data`` (e.g. the GFFN batch partition, :mod:`jaxhybrid.objectives.joint`); the
+gradient is taken *outside* the ``jax.shard_map``, so it equals the single-device
+full-batch gradient with no double reduction ("pmap-style", but with shard_map).
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+AXIS = "data"
+
+
+def maybe_initialize_distributed() -> None:
+    """Call ``jax.distributed.initialize()`` when JAXHYBRID_DISTRIBUTED=1.
+
+    On a Cloud TPU pod or under SLURM, JAX auto-detects coordinator, process count
+    and process id; the launch scripts in launch/ set the variable.
+    """
+    import os
+    if os.environ.get("JAXHYBRID_DISTRIBUTED", "0") in ("1", "true", "True"):
+        jax.distributed.initialize()
+        logging.info("jax.distributed initialised: process %d of %d, %d local / %d global devices",
+                     jax.process_index(), jax.process_count(), jax.local_device_count(),
+                     jax.device_count())
+
+
+def make_mesh(num_devices: int | None = None) -> Mesh:
+    """A 1-D mesh over the first ``num_devices`` devices (all by default), axis ``data``."""
+    devices = jax.devices()
+    if num_devices is not None and num_devices > 0:
+        if num_devices > len(devices):
+            raise ValueError(f"num_devices={num_devices} but only {len(devices)} devices exist")
+        devices = devices[:num_devices]
+    return Mesh(np.asarray(devices), (AXIS,))
+
+
+def check_global_batch(global_batch_size: int, mesh: Mesh) -> int:
+    """Refuse a global batch the devices do not divide; return the per-host batch."""
+    n_dev = mesh.devices.size
+    n_proc = len({d.process_index for d in mesh.devices.flat})
+    if global_batch_size <= 0 or global_batch_size % n_dev:
+        raise ValueError(
+            f"Global batch size {global_batch_size} is not divisible by the {n_dev} devices "
+            f"({n_proc} host(s) × {n_dev // max(n_proc, 1)} local devices). The batch size in the "
+            f"config is the GLOBAL batch; choose a multiple of {n_dev} "
+            f"(e.g. {max(n_dev, (global_batch_size // n_dev) * n_dev) or n_dev}).")
+    return global_batch_size // n_proc
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def data_sharded(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P(AXIS))
+
+
+def host_slice(global_batch_size: int, mesh: Mesh) -> slice:
+    """The rows of a global batch that this host reads (its devices' share)."""
+    n_proc = len({d.process_index for d in mesh.devices.flat})
+    per_host = global_batch_size // n_proc
+    # Processes own contiguous blocks of the 1-D mesh (jax.devices() is process-ordered).
+    proc_ids = sorted({d.process_index for d in mesh.devices.flat})
+    i = proc_ids.index(jax.process_index())
+    return slice(i * per_host, (i + 1) * per_host)
+
+
+def to_global(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+    """Assemble global arrays, sharded along ``data``, from this host's rows."""
+    sharding = data_sharded(mesh)
+    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+            for k, v in local_batch.items()}
+
+
+def to_host(x: jax.Array) -> np.ndarray:
+    """Fetch a (possibly multi-host) sharded array as one numpy array on every host."""
+    if jax.process_count() == 1:
+        return np.asarray(jax.device_get(x))
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def shard_loss(loss_fn: Callable, mesh: Mesh) -> Callable:
+    """Wrap ``loss_fn(params, batch, rng, axis_name) -> (loss, aux)`` for the mesh.
+
+    Inside, every device sees its own rows of the batch and a device-specific rng
+    (``fold_in(rng, axis_index)``); ``loss_fn`` must reduce its outputs over
+    ``axis_name`` (psum/pmean) so that they are the same on every device.
+    """
+    def per_device(params, batch, rng):
+        rng = jax.random.fold_in(rng, jax.lax.axis_index(AXIS))
+        return loss_fn(params, batch, rng, AXIS)
+
+    return jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(AXIS), P()),
+                         out_specs=(P(), P()))
+
+
+def shard_outputs(fn: Callable, mesh: Mesh) -> Callable:
+    """Wrap a per-example ``fn(params, batch) -> pytree of [B, ...]`` for the mesh."""
+    return jax.shard_map(fn, mesh=mesh, in_specs=(P(), P(AXIS)), out_specs=P(AXIS))
+
+
+def tree_shapes(tree: Any) -> dict[str, tuple]:
+    """{'/path/to/leaf': shape} for readable mismatch messages."""
+    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {jax.tree_util.keystr(path): tuple(getattr(leaf, "shape", ()))
+            for path, leaf in flat}
+
+
+def global_norm(tree) -> jax.Array:
+    return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree_util.tree_leaves(tree)))
