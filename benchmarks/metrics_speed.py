@@ -1,0 +1,112 @@
+"""Speed of the whole-set evaluation metrics on 10^6 examples.
+
+Run:  python benchmarks/metrics_speed.py [--n 1000000] [--repeats 7]
+
+Times, on the same synthetic data in the same run:
+- calibration_metrics on probs [N, K=10] float32 against a straightforward numpy reference
+  (one boolean mask per bin);
+- ood_metrics on N/2 in-distribution + N/2 OOD scores against scikit-learn
+  roc_auc_score + 2 x average_precision_score (AUROC, AUPR-In, AUPR-Out).
+Prints median and min-max seconds, and the ratio reference / ours (> 1: ours is faster).
+Target: each of ours under 1 s on a 2-core CPU.
+
+Sections are functions returning result rows, so an FGSM throughput section
+(`bench_fgsm`) can be added to `main()` once a model exists.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+
+from jaxhybrid.evaluators import calibration, ood
+
+
+def timeit(fn, repeats: int):
+    """Calls fn once to warm up, then `repeats` times -> (median, min, max) seconds, result."""
+    result = fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return (statistics.median(times), min(times), max(times)), result
+
+
+def reference_calibration(probs, labels, num_bins=15):
+    """Straightforward numpy ECE: top-label, then a boolean mask per bin."""
+    conf = probs.max(axis=1).astype(np.float64)
+    correct = probs.argmax(axis=1) == labels
+    edges = np.linspace(0.0, 1.0, num_bins + 1)
+    ece = 0.0
+    for m in range(num_bins):
+        mask = (conf > edges[m]) & (conf <= edges[m + 1])
+        if m == 0:
+            mask |= conf == 0.0
+        if mask.any():
+            ece += mask.mean() * abs(correct[mask].mean() - conf[mask].mean())
+    return ece
+
+
+def reference_ood(score_in, score_out):
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    s = np.concatenate([score_in, score_out])
+    is_in = np.concatenate([np.ones(score_in.size, bool), np.zeros(score_out.size, bool)])
+    return (roc_auc_score(is_in, s), average_precision_score(is_in, s),
+            average_precision_score(~is_in, -s))
+
+
+def bench_calibration(n: int, repeats: int, rng) -> list[dict]:
+    logits = rng.normal(size=(n, 10)).astype(np.float32) * 3.0
+    probs = np.exp(logits - logits.max(1, keepdims=True))
+    probs /= probs.sum(1, keepdims=True)
+    labels = rng.integers(0, 10, n)
+    t_ours, ours = timeit(lambda: calibration.calibration_metrics(probs, labels), repeats)
+    t_ref, ref = timeit(lambda: reference_calibration(probs, labels), repeats)
+    assert abs(ours["ece"] - ref) < 1e-9, (ours["ece"], ref)
+    return [
+        {"name": f"calibration_metrics  N={n} K=10", "t": t_ours, "ref_t": t_ref},
+        {"name": "  reference: numpy mask per bin", "t": t_ref, "ref_t": None},
+    ]
+
+
+def bench_ood(n: int, repeats: int, rng) -> list[dict]:
+    n_in = n // 2
+    # float32 scores rounded to 3 decimals: realistic ties between and within the sets.
+    score_in = np.round(rng.normal(1.0, 1.0, n_in), 3).astype(np.float32)
+    score_out = np.round(rng.normal(0.0, 1.0, n - n_in), 3).astype(np.float32)
+    t_ours, ours = timeit(lambda: ood.ood_metrics(score_in, score_out), repeats)
+    t_ref, ref = timeit(lambda: reference_ood(score_in, score_out), repeats)
+    got = (ours["auroc"], ours["aupr_in"], ours["aupr_out"])
+    assert np.allclose(got, ref, rtol=0, atol=1e-10), (got, ref)
+    return [
+        {"name": f"ood_metrics  {n_in} in + {n - n_in} out", "t": t_ours, "ref_t": t_ref},
+        {"name": "  reference: sklearn auroc + 2 x AP", "t": t_ref, "ref_t": None},
+    ]
+
+
+def print_rows(rows: list[dict]) -> None:
+    for r in rows:
+        med, lo, hi = r["t"]
+        ratio = f"  ref/ours = {r['ref_t'][0] / med:5.1f}x" if r["ref_t"] else ""
+        print(f"{r['name']:<44s} median {med * 1e3:8.1f} ms  (min {lo * 1e3:7.1f}, max {hi * 1e3:7.1f}){ratio}")
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=1_000_000, help="examples per metric")
+    parser.add_argument("--repeats", type=int, default=7, help="timed repetitions after one warm-up")
+    args = parser.parse_args(argv)
+    rng = np.random.default_rng(0)
+    print(f"numpy {np.__version__}; {args.repeats} repeats after one warm-up; times in ms")
+    print_rows(bench_calibration(args.n, args.repeats, rng))
+    print_rows(bench_ood(args.n, args.repeats, rng))
+    # bench_fgsm(...) goes here once a model exists.
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,136 @@
+"""Untargeted FGSM and PGD on the true label, in pixel space.
+
+Conventions follow docs METRICS.md ("Adversarial robustness"):
+- eps is in units of the [0, 1] pixel scale; `logits_fn` takes pixel-space inputs and
+  normalises inside, so attacks never see normalised inputs;
+- the loss is the SUMMED cross-entropy over the batch, so each example's input gradient
+  depends on that example only;
+- sign(0) = 0; results are clipped to the valid data range [clip_min, clip_max];
+- models with stochastic parts are attacked in deterministic evaluation mode: `logits_fn`
+  must be deterministic (close over params, no rng).
+
+All functions are pure and jittable with `logits_fn` closed over; eps and step_size may be
+traced scalars, `steps` must be a Python int.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+
+DEFAULT_EPSILONS = (0.0, 1 / 255, 2 / 255, 4 / 255, 8 / 255, 16 / 255)  # METRICS.md default grid
+DHM_EPSILONS = (0.0, 0.02, 0.03, 0.04, 0.05, 0.06, 0.07, 0.08)  # DHM paper grid, plus clean
+EPSILON_GRIDS = {"default": DEFAULT_EPSILONS, "dhm": DHM_EPSILONS}
+
+LogitsFn = Callable[[jax.Array], jax.Array]
+
+
+def epsilon_grid(name_or_values) -> tuple[float, ...]:
+    """"default" | "dhm" | a sequence of floats >= 0 -> tuple of floats (pixel scale)."""
+    if isinstance(name_or_values, str):
+        key = name_or_values.lower()
+        if key not in EPSILON_GRIDS:
+            raise ValueError(
+                f"unknown epsilon grid {name_or_values!r}; valid choices: "
+                f"{', '.join(repr(k) for k in EPSILON_GRIDS)} or a sequence of floats"
+            )
+        return EPSILON_GRIDS[key]
+    if not isinstance(name_or_values, Sequence) and not hasattr(name_or_values, "__array__"):
+        raise ValueError(
+            f"epsilon grid must be one of {', '.join(repr(k) for k in EPSILON_GRIDS)} "
+            f"or a sequence of floats, got {name_or_values!r}"
+        )
+    values = tuple(float(v) for v in list(name_or_values))
+    if not values:
+        raise ValueError("epsilon grid is empty")
+    bad = [v for v in values if not (v >= 0.0 and v != float("inf"))]
+    if bad:
+        raise ValueError(f"epsilons must be finite and >= 0 (pixel scale [0, 1]), got {bad}")
+    return values
+
+
+def _summed_ce_grad(logits_fn: LogitsFn, x: jax.Array, y: jax.Array) -> jax.Array:
+    """x: [B, ...] pixels, y: [B] ints -> d/dx sum_i CE(logits_fn(x)_i, y_i): [B, ...].
+
+    Summed (not averaged) so row i is the gradient of example i's own loss (METRICS.md).
+    """
+
+    def summed_ce(x):
+        logits = logits_fn(x).astype(jnp.float32)
+        logp = jax.nn.log_softmax(logits, axis=-1)
+        return -jnp.sum(jnp.take_along_axis(logp, y[:, None].astype(jnp.int32), axis=-1))
+
+    return jax.grad(summed_ce)(x)
+
+
+def fgsm(logits_fn: LogitsFn, x, y, eps, clip_min=0.0, clip_max=1.0) -> jax.Array:
+    """Fast gradient sign method (Goodfellow et al., 2015), untargeted, on the true label.
+
+    Args:
+      logits_fn: pixel-space inputs [B, H, W, C] -> logits [B, K]; deterministic.
+      x: [B, H, W, C] clean inputs in [clip_min, clip_max] (pixel scale).
+      y: [B] int true labels.
+      eps: scalar >= 0 (may be traced).
+    Returns:
+      x_adv: [B, H, W, C] = clip(x + eps * sign(grad_x sum_i CE_i), clip_min, clip_max);
+      eps == 0 returns x unchanged (not even clipped).
+    """
+    x = jnp.asarray(x)
+    g = _summed_ce_grad(logits_fn, x, jnp.asarray(y))
+    x_adv = jnp.clip(x + eps * jnp.sign(g), clip_min, clip_max)  # METRICS.md FGSM; sign(0) = 0
+    return jnp.where(eps == 0, x, x_adv).astype(x.dtype)
+
+
+def pgd(
+    logits_fn: LogitsFn,
+    x,
+    y,
+    eps,
+    *,
+    steps: int,
+    step_size,
+    rng=None,
+    random_start: bool = False,
+    clip_min=0.0,
+    clip_max=1.0,
+) -> jax.Array:
+    """Projected gradient descent, L-inf (Madry et al., 2018), untargeted, on the true label.
+
+    Each of `steps` iterations:
+        x <- clip(proj_{|x - x0|_inf <= eps}(x + step_size * sign(grad_x sum_i CE_i)),
+                  clip_min, clip_max)
+    starting from x0, or, with random_start (needs rng), from clip(x0 + U[-eps, eps]).
+    With steps=1, step_size=eps and no random start this equals `fgsm` exactly.
+
+    Args:
+      logits_fn: pixel-space inputs [B, H, W, C] -> logits [B, K]; deterministic.
+      x: [B, H, W, C] clean inputs; y: [B] int labels.
+      eps: scalar radius >= 0 (may be traced); step_size: scalar (may be traced).
+      steps: Python int >= 1.
+      rng: jax PRNG key, required iff random_start.
+    Returns:
+      x_adv: [B, H, W, C], within eps of x and within [clip_min, clip_max];
+      eps == 0 returns x unchanged.
+    """
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        raise ValueError(f"steps must be a Python int >= 1, got {steps!r}")
+    if random_start and rng is None:
+        raise ValueError("random_start=True needs an rng key, got rng=None")
+    x0 = jnp.asarray(x)
+    y = jnp.asarray(y)
+    lower, upper = x0 - eps, x0 + eps  # the eps-ball, computed once so projection is exact
+
+    x_start = x0
+    if random_start:
+        delta = jax.random.uniform(rng, x0.shape, x0.dtype, minval=-eps, maxval=eps)
+        x_start = jnp.clip(x0 + delta, clip_min, clip_max)
+
+    def step(_, x_cur):
+        g = _summed_ce_grad(logits_fn, x_cur, y)
+        x_new = jnp.clip(x_cur + step_size * jnp.sign(g), lower, upper)
+        return jnp.clip(x_new, clip_min, clip_max).astype(x0.dtype)
+
+    x_adv = jax.lax.fori_loop(0, steps, step, x_start.astype(x0.dtype))
+    return jnp.where(eps == 0, x0, x_adv)

@@ -1,0 +1,109 @@
+"""Temperature scaling (Guo et al., 2017): one scalar T > 0 for softmax(logits / T).
+
+METRICS.md ("Calibration"): fit T on a held-out split by minimising NLL, then report ECE
+before and after. Host-side numpy in float64; no jax import.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# Search range for T. The optimum is clamped to it (e.g. separable training logits would
+# otherwise drive T -> 0).
+T_MIN = 0.05
+T_MAX = 20.0
+
+
+def _check(logits, labels):
+    logits = np.asarray(logits, dtype=np.float64)
+    labels = np.asarray(labels)
+    if logits.ndim != 2:
+        raise ValueError(f"logits must be [N, K], got shape {logits.shape}")
+    if labels.shape != (logits.shape[0],):
+        raise ValueError(f"labels must be [N] with N={logits.shape[0]}, got shape {labels.shape}")
+    if logits.shape[0] == 0:
+        raise ValueError("need at least one example, got N=0")
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"labels must be integers, got dtype {labels.dtype}")
+    if labels.min() < 0 or labels.max() >= logits.shape[1]:
+        raise ValueError(
+            f"labels must lie in [0, {logits.shape[1] - 1}], got range [{labels.min()}, {labels.max()}]"
+        )
+    if not np.all(np.isfinite(logits)):
+        raise ValueError("logits contain non-finite values")
+    return logits, labels
+
+
+def _log_softmax(z):
+    """z: [N, K] -> log softmax over K, stable (max subtracted)."""
+    z = z - z.max(axis=1, keepdims=True)
+    return z - np.log(np.sum(np.exp(z), axis=1, keepdims=True))
+
+
+def nll(logits, labels) -> float:
+    """Mean negative log-likelihood -1/N sum_i log softmax(logits_i)[y_i], in nats.
+
+    logits: [N, K] (numpy or jax), labels: [N] ints -> float.
+    """
+    logits, labels = _check(logits, labels)
+    logp = _log_softmax(logits)
+    return float(-np.mean(logp[np.arange(logits.shape[0]), labels]))
+
+
+def apply_temperature(logits, temperature):
+    """logits: [..., K] -> logits / T (same array type as the input; T a positive scalar)."""
+    return logits / temperature
+
+
+def fit_temperature(logits, labels, *, init: float = 1.0) -> float:
+    """Fit one T > 0 minimising mean NLL of softmax(logits / T).
+
+    logits: [N, K] held-out logits, labels: [N] ints -> T (Python float) in [T_MIN, T_MAX].
+
+    Method: safeguarded Newton on beta = 1/T. The mean NLL
+        f(beta) = mean_i [logsumexp(beta z_i) - beta z_{i, y_i}]
+    is convex in beta with f'(beta) = mean_i (E_{p_beta}[z_i] - z_{i,y_i}) and
+    f''(beta) = mean_i Var_{p_beta}[z_i] >= 0, so its minimiser (the same point as the
+    minimiser over log T) is the root of f'. Newton steps start at beta = 1/init and fall
+    back to bisection whenever they leave the bracket [1/T_MAX, 1/T_MIN] that is kept
+    around the root. When f' has one sign on the whole bracket the optimum lies outside it
+    and the nearer end is returned.
+    """
+    logits, labels = _check(logits, labels)
+    if not (np.isfinite(init) and init > 0):
+        raise ValueError(f"init must be a positive finite temperature, got {init!r}")
+    z = logits
+    z_true = z[np.arange(z.shape[0]), labels]
+
+    def grad_hess(beta):
+        logp = _log_softmax(beta * z)
+        p = np.exp(logp)
+        mean_z = np.sum(p * z, axis=1)
+        var_z = np.sum(p * (z - mean_z[:, None]) ** 2, axis=1)
+        return float(np.mean(mean_z - z_true)), float(np.mean(var_z))
+
+    lo, hi = 1.0 / T_MAX, 1.0 / T_MIN
+    g_lo, _ = grad_hess(lo)
+    if g_lo >= 0:  # NLL increasing in beta on the whole bracket: T as large as allowed
+        return T_MAX
+    g_hi, _ = grad_hess(hi)
+    if g_hi <= 0:  # NLL decreasing on the whole bracket: T as small as allowed
+        return T_MIN
+    beta = float(np.clip(1.0 / init, lo, hi))
+    for _ in range(100):
+        g, h = grad_hess(beta)
+        if g == 0.0:
+            break
+        if g > 0:
+            hi = beta
+        else:
+            lo = beta
+        step = g / h if h > 0 else np.inf
+        new = beta - step
+        if not (lo < new < hi):
+            new = 0.5 * (lo + hi)  # bisection fallback keeps the bracket shrinking
+        if abs(new - beta) <= 1e-12 * max(1.0, beta) or hi - lo <= 1e-12 * hi:
+            beta = new
+            break
+        beta = new
+    return float(1.0 / beta)
