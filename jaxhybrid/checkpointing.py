@@ -49,7 +49,8 @@ class Checkpointer:
             raise CheckpointNotFoundError(
                 f"No checkpoint directory {self.directory}: train first "
                 f"(python -m jaxhybrid.main --mode=train --workdir={workdir} --config=...)")
-        self.manager = ocp.CheckpointManager(self.directory, options=options)
+        self.manager = ocp.CheckpointManager(self.directory, options=options,
+                                             item_handlers=ocp.StandardCheckpointHandler())
 
     # -- queries -----------------------------------------------------------------------
     def all_steps(self) -> list[int]:
@@ -92,7 +93,7 @@ class Checkpointer:
 
     # -- save / restore ----------------------------------------------------------------
     def save(self, step: int, state: Any, metrics: dict | None = None) -> None:
-        self.manager.save(step, args=ocp.args.StandardSave(state),
+        self.manager.save(step, args=ocp.args.StandardSave(state), force=True,
                           metrics={k: float(v) for k, v in (metrics or {}).items()} or None)
 
     def restore(self, step: int, abstract_state: Any) -> Any:
@@ -103,9 +104,13 @@ class Checkpointer:
     def _check_matches(self, step: int, abstract_state: Any) -> None:
         try:
             saved = self.manager.item_metadata(step)
-        except Exception as e:  # unreadable metadata: let orbax raise its own error
+        except Exception as e:  # noqa: BLE001 -- unreadable metadata: orbax will say why
             logging.warning("could not read checkpoint metadata of step %d: %s", step, e)
             return
+        if saved is None:
+            raise CheckpointNotFoundError(
+                f"Checkpoint {self.directory}/{step} has no readable metadata "
+                f"(incomplete or not written by jaxhybrid)")
         saved_shapes = tree_shapes(saved)
         want_shapes = tree_shapes(abstract_state)
         if saved_shapes == want_shapes:

@@ -27,6 +27,7 @@ def main(argv):
     logging.basicConfig(level=logging.INFO, stream=sys.stdout,
                         format="%(asctime)s %(levelname)s %(message)s", force=True)
     logging.getLogger("absl").setLevel(logging.WARNING)
+    logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
     from jaxhybrid.parallel import maybe_initialize_distributed
     maybe_initialize_distributed()
     if FLAGS.mode == "train":

@@ -110,10 +110,18 @@ def shard_outputs(fn: Callable, mesh: Mesh) -> Callable:
     return jax.shard_map(fn, mesh=mesh, in_specs=(P(), P(AXIS)), out_specs=P(AXIS))
 
 
+def _key_name(k) -> str:
+    for attr in ("key", "name", "idx"):
+        if hasattr(k, attr):
+            return str(getattr(k, attr))
+    return str(k)
+
+
 def tree_shapes(tree: Any) -> dict[str, tuple]:
-    """{'/path/to/leaf': shape} for readable mismatch messages."""
+    """{'params/Conv_0/kernel': shape}: container-agnostic paths (a namedtuple field and
+    a dict key of the same name give the same path), for readable mismatch messages."""
     flat = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return {jax.tree_util.keystr(path): tuple(getattr(leaf, "shape", ()))
+    return {"/".join(_key_name(k) for k in path): tuple(getattr(leaf, "shape", ()))
             for path, leaf in flat}
 
 

@@ -42,7 +42,7 @@ def make_train_step(exp: Experiment, optimizer, schedule):
             state["params"], batch, step_rng)
         updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
-        metrics = {"loss": value, **aux, "grad_norm": optax.global_norm(grads),
+        metrics = {"loss": value, **aux, "grad_norm": optax.tree.norm(grads),
                    "learning_rate": schedule(state["step"])}
         return {"params": params, "opt_state": opt_state, "step": state["step"] + 1,
                 "rng": rng}, metrics
@@ -70,11 +70,12 @@ class _JsonlWriter:
                 f.write(json.dumps(record) + "\n")
 
 
-def train_and_evaluate(config, workdir: str, *, _stop_after_step: int | None = None) -> dict:
+def train_and_evaluate(config, workdir: str, *, _crash_after_step: int | None = None) -> dict:
     """Train (or resume) in ``workdir``; returns the final metrics dict.
 
-    ``_stop_after_step`` simulates a crash (for tests): the run stops abruptly after
-    that step, without a final checkpoint.
+    ``_crash_after_step`` simulates a crash (for tests): after that step the process
+    exits abruptly (``os._exit(17)``: no final checkpoint, no cleanup), once the
+    checkpoints already handed to orbax have been committed.
     """
     os.makedirs(workdir, exist_ok=True)
     exp = build_experiment(config)
@@ -170,9 +171,9 @@ def train_and_evaluate(config, workdir: str, *, _stop_after_step: int | None = N
             pending.append((step, metrics))
             steps_window += 1
             step_done = step + 1
-            if _stop_after_step is not None and step_done >= _stop_after_step:
+            if _crash_after_step is not None and 0 <= _crash_after_step <= step_done:
                 ckpt.wait()
-                return {"interrupted_at": step_done}
+                os._exit(17)
             if step_done % config.log_every == 0 or step_done == total:
                 flush(step_done)
             if step_done % plan["checkpoint_every"] == 0 or step_done == total:

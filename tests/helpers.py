@@ -1,0 +1,60 @@
+"""Shared test helpers: tiny configs and restoring parameters from a run directory."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+
+from configs import gffn
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_config(**overrides):
+    """The digits smoke config, made smaller; overrides as dotted keys."""
+    c = gffn.get_config("smoke")
+    c.model.width = 8
+    c.model.hidden = (32,)
+    c.evals.names = "classification"
+    for key, value in overrides.items():
+        node = c
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return c
+
+
+def restore_params(config, workdir, step="latest"):
+    from jaxhybrid.checkpointing import Checkpointer
+    from jaxhybrid.experiment import abstract_state, build_experiment
+    from jaxhybrid.optim import make_optimizer, make_schedule
+    exp = build_experiment(config)
+    opt = make_optimizer(config.optimizer, make_schedule(config.optimizer, config.batch_size, 1, 1))
+    ckpt = Checkpointer(workdir, read_only=True)
+    s = ckpt.resolve(step)
+    state = ckpt.restore(s, abstract_state(exp, opt, config.seed))
+    ckpt.close()
+    return s, jax.tree.map(np.asarray, state)
+
+
+def run_python(code: str, *, devices: int = 8, timeout: int = 300, env_extra=None):
+    """Run ``code`` in a fresh Python process with ``devices`` fake CPU devices."""
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    env["JAX_PLATFORMS"] = "cpu"
+    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+    env.update(env_extra or {})
+    return subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def run_cli(args: list[str], *, devices: int = 8, timeout: int = 300):
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    env["JAX_PLATFORMS"] = "cpu"
+    return subprocess.run([sys.executable, "-m", "jaxhybrid.main", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)

@@ -1,0 +1,105 @@
+"""The trainer end to end on digits: accuracy, resume after a crash, NaN stop, CLI errors."""
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from jaxhybrid.checkpointing import Checkpointer, CheckpointMismatchError
+from jaxhybrid.train import NonFiniteLossError, train_and_evaluate
+from tests.helpers import restore_params, run_cli, run_python, tiny_config
+
+
+@pytest.mark.parametrize("joint_weight", [0.0, 1.0])
+def test_digits_reaches_90_percent(tmp_path, joint_weight):
+    c = tiny_config(joint_weight=joint_weight, num_epochs=12.0)
+    c.optimizer.learning_rate = 3e-3
+    c.model.width = 16
+    c.model.hidden = (64,)
+    m = train_and_evaluate(c, str(tmp_path))
+    assert m["accuracy"] >= 0.90, m
+    assert m["step"] == 12 * -(-982 // 64)
+    lines = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
+    train = [l for l in lines if l["kind"] == "train"]
+    for key in ("loss", "conditional_nll", "joint_nll", "accuracy", "learning_rate",
+                "examples_per_sec", "eta_sec"):
+        assert key in train[-1]
+    # λ=0 optimises the conditional part, λ=1 the joint part; both are logged
+    key = "conditional_nll" if joint_weight == 0 else "joint_nll"
+    assert train[-1]["loss"] == pytest.approx(train[-1][key])
+    assert os.path.exists(tmp_path / "config.json")
+    assert any(l["kind"] == "validation" for l in lines)
+
+
+def test_crash_and_resume_matches_uninterrupted_run(tmp_path):
+    """A run killed mid-way (os._exit, no cleanup), resumed in a new process, ends with
+    the same parameters as an uninterrupted run."""
+    overrides = dict(num_steps=24, checkpoint_every=8, log_every=4)
+    c = tiny_config(**overrides)
+    train_and_evaluate(c, str(tmp_path / "straight"))
+    _, straight = restore_params(c, str(tmp_path / "straight"))
+
+    code = f"""
+import logging, os
+logging.basicConfig(level=logging.INFO)
+from tests.helpers import tiny_config
+import jaxhybrid.train as t
+c = tiny_config(**{overrides!r})
+t.train_and_evaluate(c, {str(tmp_path / 'crashed')!r}, _crash_after_step=int(os.environ['CRASH']))
+"""
+    r = run_python(code, env_extra={"CRASH": "13"})
+    assert r.returncode == 17, r.stderr[-3000:]           # died abruptly after step 13
+    assert Checkpointer(str(tmp_path / "crashed"), read_only=True).latest_step() == 8
+    r = run_python(code, env_extra={"CRASH": "-1"})       # resume in a fresh process
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "resumed from checkpoint step 8" in r.stdout + r.stderr
+    step, resumed = restore_params(c, str(tmp_path / "crashed"))
+    assert step == 24 and int(resumed["step"]) == 24
+    for a, b in zip(jax.tree.leaves(straight), jax.tree.leaves(resumed)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    c = tiny_config(num_steps=6, checkpoint_every=6)
+    train_and_evaluate(c, str(tmp_path))
+    good_step, good = restore_params(c, str(tmp_path))
+    c2 = tiny_config(num_steps=20, checkpoint_every=2, log_every=1)
+    c2.optimizer.learning_rate = 1e30                      # diverges at once
+    c2.optimizer.lr_scaling = "none"
+    with pytest.raises(NonFiniteLossError, match=r"last good checkpoint is step 6"):
+        train_and_evaluate(c2, str(tmp_path))
+    step, after = restore_params(c, str(tmp_path))
+    assert step == good_step == 6
+    for a, b in zip(jax.tree.leaves(good), jax.tree.leaves(after)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_mismatched_checkpoint_names_the_difference(tmp_path):
+    c = tiny_config(num_steps=2, checkpoint_every=2)
+    train_and_evaluate(c, str(tmp_path))
+    c.model.width = 4
+    with pytest.raises(CheckpointMismatchError, match=r"Conv_0.*kernel.*checkpoint has shape"):
+        restore_params(c, str(tmp_path))
+
+
+def test_cli_end_to_end_and_clear_errors(tmp_path):
+    wd = str(tmp_path / "run")
+    r = run_cli(["--config=configs/gffn.py:smoke", f"--workdir={wd}", "--config.num_steps=4",
+                 "--config.model.width=8", "--config.evals.names=classification,calibration"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "FINAL METRICS" in r.stdout
+    assert os.path.exists(os.path.join(wd, "eval", "4", "metrics.json"))
+    assert os.path.exists(os.path.join(wd, "eval", "4", "report.md"))
+
+    r = run_cli(["--config=configs/gffn.py:smoke", f"--workdir={wd}x", "--config.batchsize=64"])
+    assert r.returncode != 0
+    assert "batchsize" in r.stderr and "batch_size" in r.stderr   # names the valid key
+
+    r = run_cli(["--config=configs/gffn.py:smoke", f"--workdir={wd}y", "--config.batch_size=60"])
+    assert r.returncode != 0
+    assert "not divisible by the 8 devices" in r.stderr
+    assert not os.path.exists(os.path.join(f"{wd}y", "checkpoints"))  # refused before training
+
+    r = run_cli(["--config=configs/gffn.py:nosuch", f"--workdir={wd}z"])
+    assert r.returncode != 0 and "valid choices" in r.stderr
