@@ -85,6 +85,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval_batch_size = 512          # GLOBAL
     c.num_epochs = 10.0
     c.num_steps = 0                  # > 0 overrides num_epochs
+    c.max_train_seconds = 0.0        # wall-clock budget per run (0 = none); checkpoints and stops
+    c.early_stopping_patience = 0    # stop when val accuracy has not improved for this many
+                                     # validations (one per checkpoint); 0 = off ("until plateau")
     c.optimizer = optimizer_config()
     c.log_every = 50
     c.checkpoint_every = 0           # steps; 0 = once per epoch

@@ -152,8 +152,10 @@ def train_and_evaluate(config, workdir: str, *, _crash_after_step: int | None = 
         t_window, steps_window = now, 0
         return record
 
+    best_val, since_best = -1.0, 0
+
     def validate_and_save(step_done: int) -> None:
-        nonlocal last_good
+        nonlocal last_good, best_val, since_best
         metrics = {}
         if len(exp.splits.validation):
             val = predictor.classification(state["params"], exp.splits.validation)
@@ -161,10 +163,19 @@ def train_and_evaluate(config, workdir: str, *, _crash_after_step: int | None = 
             jsonl.write({"kind": "validation", "step": step_done, **metrics})
             log.info("step %d validation: %s", step_done,
                      ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+            if metrics["val_accuracy"] > best_val:
+                best_val, since_best = metrics["val_accuracy"], 0
+            else:
+                since_best += 1
         ckpt.save(step_done, state, metrics=metrics)
         last_good = step_done
 
     step_done = start
+    stopped_reason = "completed"
+    patience = int(config.early_stopping_patience)
+    if patience and not len(exp.splits.validation):
+        raise ValueError("early_stopping_patience needs a validation split "
+                         "(data.validation_size > 0)")
     try:
         for step, batch in batches.iterate(start, total):
             state, metrics = train_step(state, batch)
@@ -176,10 +187,20 @@ def train_and_evaluate(config, workdir: str, *, _crash_after_step: int | None = 
                 os._exit(17)
             if step_done % config.log_every == 0 or step_done == total:
                 flush(step_done)
-            if step_done % plan["checkpoint_every"] == 0 or step_done == total:
+            out_of_time = (config.max_train_seconds > 0
+                           and time.time() - t_start > config.max_train_seconds)
+            if step_done % plan["checkpoint_every"] == 0 or step_done == total or out_of_time:
                 if pending:
                     flush(step_done)
                 validate_and_save(step_done)
+                if patience and since_best >= patience:
+                    stopped_reason = (f"early stopping: validation accuracy has not improved "
+                                      f"for {patience} validations (best {best_val:.4f})")
+                elif out_of_time:
+                    stopped_reason = f"wall-clock budget of {config.max_train_seconds:.0f} s"
+                if stopped_reason != "completed":
+                    log.info("stopping at step %d: %s", step_done, stopped_reason)
+                    break
             if config.eval_every and step_done % config.eval_every == 0 and step_done < total:
                 evaluate.run_suite(exp, state["params"], step_done, workdir, predictor=predictor)
         if start == total and latest is not None:
@@ -190,7 +211,12 @@ def train_and_evaluate(config, workdir: str, *, _crash_after_step: int | None = 
     final = evaluate.run_suite(exp, state["params"], step_done, workdir, predictor=predictor)
     ckpt.close()
     final["step"] = step_done
+    final["stopped"] = stopped_reason
+    final["train_seconds"] = time.time() - t_start
     final["workdir"] = os.path.abspath(workdir)
     jsonl.write({"kind": "final", **{k: v for k, v in final.items()
                                      if isinstance(v, (int, float, str))}})
+    if jax.process_index() == 0:  # marks the run as finished (sweeps skip finished points)
+        with open(os.path.join(workdir, "final_metrics.json"), "w") as f:
+            json.dump(final, f, indent=2, sort_keys=True)
     return final

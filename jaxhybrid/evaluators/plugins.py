@@ -99,8 +99,15 @@ def temperature_scaling(ctx: EvalContext) -> Section:
          "ece_before": before["ece"], "ece_after": after["ece"],
          "nll_before": nll(logits, labels), "nll_after": nll(scaled, labels),
          "reliability_after": after}
+    val_acc = float(np.mean(np.argmax(val["logits"], -1) == val["label"]))
+    warning = ""
+    if val_acc == 1.0:
+        m["warning"] = ("validation split perfectly classified: its NLL falls monotonically as "
+                        "T -> 0, so the fitted T is the search bound, not a calibrated value")
+        warning = f"\n\n**Warning:** {m['warning']}."
     md = (f"T = {t:.4f}, fitted by minimising NLL on the validation split "
-          f"({m['num_fit_examples']} examples); reported on the {ctx.config.evals.split} split.\n\n"
+          f"({m['num_fit_examples']} examples); reported on the {ctx.config.evals.split} split."
+          f"{warning}\n\n"
           + _table([["before", m["ece_before"], m["nll_before"]],
                     [f"after (T={t:.3f})", m["ece_after"], m["nll_after"]]],
                    ["", "ECE", "NLL"]))

@@ -31,12 +31,6 @@ def write_report(exp, metrics: dict, results, out_dir: str, *, step: int) -> str
         f"adversarial inputs clipped to [0, 1]; NLL in nats.",
         "",
     ]
-    if results.headline:
-        lines += ["## Headline", "", "| metric | value |", "|---|---|"]
-        for k in sorted(results.headline):
-            v = results.headline[k]
-            lines.append(f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |")
-        lines.append("")
     for sec in results.sections:
         lines += [f"## {sec.name.capitalize()}", "", sec.markdown, ""]
         for title, fig in sec.figures:

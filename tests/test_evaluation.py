@@ -1,0 +1,118 @@
+"""The evaluation suite on a trained digits model: device-count invariance, eval mode in
+a fresh process, checkpoint errors, report and figures, robustness curve."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from jaxhybrid.checkpointing import CheckpointNotFoundError
+from jaxhybrid.evaluate import Predictor, evaluate, run_suite
+from jaxhybrid.experiment import build_experiment
+from jaxhybrid.train import train_and_evaluate
+from tests.helpers import restore_params, run_cli, tiny_config
+
+EVALS = "classification,calibration,temperature,ood,adversarial"
+
+
+def _config(**kw):
+    c = tiny_config(num_epochs=8.0, **kw)
+    c.model.width = 8
+    c.model.hidden = (32,)
+    c.optimizer.learning_rate = 3e-3
+    c.eval_batch_size = 64            # 288 test images: not a multiple of 64 -> padding + mask
+    c.evals.names = EVALS
+    c.evals.ood_sets = "heldout,uniform_noise,constant,inverted,digits"
+    c.evals.adversarial_max_examples = 0
+    return c
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    wd = str(tmp_path_factory.mktemp("evalrun"))
+    c = _config()
+    final = train_and_evaluate(c, wd)
+    return c, wd, final
+
+
+def _load(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def test_report_and_figures_written(trained):
+    c, wd, final = trained
+    out = os.path.join(wd, "eval", str(final["step"]))
+    m = _load(os.path.join(out, "metrics.json"))
+    assert set(m) >= {"classification", "calibration", "temperature", "ood", "adversarial"}
+    report = open(os.path.join(out, "report.md")).read()
+    for needle in ("Calibration", "ECE", "AUROC", "FPR@95", "ε", "heldout", "held-out classes"):
+        assert needle in report, needle
+    figs = [f for f in os.listdir(out) if f.endswith(".png")]
+    assert {"reliability.png", "robustness.png", "ood_roc_max_softmax.png",
+            "ood_hist_log_px.png"} <= set(figs)
+    for f in figs:
+        data = open(os.path.join(out, f), "rb").read()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000
+        assert f"({f})" in report    # embedded in the report
+    assert m["classification"]["num_examples"] == 288
+    assert m["ood"]["sets"]["heldout"]["num_examples"] == 71
+
+
+def test_robustness_curve_is_non_increasing(trained):
+    _, wd, final = trained
+    m = _load(os.path.join(wd, "eval", str(final["step"]), "metrics.json"))
+    acc = m["adversarial"]["accuracy"]
+    assert m["adversarial"]["epsilons"][0] == 0
+    assert acc[0] == pytest.approx(m["classification"]["accuracy"])   # ε = 0 is clean accuracy
+    assert acc[0] > 0.8
+    assert all(a >= b for a, b in zip(acc, acc[1:])), acc
+    assert acc[-1] < acc[0]
+
+
+def test_eight_devices_equal_one_device(trained):
+    c, wd, final = trained
+    _, state = restore_params(c, wd)
+    results = []
+    for n in (1, 8):
+        cn = _config(num_devices=n)
+        exp = build_experiment(cn)
+        results.append(run_suite(exp, state["params"], 10_000 + n, wd, predictor=Predictor(exp)))
+    one, eight = results
+    keys = [k for k in one if isinstance(one[k], float)]
+    assert any(k.startswith("ood/") for k in keys) and any(k.startswith("fgsm") for k in keys)
+    for k in keys:
+        # Per-device batch shapes differ (64 vs 8 rows), so XLA may sum in another order:
+        # logits agree to ~1e-6, which can flip a few near-tied pairs of saturated
+        # max-softmax scores (≈1.0) in an AUROC over ~500k pairs.
+        tol = 2e-4 if k.startswith("ood/") else 1e-6
+        assert one[k] == pytest.approx(eight[k], rel=1e-5, abs=tol), k
+    exps = [build_experiment(_config(num_devices=n)) for n in (1, 8)]
+    logits = [Predictor(e).outputs(state["params"], e.splits.test)["logits"] for e in exps]
+    assert logits[0].shape == (288, 8)
+    np.testing.assert_allclose(logits[0], logits[1], rtol=1e-5, atol=1e-5)
+
+
+def test_eval_mode_in_fresh_process_reproduces_training_accuracy(trained):
+    c, wd, final = trained
+    r = run_cli(["--config=configs/gffn.py:smoke", f"--workdir={wd}", "--mode=eval",
+                 "--checkpoint=latest", "--config.num_epochs=8", "--config.model.width=8",
+                 "--config.model.hidden=(32,)", "--config.eval_batch_size=64",
+                 "--config.evals.names=classification"], devices=2)
+    assert r.returncode == 0, r.stderr[-3000:]
+    m = _load(os.path.join(wd, "eval", str(final["step"]), "metrics.json"))
+    assert m["classification"]["accuracy"] == final["accuracy"]      # exactly
+    assert m["checkpoint"].startswith("latest")
+
+
+def test_missing_and_mismatched_checkpoints(trained, tmp_path):
+    c, wd, final = trained
+    with pytest.raises(CheckpointNotFoundError, match="No checkpoint directory"):
+        evaluate(c, str(tmp_path / "empty"))
+    with pytest.raises(CheckpointNotFoundError, match=r"step 999999 .* available steps"):
+        evaluate(c, wd, checkpoint=999999)
+    r = run_cli(["--config=configs/gffn.py:smoke", f"--workdir={wd}", "--mode=eval",
+                 "--config.model.width=16", "--config.model.hidden=(32,)"], devices=1)
+    assert r.returncode != 0
+    assert "does not match the model built from the config" in r.stderr
+    assert "checkpoint has shape" in r.stderr
