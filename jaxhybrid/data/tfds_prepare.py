@@ -53,68 +53,75 @@ _FALLBACK_VERSION = "1.0.0"
 
 
 def _png_bytes(image: np.ndarray) -> bytes:
-  """uint8 [H, W, C] with C in {1, 3, 4} -> PNG bytes (Pillow)."""
-  from PIL import Image  # pylint: disable=g-import-not-at-top
+    """uint8 [H, W, C] with C in {1, 3, 4} -> PNG bytes (Pillow)."""
+    from PIL import Image  # pylint: disable=g-import-not-at-top
 
-  buf = io.BytesIO()
-  Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(
-      buf, format="PNG")
-  return buf.getvalue()
-
-
-def _check_splits(splits: Mapping[str, tuple[np.ndarray, np.ndarray]],
-                  num_classes: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-  """Validates the arrays -> {split: (uint8 [N, H, W, C], int64 [N])}."""
-  if not splits:
-    raise ValueError("no splits given")
-  out = {}
-  for split, (images, labels) in splits.items():
-    if not re.match(r"^[a-z][a-z0-9_]*$", split):
-      raise ValueError(f"invalid split name {split!r}")
-    images = np.asarray(images)
-    if images.dtype != np.uint8:
-      raise ValueError(f"split {split!r}: images must be uint8, got {images.dtype}")
-    if images.ndim == 3:
-      images = images[..., None]
-    if images.ndim != 4 or images.shape[-1] not in (1, 3, 4):
-      raise ValueError(
-          f"split {split!r}: images must be [N, H, W] or [N, H, W, C] with C in "
-          f"(1, 3, 4), got {images.shape}")
-    labels = np.asarray(labels).reshape(-1)
-    if labels.shape[0] != images.shape[0]:
-      raise ValueError(f"split {split!r}: {images.shape[0]} images but "
-                       f"{labels.shape[0]} labels")
-    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-      raise ValueError(f"split {split!r}: labels must lie in [0, {num_classes}), "
-                       f"got [{labels.min()}, {labels.max()}]")
-    out[split] = (images, labels.astype(np.int64))
-  shapes = {s: x.shape[1:] for s, (x, _) in out.items()}
-  if len(set(shapes.values())) != 1:
-    raise ValueError(f"image shapes differ between splits: {shapes}")
-  return out
+    buf = io.BytesIO()
+    Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(buf, format="PNG")
+    return buf.getvalue()
 
 
-def _registered_match(name: str, image_shape: tuple[int, int, int],
-                      num_classes: int, data_dir: str) -> tuple[str, list[str]] | None:
-  """(version, class names) of TFDS' registered builder `name` if its features are
-  exactly {'image': Image(image_shape), 'label': ClassLabel(num_classes)}, else None."""
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+def _check_splits(
+    splits: Mapping[str, tuple[np.ndarray, np.ndarray]], num_classes: int
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Validates the arrays -> {split: (uint8 [N, H, W, C], int64 [N])}."""
+    if not splits:
+        raise ValueError("no splits given")
+    out = {}
+    for split, (images, labels) in splits.items():
+        if not re.match(r"^[a-z][a-z0-9_]*$", split):
+            raise ValueError(f"invalid split name {split!r}")
+        images = np.asarray(images)
+        if images.dtype != np.uint8:
+            raise ValueError(f"split {split!r}: images must be uint8, got {images.dtype}")
+        if images.ndim == 3:
+            images = images[..., None]
+        if images.ndim != 4 or images.shape[-1] not in (1, 3, 4):
+            raise ValueError(
+                f"split {split!r}: images must be [N, H, W] or [N, H, W, C] with C in "
+                f"(1, 3, 4), got {images.shape}"
+            )
+        labels = np.asarray(labels).reshape(-1)
+        if labels.shape[0] != images.shape[0]:
+            raise ValueError(
+                f"split {split!r}: {images.shape[0]} images but {labels.shape[0]} labels"
+            )
+        if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+            raise ValueError(
+                f"split {split!r}: labels must lie in [0, {num_classes}), "
+                f"got [{labels.min()}, {labels.max()}]"
+            )
+        out[split] = (images, labels.astype(np.int64))
+    shapes = {s: x.shape[1:] for s, (x, _) in out.items()}
+    if len(set(shapes.values())) != 1:
+        raise ValueError(f"image shapes differ between splits: {shapes}")
+    return out
 
-  try:
-    cls = tfds.builder_cls(name)
-    features = cls(data_dir=data_dir).info.features
-  except Exception:  # pylint: disable=broad-except
-    return None  # not registered, or its code needs more than we have (e.g. TF)
-  if set(features.keys()) != {"image", "label"}:
-    return None
-  image, label = features["image"], features["label"]
-  if (not isinstance(image, tfds.features.Image)
-      or tuple(image.shape) != tuple(image_shape)
-      or np.dtype(image.np_dtype) != np.uint8
-      or not isinstance(label, tfds.features.ClassLabel)
-      or label.num_classes != num_classes):
-    return None
-  return str(cls.VERSION), list(label.names)
+
+def _registered_match(
+    name: str, image_shape: tuple[int, int, int], num_classes: int, data_dir: str
+) -> tuple[str, list[str]] | None:
+    """(version, class names) of TFDS' registered builder `name` if its features are
+    exactly {'image': Image(image_shape), 'label': ClassLabel(num_classes)}, else None."""
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+    try:
+        cls = tfds.builder_cls(name)
+        features = cls(data_dir=data_dir).info.features
+    except Exception:  # pylint: disable=broad-except
+        return None  # not registered, or its code needs more than we have (e.g. TF)
+    if set(features.keys()) != {"image", "label"}:
+        return None
+    image, label = features["image"], features["label"]
+    if (
+        not isinstance(image, tfds.features.Image)
+        or tuple(image.shape) != tuple(image_shape)
+        or np.dtype(image.np_dtype) != np.uint8
+        or not isinstance(label, tfds.features.ClassLabel)
+        or label.num_classes != num_classes
+    ):
+        return None
+    return str(cls.VERSION), list(label.names)
 
 
 def prepare_from_arrays(
@@ -128,150 +135,188 @@ def prepare_from_arrays(
     description: str = "",
     overwrite: bool = False,
 ) -> str:
-  """Writes `splits` as TFDS dataset `name` (array_record) and returns its directory.
+    """Writes `splits` as TFDS dataset `name` (array_record) and returns its directory.
 
-  Args:
-    name: dataset name, snake_case (e.g. "mnist"); written to DATA_DIR/name/VERSION.
-    data_dir: TFDS data dir (None: $TFDS_DATA_DIR or ~/tensorflow_datasets).
-    splits: {split: (images uint8 [N, H, W] or [N, H, W, C], labels int [N])}.
-    num_classes: K of the ClassLabel feature; labels must lie in [0, K).
-    version: "X.Y.Z"; None picks the registered TFDS builder's version when its
-      features match, else "1.0.0" (see the module docstring).
-    class_names: K names for the ClassLabel (default: the registered builder's,
-      else "0".."K-1").
-    description: free text stored in dataset_info.json (provenance).
-    overwrite: replace an existing DATA_DIR/name/VERSION; otherwise
-      FileExistsError.
+    Args:
+      name: dataset name, snake_case (e.g. "mnist"); written to DATA_DIR/name/VERSION.
+      data_dir: TFDS data dir (None: $TFDS_DATA_DIR or ~/tensorflow_datasets).
+      splits: {split: (images uint8 [N, H, W] or [N, H, W, C], labels int [N])}.
+      num_classes: K of the ClassLabel feature; labels must lie in [0, K).
+      version: "X.Y.Z"; None picks the registered TFDS builder's version when its
+        features match, else "1.0.0" (see the module docstring).
+      class_names: K names for the ClassLabel (default: the registered builder's,
+        else "0".."K-1").
+      description: free text stored in dataset_info.json (provenance).
+      overwrite: replace an existing DATA_DIR/name/VERSION; otherwise
+        FileExistsError.
 
-  Returns:
-    The dataset version directory, e.g. "/data/mnist/3.0.1".
-  """
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    Returns:
+      The dataset version directory, e.g. "/data/mnist/3.0.1".
+    """
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
-  if not _NAME_RE.match(name):
-    raise ValueError(f"invalid dataset name {name!r}: use snake_case, e.g. 'mnist'")
-  data_dir = sources.tfds_data_dir(data_dir)
-  arrays = _check_splits(splits, int(num_classes))
-  image_shape = tuple(int(d) for d in next(iter(arrays.values()))[0].shape[1:])
-  if version is None:
-    match = _registered_match(name, image_shape, int(num_classes), data_dir)
-    version = match[0] if match else _FALLBACK_VERSION
-    if class_names is None and match:
-      class_names = match[1]
-  version = str(tfds.core.Version(version))  # validates "X.Y.Z"
-  if class_names is not None and len(class_names) != num_classes:
-    raise ValueError(f"{len(class_names)} class names for {num_classes} classes")
-  target = os.path.join(data_dir, name, version)
-  if os.path.exists(target) and not overwrite:
-    raise FileExistsError(f"{target} exists; pass overwrite=True (--overwrite) to "
-                          "replace it")
+    if not _NAME_RE.match(name):
+        raise ValueError(f"invalid dataset name {name!r}: use snake_case, e.g. 'mnist'")
+    data_dir = sources.tfds_data_dir(data_dir)
+    arrays = _check_splits(splits, int(num_classes))
+    image_shape = tuple(int(d) for d in next(iter(arrays.values()))[0].shape[1:])
+    if version is None:
+        match = _registered_match(name, image_shape, int(num_classes), data_dir)
+        version = match[0] if match else _FALLBACK_VERSION
+        if class_names is None and match:
+            class_names = match[1]
+    version = str(tfds.core.Version(version))  # validates "X.Y.Z"
+    if class_names is not None and len(class_names) != num_classes:
+        raise ValueError(f"{len(class_names)} class names for {num_classes} classes")
+    target = os.path.join(data_dir, name, version)
+    if os.path.exists(target) and not overwrite:
+        raise FileExistsError(f"{target} exists; pass overwrite=True (--overwrite) to replace it")
 
-  features = tfds.features.FeaturesDict({
-      "image": tfds.features.Image(shape=image_shape),
-      "label": (tfds.features.ClassLabel(names=list(class_names))
+    features = tfds.features.FeaturesDict(
+        {
+            "image": tfds.features.Image(shape=image_shape),
+            "label": (
+                tfds.features.ClassLabel(names=list(class_names))
                 if class_names is not None
-                else tfds.features.ClassLabel(num_classes=int(num_classes))),
-  })
-  info_text = description or (
-      "Written by jaxhybrid.data.tfds_prepare from local arrays: " + ", ".join(
-          f"{s} {len(y)}" for s, (_, y) in arrays.items()))
-  builder_name = name
+                else tfds.features.ClassLabel(num_classes=int(num_classes))
+            ),
+        }
+    )
+    info_text = description or (
+        "Written by jaxhybrid.data.tfds_prepare from local arrays: "
+        + ", ".join(f"{s} {len(y)}" for s, (_, y) in arrays.items())
+    )
+    builder_name = name
 
-  class LocalArrays(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-    """Builder over in-memory arrays; images pass as PNG bytes (no TensorFlow)."""
+    class LocalArrays(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+        """Builder over in-memory arrays; images pass as PNG bytes (no TensorFlow)."""
 
-    name = builder_name
-    # No code directory: no url checksums or metadata files to look up. (TFDS'
-    # lookup for builders defined inside a package needs `importlib_resources`.)
-    code_path = None
-    VERSION = tfds.core.Version(version)
-    RELEASE_NOTES = {version: info_text}
+        name = builder_name
+        # No code directory: no url checksums or metadata files to look up. (TFDS'
+        # lookup for builders defined inside a package needs `importlib_resources`.)
+        code_path = None
+        VERSION = tfds.core.Version(version)
+        RELEASE_NOTES = {version: info_text}
 
-    def _info(self):
-      return tfds.core.DatasetInfo(
-          builder=self, description=info_text, features=features,
-          supervised_keys=("image", "label"),
-          disable_shuffling=True)  # record i == example i
+        def _info(self):
+            return tfds.core.DatasetInfo(
+                builder=self,
+                description=info_text,
+                features=features,
+                supervised_keys=("image", "label"),
+                disable_shuffling=True,
+            )  # record i == example i
 
-    def _split_generators(self, dl_manager):
-      del dl_manager  # nothing to download
-      return {split: self._generate_examples(x, y)
-              for split, (x, y) in arrays.items()}
+        def _split_generators(self, dl_manager):
+            del dl_manager  # nothing to download
+            return {split: self._generate_examples(x, y) for split, (x, y) in arrays.items()}
 
-    def _generate_examples(self, images, labels):
-      for i in range(images.shape[0]):
-        yield i, {"image": _png_bytes(images[i]), "label": int(labels[i])}
+        def _generate_examples(self, images, labels):
+            for i in range(images.shape[0]):
+                yield i, {"image": _png_bytes(images[i]), "label": int(labels[i])}
 
-  builder = LocalArrays(data_dir=data_dir, file_format="array_record")
-  mode = (tfds.download.GenerateMode.FORCE_REDOWNLOAD if overwrite
-          else tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS)
-  with tempfile.TemporaryDirectory() as download_dir:  # keeps DATA_DIR clean
-    builder.download_and_prepare(
-        download_dir=download_dir,
-        download_config=tfds.download.DownloadConfig(download_mode=mode))
-  return os.fspath(builder.data_dir)
+    builder = LocalArrays(data_dir=data_dir, file_format="array_record")
+    mode = (
+        tfds.download.GenerateMode.FORCE_REDOWNLOAD
+        if overwrite
+        else tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS
+    )
+    with tempfile.TemporaryDirectory() as download_dir:  # keeps DATA_DIR clean
+        builder.download_and_prepare(
+            download_dir=download_dir,
+            download_config=tfds.download.DownloadConfig(download_mode=mode),
+        )
+    return os.fspath(builder.data_dir)
 
 
 def _limit(arrays: tuple[np.ndarray, np.ndarray], max_n: int | None):
-  """Keeps the first `max_n` examples (all if max_n is 0 or None)."""
-  images, labels = arrays
-  return (images[:max_n], labels[:max_n]) if max_n else (images, labels)
+    """Keeps the first `max_n` examples (all if max_n is 0 or None)."""
+    images, labels = arrays
+    return (images[:max_n], labels[:max_n]) if max_n else (images, labels)
 
 
 def main(argv: Sequence[str] | None = None) -> str:
-  parser = argparse.ArgumentParser(
-      prog="python -m jaxhybrid.data.tfds_prepare",
-      description="Write a local npz (x_train, y_train, x_test, y_test) or sklearn "
-                  "digits as a TFDS dataset (array_record), offline, without "
-                  "TensorFlow.")
-  what = parser.add_mutually_exclusive_group(required=True)
-  what.add_argument("--npz", metavar="PATH", help="npz with x_train, y_train, "
-                    "x_test, y_test (uint8 [N, H, W] or [N, H, W, C])")
-  what.add_argument("--digits", action="store_true",
-                    help="sklearn digits, with the train/test split of "
-                         "data.source='digits'")
-  parser.add_argument("--name", required=True, help="dataset name, e.g. mnist")
-  parser.add_argument("--data_dir", default=None,
-                      help="TFDS data dir (default: $TFDS_DATA_DIR or "
-                           "~/tensorflow_datasets)")
-  parser.add_argument("--max_train", type=int, default=0,
-                      help="keep only the first N train examples (0: all)")
-  parser.add_argument("--max_test", type=int, default=0,
-                      help="keep only the first N test examples (0: all)")
-  parser.add_argument("--num_classes", type=int, default=0,
-                      help="number of classes (0: max label + 1)")
-  parser.add_argument("--version", default=None,
-                      help="X.Y.Z (default: the registered TFDS builder's version "
-                           "if its features match, else 1.0.0)")
-  parser.add_argument("--overwrite", action="store_true",
-                      help="replace an existing prepared version")
-  args = parser.parse_args(argv)
+    parser = argparse.ArgumentParser(
+        prog="python -m jaxhybrid.data.tfds_prepare",
+        description="Write a local npz (x_train, y_train, x_test, y_test) or sklearn "
+        "digits as a TFDS dataset (array_record), offline, without "
+        "TensorFlow.",
+    )
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument(
+        "--npz",
+        metavar="PATH",
+        help="npz with x_train, y_train, x_test, y_test (uint8 [N, H, W] or [N, H, W, C])",
+    )
+    what.add_argument(
+        "--digits",
+        action="store_true",
+        help="sklearn digits, with the train/test split of data.source='digits'",
+    )
+    parser.add_argument("--name", required=True, help="dataset name, e.g. mnist")
+    parser.add_argument(
+        "--data_dir",
+        default=None,
+        help="TFDS data dir (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)",
+    )
+    parser.add_argument(
+        "--max_train", type=int, default=0, help="keep only the first N train examples (0: all)"
+    )
+    parser.add_argument(
+        "--max_test", type=int, default=0, help="keep only the first N test examples (0: all)"
+    )
+    parser.add_argument(
+        "--num_classes", type=int, default=0, help="number of classes (0: max label + 1)"
+    )
+    parser.add_argument(
+        "--version",
+        default=None,
+        help="X.Y.Z (default: the registered TFDS builder's version "
+        "if its features match, else 1.0.0)",
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace an existing prepared version"
+    )
+    args = parser.parse_args(argv)
 
-  if args.digits:
-    arrays = sources.digits_arrays()
-    provenance = "sklearn.datasets.load_digits, pixels round(v*255/16)"
-  else:
-    arrays = sources.npz_arrays(args.npz)
-    provenance = f"npz {os.path.abspath(args.npz)}"
-  splits = {"train": _limit(arrays["train"], args.max_train),
-            "test": _limit(arrays["test"], args.max_test)}
-  num_classes = args.num_classes or int(
-      max(int(y.max(initial=-1)) for _, y in splits.values()) + 1)
-  description = (f"Written by jaxhybrid.data.tfds_prepare from {provenance}: "
-                 + ", ".join(f"{s} {len(y)}" for s, (_, y) in splits.items()))
-  path = prepare_from_arrays(args.name, args.data_dir, splits, num_classes,
-                             args.version, description=description,
-                             overwrite=args.overwrite)
-  data_dir = sources.tfds_data_dir(args.data_dir)
-  check = sources.TfdsSource(f"{args.name}:{os.path.basename(path)}", "train",
-                             data_dir)
-  print(f"Prepared {path}: " + ", ".join(
-      f"{s} {len(y)}" for s, (_, y) in splits.items())
-        + f", {num_classes} classes, image shape {check.image_shape}.")
-  print(f"Use it with --config.data.source=tfds --config.data.name={args.name} "
-        f"--config.data.data_dir={data_dir}")
-  return path
+    if args.digits:
+        arrays = sources.digits_arrays()
+        provenance = "sklearn.datasets.load_digits, pixels round(v*255/16)"
+    else:
+        arrays = sources.npz_arrays(args.npz)
+        provenance = f"npz {os.path.abspath(args.npz)}"
+    splits = {
+        "train": _limit(arrays["train"], args.max_train),
+        "test": _limit(arrays["test"], args.max_test),
+    }
+    num_classes = args.num_classes or int(
+        max(int(y.max(initial=-1)) for _, y in splits.values()) + 1
+    )
+    description = f"Written by jaxhybrid.data.tfds_prepare from {provenance}: " + ", ".join(
+        f"{s} {len(y)}" for s, (_, y) in splits.items()
+    )
+    path = prepare_from_arrays(
+        args.name,
+        args.data_dir,
+        splits,
+        num_classes,
+        args.version,
+        description=description,
+        overwrite=args.overwrite,
+    )
+    data_dir = sources.tfds_data_dir(args.data_dir)
+    check = sources.TfdsSource(f"{args.name}:{os.path.basename(path)}", "train", data_dir)
+    print(
+        f"Prepared {path}: "
+        + ", ".join(f"{s} {len(y)}" for s, (_, y) in splits.items())
+        + f", {num_classes} classes, image shape {check.image_shape}."
+    )
+    print(
+        f"Use it with --config.data.source=tfds --config.data.name={args.name} "
+        f"--config.data.data_dir={data_dir}"
+    )
+    return path
 
 
 if __name__ == "__main__":
-  main()
+    main()
