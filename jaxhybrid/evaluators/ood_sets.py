@@ -39,14 +39,12 @@ def _to_uint8(x: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)
 
 
-class AdaptedSource:
-    """A foreign source whose images are adapted to ``target_shape`` (H, W, C)."""
+class _DerivedSource:
+    """A source computed example by example from ``base`` (same length and labels)."""
 
-    def __init__(self, base, target_shape):
-        self.base, self.image_shape = base, tuple(target_shape)
+    def __init__(self, base, image_shape):
+        self.base, self.image_shape = base, tuple(image_shape)
         self.num_examples = len(base)
-        _, self.rule = adapt_to(to_float(base.get(np.arange(min(1, len(base))))["image"]),
-                                self.image_shape)
 
     def __len__(self):
         return self.num_examples
@@ -54,6 +52,15 @@ class AdaptedSource:
     @property
     def labels(self):
         return self.base.labels
+
+
+class AdaptedSource(_DerivedSource):
+    """A foreign source whose images are adapted to ``target_shape`` (H, W, C)."""
+
+    def __init__(self, base, target_shape):
+        super().__init__(base, target_shape)
+        _, self.rule = adapt_to(to_float(base.get(np.arange(min(1, len(base))))["image"]),
+                                self.image_shape)
 
     def get(self, indices):
         rows = self.base.get(np.asarray(indices))
@@ -75,22 +82,14 @@ def _hash_uniform(seed: int, ids: np.ndarray, size: int) -> np.ndarray:
     return (x >> np.uint64(11)).astype(np.float64) / float(1 << 53)
 
 
-class TransformedSource:
+class TransformedSource(_DerivedSource):
     """The in-distribution split with a transform applied per example."""
 
     def __init__(self, base, kind: str, seed: int = 0):
         if kind not in TRANSFORMS:
             raise ValueError(f"Unknown transform {kind!r}; valid: {', '.join(TRANSFORMS)}")
-        self.base, self.kind, self.seed = base, kind, seed
-        self.image_shape = tuple(base.image_shape)
-        self.num_examples = len(base)
-
-    def __len__(self):
-        return self.num_examples
-
-    @property
-    def labels(self):
-        return self.base.labels
+        super().__init__(base, base.image_shape)
+        self.kind, self.seed = kind, seed
 
     def get(self, indices):
         indices = np.asarray(indices)
