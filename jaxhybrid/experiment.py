@@ -61,7 +61,13 @@ def abstract_state(exp: Experiment, optimizer, seed: int):
 
 
 def create_state(exp: Experiment, optimizer, seed: int):
-    """The initial state, created directly with its (replicated) sharding."""
+    """The initial state, created directly with its (replicated) sharding.
+
+    Parameters are replicated, so the initialiser's random bits need no
+    sharding-invariant ("partitionable") threefry; the classic lowering compiles
+    ~3× faster on CPU (2.8 s vs 8.8 s for the thesis CNN on this 2-core machine).
+    """
     init = make_init_fn(exp, optimizer)
     shardings = jax.tree.map(lambda a: a.sharding, abstract_state(exp, optimizer, seed))
-    return jax.jit(init, out_shardings=shardings)(jax.random.PRNGKey(seed))
+    with jax.threefry_partitionable(False):
+        return jax.jit(init, out_shardings=shardings)(jax.random.PRNGKey(seed))
