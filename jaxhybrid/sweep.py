@@ -2,7 +2,7 @@
 
     python -m jaxhybrid.sweep --config=configs/gffn.py:digits --workdir=runs/bs \\
         --sweep batch_size=16,64,256 --sweep joint_weight=0,1 --seeds 3 \\
-        [--set num_epochs=5 ...] [--config.key=value ...] [--jobs 1]
+        [--set num_epochs=5 ...] [--config.key=value ...] [--jobs 1] [--dry_run]
 
 The grid is the cartesian product of the ``--sweep KEY=V1,V2,...`` values times the
 seeds ``0..N-1`` (``--seeds N``; or ``--sweep seed=...`` for explicit seeds). Without
@@ -45,6 +45,7 @@ import logging
 import math
 import os
 import re
+import shlex
 import subprocess
 import sys
 import threading
@@ -435,7 +436,7 @@ def run_sweep(points: Sequence[Point], root: str, *, runner: Runner | None = Non
     for p in points:
         lr = scaled_learning_rate(p.config.optimizer, p.config.batch_size)
         status.update(p.name, status="pending", overrides=p.overrides, workdir=p.workdir,
-                      log=p.log_path, command=" ".join(p.argv), learning_rate=lr)
+                      log=p.log_path, command=shlex.join(p.argv), learning_rate=lr)
 
     def run_one(i: int, p: Point) -> None:
         opt = p.config.optimizer
@@ -511,6 +512,8 @@ def _define_flags():
                         "by the points: '' = $JAX_COMPILATION_CACHE_DIR or WORKDIR/jax_cache; "
                         "'none' = off; or a directory.")
     flags.DEFINE_bool("aggregate", True, "Aggregate DIR into DIR/aggregate at the end.")
+    flags.DEFINE_bool("dry_run", False, "List the points (name, state, lr, command); run "
+                      "nothing.")
     flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -559,8 +562,19 @@ def main(argv) -> None:
             "seeds": sorted({p.overrides[SEED_KEY] for p in points}),
             "fixed_overrides": fixed, "num_points": len(points)}
     log.info("sweep of %s over %s (%s) x %d seed(s) = %d points in %s; fixed overrides: %s",
-             config_arg, ", ".join(f"{k}={format_value(tuple(v))}" for k, v in sweep.items()),
+             config_arg, " × ".join(f"{k}={','.join(map(format_value, v))}"
+                                    for k, v in sweep.items()),
              source, len(spec["seeds"]), len(points), root, fixed or "none")
+
+    if FLAGS.dry_run:
+        from jaxhybrid.optim import scaled_learning_rate
+        for i, p in enumerate(points):
+            state = "finished" if p.finished else ("started" if os.path.isdir(p.workdir)
+                                                   else "new")
+            lr = scaled_learning_rate(p.config.optimizer, p.config.batch_size)
+            print(f"[{i + 1}/{len(points)}] {p.name} ({state}, peak lr {lr:.4g})\n    "
+                  + shlex.join(p.argv))
+        return
 
     env = dict(os.environ)
     cache = FLAGS.compilation_cache

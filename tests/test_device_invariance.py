@@ -32,7 +32,8 @@ def _run(tmp_path, joint_weight, num_devices):
                     num_steps=6, log_every=1, seed=3)
     c.model.width = 4
     c.model.hidden = (16,)
-    c.model.stages = 1                         # one conv stage: a quick compile
+    c.model.stages = 1                         # one conv layer: a quick compile
+    c.model.convs_per_stage = 1
     # inputs ×10 inside the model (per-channel normalisation): log Z(x) then varies across
     # the batch, so the partition term is large (at a small init it is ~1e-4 nats)
     c.data.mean, c.data.std = (0.0,), (0.1,)

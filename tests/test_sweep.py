@@ -288,6 +288,19 @@ def test_single_seed_std_is_zero(tmp_path):
     assert [list(r["group"]) for r in rows] == [["joint_weight"]] * 2
 
 
+# -- the command line ---------------------------------------------------------------------------
+def test_dry_run_lists_points_and_runs_nothing(tmp_path):
+    r = subprocess.run(
+        [sys.executable, "-m", "jaxhybrid.sweep", "--config=configs/gffn.py:smoke",
+         f"--workdir={tmp_path / 'dry'}", "--sweep", "batch_size=16,32",
+         "--sweep", "joint_weight=0,1", "--seeds", "2", "--set", "model.hidden=(16,)",
+         "--dry_run"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "[8/8] batch_size=32,joint_weight=1,seed=1 (new, peak lr 0.0005)" in r.stdout
+    assert "'--config.model.hidden=(16,)'" in r.stdout         # shell-quoted commands
+    assert not (tmp_path / "dry").exists()
+
+
 # -- one real sweep --------------------------------------------------------------------------
 def test_real_two_point_sweep_then_aggregate(tmp_path):
     root = tmp_path / "sweep"
