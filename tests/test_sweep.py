@@ -168,6 +168,17 @@ def test_finished_points_are_skipped_and_failures_do_not_stop_the_sweep(tmp_path
     assert result["points"][done.name]["status"] == "skipped"
 
 
+def test_parallel_jobs_run_every_point_once(tmp_path):
+    c = _config()
+    points = sweep.expand_grid(c, sweep.parse_sweep(c, ["batch_size=16,32,64"]), [0, 1],
+                               str(tmp_path))
+    calls = []
+    result = sweep.run_sweep(points, str(tmp_path), jobs=3,
+                             runner=lambda p: calls.append(p.name) or _fake_finish(p) or 0)
+    assert sorted(calls) == sorted(p.name for p in points)
+    assert result["counts"] == {"finished": 6}
+
+
 def test_a_point_dir_with_another_config_is_refused(tmp_path):
     c = _config()
     (p,) = sweep.expand_grid(c, sweep.parse_sweep(c, ["batch_size=16"]), [0], str(tmp_path))
