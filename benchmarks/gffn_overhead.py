@@ -1,0 +1,332 @@
+"""Overhead of the GFFN joint objective over plain cross-entropy, per train step.
+
+Run (from the repository root):
+
+    python benchmarks/gffn_overhead.py [--devices 1] [--repeats 5] [--out results.json]
+    python benchmarks/gffn_overhead.py --config.model.width=16   # any config override
+
+What it measures, all in one process, on the thesis CNN of
+``configs/gffn.py:mnist_npz`` (width 32, 2 stages of 2 convs, hidden 256; MNIST
+28×28×1 zero-padded to 32×32; Adam), at global batch 128 and 1024:
+
+- the real trainer step (``jaxhybrid.train.make_train_step``: jitted, state donated,
+  loss inside ``jax.shard_map``) with λ = joint_weight = 0 (FFN) and λ = 1 (GFFN);
+- ``ce_only``: the same step, model and optimizer, whose loss is plain cross-entropy
+  with no joint term computed at all. The λ = 0 trainer still computes the joint
+  term for logging, so the honest overhead of GFFN is λ = 1 / ce_only.
+
+Each timed block is N consecutive steps ended by ``block_until_ready``; blocks are
+repeated R times, round-robin over the configurations (so machine noise hits all
+of them alike), after compilation and warm-up. Ratios are taken per repeat, then
+summarised as median (min–max). The thesis claims no relevant overhead: target
+λ=1 / ce_only ≤ 1.03.
+
+It also measures the input pipeline (``TrainBatches.host_batch``: host reading and
+preprocessing; ``TrainBatches.iterate``: the same plus the prefetch thread and the
+transfer to the device) in examples/s, against the train step's examples/s.
+pipeline/step > 1 means the pipeline is not the bottleneck (on a CPU backend the
+two share the same cores during training, so this is an upper bound).
+
+Measured (2-core CPU shared with other jobs, 1 device, MNIST npz; --repeats 9
+--block_seconds 3): λ=1 / ce_only median 1.005 at B=128 and 0.995 at B=1024 (per-repeat
+spread 0.65–1.24 from the machine's load); ~1.0 s/step at B=128, ~12.5 s/step at
+B=1024 (XLA:CPU's conv filter gradients and max-pool backward dominate); the input
+pipeline (iterate) is >600x faster than the step.
+
+Data: the shared MNIST npz (``data.npz_path``, else ../shared/data/mnist.npz beside
+the checkout) if present, else synthetic uint8 28×28 arrays of MNIST's size in a
+temporary npz; the script prints which.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import shutil
+import statistics
+import tempfile
+import time
+
+from absl import app, flags
+from ml_collections import config_flags
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED_MNIST = os.path.join(REPO, "..", "shared", "data", "mnist.npz")
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file(
+    "config", os.path.join(REPO, "configs", "gffn.py") + ":mnist_npz",
+    "Config of the measured model and optimizer (batch_size and joint_weight are set "
+    "by the benchmark).", lock_config=True)
+flags.DEFINE_integer("devices", 1, "Devices in the data mesh (CPU: fake devices; 1 is the "
+                     "meaningful measurement on a CPU).")
+flags.DEFINE_string("batch_sizes", "128,1024", "Global batch sizes, comma-separated.")
+flags.DEFINE_integer("repeats", 5, "Timed blocks per configuration (round-robin).")
+flags.DEFINE_integer("steps", 0, "Steps per timed block (0: chosen per batch size so that "
+                     "a block takes about --block_seconds).")
+flags.DEFINE_float("block_seconds", 1.0, "Target duration of one timed block when --steps=0.")
+flags.DEFINE_integer("warmup", 1, "Untimed steps per configuration after compilation.")
+flags.DEFINE_integer("pipeline_examples", 16384, "Examples read per pipeline measurement.")
+flags.DEFINE_string("out", "", "Write the results as JSON to this path (optional).")
+
+VARIANTS = ("lambda0", "lambda1", "ce_only")
+
+
+def summary(values) -> dict:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def resolve_data(config, tmpdir: str) -> str:
+    """Path of the MNIST npz to use, or of a synthetic stand-in; prints which."""
+    import numpy as np
+    for path in (config.data.npz_path, SHARED_MNIST):
+        if path and os.path.exists(path):
+            print(f"data: MNIST npz {os.path.abspath(path)}")
+            return os.path.abspath(path)
+    rng = np.random.default_rng(0)
+    path = os.path.join(tmpdir, "synthetic_mnist.npz")
+    np.savez(path, x_train=rng.integers(0, 256, (60000, 28, 28), dtype=np.uint8),
+             y_train=rng.integers(0, 10, 60000).astype(np.uint8),
+             x_test=rng.integers(0, 256, (10000, 28, 28), dtype=np.uint8),
+             y_test=rng.integers(0, 10, 10000).astype(np.uint8))
+    print(f"data: MNIST npz not found; SYNTHETIC uint8 28x28 arrays of MNIST's size ({path})")
+    return path
+
+
+def ce_only_loss(logits_fn, label_model):
+    """Plain cross-entropy train loss: the joint term is not computed at all.
+
+    Same (loss, aux) contract as the classifier family; aux keeps the accuracy the
+    trainer also logs, so only the joint term differs from λ = 0 / λ = 1.
+    """
+    import jax.numpy as jnp
+    from jax import lax
+
+    from jaxhybrid.objectives.conditional import conditional_nll
+
+    def loss_fn(params, batch, rng, axis_name=None):
+        del rng
+        logits = logits_fn(params, batch["image"])
+        labels, mask = batch["label"], batch["mask"]
+        cond = conditional_nll(logits, labels, label_model=label_model, axis_name=axis_name,
+                               mask=mask)
+        correct = jnp.sum(jnp.where(mask, jnp.argmax(logits, -1) == labels, False)
+                          .astype(jnp.float32))
+        count = jnp.sum(mask.astype(jnp.float32))
+        if axis_name is not None:
+            correct, count = lax.psum((correct, count), axis_name)
+        return cond, {"conditional_nll": cond, "accuracy": lax.stop_gradient(correct / count)}
+
+    return loss_fn
+
+
+@dataclasses.dataclass
+class Setup:
+    name: str             # e.g. "B=128 lambda1"
+    batch_size: int
+    variant: str
+    step: object          # jitted (state, batch) -> (state, metrics), state donated
+    state: object
+    batches: list         # a few device batches, cycled
+    trainer_batches: object  # TrainBatches (for the pipeline measurement)
+    times: list = dataclasses.field(default_factory=list)   # seconds per step, per repeat
+    cursor: int = 0
+
+    def run(self, n: int) -> float:
+        import jax
+        t0 = time.perf_counter()
+        state, metrics = self.state, None
+        for _ in range(n):
+            state, metrics = self.step(state, self.batches[self.cursor % len(self.batches)])
+            self.cursor += 1
+        jax.block_until_ready((state, metrics))
+        self.state = state
+        return time.perf_counter() - t0
+
+
+def build_setup(base_config, batch_size: int, variant: str, devices: int,
+                initial_state=None) -> Setup:
+    """The trainer's own construction (train.train_and_evaluate), for one configuration.
+
+    ``initial_state``: a state made by ``create_state`` for another configuration of the
+    same model and optimizer (identical: same seed, lr-independent Adam state), copied
+    instead of compiling the init again (~10 s per configuration on a busy 2-core CPU).
+    """
+    import jax
+    import jax.numpy as jnp
+
+    from jaxhybrid.data.pipeline import TrainBatches
+    from jaxhybrid.experiment import build_experiment, create_state
+    from jaxhybrid.optim import make_optimizer, make_schedule
+    from jaxhybrid.train import make_train_step, training_plan
+
+    config = base_config.copy_and_resolve_references()
+    config.batch_size = batch_size
+    config.num_devices = devices
+    config.joint_weight = 0.0 if variant == "lambda0" else 1.0
+    exp = build_experiment(config)
+    if variant == "ce_only":
+        family = dataclasses.replace(
+            exp.family, loss_fn=ce_only_loss(exp.family.logits_fn, config.label_model),
+            describe={**exp.family.describe, "joint_weight": "none (ce_only)"})
+        exp = dataclasses.replace(exp, family=family)
+    plan = training_plan(config, len(exp.splits.train))
+    schedule = make_schedule(config.optimizer, batch_size, plan["total_steps"],
+                             plan["steps_per_epoch"])
+    optimizer = make_optimizer(config.optimizer, schedule)
+    batches = TrainBatches(exp.splits.train, batch_size, seed=config.seed, mesh=exp.mesh,
+                           preprocess=exp.preprocess)
+    if initial_state is None:
+        state = create_state(exp, optimizer, config.seed)
+    else:  # a copy: every configuration's step donates (consumes) its own state
+        state = jax.tree.map(jnp.copy, initial_state)
+    step = make_train_step(exp, optimizer, schedule)
+    device_batches = [batches.batch(s) for s in range(4)]
+    return Setup(f"B={batch_size} {variant}", batch_size, variant, step, state,
+                 device_batches, batches)
+
+
+def time_pipeline(batches, n_examples: int, repeats: int) -> dict:
+    """examples/s of host_batch (host read + preprocess) and iterate (+ prefetch + device)."""
+    import jax
+    n_steps = max(2, -(-n_examples // batches.batch_size))
+    host, full = [], []
+    for r in range(repeats):
+        start = r * n_steps  # fresh rows each repeat
+        t0 = time.perf_counter()
+        for s in range(start, start + n_steps):
+            batches.host_batch(s)
+        host.append(n_steps * batches.batch_size / (time.perf_counter() - t0))
+        t0 = time.perf_counter()
+        for _, b in batches.iterate(start, start + n_steps):
+            jax.block_until_ready(b)
+        full.append(n_steps * batches.batch_size / (time.perf_counter() - t0))
+    return {"steps_per_measurement": n_steps, "host_batch": summary(host),
+            "iterate": summary(full), "host_batch_all": host, "iterate_all": full}
+
+
+def fmt_range(s: dict, scale: float = 1.0, spec: str = ".1f") -> str:
+    return (f"{s['median'] * scale:{spec}} ({s['min'] * scale:{spec}}–"
+            f"{s['max'] * scale:{spec}})")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    import jax
+    if FLAGS.devices > 1:
+        jax.config.update("jax_num_cpu_devices", FLAGS.devices)
+    import numpy as np
+
+    config = FLAGS.config
+    batch_sizes = [int(b) for b in FLAGS.batch_sizes.split(",") if b.strip()]
+    tmpdir = tempfile.mkdtemp(prefix="gffn_overhead_")
+    config.data.npz_path = resolve_data(config, tmpdir)
+    val = config.data.validation_size
+    if isinstance(val, float) and val >= 1:
+        # The config's count (5000) arrives as 5000.0 (the field is a float in
+        # config_defaults) and load_splits reads floats as fractions: pass it as one.
+        with np.load(config.data.npz_path) as f:
+            n_train = f["y_train"].shape[0]
+        config.data.validation_size = val / n_train
+    m = config.model
+    print(f"jax {jax.__version__} ({jax.default_backend()}, {FLAGS.devices} of "
+          f"{jax.device_count()} device(s)); python {platform.python_version()}; "
+          f"{os.cpu_count()} CPU(s)")
+    print(f"model {m.name} width {m.width} stages {m.stages}x{m.convs_per_stage} conv hidden "
+          f"{tuple(m.hidden)}; frame {config.data.frame}; optimizer {config.optimizer.name}; "
+          f"label model {config.label_model}")
+
+    t0 = time.perf_counter()
+    setups = []
+    for b in batch_sizes:
+        for v in VARIANTS:
+            setups.append(build_setup(config, b, v, FLAGS.devices,
+                                      setups[0].state if setups else None))
+    n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(setups[0].state["params"]))
+    print(f"parameters: {n_params:,}; built {len(setups)} configurations in "
+          f"{time.perf_counter() - t0:.1f} s")
+
+    # Compile + warm up; choose steps per block per batch size from the warm-up.
+    steps = {}
+    for s in setups:
+        t0 = time.perf_counter()
+        s.run(1)
+        compile_s = time.perf_counter() - t0
+        warm = s.run(max(FLAGS.warmup, 1)) / max(FLAGS.warmup, 1)
+        print(f"  {s.name:<18s} first step (compile) {compile_s:5.2f} s, warm step "
+              f"{warm * 1e3:7.1f} ms")
+        if s.variant == "lambda1":
+            steps[s.batch_size] = FLAGS.steps or max(1, round(FLAGS.block_seconds / warm))
+    print("steps per timed block: " + ", ".join(f"B={b}: {n}" for b, n in steps.items())
+          + f"; {FLAGS.repeats} repeats, round-robin")
+
+    # Timed blocks, round-robin over the configurations; the starting configuration
+    # rotates between repeats so that no configuration always follows the same one.
+    for r in range(FLAGS.repeats):
+        order = setups[r % len(setups):] + setups[:r % len(setups)]
+        for s in order:
+            n = steps[s.batch_size]
+            s.times.append(s.run(n) / n)
+
+    results = {"config": {"model": json.loads(config.model.to_json()),
+                          "frame": config.data.frame, "optimizer": config.optimizer.name,
+                          "npz_path": config.data.npz_path,
+                          "synthetic_data": config.data.npz_path.startswith(tmpdir)},
+               "devices": FLAGS.devices, "repeats": FLAGS.repeats,
+               "steps_per_block": {str(b): n for b, n in steps.items()},
+               "jax": jax.__version__, "cpus": os.cpu_count(), "batch_sizes": {}}
+
+    print()
+    print(f"{'configuration':<18s} {'ms/step median (min–max)':>30s} {'examples/s median':>18s}")
+    for s in setups:
+        t = summary(s.times)
+        print(f"{s.name:<18s} {fmt_range(t, 1e3):>30s} {s.batch_size / t['median']:>18.0f}")
+
+    print()
+    print("Overhead ratios (per-repeat time ratios; target λ=1 / ce_only ≤ 1.03):")
+    by = {(s.batch_size, s.variant): s for s in setups}
+    for b in batch_sizes:
+        l0, l1, ce = by[(b, "lambda0")], by[(b, "lambda1")], by[(b, "ce_only")]
+        r10 = summary([a / c for a, c in zip(l1.times, l0.times)])
+        r1ce = summary([a / c for a, c in zip(l1.times, ce.times)])
+        r0ce = summary([a / c for a, c in zip(l0.times, ce.times)])
+        verdict = "OK" if r1ce["median"] <= 1.03 else "ABOVE TARGET"
+        print(f"  B={b:<5d} λ=1/λ=0 {fmt_range(r10, 1, '.3f')}   λ=1/ce_only "
+              f"{fmt_range(r1ce, 1, '.3f')} [{verdict}]   λ=0/ce_only {fmt_range(r0ce, 1, '.3f')}")
+        results["batch_sizes"][str(b)] = {
+            **{v: {"sec_per_step": summary(by[(b, v)].times),
+                   "sec_per_step_all": by[(b, v)].times,
+                   "examples_per_sec": b / statistics.median(by[(b, v)].times)}
+               for v in VARIANTS},
+            "ratio_lambda1_over_lambda0": r10, "ratio_lambda1_over_ce_only": r1ce,
+            "ratio_lambda0_over_ce_only": r0ce}
+
+    print()
+    print("Input pipeline vs train step (examples/s, median (min–max); ratio > 1: the "
+          "pipeline is not the bottleneck):")
+    for b in batch_sizes:
+        pipe = time_pipeline(by[(b, "lambda1")].trainer_batches, FLAGS.pipeline_examples,
+                             max(3, min(FLAGS.repeats, 5)))
+        step_rate = b / statistics.median(by[(b, "lambda1")].times)
+        h, it = pipe["host_batch"], pipe["iterate"]
+        print(f"  B={b:<5d} host_batch {fmt_range(h, 1, '.0f'):>24s}   iterate "
+              f"{fmt_range(it, 1, '.0f'):>24s}   λ=1 step {step_rate:8.0f}   "
+              f"host_batch/step {h['median'] / step_rate:6.1f}x   iterate/step "
+              f"{it['median'] / step_rate:6.1f}x")
+        results["batch_sizes"][str(b)]["pipeline"] = {
+            **pipe, "step_examples_per_sec": step_rate,
+            "ratio_host_batch_over_step": h["median"] / step_rate,
+            "ratio_iterate_over_step": it["median"] / step_rate}
+
+    if FLAGS.out:
+        os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)
+        with open(FLAGS.out, "w") as f:
+            json.dump(results, f, indent=2)
+        print(f"\nresults written to {FLAGS.out}")
+    shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    app.run(main)
