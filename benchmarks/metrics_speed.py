@@ -10,8 +10,14 @@ Times, on the same synthetic data in the same run:
 Prints median and min-max seconds, and the ratio reference / ours (> 1: ours is faster).
 Target: each of ours under 1 s on a 2-core CPU.
 
-Sections are functions returning result rows, so an FGSM throughput section
-(`bench_fgsm`) can be added to `main()` once a model exists.
+- FGSM throughput (examples/s) of `jaxhybrid.evaluators.adversarial.fgsm` under jax.jit on
+  the thesis CNN (width 32, 2 stages, hidden 256, random init) at batch `--fgsm_batch`
+  (1024), MNIST-shaped inputs 28x28x1 zero-padded to 32x32, against a plain
+  forward+backward in the same run (jax.grad of the summed cross-entropy wrt the input,
+  no sign, no clip). The two are timed alternately; fgsm/grad (per-repeat time ratio)
+  is the attack's overhead over one gradient evaluation (~1 expected).
+
+Sections are functions returning result rows.
 """
 
 from __future__ import annotations
@@ -89,10 +95,64 @@ def bench_ood(n: int, repeats: int, rng) -> list[dict]:
     ]
 
 
+def bench_fgsm(batch: int, repeats: int, seed: int = 0) -> list[dict]:
+    """FGSM (eps = 8/255) vs one input gradient of the summed CE, thesis CNN, jitted."""
+    import jax
+    import jax.numpy as jnp
+
+    from jaxhybrid.config_defaults import base_config
+    from jaxhybrid.data.preprocess import pad_to_frame, to_float
+    from jaxhybrid.evaluators.adversarial import fgsm
+    from jaxhybrid.models import build_model
+
+    module = build_model(base_config().model, num_classes=10)  # the thesis CNN
+    rng = np.random.default_rng(seed)
+    x = jnp.asarray(pad_to_frame(to_float(rng.integers(0, 256, (batch, 28, 28, 1), np.uint8)), 32))
+    y = jnp.asarray(rng.integers(0, 10, batch), jnp.int32)
+    params = module.init(jax.random.PRNGKey(seed), x[:1])["params"]
+
+    def logits_fn(p):
+        return lambda images: module.apply({"params": p}, images)
+
+    def summed_ce(images, p, labels):  # the reference: forward + backward, nothing else
+        logp = jax.nn.log_softmax(logits_fn(p)(images), axis=-1)
+        return -jnp.sum(jnp.take_along_axis(logp, labels[:, None], axis=-1))
+
+    attack = jax.jit(lambda p, images, labels, eps: fgsm(logits_fn(p), images, labels, eps))
+    grad = jax.jit(jax.grad(summed_ce))
+    eps = jnp.float32(8 / 255)
+    run_attack = lambda: jax.block_until_ready(attack(params, x, y, eps))
+    run_grad = lambda: jax.block_until_ready(grad(x, params, y))
+    x_adv = run_attack()  # compile + warm up both
+    run_grad()
+    assert float(jnp.max(jnp.abs(x_adv - x))) <= 8 / 255 + 1e-6
+    t_attack, t_grad = [], []
+    for _ in range(repeats):  # alternate, so that machine noise hits both alike
+        for fn, times in ((run_attack, t_attack), (run_grad, t_grad)):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+    ratios = [a / g for a, g in zip(t_attack, t_grad)]
+    summary = lambda v: (statistics.median(v), min(v), max(v))
+    r = summary(ratios)
+    shape = "x".join(str(d) for d in x.shape[1:])
+    return [
+        {"name": f"fgsm (jit)  thesis CNN B={batch} {shape}", "t": summary(t_attack),
+         "ref_t": None, "examples": batch,
+         "note": f"  fgsm/grad = {r[0]:.3f} (min {r[1]:.3f}, max {r[2]:.3f})"},
+        {"name": "  reference: grad of summed CE wrt input", "t": summary(t_grad),
+         "ref_t": None, "examples": batch},
+    ]
+
+
 def print_rows(rows: list[dict]) -> None:
     for r in rows:
         med, lo, hi = r["t"]
         ratio = f"  ref/ours = {r['ref_t'][0] / med:5.1f}x" if r["ref_t"] else ""
+        if r.get("examples"):  # throughput rows: examples/s at the median, (at max, at min)
+            n = r["examples"]
+            ratio += f"  {n / med:8.0f} ex/s ({n / hi:.0f}–{n / lo:.0f})"
+        ratio += r.get("note", "")
         print(f"{r['name']:<44s} median {med * 1e3:8.1f} ms  (min {lo * 1e3:7.1f}, max {hi * 1e3:7.1f}){ratio}")
 
 
@@ -100,12 +160,14 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=1_000_000, help="examples per metric")
     parser.add_argument("--repeats", type=int, default=7, help="timed repetitions after one warm-up")
+    parser.add_argument("--fgsm_batch", type=int, default=1024, help="FGSM batch size (0: skip)")
     args = parser.parse_args(argv)
     rng = np.random.default_rng(0)
     print(f"numpy {np.__version__}; {args.repeats} repeats after one warm-up; times in ms")
     print_rows(bench_calibration(args.n, args.repeats, rng))
     print_rows(bench_ood(args.n, args.repeats, rng))
-    # bench_fgsm(...) goes here once a model exists.
+    if args.fgsm_batch > 0:
+        print_rows(bench_fgsm(args.fgsm_batch, args.repeats))
 
 
 if __name__ == "__main__":
