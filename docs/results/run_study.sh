@@ -13,8 +13,8 @@
 #           classes 8 and 9 held out as near-OOD; OOD sets: the held-out classes, sklearn
 #           digits resized to 28×28, uniform and Gaussian noise, constant and inverted images
 #           (2000 examples each). Batch 16, 64, 256, 1024, 4096. To fit the CPU budget: a
-#           stratified 12,000-example training subset, a fixed 6 epochs (72,000 examples
-#           seen at every batch size, so 4,500 steps at batch 16 but 18 at 4096), and the
+#           stratified 10,000-example training subset, a fixed 5 epochs (50,000 examples
+#           seen at every batch size, so 3,125 steps at batch 16 but 15 at 4096), and the
 #           thesis CNN at width 8 instead of 32 (136k parameters). Adam, lr 1e-3 at batch
 #           128 with square-root scaling (5.7e-3 at 4096).
 #           validation_size is given as the fraction 1/12 because the config's
@@ -25,8 +25,8 @@
 # ≈ 40–60 s (batch 4, 10 epochs: 41 s; batch 1024, 100 epochs: 48 s), so the 30 digits runs
 # take ≈ 30 min. An MNIST run of this setup processes ≈ 500–700 examples/s (batch 16:
 # 750 steps in 17 s; batch 256: 200 steps in ≈ 75 s) plus ≈ 45 s of start-up, compilation
-# and evaluation, i.e. ≈ 2–3 min per run for 6 epochs of 12,000, so the 30 MNIST runs take
-# ≈ 80–90 min. Whole study: ≈ 2 hours with --jobs 1 (one run uses ~1.5 cores). The points
+# and evaluation, i.e. ≈ 1.5–2 min per run for 5 epochs of 10,000, so the 30 MNIST runs take
+# ≈ 50–60 min. Whole study: ≈ 2 hours with --jobs 1 (one run uses ~1.5 cores). The points
 # share a persistent XLA compilation cache, which removes most of the compile time after
 # the first run of each shape.
 #
@@ -49,7 +49,7 @@ status=0
 
 "$PY" -m jaxhybrid.sweep --config=configs/gffn.py:mnist_npz --workdir="$RUNS/mnist" \
     --sweep batch_size=16,64,256,1024,4096 --sweep joint_weight=0,1 --seeds 3 \
-    --config.num_epochs=6 --config.data.train_subset=12000 \
+    --config.num_epochs=5 --config.data.train_subset=10000 \
     --config.data.validation_size=0.0833333333 "--config.data.ood_classes=(8, 9)" \
     --config.model.width=8 "--config.model.hidden=(128,)" \
     --config.evals.ood_sets=heldout,digits,uniform_noise,gaussian_noise,constant,inverted \
