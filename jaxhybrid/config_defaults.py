@@ -9,9 +9,11 @@ import os
 
 import ml_collections
 
+# The shared MNIST file sits beside the project checkout: <checkout>/../shared/data/mnist.npz.
 MNIST_NPZ = os.environ.get(
     "JAXHYBRID_MNIST_NPZ",
-    os.path.join(os.getcwd(), "..", "shared", "data", "mnist.npz"))
+    os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..",
+                                  "shared", "data", "mnist.npz")))
 
 
 def data_config(**overrides) -> ml_collections.ConfigDict:

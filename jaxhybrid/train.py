@@ -87,6 +87,9 @@ def train_and_evaluate(config, workdir: str, *, _crash_after_step: int | None = 
     batches = TrainBatches(exp.splits.train, config.batch_size, seed=config.seed, mesh=mesh,
                            preprocess=exp.preprocess)
     save_config(config, workdir)
+    if jax.process_index() == 0:  # provenance of the data: source, sizes, class counts
+        with open(os.path.join(workdir, "data.json"), "w") as f:
+            json.dump(exp.splits.description, f, indent=2, sort_keys=True, default=str)
 
     n_dev, n_proc = mesh.devices.size, jax.process_count()
     log.info("family=%s %s | data=%s train/val/test=%d/%d/%d classes=%d input=%s",

@@ -63,3 +63,14 @@ def test_models_shapes_and_errors():
     cfg.depth = 3
     with pytest.raises(ValueError, match=r"Unknown option\(s\) \['depth'\]"):
         build_model(cfg, 10)
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 8, 3), (2, 7, 5, 2)])
+def test_max_pool_matches_flax(shape):
+    import flax.linen as nn
+    from jaxhybrid.models.cnn import max_pool_2x2
+    x = jax.random.normal(jax.random.PRNGKey(0), shape)
+    ref = lambda x: nn.max_pool(x, (2, 2), strides=(2, 2), padding="SAME")
+    np.testing.assert_array_equal(max_pool_2x2(x), ref(x))
+    g = jax.grad(lambda x: jnp.sum(max_pool_2x2(x) ** 2))(x)
+    np.testing.assert_allclose(g, jax.grad(lambda x: jnp.sum(ref(x) ** 2))(x))

@@ -445,6 +445,8 @@ def _resolve_count(size: int | float | None, total: int, what: str) -> int:
         return 0
     if isinstance(size, bool):
         raise ValueError(f"{what} must be an int count or a float fraction, got {size!r}")
+    if isinstance(size, (float, np.floating)) and size >= 1 and float(size).is_integer():
+        size = int(size)  # ConfigDict float fields turn a count of 5000 into 5000.0
     if isinstance(size, (float, np.floating)):
         if not 0.0 <= size < 1.0:
             raise ValueError(f"{what} as a fraction must be in [0, 1), got {size}")
