@@ -37,20 +37,20 @@ class Predictor:
         self._scores = jax.jit(parallel.shard_outputs(
             lambda p, b: exp.family.scores(p, b["image"]), exp.mesh))
 
-    def outputs(self, params, source, *, transform: Callable | None = None,
-                max_examples: int = 0, fn: Callable | None = None) -> dict[str, np.ndarray]:
-        """{name: [N, ...]} numpy outputs of ``fn`` (default: the family's scores) plus
-        ``label`` [N]; ``transform(images, ids)`` alters the images on the host."""
+    def outputs(self, params, source, *, max_examples: int = 0,
+                fn: Callable | None = None) -> dict[str, np.ndarray]:
+        """{name: [N, ...]} numpy outputs of ``fn(params, batch)`` (default: the family's
+        scores) over the first ``max_examples`` (0: all) of ``source``, plus ``label`` [N]."""
         if max_examples and len(source) > max_examples:
             from jaxhybrid.data.sources import SubsetSource
             source = SubsetSource(source, np.arange(max_examples))
         fn = fn or self._scores
         chunks: list[dict] = []
         for batch in eval_batches(source, self.exp.config.eval_batch_size, mesh=self.exp.mesh,
-                                  preprocess=self.exp.preprocess, transform=transform):
-            out = fn(params, batch)
-            out = {**out, "label": batch["label"], "mask": batch["mask"]}
-            chunks.append(jax.tree.map(parallel.to_host, out))
+                                  preprocess=self.exp.preprocess):
+            out = fn(params, batch)   # dispatched asynchronously; fetched once at the end
+            chunks.append({**out, "label": batch["label"], "mask": batch["mask"]})
+        chunks = jax.tree.map(parallel.to_host, chunks)
         if not chunks:
             return {}
         cat = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}

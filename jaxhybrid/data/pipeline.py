@@ -121,12 +121,11 @@ class TrainBatches:
                     t.join(timeout=0.05)
 
 
-def eval_batches(source, global_batch_size: int, *, mesh: Mesh, preprocess: Preprocess,
-                 transform=None) -> Iterator[dict]:
+def eval_batches(source, global_batch_size: int, *, mesh: Mesh,
+                 preprocess: Preprocess) -> Iterator[dict]:
     """Sequential global batches over the whole split, the last one padded and masked.
 
     Every example appears exactly once with mask True, on any device count.
-    ``transform``: optional host-side fn(images float [n,H,W,C], indices) -> images.
     """
     parallel.check_global_batch(global_batch_size, mesh)
     rows = parallel.host_slice(global_batch_size, mesh)
@@ -134,7 +133,4 @@ def eval_batches(source, global_batch_size: int, *, mesh: Mesh, preprocess: Prep
     for start in range(0, n, global_batch_size):
         ids = np.arange(start, min(start + global_batch_size, n))
         ids = np.pad(ids, (0, global_batch_size - len(ids)), constant_values=-1)[rows]
-        batch = _read(source, ids, preprocess)
-        if transform is not None:
-            batch["image"] = transform(batch["image"], ids).astype(np.float32)
-        yield parallel.to_global(batch, mesh)
+        yield parallel.to_global(_read(source, ids, preprocess), mesh)
