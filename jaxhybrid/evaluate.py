@@ -18,6 +18,7 @@ import numpy as np
 from jaxhybrid import parallel
 from jaxhybrid.checkpointing import Checkpointer, load_saved_config
 from jaxhybrid.data.pipeline import eval_batches
+from jaxhybrid.data.sources import SubsetSource
 from jaxhybrid.experiment import Experiment, abstract_state, build_experiment
 from jaxhybrid.objectives.conditional import conditional_nll_per_example
 
@@ -42,7 +43,6 @@ class Predictor:
         """{name: [N, ...]} numpy outputs of ``fn(params, batch)`` (default: the family's
         scores) over the first ``max_examples`` (0: all) of ``source``, plus ``label`` [N]."""
         if max_examples and len(source) > max_examples:
-            from jaxhybrid.data.sources import SubsetSource
             source = SubsetSource(source, np.arange(max_examples))
         fn = fn or self._scores
         chunks: list[dict] = []
