@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 
 from absl import app, flags
@@ -30,12 +31,20 @@ def main(argv):
     logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
     from jaxhybrid.parallel import maybe_initialize_distributed
     maybe_initialize_distributed()
-    if FLAGS.mode == "train":
-        from jaxhybrid.train import train_and_evaluate
-        metrics = train_and_evaluate(FLAGS.config, FLAGS.workdir)
-    else:
-        from jaxhybrid.evaluate import evaluate
-        metrics = evaluate(FLAGS.config, FLAGS.workdir, FLAGS.checkpoint)
+    try:
+        if FLAGS.mode == "train":
+            from jaxhybrid.train import train_and_evaluate
+            metrics = train_and_evaluate(FLAGS.config, FLAGS.workdir)
+        else:
+            from jaxhybrid.evaluate import evaluate
+            metrics = evaluate(FLAGS.config, FLAGS.workdir, FLAGS.checkpoint)
+    except (ValueError, FileNotFoundError, FloatingPointError) as e:
+        # Bad input (config, data, checkpoint) or a diverged run: the message says what to
+        # do; the traceback only with JAXHYBRID_DEBUG=1.
+        if os.environ.get("JAXHYBRID_DEBUG"):
+            raise
+        print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
+        sys.exit(1)
     print("FINAL METRICS " + json.dumps(metrics, sort_keys=True, default=str))
 
 
