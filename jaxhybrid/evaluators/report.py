@@ -5,6 +5,10 @@ import os
 import time
 
 
+TITLES = {"ood": "OOD detection", "adversarial": "Adversarial robustness",
+          "temperature": "Temperature scaling"}
+
+
 def write_report(exp, metrics: dict, results, out_dir: str, *, step: int) -> str:
     c = exp.config
     s = exp.splits
@@ -32,7 +36,7 @@ def write_report(exp, metrics: dict, results, out_dir: str, *, step: int) -> str
         "",
     ]
     for sec in results.sections:
-        lines += [f"## {sec.name.capitalize()}", "", sec.markdown, ""]
+        lines += [f"## {TITLES.get(sec.name, sec.name.capitalize())}", "", sec.markdown, ""]
         for title, fig in sec.figures:
             if os.path.exists(os.path.join(out_dir, fig)):
                 lines += [f"![{title}]({fig})", ""]
