@@ -498,7 +498,7 @@ def write_outputs(run_root: str, out_dir: str | None = None) -> dict:
     os.makedirs(out_dir, exist_ok=True)
     csv_path = write_csv(rows, keys, os.path.join(out_dir, "aggregate.csv"))
     figures = write_figures(runs, rows, keys, out_dir)
-    md = [f"# Sweep aggregate\n",
+    md = ["# Sweep aggregate\n",
           f"{len(runs)} finished run(s) under `{os.path.relpath(run_root)}` in {len(rows)} "
           f"group(s), grouped by {', '.join(f'`{k}`' for k in keys) or 'nothing'}. Each cell "
           f"is mean ± std over the seeds of the group (std with ddof=1, 0 when n = 1); n is "
