@@ -13,7 +13,6 @@ import logging
 from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
@@ -124,6 +123,3 @@ def tree_shapes(tree: Any) -> dict[str, tuple]:
     return {"/".join(_key_name(k) for k in path): tuple(getattr(leaf, "shape", ()))
             for path, leaf in flat}
 
-
-def global_norm(tree) -> jax.Array:
-    return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree_util.tree_leaves(tree)))
