@@ -28,24 +28,33 @@ import numpy as np
 BINNINGS = ("equal_width", "equal_mass")
 
 
-def _top_label(probs, labels):
-    """probs: [N, K], labels: [N] ints -> (confidence [N] float64, correct [N] bool)."""
-    probs = np.asarray(probs)
+def check_scores_and_labels(scores, labels, what: str = "probs"):
+    """Validate per-class scores [N, K] and integer labels [N] in [0, K); return both as
+    numpy arrays. Shared by the calibration and temperature-scaling metrics."""
+    scores = np.asarray(scores)
     labels = np.asarray(labels)
-    if probs.ndim != 2:
-        raise ValueError(f"probs must be [N, K], got shape {probs.shape}")
-    if labels.shape != (probs.shape[0],):
+    if scores.ndim != 2:
+        raise ValueError(f"{what} must be [N, K], got shape {scores.shape}")
+    if labels.shape != (scores.shape[0],):
         raise ValueError(
-            f"labels must be [N] with N={probs.shape[0]} to match probs, got shape {labels.shape}"
+            f"labels must be [N] with N={scores.shape[0]} to match {what}, "
+            f"got shape {labels.shape}"
         )
-    if probs.shape[0] == 0:
-        raise ValueError("calibration metrics need at least one example, got N=0")
+    if scores.shape[0] == 0:
+        raise ValueError("need at least one example, got N=0")
     if not np.issubdtype(labels.dtype, np.integer):
         raise ValueError(f"labels must be integers, got dtype {labels.dtype}")
-    if labels.min() < 0 or labels.max() >= probs.shape[1]:
+    if labels.min() < 0 or labels.max() >= scores.shape[1]:
         raise ValueError(
-            f"labels must lie in [0, {probs.shape[1] - 1}], got range [{labels.min()}, {labels.max()}]"
+            f"labels must lie in [0, {scores.shape[1] - 1}], "
+            f"got range [{labels.min()}, {labels.max()}]"
         )
+    return scores, labels
+
+
+def _top_label(probs, labels):
+    """probs: [N, K], labels: [N] ints -> (confidence [N] float64, correct [N] bool)."""
+    probs, labels = check_scores_and_labels(probs, labels, "probs")
     pred = probs.argmax(axis=1)  # METRICS.md: prediction = argmax_k p(k|x)
     # Gather at the argmax instead of probs.max(1): the same value, about 3x faster.
     conf = probs[np.arange(probs.shape[0]), pred].astype(np.float64)  # top-label confidence

@@ -18,14 +18,13 @@ from jaxhybrid.evaluators import ood_sets as ood_sets_lib
 from jaxhybrid.evaluators.adversarial import epsilon_grid, fgsm, pgd
 from jaxhybrid.evaluators.calibration import calibration_metrics
 from jaxhybrid.evaluators.ood import ood_metrics, roc_curve
-from jaxhybrid.evaluators.temperature import apply_temperature, fit_temperature, nll
+from jaxhybrid.evaluators.temperature import (apply_temperature, fit_temperature, log_softmax,
+                                               nll)
 
 
 def _probs(logits) -> np.ndarray:
-    z = np.asarray(logits, np.float64)
-    z = z - z.max(-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(-1, keepdims=True)
+    """softmax in float64 on the host: [N, K] -> [N, K]."""
+    return np.exp(log_softmax(np.asarray(logits, np.float64)))
 
 
 def _table(rows: list[list], header: list[str]) -> str:

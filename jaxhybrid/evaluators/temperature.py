@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from jaxhybrid.evaluators.calibration import check_scores_and_labels
+
 # Search range for T. The optimum is clamped to it (e.g. separable training logits would
 # otherwise drive T -> 0).
 T_MIN = 0.05
@@ -15,26 +17,14 @@ T_MAX = 20.0
 
 
 def _check(logits, labels):
-    logits = np.asarray(logits, dtype=np.float64)
-    labels = np.asarray(labels)
-    if logits.ndim != 2:
-        raise ValueError(f"logits must be [N, K], got shape {logits.shape}")
-    if labels.shape != (logits.shape[0],):
-        raise ValueError(f"labels must be [N] with N={logits.shape[0]}, got shape {labels.shape}")
-    if logits.shape[0] == 0:
-        raise ValueError("need at least one example, got N=0")
-    if not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"labels must be integers, got dtype {labels.dtype}")
-    if labels.min() < 0 or labels.max() >= logits.shape[1]:
-        raise ValueError(
-            f"labels must lie in [0, {logits.shape[1] - 1}], got range [{labels.min()}, {labels.max()}]"
-        )
+    logits, labels = check_scores_and_labels(logits, labels, "logits")
+    logits = logits.astype(np.float64)
     if not np.all(np.isfinite(logits)):
         raise ValueError("logits contain non-finite values")
     return logits, labels
 
 
-def _log_softmax(z):
+def log_softmax(z):
     """z: [N, K] -> log softmax over K, stable (max subtracted)."""
     z = z - z.max(axis=1, keepdims=True)
     return z - np.log(np.sum(np.exp(z), axis=1, keepdims=True))
@@ -46,7 +36,7 @@ def nll(logits, labels) -> float:
     logits: [N, K] (numpy or jax), labels: [N] ints -> float.
     """
     logits, labels = _check(logits, labels)
-    logp = _log_softmax(logits)
+    logp = log_softmax(logits)
     return float(-np.mean(logp[np.arange(logits.shape[0]), labels]))
 
 
@@ -76,7 +66,7 @@ def fit_temperature(logits, labels, *, init: float = 1.0) -> float:
     z_true = z[np.arange(z.shape[0]), labels]
 
     def grad_hess(beta):
-        logp = _log_softmax(beta * z)
+        logp = log_softmax(beta * z)
         p = np.exp(logp)
         mean_z = np.sum(p * z, axis=1)
         var_z = np.sum(p * (z - mean_z[:, None]) ** 2, axis=1)
