@@ -13,19 +13,24 @@ from configs import gffn
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def apply_overrides(config, overrides: dict):
+    """Set dotted keys ("model.width": 8) on a ConfigDict; returns it."""
+    for key, value in overrides.items():
+        node = config
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return config
+
+
 def tiny_config(**overrides):
     """The digits smoke config, made smaller; overrides as dotted keys."""
     c = gffn.get_config("smoke")
     c.model.width = 8
     c.model.hidden = (32,)
     c.evals.names = "classification"
-    for key, value in overrides.items():
-        node = c
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    return c
+    return apply_overrides(c, overrides)
 
 
 def restore_params(config, workdir, step="latest"):

@@ -12,7 +12,7 @@ from jaxhybrid.checkpointing import Checkpointer
 from jaxhybrid.data import preprocess, sources
 from jaxhybrid.data.tfds_prepare import prepare_from_arrays
 from jaxhybrid.train import train_and_evaluate
-from tests.helpers import run_cli
+from tests.helpers import apply_overrides, run_cli
 
 NUM_TRAIN, NUM_TEST, BATCH = 160, 64, 32
 VALIDATION = 0.1  # a fraction: an int count would arrive as a float (see the report)
@@ -40,13 +40,7 @@ def _mnist_like_digits(n: int, split: str):
 def _config(data_dir: str):
     c = gffn.get_config("mnist")
     c.data.data_dir = data_dir
-    for key, value in OVERRIDES.items():
-        node = c
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    return c
+    return apply_overrides(c, OVERRIDES)
 
 
 def test_prepare_tfds_train_one_epoch_and_eval_in_fresh_process(tmp_path, caplog):
