@@ -1,11 +1,14 @@
 """orbax checkpoints: save, resume, restore-for-eval, with clear mismatch errors.
 
-Layout: ``workdir/checkpoints/<step>/`` (orbax CheckpointManager, StandardSave of
-the plain-pytree state ``{params, opt_state, step, rng}``), plus
-``workdir/config.json``. Preservation keeps the latest ``keep`` checkpoints and
-the best by validation accuracy (orbax ``AnyPreservationPolicy`` of ``LatestN``
-and ``BestN``). Restoring takes an abstract target from ``jax.eval_shape`` with
-shardings, so the arrays come back sharded over the mesh.
+Layout: ``workdir/checkpoints/<step>/`` (orbax CheckpointManager) with three items:
+``model`` ({params, model_state}: all that evaluation restores), ``train``
+({opt_state, step, rng}: what resuming adds) and ``meta`` (JSON: the checkpoint
+selector's state, so early stopping and the best value survive a resume), plus the
+validation metrics that orbax keeps beside each step; and ``workdir/config.json``.
+Preservation keeps the latest ``keep`` checkpoints and the best by the family's
+selection metric (orbax ``AnyPreservationPolicy`` of ``LatestN`` and ``BestN``).
+Restoring takes an abstract target from ``jax.eval_shape`` with shardings, so the
+arrays come back sharded over the mesh.
 """
 from __future__ import annotations
 
@@ -20,7 +23,8 @@ from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
 from jaxhybrid.parallel import tree_shapes
 
-BEST_METRIC = "val_accuracy"
+MODEL_KEYS = ("params", "model_state")
+TRAIN_KEYS = ("opt_state", "step", "rng")
 
 
 class CheckpointNotFoundError(FileNotFoundError):
@@ -31,26 +35,37 @@ class CheckpointMismatchError(ValueError):
     pass
 
 
-def _best_metric(metrics) -> float:
-    return float(metrics[BEST_METRIC])
-
-
 class Checkpointer:
-    def __init__(self, workdir: str, *, keep: int = 3, read_only: bool = False):
+    """``select``: (metric key in the saved metrics, e.g. 'val_accuracy', 'max'|'min')."""
+
+    def __init__(self, workdir: str, *, keep: int = 3, read_only: bool = False,
+                 select: tuple[str, str] = ("val_accuracy", "max")):
         self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+        self.metric, self.mode = select
+        metric_fn = self._metric_value
         policy = pp.AnyPreservationPolicy([
             pp.LatestN(n=max(int(keep), 1)),
-            pp.BestN(get_metric_fn=_best_metric, n=1, keep_checkpoints_without_metrics=False),
+            pp.BestN(get_metric_fn=metric_fn, reverse=self.mode == "min", n=1,
+                     keep_checkpoints_without_metrics=False),
         ])
+        # best_fn makes orbax write (and read back) the metrics of every step; the
+        # preservation policy above decides what is kept.
         options = ocp.CheckpointManagerOptions(
-            preservation_policy=policy, create=not read_only, read_only=read_only,
+            preservation_policy=policy, best_fn=metric_fn, best_mode=self.mode,
+            create=not read_only, read_only=read_only,
             enable_async_checkpointing=not read_only)
         if read_only and not os.path.isdir(self.directory):
             raise CheckpointNotFoundError(
                 f"No checkpoint directory {self.directory}: train first "
                 f"(python -m jaxhybrid.main --mode=train --workdir={workdir} --config=...)")
+        handlers = {"model": ocp.StandardCheckpointHandler(),
+                    "train": ocp.StandardCheckpointHandler(),
+                    "meta": ocp.JsonCheckpointHandler()}
         self.manager = ocp.CheckpointManager(self.directory, options=options,
-                                             item_handlers=ocp.StandardCheckpointHandler())
+                                             item_handlers=handlers)
+
+    def _metric_value(self, metrics) -> float:
+        return float(metrics[self.metric]) if self.metric in metrics else float("nan")
 
     # -- queries -----------------------------------------------------------------------
     def all_steps(self) -> list[int]:
@@ -60,11 +75,15 @@ class Checkpointer:
         return self.manager.latest_step()
 
     def best_step(self) -> int | None:
+        """The kept step with the best selection metric (the earliest among ties)."""
         best, best_val = None, None
         for s in self.all_steps():
             m = self.manager.metrics(s)
-            if m and BEST_METRIC in m and (best_val is None or m[BEST_METRIC] > best_val):
-                best, best_val = s, m[BEST_METRIC]
+            if not m or self.metric not in m:
+                continue
+            v = float(m[self.metric])
+            if best_val is None or (v > best_val if self.mode == "max" else v < best_val):
+                best, best_val = s, v
         return best
 
     def resolve(self, which: str | int) -> int:
@@ -78,8 +97,8 @@ class Checkpointer:
             best = self.best_step()
             if best is None:
                 raise CheckpointNotFoundError(
-                    f"No checkpoint in {self.directory} has a {BEST_METRIC} metric; "
-                    f"available steps: {steps}")
+                    f"No checkpoint in {self.directory} has a {self.metric} metric (no "
+                    f"validation split?); available steps: {steps}; use --checkpoint=latest")
             return best
         try:
             step = int(which)
@@ -92,27 +111,45 @@ class Checkpointer:
         return step
 
     # -- save / restore ----------------------------------------------------------------
-    def save(self, step: int, state: Any, metrics: dict | None = None) -> None:
-        self.manager.save(step, args=ocp.args.StandardSave(state), force=True,
-                          metrics={k: float(v) for k, v in (metrics or {}).items()} or None)
+    def save(self, step: int, state: Any, metrics: dict | None = None,
+             meta: dict | None = None) -> None:
+        """Save the train state (split into its model and train items) and ``meta``."""
+        self.manager.save(step, args=ocp.args.Composite(
+            model=ocp.args.StandardSave({k: state[k] for k in MODEL_KEYS}),
+            train=ocp.args.StandardSave({k: state[k] for k in TRAIN_KEYS}),
+            meta=ocp.args.JsonSave(meta or {})),
+            force=True, metrics={k: float(v) for k, v in (metrics or {}).items()} or None)
 
-    def restore(self, step: int, abstract_state: Any) -> Any:
-        """Restore ``step`` into ``abstract_state`` (ShapeDtypeStructs with shardings)."""
-        self._check_matches(step, abstract_state)
-        return self.manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+    def restore(self, step: int, abstract_state: Any) -> tuple[dict, dict]:
+        """Restore the whole state of ``step`` (to resume) -> (state, meta)."""
+        model = {k: abstract_state[k] for k in MODEL_KEYS}
+        train = {k: abstract_state[k] for k in TRAIN_KEYS}
+        self._check_matches(step, {"model": model, "train": train})
+        out = self.manager.restore(step, args=ocp.args.Composite(
+            model=ocp.args.StandardRestore(model), train=ocp.args.StandardRestore(train),
+            meta=ocp.args.JsonRestore()))
+        return {**out["model"], **out["train"]}, dict(out["meta"] or {})
 
-    def _check_matches(self, step: int, abstract_state: Any) -> None:
+    def restore_model(self, step: int, abstract_model: Any) -> dict:
+        """Restore only {params, model_state} of ``step`` (evaluation: no optimizer state)."""
+        self._check_matches(step, {"model": abstract_model})
+        out = self.manager.restore(step, args=ocp.args.Composite(
+            model=ocp.args.StandardRestore(abstract_model)))
+        return out["model"]
+
+    def _check_matches(self, step: int, abstract: dict) -> None:
         try:
-            saved = self.manager.item_metadata(step)
+            meta = self.manager.item_metadata(step)
+            saved = {k: meta[k] for k in abstract}
         except Exception as e:  # noqa: BLE001 -- unreadable metadata: orbax will say why
             logging.warning("could not read checkpoint metadata of step %d: %s", step, e)
             return
-        if saved is None:
+        if any(v is None for v in saved.values()):
             raise CheckpointNotFoundError(
                 f"Checkpoint {self.directory}/{step} has no readable metadata "
                 f"(incomplete or not written by jaxhybrid)")
         saved_shapes = tree_shapes(saved)
-        want_shapes = tree_shapes(abstract_state)
+        want_shapes = tree_shapes(abstract)
         if saved_shapes == want_shapes:
             return
         missing = sorted(set(want_shapes) - set(saved_shapes))

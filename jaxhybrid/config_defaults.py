@@ -29,6 +29,10 @@ def data_config(**overrides) -> ml_collections.ConfigDict:
         "frame": 0,                  # zero-pad images to frame×frame (0 = keep size); thesis: 32
         "mean": (),                  # per-channel normalisation inside the model ((): none)
         "std": (),
+        # on-device train-time transforms, comma-separated: binarize (dynamic Bernoulli;
+        # eval: one fixed seeded binarisation), dequantize ((255x+u)/256), crop, flip
+        "train_transforms": "",
+        "crop_padding": 4,           # zero padding of the random crop
     })
     d.update(overrides)
     return d
@@ -56,7 +60,10 @@ def optimizer_config(**overrides) -> ml_collections.ConfigDict:
 def evals_config(**overrides) -> ml_collections.ConfigDict:
     d = ml_collections.ConfigDict({
         # comma-separated evaluator plug-ins, run at eval_every and at the end of training
-        "names": "classification,calibration,temperature,ood,adversarial",
+        # (each runs where the family serves what it needs; the report lists the others)
+        "names": "classification,calibration,temperature,ood,adversarial,likelihood",
+        "checkpoint": "best",        # evaluated after training and by --mode=eval: best | latest
+        "seed": 0,                   # fixed key of evaluation randomness (binarisation, samples)
         "split": "test",             # the split the evaluators report on
         "num_bins": 15,              # calibration bins (METRICS.md)
         # OOD sets: heldout (data.ood_classes), digits (sklearn digits resized), uniform_noise,
@@ -87,13 +94,15 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval_batch_size = 512          # GLOBAL
     c.num_epochs = 10.0
     c.num_steps = 0                  # > 0 overrides num_epochs
+    c.drop_remainder = False         # drop each epoch's last partial batch (constant B)
     c.max_train_seconds = 0.0        # wall-clock budget per run (0 = none); checkpoints and stops
-    c.early_stopping_patience = 0    # stop when val accuracy has not improved for this many
-                                     # validations (one per checkpoint); 0 = off ("until plateau")
+    c.early_stopping_patience = 0    # stop when the family's validation metric (accuracy for
+                                     # classifiers) has not improved for this many validations
+                                     # (one per checkpoint); 0 = off ("until plateau")
     c.optimizer = optimizer_config()
     c.log_every = 50
     c.checkpoint_every = 0           # steps; 0 = once per epoch
-    c.keep_checkpoints = 2           # latest N kept (the best by val accuracy is kept too)
+    c.keep_checkpoints = 2           # latest N kept (the best by the family's metric too)
     c.eval_every = 0                 # run the evaluators every N steps (0 = only at the end)
     c.num_devices = 0                # 0 = all devices
     c.evals = evals_config()

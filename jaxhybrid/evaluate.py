@@ -1,8 +1,8 @@
 """Evaluation: restore a checkpoint in a fresh process and run the evaluator plug-ins.
 
-``evaluate(config, workdir, checkpoint="latest") -> dict`` restores the
-checkpoint into sharded arrays (abstract target from ``jax.eval_shape``), runs the
-evaluators named in ``config.evals.names`` and writes
+``evaluate(config, workdir, checkpoint="best") -> dict`` restores the model part
+({params, model_state}; never the optimizer state) of a checkpoint into sharded
+arrays, runs the evaluators named in ``config.evals.names`` and writes
 ``workdir/eval/<step>/metrics.json``, ``report.md`` and the figures beside them.
 """
 from __future__ import annotations
@@ -15,41 +15,66 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
-from jaxhybrid import parallel
-from jaxhybrid.checkpointing import Checkpointer, load_saved_config
+from jaxhybrid import parallel, rng as rnglib
+from jaxhybrid.checkpointing import Checkpointer, CheckpointNotFoundError, load_saved_config
 from jaxhybrid.data.pipeline import eval_batches
 from jaxhybrid.data.sources import SubsetSource
-from jaxhybrid.experiment import Experiment, abstract_state, build_experiment
-from jaxhybrid.objectives.conditional import conditional_nll_per_example
+from jaxhybrid.experiment import Experiment, abstract_model, build_experiment
+from jaxhybrid.families.base import variables_of
 
 log = logging.getLogger("jaxhybrid")
 
 
 class Predictor:
-    """Jitted, sharded per-example outputs of a family over a whole split.
+    """Jitted, sharded named outputs of a family over a whole split, in eval mode.
 
     Batches are padded and masked (:func:`eval_batches`), so every example counts
     exactly once on any number of devices; the result is concatenated on the host
-    with the padding removed.
+    with the padding removed. Inputs get the deterministic evaluation transforms
+    (a fixed seeded binarisation where training binarises) and the family receives
+    the fixed evaluation key (``evals.seed``), so outputs that need randomness
+    (IWAE samples) are reproducible. Only the outputs asked for are computed.
     """
 
     def __init__(self, exp: Experiment):
         self.exp = exp
-        self._scores = jax.jit(parallel.shard_outputs(
-            lambda p, b: exp.family.scores(p, b["image"]), exp.mesh))
+        self.key = rnglib.eval_key(int(exp.config.evals.seed))
+        self._fns: dict[tuple, Callable] = {}
 
-    def outputs(self, params, source, *, max_examples: int = 0,
+    def eval_view(self, batch: dict) -> dict:
+        """Per device: the evaluation transforms of a batch (keyed by example id)."""
+        keys = rnglib.example_keys(rnglib.purpose_key(self.key, rnglib.AUGMENT), batch["id"])
+        return {**batch, "image": self.exp.transforms.eval(batch["image"], keys)}
+
+    def model_key(self) -> jax.Array:
+        return rnglib.purpose_key(self.key, rnglib.MODEL)
+
+    def _predict_fn(self, names: tuple) -> Callable:
+        unknown = set(names) - set(self.exp.family.outputs)
+        if unknown:
+            raise ValueError(f"family {self.exp.family.name!r} has no output(s) "
+                             f"{sorted(unknown)}; valid choices: {', '.join(self.exp.family.outputs)}")
+        if names not in self._fns:
+            def per_device(variables, batch):
+                out = self.exp.family.predict(variables, self.eval_view(batch),
+                                              self.model_key(), names)
+                return {k: out[k] for k in names}
+            self._fns[names] = jax.jit(parallel.shard_outputs(per_device, self.exp.mesh))
+        return self._fns[names]
+
+    def outputs(self, variables, source, names=("logits",), *, max_examples: int = 0,
                 fn: Callable | None = None) -> dict[str, np.ndarray]:
-        """{name: [N, ...]} numpy outputs of ``fn(params, batch)`` (default: the family's
-        scores) over the first ``max_examples`` (0: all) of ``source``, plus ``label`` [N]."""
+        """{name: [N, ...]} numpy outputs ``names`` (or of ``fn(variables, batch)``) over the
+        first ``max_examples`` (0: all) of ``source``, plus ``label`` [N] if it has labels."""
         if max_examples and len(source) > max_examples:
             source = SubsetSource(source, np.arange(max_examples))
-        fn = fn or self._scores
+        fn = fn or self._predict_fn(tuple(names))
         chunks: list[dict] = []
         for batch in eval_batches(source, self.exp.config.eval_batch_size, mesh=self.exp.mesh,
                                   preprocess=self.exp.preprocess):
-            out = fn(params, batch)   # dispatched asynchronously; fetched once at the end
-            chunks.append({**out, "label": batch["label"], "mask": batch["mask"]})
+            out = fn(variables, batch)   # dispatched asynchronously; fetched once at the end
+            extra = {k: batch[k] for k in ("label", "mask") if k in batch}
+            chunks.append({**out, **extra})
         chunks = jax.tree.map(parallel.to_host, chunks)
         if not chunks:
             return {}
@@ -57,17 +82,8 @@ class Predictor:
         mask = cat.pop("mask").astype(bool)
         return {k: v[mask] for k, v in cat.items()}
 
-    def classification(self, params, source) -> dict[str, float]:
-        """accuracy and mean NLL over a whole split (for validation during training)."""
-        out = self.outputs(params, source)
-        logits, labels = out["logits"], out["label"]
-        nll = np.asarray(conditional_nll_per_example(
-            logits, labels, self.exp.config.label_model))
-        return {"accuracy": float(np.mean(np.argmax(logits, -1) == labels)),
-                "nll": float(np.mean(nll))}
 
-
-def run_suite(exp: Experiment, params, step: int, workdir: str, *,
+def run_suite(exp: Experiment, variables, step: int, workdir: str, *,
               predictor: Predictor | None = None, checkpoint_label: str | None = None) -> dict:
     """Run ``config.evals.names`` and write metrics.json + report.md into eval/<step>/."""
     from jaxhybrid.evaluators import run_evaluators
@@ -75,7 +91,7 @@ def run_suite(exp: Experiment, params, step: int, workdir: str, *,
     out_dir = os.path.join(workdir, "eval", str(step))
     os.makedirs(out_dir, exist_ok=True)
     predictor = predictor or Predictor(exp)
-    results = run_evaluators(exp, params, predictor, out_dir)
+    results = run_evaluators(exp, variables, predictor, out_dir)
     metrics = {"step": step, "checkpoint": checkpoint_label or f"step {step}",
                **results.metrics}
     if jax.process_index() == 0:
@@ -104,19 +120,26 @@ def _jsonable(x: Any):
     return x
 
 
-def evaluate(config, workdir: str, checkpoint: str | int = "latest") -> dict:
-    """Restore ``checkpoint`` ('latest', 'best' or a step) of ``workdir`` and evaluate."""
+def evaluate(config, workdir: str, checkpoint: str | int = "") -> dict:
+    """Restore ``checkpoint`` ('best', 'latest' or a step; '' = ``evals.checkpoint``) of
+    ``workdir`` and evaluate it. 'best' falls back to the latest checkpoint, with a
+    warning, when no checkpoint has a validation metric (no validation split)."""
     saved = load_saved_config(workdir)
-    ckpt = Checkpointer(workdir, read_only=True)
-    step = ckpt.resolve(checkpoint)
     exp = build_experiment(config)
+    select = (exp.family.select_key, exp.family.select[1])
+    ckpt = Checkpointer(workdir, read_only=True, select=select)
+    which = checkpoint or config.evals.checkpoint
+    try:
+        step = ckpt.resolve(which)
+    except CheckpointNotFoundError:
+        if which != "best" or not ckpt.all_steps():
+            raise
+        log.warning("no checkpoint in %s has %s; evaluating the latest", workdir, select[0])
+        which, step = "latest", ckpt.resolve("latest")
     if saved is not None and saved.get("model") != json.loads(config.model.to_json()):
         log.warning("model config differs from the one saved in %s/config.json: saved %s, "
                     "given %s", workdir, saved.get("model"), config.model.to_json())
-    from jaxhybrid.optim import make_optimizer, make_schedule
-    optimizer = make_optimizer(config.optimizer, make_schedule(config.optimizer,
-                                                               config.batch_size, 1, 1))
-    state = ckpt.restore(step, abstract_state(exp, optimizer, config.seed))
+    model = ckpt.restore_model(step, abstract_model(exp))
     ckpt.close()
-    label = f"{checkpoint} (step {step})" if not isinstance(checkpoint, int) else f"step {step}"
-    return run_suite(exp, state["params"], step, workdir, checkpoint_label=label)
+    label = f"{which} (step {step})" if not isinstance(which, int) else f"step {step}"
+    return run_suite(exp, variables_of(model), step, workdir, checkpoint_label=label)

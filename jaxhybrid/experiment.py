@@ -1,4 +1,4 @@
-"""What training and evaluation share: mesh, data, family and the abstract state."""
+"""What training and evaluation share: mesh, data, transforms, family and the state."""
 from __future__ import annotations
 
 import dataclasses
@@ -7,10 +7,12 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxhybrid import parallel
+from jaxhybrid import parallel, rng as rnglib
 from jaxhybrid.data.pipeline import Preprocess
-from jaxhybrid.data.sources import DataSplits, load_splits
+from jaxhybrid.data.loading import DataSplits, load_splits
+from jaxhybrid.data.transforms import Transforms
 from jaxhybrid.families import Family, make_family
+from jaxhybrid.families.base import split_variables
 
 
 @dataclasses.dataclass
@@ -19,14 +21,20 @@ class Experiment:
     mesh: Any
     splits: DataSplits
     preprocess: Preprocess
+    transforms: Transforms
     family: Family
     input_shape: tuple[int, int, int]   # model input (H, W, C) after preprocessing
+
+    @property
+    def has_labels(self) -> bool:
+        return self.splits.num_classes > 0
 
 
 def build_experiment(config) -> Experiment:
     mesh = parallel.make_mesh(config.num_devices or None)
     parallel.check_global_batch(config.batch_size, mesh)
     parallel.check_global_batch(config.eval_batch_size, mesh)
+    transforms = Transforms.from_config(config.data)
     splits = load_splits(config.data)
     frame = config.data.frame
     preprocess = Preprocess(frame=(frame, frame) if frame else None)
@@ -38,30 +46,61 @@ def build_experiment(config) -> Experiment:
             raise ValueError(f"data.{name} has {len(v)} entries but images have "
                              f"{input_shape[-1]} channel(s)")
     family = make_family(config, splits.num_classes, mean=mean, std=std)
-    return Experiment(config, mesh, splits, preprocess, family, input_shape)
+    if family.supervised and splits.num_classes == 0:
+        raise ValueError(f"family {family.name!r} needs labels, but data "
+                         f"{config.data.source!r} has none")
+    return Experiment(config, mesh, splits, preprocess, transforms, family, input_shape)
+
+
+def augment(exp: Experiment, batch: dict, key: jax.Array) -> dict:
+    """Per device: the train transforms of ``batch`` with per-example keys of step ``key``."""
+    keys = rnglib.example_keys(rnglib.purpose_key(key, rnglib.AUGMENT), batch["id"])
+    return {**batch, "image": exp.transforms.train(batch["image"], keys)}
+
+
+def batch_spec(exp: Experiment, global_batch: int) -> dict:
+    """ShapeDtypeStructs of a global batch (for abstract init and restore)."""
+    spec = {"image": jax.ShapeDtypeStruct((global_batch, *exp.input_shape), jnp.float32),
+            "mask": jax.ShapeDtypeStruct((global_batch,), jnp.bool_),
+            "id": jax.ShapeDtypeStruct((global_batch,), jnp.int32)}
+    if exp.has_labels:
+        spec["label"] = jax.ShapeDtypeStruct((global_batch,), jnp.int32)
+    return spec
 
 
 def make_init_fn(exp: Experiment, optimizer):
-    """rng -> plain-pytree state {params, opt_state, step, rng}."""
-    def init(rng):
-        rng, init_rng = jax.random.split(rng)
-        params = exp.family.init(init_rng, jnp.zeros((1, *exp.input_shape), jnp.float32))
-        return {"params": params, "opt_state": optimizer.init(params),
-                "step": jnp.zeros((), jnp.int32), "rng": rng}
+    """(rng, first global batch) -> plain-pytree state
+    {params, model_state, opt_state, step, rng}. The family initialises from the
+    batch as the first step will see it (train transforms of step 0 applied)."""
+    def per_device(rngs, batch, axis_name):
+        init_rng, run_rng = rngs
+        batch = augment(exp, batch, rnglib.step_key(run_rng, 0))
+        return exp.family.init(init_rng, batch, axis_name)
+
+    def init(rng, batch):
+        run_rng, init_rng = jax.random.split(rng)
+        variables = parallel.shard_init(per_device, exp.mesh)((init_rng, run_rng), batch)
+        params, model_state = split_variables(variables)
+        opt_state = optimizer.init(params) if optimizer is not None else None
+        return {"params": params, "model_state": model_state, "opt_state": opt_state,
+                "step": jnp.zeros((), jnp.int32), "rng": run_rng}
     return init
 
 
 def abstract_state(exp: Experiment, optimizer, seed: int):
-    """ShapeDtypeStructs of the state, with replicated shardings (for init and restore)."""
+    """ShapeDtypeStructs of the state, with replicated shardings (for init and restore).
+
+    ``optimizer=None`` gives the model part only (params, model_state) for evaluation."""
     init = make_init_fn(exp, optimizer)
-    shapes = jax.eval_shape(init, jax.random.PRNGKey(seed))
+    shapes = jax.eval_shape(init, jax.random.PRNGKey(seed),
+                            batch_spec(exp, exp.config.batch_size))
     sharding = parallel.replicated(exp.mesh)
     return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding),
                         shapes)
 
 
-def create_state(exp: Experiment, optimizer, seed: int):
-    """The initial state, created directly with its (replicated) sharding.
+def create_state(exp: Experiment, optimizer, seed: int, first_batch: dict):
+    """The initial state from the first global batch, created with its (replicated) sharding.
 
     Parameters are replicated, so the initialiser's random bits need no
     sharding-invariant ("partitionable") threefry; the classic lowering compiles
@@ -70,4 +109,10 @@ def create_state(exp: Experiment, optimizer, seed: int):
     init = make_init_fn(exp, optimizer)
     shardings = jax.tree.map(lambda a: a.sharding, abstract_state(exp, optimizer, seed))
     with jax.threefry_partitionable(False):
-        return jax.jit(init, out_shardings=shardings)(jax.random.PRNGKey(seed))
+        return jax.jit(init, out_shardings=shardings)(jax.random.PRNGKey(seed), first_batch)
+
+
+def abstract_model(exp: Experiment) -> dict:
+    """ShapeDtypeStructs of {params, model_state} (what evaluation restores)."""
+    state = abstract_state(exp, None, exp.config.seed)
+    return {"params": state["params"], "model_state": state["model_state"]}

@@ -18,7 +18,8 @@ config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/gffn.
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics, reports).")
 flags.DEFINE_enum("mode", "train", ["train", "eval"], "train (resumes if possible) or eval.")
-flags.DEFINE_string("checkpoint", "latest", "eval mode: 'latest', 'best' or a step number.")
+flags.DEFINE_string("checkpoint", "", "eval mode: 'best', 'latest' or a step number "
+                    "(default: the config's evals.checkpoint, 'best').")
 flags.mark_flags_as_required(["config", "workdir"])
 
 

@@ -90,22 +90,31 @@ def to_host(x: jax.Array) -> np.ndarray:
 
 
 def shard_loss(loss_fn: Callable, mesh: Mesh) -> Callable:
-    """Wrap ``loss_fn(params, batch, rng, axis_name) -> (loss, aux)`` for the mesh.
+    """Wrap ``loss_fn(variables, batch, rng, progress, axis_name) -> (loss, (state, aux))``.
 
-    Inside, every device sees its own rows of the batch and a device-specific rng
-    (``fold_in(rng, axis_index)``); ``loss_fn`` must reduce its outputs over
-    ``axis_name`` (psum/pmean) so that they are the same on every device.
+    Inside, every device sees its own rows of the batch; ``variables``, ``rng`` and
+    ``progress`` are replicated. Randomness is keyed per example (the batch's ``id``),
+    never per device, so the draws do not depend on the device count. ``loss_fn`` must
+    reduce its outputs over ``axis_name`` (psum/pmean) so that they are the same on
+    every device (checked: ``check_vma``).
     """
-    def per_device(params, batch, rng):
-        rng = jax.random.fold_in(rng, jax.lax.axis_index(AXIS))
-        return loss_fn(params, batch, rng, AXIS)
+    def per_device(variables, batch, rng, progress):
+        return loss_fn(variables, batch, rng, progress, AXIS)
 
-    return jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(AXIS), P()),
-                         out_specs=(P(), P()))
+    return jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(AXIS), P(), P()),
+                         out_specs=P())
+
+
+def shard_init(init_fn: Callable, mesh: Mesh) -> Callable:
+    """Wrap a per-device ``init_fn(rngs, batch, axis_name) -> variables``: ``rngs`` (any
+    pytree of keys) replicated, the batch split, the result replicated (so anything
+    computed from the data must be reduced over ``axis_name``; checked by check_vma)."""
+    return jax.shard_map(lambda rng, batch: init_fn(rng, batch, AXIS), mesh=mesh,
+                         in_specs=(P(), P(AXIS)), out_specs=P())
 
 
 def shard_outputs(fn: Callable, mesh: Mesh) -> Callable:
-    """Wrap a per-example ``fn(params, batch) -> pytree of [B, ...]`` for the mesh."""
+    """Wrap a per-example ``fn(variables, batch) -> pytree of [B, ...]`` for the mesh."""
     return jax.shard_map(fn, mesh=mesh, in_specs=(P(), P(AXIS)), out_specs=P(AXIS))
 
 

@@ -1,11 +1,17 @@
 """The one trainer: any model family, any device count, resumable.
 
 ``train_and_evaluate(config, workdir) -> dict`` trains ``config.family`` with a
-jitted, state-donating, shard_map'd step (see :mod:`jaxhybrid.parallel`), logs
-loss parts, accuracy, learning rate, examples/s and ETA to the log and to
-``workdir/metrics.jsonl``, checkpoints with orbax (resuming automatically from the
-latest checkpoint in ``workdir``), stops on a non-finite loss keeping the last
-good checkpoint, and finally runs the evaluators of ``config.evals``.
+jitted, state-donating, shard_map'd step (see :mod:`jaxhybrid.parallel`), logs the
+loss, the family's aux scalars, learning rate, examples/s and ETA to the log and to
+``workdir/metrics.jsonl`` (:mod:`jaxhybrid.progress`), validates on the family's
+selection metric and checkpoints with orbax (resuming automatically from the latest
+checkpoint in ``workdir``; :mod:`jaxhybrid.selection` keeps the best and stops
+early), stops on a non-finite loss keeping the last good checkpoint, and finally runs
+the evaluators of ``config.evals`` on the selected checkpoint (``evals.checkpoint``).
+
+The state is the plain pytree ``{params, model_state, opt_state, step, rng}``; the
+step's randomness is ``fold_in(rng, step)`` split per purpose and keyed per example
+(:mod:`jaxhybrid.rng`), so it is replayed exactly on resume and on any device count.
 """
 from __future__ import annotations
 
@@ -13,45 +19,62 @@ import json
 import logging
 import math
 import os
-import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxhybrid import evaluate, parallel
+from jaxhybrid import evaluate, parallel, rng as rnglib
 from jaxhybrid.checkpointing import Checkpointer, save_config
 from jaxhybrid.data.pipeline import TrainBatches
-from jaxhybrid.experiment import Experiment, abstract_state, build_experiment, create_state
+from jaxhybrid.experiment import (Experiment, abstract_model, abstract_state, augment,
+                                  build_experiment, create_state)
+from jaxhybrid.families.base import variables_of
 from jaxhybrid.optim import make_optimizer, make_schedule, scaled_learning_rate
+from jaxhybrid.progress import JsonlWriter, NonFiniteLossError, ProgressLog
+from jaxhybrid.selection import Selector
 
 log = logging.getLogger("jaxhybrid")
 
-
-class NonFiniteLossError(FloatingPointError):
-    pass
+__all__ = ["train_and_evaluate", "make_train_step", "training_plan", "NonFiniteLossError"]
 
 
-def make_train_step(exp: Experiment, optimizer, schedule):
+def progress_of(step, steps_per_epoch: int) -> dict:
+    """{"step": int32, "epoch": float32 fractional epoch} of the step about to be taken."""
+    step = jnp.asarray(step, jnp.int32)
+    return {"step": step, "epoch": step.astype(jnp.float32) / float(steps_per_epoch)}
+
+
+def make_train_step(exp: Experiment, optimizer, schedule, steps_per_epoch: int):
     """(state, batch) -> (state, metrics); jitted, state donated."""
-    loss = parallel.shard_loss(exp.family.loss_fn, exp.mesh)
+    def per_device(variables, batch, key, progress, axis_name):
+        batch = augment(exp, batch, key)
+        model_key = rnglib.purpose_key(key, rnglib.MODEL)
+        return exp.family.loss(variables, batch, model_key, progress, axis_name)
+
+    loss = parallel.shard_loss(per_device, exp.mesh)
 
     def step(state, batch):
-        rng, step_rng = jax.random.split(state["rng"])
-        (value, aux), grads = jax.value_and_grad(loss, has_aux=True)(
-            state["params"], batch, step_rng)
+        key = rnglib.step_key(state["rng"], state["step"])
+        progress = progress_of(state["step"], steps_per_epoch)
+
+        def objective(params):
+            return loss({"params": params, **state["model_state"]}, batch, key, progress)
+
+        (value, (model_state, aux)), grads = jax.value_and_grad(objective, has_aux=True)(
+            state["params"])
         updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
         metrics = {"loss": value, **aux, "grad_norm": optax.tree.norm(grads),
                    "learning_rate": schedule(state["step"])}
-        return {"params": params, "opt_state": opt_state, "step": state["step"] + 1,
-                "rng": rng}, metrics
+        return {"params": params, "model_state": model_state, "opt_state": opt_state,
+                "step": state["step"] + 1, "rng": state["rng"]}, metrics
 
     return jax.jit(step, donate_argnums=0)
 
 
-def training_plan(config, num_train: int) -> dict:
-    steps_per_epoch = -(-num_train // config.batch_size)
+def training_plan(config, steps_per_epoch: int) -> dict:
     if config.num_steps > 0:
         total = int(config.num_steps)
     else:
@@ -60,165 +83,164 @@ def training_plan(config, num_train: int) -> dict:
             "checkpoint_every": int(config.checkpoint_every or steps_per_epoch)}
 
 
-class _JsonlWriter:
-    def __init__(self, path: str):
-        self.path = path if jax.process_index() == 0 else None
-
-    def write(self, record: dict) -> None:
-        if self.path:
-            with open(self.path, "a") as f:
-                f.write(json.dumps(record) + "\n")
-
-
-def train_and_evaluate(config, workdir: str, *, _crash_after_step: int | None = None) -> dict:
-    """Train (or resume) in ``workdir``; returns the final metrics dict.
-
-    ``_crash_after_step`` simulates a crash (for tests): after that step the process
-    exits abruptly (``os._exit(17)``: no final checkpoint, no cleanup), once the
-    checkpoints already handed to orbax have been committed.
-    """
-    os.makedirs(workdir, exist_ok=True)
-    exp = build_experiment(config)
-    mesh = exp.mesh
-    plan = training_plan(config, len(exp.splits.train))
-    total = plan["total_steps"]
-    schedule = make_schedule(config.optimizer, config.batch_size, total, plan["steps_per_epoch"])
-    optimizer = make_optimizer(config.optimizer, schedule)
-    batches = TrainBatches(exp.splits.train, config.batch_size, seed=config.seed, mesh=mesh,
-                           preprocess=exp.preprocess)
+def _log_setup(exp: Experiment, plan: dict, workdir: str) -> None:
+    config, mesh = exp.config, exp.mesh
     save_config(config, workdir)
     if jax.process_index() == 0:  # provenance of the data: source, sizes, class counts
         with open(os.path.join(workdir, "data.json"), "w") as f:
             json.dump(exp.splits.description, f, indent=2, sort_keys=True, default=str)
-
-    n_dev, n_proc = mesh.devices.size, jax.process_count()
-    log.info("family=%s %s | data=%s train/val/test=%d/%d/%d classes=%d input=%s",
-             exp.family.name, exp.family.describe, exp.splits.name, len(exp.splits.train),
-             len(exp.splits.validation), len(exp.splits.test), exp.splits.num_classes,
-             exp.input_shape)
+    n_dev = mesh.devices.size
+    log.info("family=%s %s | data=%s train/val/test=%d/%d/%d classes=%d input=%s "
+             "train transforms=%s", exp.family.name, exp.family.describe, exp.splits.name,
+             len(exp.splits.train), len(exp.splits.validation), len(exp.splits.test),
+             exp.splits.num_classes, exp.input_shape, ",".join(exp.transforms.names) or "none")
     log.info("global batch %d = %d devices × %d per device (%d host(s)); %d steps "
-             "(%d per epoch); peak lr %.3g (%s scaling from batch %d)",
-             config.batch_size, n_dev, config.batch_size // n_dev, n_proc, total,
-             plan["steps_per_epoch"], scaled_learning_rate(config.optimizer, config.batch_size),
+             "(%d per epoch%s); peak lr %.3g (%s scaling from batch %d)",
+             config.batch_size, n_dev, config.batch_size // n_dev, jax.process_count(),
+             plan["total_steps"], plan["steps_per_epoch"],
+             ", remainder dropped" if config.drop_remainder else "",
+             scaled_learning_rate(config.optimizer, config.batch_size),
              config.optimizer.lr_scaling, config.optimizer.base_batch_size)
 
-    ckpt = Checkpointer(workdir, keep=config.keep_checkpoints)
+
+def _start(exp: Experiment, ckpt: Checkpointer, optimizer, batches, selector: Selector):
+    """The state to train from: the latest checkpoint's, or a fresh one from batch 0."""
     latest = ckpt.latest_step()
     if latest is not None:
-        state = ckpt.restore(latest, abstract_state(exp, optimizer, config.seed))
+        state, meta = ckpt.restore(latest, abstract_state(exp, optimizer, exp.config.seed))
+        selector.load(meta.get("selector", {}))
         log.info("resumed from checkpoint step %d in %s", latest, ckpt.directory)
     else:
-        state = create_state(exp, optimizer, config.seed)
-    start = int(jax.device_get(state["step"]))
+        state = create_state(exp, optimizer, exp.config.seed, batches.batch(0))
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state["params"]))
     log.info("parameters: %s", f"{n_params:,}")
+    return state, latest
 
-    train_step = make_train_step(exp, optimizer, schedule)
-    predictor = evaluate.Predictor(exp)
-    jsonl = _JsonlWriter(os.path.join(workdir, "metrics.jsonl"))
-    pending: list[tuple[int, dict]] = []
-    last_good = latest
-    t_window, steps_window, t_start, first_timed = time.time(), 0, time.time(), None
 
-    def flush(step_done: int) -> dict:
-        """Fetch pending step metrics; stop on a non-finite loss; log the last."""
-        nonlocal t_window, steps_window, first_timed
-        fetched = jax.device_get([m for _, m in pending])
-        steps = [s for s, _ in pending]
-        pending.clear()
-        for s, m in zip(steps, fetched):
-            if not np.isfinite(m["loss"]):
-                ckpt.wait()
-                raise NonFiniteLossError(
-                    f"Loss became {m['loss']} at step {s + 1} (parts: "
-                    f"{ {k: float(v) for k, v in m.items()} }). Stopping; the last good "
-                    f"checkpoint is step {last_good} in {ckpt.directory} "
-                    f"(nothing after it was saved). Lower the learning rate or enable "
-                    f"--config.optimizer.grad_clip_norm.")
-        now = time.time()
-        m = {k: float(v) for k, v in fetched[-1].items()}
-        rate = steps_window * config.batch_size / max(now - t_window, 1e-9)
-        if first_timed is None:
-            first_timed = (step_done, now)
-            eta = float("nan")
-        else:
-            per_step = (now - first_timed[1]) / max(step_done - first_timed[0], 1)
-            eta = per_step * (total - step_done)
-        record = {"step": step_done, "epoch": step_done / plan["steps_per_epoch"], **m,
-                  "examples_per_sec": rate, "eta_sec": eta, "time": now - t_start}
-        jsonl.write({"kind": "train", **record})
-        log.info("step %d/%d epoch %.2f | loss %.4f (cond %.4f, joint %.4f) acc %.3f | "
-                 "lr %.3g | %.0f ex/s | ETA %s", step_done, total, record["epoch"], m["loss"],
-                 m.get("conditional_nll", float("nan")), m.get("joint_nll", float("nan")),
-                 m.get("accuracy", float("nan")), m["learning_rate"], rate,
-                 "?" if math.isnan(eta) else time.strftime("%H:%M:%S", time.gmtime(eta)))
-        t_window, steps_window = now, 0
-        return record
+def validate(exp: Experiment, predictor, variables) -> dict:
+    """The family's validation metrics on the validation split, as ``val_<name>``."""
+    if not len(exp.splits.validation):
+        return {}
+    out = predictor.outputs(variables, exp.splits.validation, exp.family.validation_outputs)
+    return {f"val_{k}": float(v) for k, v in exp.family.validate(out).items()}
 
-    best_val, since_best = -1.0, 0
 
-    def validate_and_save(step_done: int) -> None:
-        nonlocal last_good, best_val, since_best
-        metrics = {}
-        if len(exp.splits.validation):
-            val = predictor.classification(state["params"], exp.splits.validation)
-            metrics = {f"val_{k}": v for k, v in val.items()}
-            jsonl.write({"kind": "validation", "step": step_done, **metrics})
+class _Run:
+    """One training run's moving parts (state, checkpoints, logs); ``train`` loops."""
+
+    def __init__(self, config, workdir: str):
+        self.config, self.workdir = config, workdir
+        exp = self.exp = build_experiment(config)
+        batches = TrainBatches(exp.splits.train, config.batch_size, seed=config.seed,
+                               mesh=exp.mesh, preprocess=exp.preprocess,
+                               drop_remainder=bool(config.drop_remainder))
+        self.batches, self.plan = batches, training_plan(config, batches.steps_per_epoch)
+        self.total = self.plan["total_steps"]
+        schedule = make_schedule(config.optimizer, config.batch_size, self.total,
+                                 self.plan["steps_per_epoch"])
+        optimizer = make_optimizer(config.optimizer, schedule)
+        os.makedirs(workdir, exist_ok=True)
+        _log_setup(exp, self.plan, workdir)
+        if config.early_stopping_patience and not len(exp.splits.validation):
+            raise ValueError("early_stopping_patience needs a validation split "
+                             "(data.validation_size > 0)")
+        self.selector = Selector(exp.family.select_key, exp.family.select[1],
+                                 int(config.early_stopping_patience))
+        self.ckpt = Checkpointer(workdir, keep=config.keep_checkpoints,
+                                 select=(self.selector.metric, self.selector.mode))
+        self.state, self.last_good = _start(exp, self.ckpt, optimizer, batches, self.selector)
+        self.start = int(jax.device_get(self.state["step"]))
+        self.train_step = make_train_step(exp, optimizer, schedule, self.plan["steps_per_epoch"])
+        self.predictor = evaluate.Predictor(exp)
+        self.jsonl = JsonlWriter(os.path.join(workdir, "metrics.jsonl"), self.start)
+        self.progress = ProgressLog(self.jsonl, total=self.total, batch_size=config.batch_size,
+                                    steps_per_epoch=self.plan["steps_per_epoch"])
+
+    def validate_and_save(self, step_done: int) -> None:
+        metrics = validate(self.exp, self.predictor, variables_of(self.state))
+        if metrics:
+            self.jsonl.write({"kind": "validation", "step": step_done, **metrics})
             log.info("step %d validation: %s", step_done,
                      ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
-            if metrics["val_accuracy"] > best_val:
-                best_val, since_best = metrics["val_accuracy"], 0
-            else:
-                since_best += 1
-        ckpt.save(step_done, state, metrics=metrics)
-        last_good = step_done
+            self.selector.update(step_done, metrics)
+        self.ckpt.save(step_done, self.state, metrics=metrics,
+                       meta={"selector": self.selector.state_dict()})
+        self.last_good = step_done
+        log.info("checkpoint saved at step %d", step_done)
 
-    step_done = start
-    stopped_reason = "completed"
-    patience = int(config.early_stopping_patience)
-    if patience and not len(exp.splits.validation):
-        raise ValueError("early_stopping_patience needs a validation split "
-                         "(data.validation_size > 0)")
-    try:
-        for step, batch in batches.iterate(start, total):
-            state, metrics = train_step(state, batch)
-            pending.append((step, metrics))
-            steps_window += 1
+    def _stop_reason(self, out_of_time: bool) -> str | None:
+        if self.selector.should_stop:
+            return self.selector.stop_reason()
+        if out_of_time:
+            return f"wall-clock budget of {self.config.max_train_seconds:.0f} s"
+        return None
+
+    def train(self) -> tuple[int, str]:
+        """Train from ``start``; returns (last step done, why it stopped)."""
+        config, step_done = self.config, self.start
+        if self.selector.should_stop and self.start:   # a run that already stopped early
+            return step_done, self.selector.stop_reason()
+        for step, batch in self.batches.iterate(self.start, self.total):
+            self.state, metrics = self.train_step(self.state, batch)
             step_done = step + 1
-            if _crash_after_step is not None and 0 <= _crash_after_step <= step_done:
-                ckpt.wait()
-                os._exit(17)
-            if step_done % config.log_every == 0 or step_done == total:
-                flush(step_done)
-            out_of_time = (config.max_train_seconds > 0
-                           and time.time() - t_start > config.max_train_seconds)
-            if step_done % plan["checkpoint_every"] == 0 or step_done == total or out_of_time:
-                if pending:
-                    flush(step_done)
-                validate_and_save(step_done)
-                if patience and since_best >= patience:
-                    stopped_reason = (f"early stopping: validation accuracy has not improved "
-                                      f"for {patience} validations (best {best_val:.4f})")
-                elif out_of_time:
-                    stopped_reason = f"wall-clock budget of {config.max_train_seconds:.0f} s"
-                if stopped_reason != "completed":
-                    log.info("stopping at step %d: %s", step_done, stopped_reason)
-                    break
-            if config.eval_every and step_done % config.eval_every == 0 and step_done < total:
-                evaluate.run_suite(exp, state["params"], step_done, workdir, predictor=predictor)
-        if start == total and latest is not None:
-            log.info("run already complete at step %d; evaluating", total)
-    finally:
-        ckpt.wait()
+            self.progress.add(step_done, metrics)
+            eval_now = bool(config.eval_every) and step_done % config.eval_every == 0 \
+                and step_done < self.total
+            out_of_time = 0 < config.max_train_seconds < self.progress.elapsed()
+            save_now = (step_done % self.plan["checkpoint_every"] == 0
+                        or step_done == self.total or out_of_time)
+            if step_done % config.log_every == 0 or step_done == self.total or save_now \
+                    or eval_now:
+                self.progress.flush()          # the NaN check precedes any use of the state
+            if save_now:
+                self.validate_and_save(step_done)
+                reason = self._stop_reason(out_of_time)
+                if reason:
+                    log.info("stopping at step %d: %s", step_done, reason)
+                    return step_done, reason
+            if eval_now:
+                evaluate.run_suite(self.exp, variables_of(self.state), step_done,
+                                   self.workdir, predictor=self.predictor)
+        if self.start == self.total:
+            log.info("run already complete at step %d; evaluating", self.total)
+        return step_done, "completed"
 
-    final = evaluate.run_suite(exp, state["params"], step_done, workdir, predictor=predictor)
-    ckpt.close()
-    final["step"] = step_done
-    final["stopped"] = stopped_reason
-    final["train_seconds"] = time.time() - t_start
-    final["workdir"] = os.path.abspath(workdir)
-    jsonl.write({"kind": "final", **{k: v for k, v in final.items()
-                                     if isinstance(v, (int, float, str))}})
+    def run(self) -> tuple[int, str]:
+        try:
+            return self.train()
+        except NonFiniteLossError as e:
+            self.ckpt.wait()
+            raise NonFiniteLossError(
+                f"{e} Stopping; the last good checkpoint is step {self.last_good} in "
+                f"{self.ckpt.directory} (nothing after it was saved). Lower the learning "
+                f"rate or enable --config.optimizer.grad_clip_norm.") from None
+        finally:
+            self.ckpt.wait()
+
+    def evaluated_variables(self, step_done: int) -> tuple[dict, int, str]:
+        """The checkpoint the final evaluation reports on: ``evals.checkpoint`` (best|latest)."""
+        which = self.config.evals.checkpoint
+        best = self.ckpt.best_step() if which == "best" else None
+        if best is None or best == step_done:
+            label = f"{which} (step {step_done})" if best is not None else f"latest (step {step_done})"
+            return variables_of(self.state), step_done, label
+        model = self.ckpt.restore_model(best, abstract_model(self.exp))
+        label = f"best (step {best}, {self.selector.metric}={self.selector.best:.4f})"
+        return variables_of(model), best, label
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+    """Train (or resume) in ``workdir``; returns the final metrics dict."""
+    run = _Run(config, workdir)
+    step_done, stopped = run.run()
+    variables, eval_step, label = run.evaluated_variables(step_done)
+    run.ckpt.close()
+    final = evaluate.run_suite(run.exp, variables, eval_step, workdir,
+                               predictor=run.predictor, checkpoint_label=label)
+    final.update(step=step_done, evaluated_step=eval_step, checkpoint=label, stopped=stopped,
+                 train_seconds=run.progress.elapsed(), workdir=os.path.abspath(workdir))
+    run.jsonl.write({"kind": "final", "step": step_done,
+                     **{k: v for k, v in final.items() if isinstance(v, (int, float, str))}})
     if jax.process_index() == 0:  # marks the run as finished (sweeps skip finished points)
         with open(os.path.join(workdir, "final_metrics.json"), "w") as f:
             json.dump(final, f, indent=2, sort_keys=True)

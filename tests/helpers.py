@@ -41,7 +41,7 @@ def restore_params(config, workdir, step="latest"):
     opt = make_optimizer(config.optimizer, make_schedule(config.optimizer, config.batch_size, 1, 1))
     ckpt = Checkpointer(workdir, read_only=True)
     s = ckpt.resolve(step)
-    state = ckpt.restore(s, abstract_state(exp, opt, config.seed))
+    state, _ = ckpt.restore(s, abstract_state(exp, opt, config.seed))
     ckpt.close()
     return s, jax.tree.map(np.asarray, state)
 

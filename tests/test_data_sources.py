@@ -10,9 +10,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from jaxhybrid.data import preprocess
-from jaxhybrid.data import sources
-from jaxhybrid.data import tfds_prepare
+from jaxhybrid.data import loading, preprocess, sources, splitting, tfds_prepare, tfds_source
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MNIST_NPZ = os.path.join(REPO, "..", "shared", "data", "mnist.npz")
@@ -45,7 +43,7 @@ def all_labels_images(source):
 
 
 def test_digits_shapes_and_dtypes():
-    splits = sources.load_splits(make_cfg(validation_size=100))
+    splits = loading.load_splits(make_cfg(validation_size=100))
     assert splits.name == "digits" and splits.num_classes == 10
     assert splits.image_shape == (8, 8, 1)
     assert splits.class_names == [str(c) for c in range(10)]
@@ -66,9 +64,9 @@ def test_digits_shapes_and_dtypes():
 
 
 def test_digits_split_is_seeded_disjoint_and_from_train():
-    a = sources.load_splits(make_cfg(validation_size=0.2, seed=1))
-    b = sources.load_splits(make_cfg(validation_size=0.2, seed=1))
-    c = sources.load_splits(make_cfg(validation_size=0.2, seed=2))
+    a = loading.load_splits(make_cfg(validation_size=0.2, seed=1))
+    b = loading.load_splits(make_cfg(validation_size=0.2, seed=1))
+    c = loading.load_splits(make_cfg(validation_size=0.2, seed=2))
     np.testing.assert_array_equal(a.validation.indices, b.validation.indices)
     np.testing.assert_array_equal(a.train.indices, b.train.indices)
     assert not np.array_equal(a.validation.indices, c.validation.indices)
@@ -81,12 +79,12 @@ def test_digits_split_is_seeded_disjoint_and_from_train():
     np.testing.assert_array_equal(a.test.indices, c.test.indices)
     np.testing.assert_array_equal(a.test.indices, np.arange(359))
     # The fixed train/test split partitions load_digits() (stratified_split below).
-    arrays = sources.digits_arrays()
+    arrays = loading.digits_arrays()
     assert len(arrays["train"][1]) + len(arrays["test"][1]) == len(arrays["all"][1])
 
 
 def test_digits_split_is_stratified():
-    splits = sources.load_splits(make_cfg(validation_size=300, seed=3))
+    splits = loading.load_splits(make_cfg(validation_size=300, seed=3))
     train_counts = np.bincount(splits.train.labels, minlength=10)
     val_counts = np.bincount(splits.validation.labels, minlength=10)
     total = train_counts + val_counts
@@ -100,7 +98,7 @@ def test_digits_split_is_stratified():
 def test_stratified_split_partitions_and_small_sizes():
     labels = np.repeat(np.arange(10), [3, 50, 7, 7, 7, 7, 7, 7, 7, 1])
     for k in (0, 1, 5, 9, 10, 40, len(labels)):
-        first, second = sources.stratified_split(labels, k, seed=0)
+        first, second = splitting.stratified_split(labels, k, seed=0)
         assert len(second) == k
         np.testing.assert_array_equal(
             np.sort(np.concatenate([first, second])), np.arange(len(labels))
@@ -108,7 +106,7 @@ def test_stratified_split_partitions_and_small_sizes():
 
 
 def test_validation_zero_and_train_subset():
-    splits = sources.load_splits(make_cfg(validation_size=0, train_subset=200, seed=4))
+    splits = loading.load_splits(make_cfg(validation_size=0, train_subset=200, seed=4))
     assert len(splits.validation) == 0
     assert splits.validation.get(np.zeros((0,), np.int64))["image"].shape == (0, 8, 8, 1)
     assert len(splits.train) == 200
@@ -134,7 +132,7 @@ def synthetic_npz(tmp_path):
 
 def test_npz_shapes_and_split(synthetic_npz):
     path, (x_train, y_train, x_test, y_test) = synthetic_npz
-    splits = sources.load_splits(make_cfg(source="npz", npz_path=path, validation_size=50, seed=0))
+    splits = loading.load_splits(make_cfg(source="npz", npz_path=path, validation_size=50, seed=0))
     assert splits.name == "npz:toy" and splits.num_classes == 5
     assert splits.image_shape == (12, 10, 1) and splits.class_names is None
     assert (len(splits.train), len(splits.validation), len(splits.test)) == (150, 50, 50)
@@ -150,7 +148,7 @@ def test_npz_shapes_and_split(synthetic_npz):
 
 def test_npz_ood_classes_removed_and_remapped(synthetic_npz):
     path, (x_train, y_train, x_test, y_test) = synthetic_npz
-    splits = sources.load_splits(
+    splits = loading.load_splits(
         make_cfg(source="npz", npz_path=path, validation_size=0.25, ood_classes=(1, 3))
     )
     assert splits.num_classes == 3
@@ -186,7 +184,7 @@ def test_subset_of_subset_composes_label_maps():
 
 @pytest.mark.skipif(not os.path.exists(MNIST_NPZ), reason="mnist.npz not present")
 def test_mnist_npz_label_counts():
-    splits = sources.load_splits(
+    splits = loading.load_splits(
         make_cfg(source="npz", npz_path=MNIST_NPZ, validation_size=5000, seed=0)
     )
     assert splits.name == "npz:mnist" and splits.image_shape == (28, 28, 1)
@@ -203,7 +201,7 @@ def test_mnist_npz_label_counts():
 def tiny_arrays(seed=0, n_train=64, n_test=32):
     """28x28x1 images: digits padded to 28x28 plus noise; 10 classes."""
     rng = np.random.default_rng(seed)
-    images, labels = sources.digits_arrays()["all"]
+    images, labels = loading.digits_arrays()["all"]
     images = preprocess.pad_to_frame(images, 28)
     noise = rng.integers(0, 40, images.shape, dtype=np.uint8)
     images = np.maximum(images, noise)
@@ -238,7 +236,7 @@ def test_prepare_layout(tiny_tfds):
 @pytest.mark.parametrize("name", ["mnist", "tiny_digits"])
 def test_tfds_load_splits_reads_back_identical(tiny_tfds, name):
     data_dir, arrays, _, _ = tiny_tfds
-    splits = sources.load_splits(
+    splits = loading.load_splits(
         make_cfg(source="tfds", name=name, data_dir=data_dir, validation_size=0)
     )
     assert splits.name == f"tfds:{name}" and splits.num_classes == 10
@@ -250,7 +248,7 @@ def test_tfds_load_splits_reads_back_identical(tiny_tfds, name):
         np.testing.assert_array_equal(labels, arrays[split][1])
         np.testing.assert_array_equal(part.labels, arrays[split][1])
     # Random order, with validation and OOD classes.
-    splits = sources.load_splits(
+    splits = loading.load_splits(
         make_cfg(
             source="tfds",
             name=name,
@@ -282,7 +280,7 @@ def test_tfds_rgb_registered_name_with_other_features(tmp_path):
     # Replaced in place with overwrite=True.
     arrays["test"] = (x[8:][::-1].copy(), y[8:][::-1].copy())
     tfds_prepare.prepare_from_arrays("cifar10", tmp_path, arrays, 10, overwrite=True)
-    splits = sources.load_splits(make_cfg(source="tfds", name="cifar10", data_dir=str(tmp_path)))
+    splits = loading.load_splits(make_cfg(source="tfds", name="cifar10", data_dir=str(tmp_path)))
     assert splits.image_shape == (32, 32, 3)
     for part, split in ((splits.train, "train"), (splits.test, "test")):
         images, labels = all_labels_images(part)
@@ -298,7 +296,7 @@ def test_tfds_labels_match_tfds_own_decoding(tiny_tfds):
     data_dir, arrays, _, _ = tiny_tfds
     own = tfds.data_source("tiny_digits", split="test", data_dir=data_dir, download=False)
     examples = own.__getitems__(list(range(len(own))))
-    source = sources.TfdsSource("tiny_digits", "test", data_dir)
+    source = tfds_source.TfdsSource("tiny_digits", "test", data_dir)
     np.testing.assert_array_equal(source.labels, [e["label"] for e in examples])
     np.testing.assert_array_equal(
         source.get(np.arange(len(source)))["image"], np.stack([e["image"] for e in examples])
@@ -307,15 +305,15 @@ def test_tfds_labels_match_tfds_own_decoding(tiny_tfds):
 
 def test_load_source_split(tiny_tfds, synthetic_npz):
     data_dir, arrays, _, _ = tiny_tfds
-    test = sources.load_source_split(
+    test = loading.load_source_split(
         make_cfg(source="tfds", name="tiny_digits", data_dir=data_dir), "test"
     )
     np.testing.assert_array_equal(test.labels, arrays["test"][1])
-    assert len(sources.load_source_split(make_cfg(), "all")) == 1797
-    npz = sources.load_source_split(make_cfg(source="npz", npz_path=synthetic_npz[0]), "test")
+    assert len(loading.load_source_split(make_cfg(), "all")) == 1797
+    npz = loading.load_source_split(make_cfg(source="npz", npz_path=synthetic_npz[0]), "test")
     assert len(npz) == 50 and npz.image_shape == (12, 10, 1)
     with pytest.raises(ValueError, match="valid"):
-        sources.load_source_split(make_cfg(), "validation")
+        loading.load_source_split(make_cfg(), "validation")
 
 
 def test_tfds_reads_in_fresh_process_without_tensorflow(tiny_tfds, tmp_path):
@@ -331,7 +329,7 @@ def test_tfds_reads_in_fresh_process_without_tensorflow(tiny_tfds, tmp_path):
       import importlib.util, sys
       import numpy as np
       import tensorflow_datasets as tfds
-      from jaxhybrid.data import sources
+      from jaxhybrid.data import tfds_source
 
       data_dir = {data_dir!r}
       want = np.load({str(expected)!r})
@@ -343,7 +341,7 @@ def test_tfds_reads_in_fresh_process_without_tensorflow(tiny_tfds, tmp_path):
       ds = tfds.data_source("tiny_digits", split="train", data_dir=data_dir)
       assert len(ds) == len(want["y"])
       # jaxhybrid's reader.
-      source = sources.TfdsSource("mnist", "train", data_dir)
+      source = tfds_source.TfdsSource("mnist", "train", data_dir)
       batch = source.get(np.arange(len(source)))
       assert batch["image"].tobytes() == want["x"].tobytes()
       assert np.array_equal(batch["label"], want["y"])
@@ -373,7 +371,7 @@ def test_tfds_reads_in_fresh_process_without_tensorflow(tiny_tfds, tmp_path):
 def test_tfds_unprepared_raises_with_instructions(tmp_path):
     cfg = make_cfg(source="tfds", name="fashion_mnist", data_dir=str(tmp_path))
     with pytest.raises(FileNotFoundError) as err:
-        sources.load_splits(cfg)
+        loading.load_splits(cfg)
     message = str(err.value)
     assert "tfds_prepare" in message and str(tmp_path) in message
     assert "tfds build fashion_mnist" in message
@@ -382,14 +380,217 @@ def test_tfds_unprepared_raises_with_instructions(tmp_path):
 def test_tfds_default_data_dir_respects_env(monkeypatch, tmp_path):
     monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path))
     with pytest.raises(FileNotFoundError, match=str(tmp_path)):
-        sources.load_splits(make_cfg(source="tfds", name="kmnist"))
+        loading.load_splits(make_cfg(source="tfds", name="kmnist"))
 
 
 def test_unknown_source_lists_valid_choices():
     with pytest.raises(ValueError, match="digits, npz, tfds"):
-        sources.load_splits(make_cfg(source="imagenet"))
+        loading.load_splits(make_cfg(source="imagenet"))
     with pytest.raises(ValueError, match="digits, npz, tfds"):
-        sources.load_source_split(make_cfg(source="csv"), "test")
+        loading.load_source_split(make_cfg(source="csv"), "test")
+
+
+# --------------------------------------------------------------------------------
+# unlabeled data: sources, npz, splits, TFDS
+# --------------------------------------------------------------------------------
+
+
+def test_array_source_without_labels():
+    images = np.arange(5 * 4, dtype=np.uint8).reshape(5, 2, 2, 1)
+    source = sources.ArraySource(images)
+    assert not source.has_labels and isinstance(source, sources.Source)
+    batch = source.get(np.array([4, 1]))
+    assert set(batch) == {"image"}
+    np.testing.assert_array_equal(batch["image"], images[[4, 1]])
+    with pytest.raises(ValueError, match=r"ArraySource\(.*unlabeled.*has no labels"):
+        source.labels  # pylint: disable=pointless-statement
+    labelled = sources.ArraySource(images, np.arange(5))
+    assert labelled.has_labels and set(labelled.get(np.array([0]))) == {"image", "label"}
+
+
+def test_subset_source_delegates_has_labels():
+    images = np.zeros((6, 2, 2, 1), np.uint8)
+    unlabeled = sources.SubsetSource(sources.ArraySource(images), [5, 0, 3])
+    assert not unlabeled.has_labels
+    assert set(unlabeled.get(np.array([0, 2]))) == {"image"}
+    nested = sources.SubsetSource(unlabeled, [2])
+    assert not nested.has_labels and nested.indices.tolist() == [3]
+    with pytest.raises(ValueError, match="SubsetSource.*has no labels"):
+        nested.labels  # pylint: disable=pointless-statement
+    with pytest.raises(ValueError, match="label_map.*no labels"):
+        sources.SubsetSource(sources.ArraySource(images), [0], label_map=[0])
+    labelled = sources.SubsetSource(sources.ArraySource(images, np.zeros(6, int)), [1])
+    assert labelled.has_labels
+
+
+def test_random_split_partitions_and_is_seeded():
+    for k in (0, 1, 17, 50):
+        first, second = splitting.random_split(50, k, seed=3)
+        assert len(second) == k and np.all(np.diff(second) > 0) and np.all(np.diff(first) > 0)
+        np.testing.assert_array_equal(np.union1d(first, second), np.arange(50))
+    a = splitting.random_split(50, 10, seed=3)[1]
+    np.testing.assert_array_equal(a, splitting.random_split(50, 10, seed=3)[1])
+    assert not np.array_equal(a, splitting.random_split(50, 10, seed=4)[1])
+    with pytest.raises(ValueError, match="cannot take 51 of 50"):
+        splitting.random_split(50, 51, seed=0)
+
+
+def test_split_positions_stratifies_only_with_labels():
+    labels = np.repeat([0, 1], [45, 5])
+    strat = splitting.split_positions(50, 10, 7, labels)
+    for got, want in zip(strat, splitting.stratified_split(labels, 10, 7)):
+        np.testing.assert_array_equal(got, want)
+    assert np.bincount(labels[strat[1]]).tolist() == [9, 1]
+    plain = splitting.split_positions(50, 10, 7)
+    for got, want in zip(plain, splitting.random_split(50, 10, 7)):
+        np.testing.assert_array_equal(got, want)
+
+
+@pytest.fixture
+def unlabeled_npz(tmp_path):
+    rng = np.random.default_rng(1)
+    x_train = rng.integers(0, 256, (120, 6, 5), dtype=np.uint8)
+    x_test = rng.integers(0, 256, (30, 6, 5), dtype=np.uint8)
+    path = tmp_path / "plain.npz"
+    np.savez(path, x_train=x_train, x_test=x_test)
+    return str(path), (x_train, x_test)
+
+
+def test_npz_without_labels_loads_unlabeled(unlabeled_npz):
+    path, (x_train, x_test) = unlabeled_npz
+    arrays = loading.npz_arrays(path)
+    assert arrays["train"][1] is None and arrays["test"][1] is None
+    cfg = make_cfg(source="npz", npz_path=path, validation_size=20, train_subset=60, seed=2)
+    splits = loading.load_splits(cfg)
+    assert not splits.has_labels and splits.num_classes == 0 and splits.class_names is None
+    assert (len(splits.train), len(splits.validation), len(splits.test)) == (60, 20, 30)
+    assert np.intersect1d(splits.train.indices, splits.validation.indices).size == 0
+    for part, x in ((splits.train, x_train), (splits.validation, x_train), (splits.test, x_test)):
+        assert not part.has_labels
+        batch = part.get(np.arange(len(part)))
+        assert set(batch) == {"image"}
+        np.testing.assert_array_equal(batch["image"][..., 0], x[part.indices])
+    description = splits.description
+    json.dumps(description)
+    assert description["has_labels"] is False and description["num_classes"] == 0
+    assert "at random" in description["validation"]
+    for key in ("train_class_counts", "test_class_counts", "kept_classes_original_ids"):
+        assert key not in description
+    again = loading.load_splits(cfg)
+    np.testing.assert_array_equal(again.validation.indices, splits.validation.indices)
+    other = loading.load_splits(make_cfg(source="npz", npz_path=path, validation_size=20, seed=3))
+    assert not np.array_equal(other.validation.indices, splits.validation.indices)
+    test = loading.load_source_split(make_cfg(source="npz", npz_path=path), "test")
+    assert not test.has_labels and len(test) == 30
+
+
+def test_labelled_splits_describe_labels(synthetic_npz):
+    splits = loading.load_splits(make_cfg(source="npz", npz_path=synthetic_npz[0]))
+    assert splits.has_labels and splits.description["has_labels"] is True
+    assert splits.description["train_class_counts"] == [40] * 5
+
+
+def test_ood_classes_on_unlabeled_data_is_an_error(unlabeled_npz):
+    cfg = make_cfg(source="npz", npz_path=unlabeled_npz[0], ood_classes=(1,))
+    with pytest.raises(ValueError, match=r"data\.ood_classes=\[1\].*unlabeled"):
+        loading.load_splits(cfg)
+
+
+def test_npz_with_half_the_labels_is_an_error(tmp_path):
+    path = tmp_path / "half.npz"
+    x = np.zeros((4, 3, 3), np.uint8)
+    np.savez(path, x_train=x, y_train=np.zeros(4, int), x_test=x)
+    with pytest.raises(ValueError, match="y_train but not its pair"):
+        loading.npz_arrays(str(path))
+
+
+@pytest.fixture(scope="module")
+def unlabeled_tfds(tmp_path_factory):
+    data_dir = str(tmp_path_factory.mktemp("tfds_unlabeled"))
+    arrays = {s: (x, None) for s, (x, _) in tiny_arrays(n_train=24, n_test=8).items()}
+    path = tfds_prepare.prepare_from_arrays("tiny_plain", data_dir, arrays, 0)
+    return data_dir, arrays, path
+
+
+def test_tfds_without_label_feature_is_unlabeled(unlabeled_tfds, tiny_tfds):
+    data_dir, arrays, path = unlabeled_tfds
+    assert path == os.path.join(data_dir, "tiny_plain", "1.0.0")
+    source = tfds_source.TfdsSource("tiny_plain", "train", data_dir)
+    assert not source.has_labels and source.num_classes == 0 and source.class_names is None
+    batch = source.get(np.arange(len(source)))
+    assert set(batch) == {"image"}
+    np.testing.assert_array_equal(batch["image"], arrays["train"][0])
+    with pytest.raises(ValueError, match="TfdsSource.*no feature 'label'"):
+        source.labels  # pylint: disable=pointless-statement
+    splits = loading.load_splits(
+        make_cfg(source="tfds", name="tiny_plain", data_dir=data_dir, validation_size=4)
+    )
+    assert not splits.has_labels and splits.num_classes == 0
+    assert (len(splits.train), len(splits.validation), len(splits.test)) == (20, 4, 8)
+    assert tfds_source.TfdsSource("tiny_digits", "test", tiny_tfds[0]).has_labels
+
+
+def test_prepare_rejects_labels_in_some_splits_only(tmp_path):
+    x = np.zeros((2, 4, 4, 1), np.uint8)
+    with pytest.raises(ValueError, match=r"splits \['test'\] have no labels"):
+        tfds_prepare.prepare_from_arrays(
+            "mixed", str(tmp_path), {"train": (x, np.zeros(2, int)), "test": (x, None)}, 1
+        )
+
+
+def test_prepare_cli_writes_unlabeled_npz(unlabeled_npz, tmp_path, capsys):
+    path, (x_train, _) = unlabeled_npz
+    data_dir = str(tmp_path / "tfds")
+    tfds_prepare.main(["--npz", path, "--name", "plain", "--data_dir", data_dir])
+    assert "0 classes" in capsys.readouterr().out
+    source = tfds_source.TfdsSource("plain", "train", data_dir)
+    assert not source.has_labels
+    np.testing.assert_array_equal(source.get(np.array([3]))["image"][0, ..., 0], x_train[3])
+
+
+# --------------------------------------------------------------------------------
+# npz files that are not what they should be
+# --------------------------------------------------------------------------------
+
+
+def _npz_error(path, error=ValueError):
+    with pytest.raises(error) as err:
+        loading.load_splits(make_cfg(source="npz", npz_path=str(path)))
+    message = str(err.value)
+    assert str(path) in message and "pickle" not in message.lower()
+    return message
+
+
+def test_npz_path_to_a_text_file(tmp_path):
+    path = tmp_path / "notes.npz"
+    path.write_text("not an array file\n")
+    with pytest.raises(ValueError) as err:
+        loading.npz_arrays(str(path))
+    assert err.value.__suppress_context__  # numpy's unpickling hint is not chained
+    message = _npz_error(path)
+    assert "not a valid .npz" in message and "x_train, x_test" in message
+    assert "optionally y_train, y_test" in message
+
+
+def test_npz_path_to_a_npy_or_object_arrays(tmp_path):
+    npy = tmp_path / "single.npy"
+    np.save(npy, np.zeros((2, 3, 3), np.uint8))
+    assert "not a valid .npz" in _npz_error(npy)
+    objects = tmp_path / "objects.npz"
+    np.savez(objects, x_train=np.array([{"a": 1}], dtype=object), x_test=np.zeros(1))
+    assert "object arrays" in _npz_error(objects)
+
+
+def test_npz_missing_file(tmp_path):
+    message = _npz_error(tmp_path / "absent.npz", FileNotFoundError)
+    assert "not found" in message
+
+
+def test_npz_missing_images_names_the_keys_found(tmp_path):
+    path = tmp_path / "wrong_keys.npz"
+    np.savez(path, images=np.zeros((2, 3, 3), np.uint8), x_test=np.zeros((2, 3, 3), np.uint8))
+    message = _npz_error(path)
+    assert "no arrays ['x_train']" in message and "keys found: ['images', 'x_test']" in message
 
 
 # --------------------------------------------------------------------------------

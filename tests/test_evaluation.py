@@ -9,6 +9,7 @@ import pytest
 from jaxhybrid.checkpointing import CheckpointNotFoundError
 from jaxhybrid.evaluate import Predictor, evaluate, run_suite
 from jaxhybrid.experiment import build_experiment
+from jaxhybrid.families.base import variables_of
 from jaxhybrid.train import train_and_evaluate
 from tests.helpers import restore_params, run_cli, tiny_config
 
@@ -77,7 +78,8 @@ def test_eight_devices_equal_one_device(trained):
     for n in (1, 8):
         cn = _config(num_devices=n)
         exp = build_experiment(cn)
-        results.append(run_suite(exp, state["params"], 10_000 + n, wd, predictor=Predictor(exp)))
+        results.append(run_suite(exp, variables_of(state), 10_000 + n, wd,
+                                 predictor=Predictor(exp)))
     one, eight = results
     keys = [k for k in one if isinstance(one[k], float)]
     assert any(k.startswith("ood/") for k in keys) and any(k.startswith("fgsm") for k in keys)
@@ -88,21 +90,25 @@ def test_eight_devices_equal_one_device(trained):
         tol = 2e-4 if k.startswith("ood/") else 1e-6
         assert one[k] == pytest.approx(eight[k], rel=1e-5, abs=tol), k
     exps = [build_experiment(_config(num_devices=n)) for n in (1, 8)]
-    logits = [Predictor(e).outputs(state["params"], e.splits.test)["logits"] for e in exps]
+    logits = [Predictor(e).outputs(variables_of(state), e.splits.test)["logits"] for e in exps]
     assert logits[0].shape == (288, 8)
     np.testing.assert_allclose(logits[0], logits[1], rtol=1e-5, atol=1e-5)
 
 
 def test_eval_mode_in_fresh_process_reproduces_training_accuracy(trained):
+    """The final evaluation after training reports on the selected (best) checkpoint; the
+    CLI's eval mode restores the same one by default, in a fresh process on 2 devices."""
     c, wd, final = trained
+    assert final["checkpoint"].startswith(("best", "latest"))
+    assert final["evaluated_step"] <= final["step"]
     r = run_cli(["--config=configs/gffn.py:smoke", f"--workdir={wd}", "--mode=eval",
-                 "--checkpoint=latest", "--config.num_epochs=8", "--config.model.width=8",
+                 "--config.num_epochs=8", "--config.model.width=8",
                  "--config.model.hidden=(32,)", "--config.eval_batch_size=64",
                  "--config.evals.names=classification"], devices=2)
     assert r.returncode == 0, r.stderr[-3000:]
-    m = _load(os.path.join(wd, "eval", str(final["step"]), "metrics.json"))
+    m = _load(os.path.join(wd, "eval", str(final["evaluated_step"]), "metrics.json"))
     assert m["classification"]["accuracy"] == final["accuracy"]      # exactly
-    assert m["checkpoint"].startswith("latest")
+    assert m["checkpoint"].startswith("best")
 
 
 def test_missing_and_mismatched_checkpoints(trained, tmp_path):

@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 import ml_collections
 
-from jaxhybrid.data.sources import ArraySource, load_source_split
+from jaxhybrid.data.loading import load_source_split
+from jaxhybrid.data.sources import ArraySource
 from jaxhybrid.evaluators.ood_sets import AdaptedSource, TransformedSource, build_ood_sets
 
 
@@ -61,3 +62,16 @@ def test_unknown_ood_set_lists_choices():
         build_ood_sets(exp, "nonsense")
     with pytest.raises(ValueError, match="data.ood_classes"):
         build_ood_sets(exp, "heldout")
+
+
+def test_derived_sources_of_unlabeled_images_have_no_labels():
+    plain = ArraySource(_base().get(np.arange(20))["image"])
+    for src in (TransformedSource(plain, "inverted"), AdaptedSource(plain, (8, 8, 3))):
+        assert not src.has_labels
+        assert set(src.get(np.array([2, 0]))) == {"image"}
+        with pytest.raises(ValueError, match="no labels"):
+            src.labels  # pylint: disable=pointless-statement
+    labelled = TransformedSource(_base(), "inverted")
+    assert labelled.has_labels
+    np.testing.assert_array_equal(labelled.get(np.array([2, 0]))["label"],
+                                  _base().labels[[2, 0]])

@@ -9,7 +9,7 @@ import numpy as np
 
 from configs import gffn
 from jaxhybrid.checkpointing import Checkpointer
-from jaxhybrid.data import preprocess, sources
+from jaxhybrid.data import loading, preprocess
 from jaxhybrid.data.tfds_prepare import prepare_from_arrays
 from jaxhybrid.train import train_and_evaluate
 from tests.helpers import apply_overrides, run_cli
@@ -32,7 +32,7 @@ OVERRIDES = {
 
 def _mnist_like_digits(n: int, split: str):
     """sklearn digits 8x8 resized (bilinear) to uint8 28x28x1, first n of `split`."""
-    images, labels = sources.digits_arrays()[split]
+    images, labels = loading.digits_arrays()[split]
     x = preprocess.resize_images(preprocess.to_float(images[:n]), (28, 28))
     return np.clip(np.round(x * 255.0), 0, 255).astype(np.uint8), labels[:n]
 

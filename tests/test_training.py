@@ -1,6 +1,9 @@
 """The trainer end to end on digits: accuracy, resume after a crash, NaN stop, CLI errors."""
 import json
 import os
+import signal
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -8,7 +11,7 @@ import pytest
 
 from jaxhybrid.checkpointing import Checkpointer, CheckpointMismatchError
 from jaxhybrid.train import NonFiniteLossError, train_and_evaluate
-from tests.helpers import restore_params, run_cli, run_python, tiny_config
+from tests.helpers import REPO, restore_params, run_cli, run_python, tiny_config
 
 
 @pytest.mark.parametrize("joint_weight", [0.0, 1.0])
@@ -32,32 +35,66 @@ def test_digits_reaches_90_percent(tmp_path, joint_weight):
     assert any(l["kind"] == "validation" for l in lines)
 
 
-def test_crash_and_resume_matches_uninterrupted_run(tmp_path):
-    """A run killed mid-way (os._exit, no cleanup), resumed in a new process, ends with
-    the same parameters as an uninterrupted run."""
-    overrides = dict(num_steps=24, checkpoint_every=8, log_every=4)
+def _train_until_killed(config_overrides: dict, workdir: str, kill_at: str) -> str:
+    """Train in a fresh process and SIGKILL it once its log shows ``kill_at``."""
+    code = f"""
+import logging, sys
+logging.basicConfig(level=logging.INFO, stream=sys.stdout)
+from tests.helpers import tiny_config
+from jaxhybrid.train import train_and_evaluate
+train_and_evaluate(tiny_config(**{config_overrides!r}), {workdir!r})
+"""
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+               JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
+    proc = subprocess.Popen([sys.executable, "-u", "-c", code], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen = []
+    try:
+        for line in proc.stdout:
+            seen.append(line)
+            if kill_at in line:
+                proc.send_signal(signal.SIGKILL)   # no cleanup, no final checkpoint
+                break
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGKILL, "".join(seen[-30:])
+    return "".join(seen)
+
+
+def test_killed_run_resumes_bit_identically(tmp_path):
+    """A run SIGKILLed mid-way (after a checkpoint, with later steps done and logged),
+    resumed in a new process, ends with the same parameters as an uninterrupted run,
+    and its metrics.jsonl holds each step's record once."""
+    overrides = dict(num_steps=200, checkpoint_every=8, log_every=4)
     c = tiny_config(**overrides)
     train_and_evaluate(c, str(tmp_path / "straight"))
     _, straight = restore_params(c, str(tmp_path / "straight"))
 
-    code = f"""
-import logging, os
-logging.basicConfig(level=logging.INFO)
+    crashed = str(tmp_path / "crashed")
+    _train_until_killed(overrides, crashed, kill_at="checkpoint saved at step 16")
+    first = Checkpointer(crashed, read_only=True).latest_step()
+    assert first is not None and 8 <= first < 200
+    r = run_python(f"""
+import logging, sys
+logging.basicConfig(level=logging.INFO, stream=sys.stdout)
 from tests.helpers import tiny_config
-import jaxhybrid.train as t
-c = tiny_config(**{overrides!r})
-t.train_and_evaluate(c, {str(tmp_path / 'crashed')!r}, _crash_after_step=int(os.environ['CRASH']))
-"""
-    r = run_python(code, env_extra={"CRASH": "13"})
-    assert r.returncode == 17, r.stderr[-3000:]           # died abruptly after step 13
-    assert Checkpointer(str(tmp_path / "crashed"), read_only=True).latest_step() == 8
-    r = run_python(code, env_extra={"CRASH": "-1"})       # resume in a fresh process
+from jaxhybrid.train import train_and_evaluate
+train_and_evaluate(tiny_config(**{overrides!r}), {crashed!r})
+""")
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "resumed from checkpoint step 8" in r.stdout + r.stderr
-    step, resumed = restore_params(c, str(tmp_path / "crashed"))
-    assert step == 24 and int(resumed["step"]) == 24
+    assert "resumed from checkpoint step" in r.stdout + r.stderr
+    step, resumed = restore_params(c, crashed)
+    assert step == 200 and int(resumed["step"]) == 200
     for a, b in zip(jax.tree.leaves(straight), jax.tree.leaves(resumed)):
         np.testing.assert_array_equal(a, b)
+    records = [json.loads(l) for l in open(os.path.join(crashed, "metrics.jsonl"))]
+    train_steps = [r["step"] for r in records if r["kind"] == "train"]
+    assert train_steps == list(range(4, 201, 4))          # no step logged twice
+    straight_records = [json.loads(l) for l in open(tmp_path / "straight" / "metrics.jsonl")]
+    assert [r["loss"] for r in records if r["kind"] == "train"] == \
+        [r["loss"] for r in straight_records if r["kind"] == "train"]
 
 
 def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):

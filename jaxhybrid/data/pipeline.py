@@ -38,26 +38,47 @@ class Preprocess:
 
 
 def _read(source, indices: np.ndarray, preprocess: Preprocess) -> dict[str, np.ndarray]:
-    """Rows at ``indices``; entries < 0 are padding (a copy of row 0 with mask False)."""
+    """Rows at ``indices``; entries < 0 are padding (a copy of row 0 with mask False).
+
+    Returns ``image`` [n, H, W, C] float32, ``mask`` [n] bool, ``id`` [n] int32 (the
+    example's index in its split, −1 for padding: the key of its random draws) and
+    ``label`` [n] int32 when the source has labels.
+    """
     mask = indices >= 0
     safe = np.where(mask, indices, 0)
     if len(source) == 0:
         raise ValueError("cannot batch an empty split")
     rows = source.get(safe)
-    return {"image": preprocess(rows["image"]), "label": rows["label"].astype(np.int32),
-            "mask": mask}
+    batch = {"image": preprocess(rows["image"]), "mask": mask,
+             "id": np.asarray(indices, np.int32)}
+    if "label" in rows:
+        batch["label"] = rows["label"].astype(np.int32)
+    return batch
+
+
+def steps_per_epoch(num_examples: int, global_batch_size: int, drop_remainder: bool) -> int:
+    """Batches per epoch: the last partial batch is padded, or dropped with drop_remainder
+    (then every batch holds exactly ``global_batch_size`` examples, e.g. so that the GFFN
+    partition's B never shrinks; the dropped examples differ from epoch to epoch)."""
+    if drop_remainder:
+        if num_examples < global_batch_size:
+            raise ValueError(f"drop_remainder: the global batch {global_batch_size} is larger "
+                             f"than the {num_examples} training examples")
+        return num_examples // global_batch_size
+    return -(-num_examples // global_batch_size)
 
 
 class TrainBatches:
     """Global training batches: ``batch(step)`` and a prefetching ``iterate(start)``."""
 
     def __init__(self, source, global_batch_size: int, *, seed: int, mesh: Mesh,
-                 preprocess: Preprocess, shuffle: bool = True):
+                 preprocess: Preprocess, shuffle: bool = True, drop_remainder: bool = False):
         parallel.check_global_batch(global_batch_size, mesh)
         self.source, self.batch_size, self.seed = source, global_batch_size, seed
         self.mesh, self.preprocess, self.shuffle = mesh, preprocess, shuffle
         self.num_examples = len(source)
-        self.steps_per_epoch = -(-self.num_examples // global_batch_size)
+        self.steps_per_epoch = steps_per_epoch(self.num_examples, global_batch_size,
+                                               drop_remainder)
         self._rows = parallel.host_slice(global_batch_size, mesh)
         self._perm_cache: tuple[int, np.ndarray] | None = None
 

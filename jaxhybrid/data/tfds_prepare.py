@@ -12,14 +12,15 @@ How it works. A `tfds.core.GeneratorBasedBuilder` subclass is made for the
 requested name (with `skip_registration=True`, so it never clashes with TFDS'
 registered builder of the same name). Its features are
 `{'image': tfds.features.Image(shape=(H, W, C)), 'label': ClassLabel(num_classes=K)}`
-and `_split_generators` yields each image as PNG bytes encoded with Pillow: handing
+(no 'label' for unlabeled arrays, e.g. an npz without y_train/y_test) and
+`_split_generators` yields each image as PNG bytes encoded with Pillow: handing
 numpy arrays to `tfds.features.Image` would call TensorFlow. Records are written
 as array_record (random access) with shuffling disabled, so record i of a split is
 example i of the given arrays. The result is the standard layout
 DATA_DIR/NAME/VERSION/{dataset_info.json, features.json, NAME-SPLIT.array_record-*},
 the same as `tfds build NAME --file_format=array_record` writes.
 
-Name clash with TFDS' own builders (e.g. "mnist"). `jaxhybrid.data.sources.TfdsSource`
+Name clash with TFDS' own builders (e.g. "mnist"). `jaxhybrid.data.tfds_source.TfdsSource`
 opens the version directory with `tfds.builder_from_directory`, which never runs
 builder code, so it reads any version written here or by `tfds build`. So that
 plain `tfds.data_source(NAME, split=..., data_dir=DIR)` works too, `version=None`
@@ -46,7 +47,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from jaxhybrid.data import sources
+from jaxhybrid.data.loading import digits_arrays, npz_arrays
+from jaxhybrid.data.tfds_source import TfdsSource, tfds_data_dir
 
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 _FALLBACK_VERSION = "1.0.0"
@@ -61,12 +63,34 @@ def _png_bytes(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def _check_labels(split: str, labels: np.ndarray, num_images: int, num_classes: int):
+    """labels int [N] in [0, num_classes) -> int64 [N]."""
+    labels = np.asarray(labels).reshape(-1)
+    if labels.shape[0] != num_images:
+        raise ValueError(f"split {split!r}: {num_images} images but {labels.shape[0]} labels")
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(
+            f"split {split!r}: labels must lie in [0, {num_classes}), "
+            f"got [{labels.min()}, {labels.max()}]"
+        )
+    return labels.astype(np.int64)
+
+
 def _check_splits(
-    splits: Mapping[str, tuple[np.ndarray, np.ndarray]], num_classes: int
-) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Validates the arrays -> {split: (uint8 [N, H, W, C], int64 [N])}."""
+    splits: Mapping[str, tuple[np.ndarray, np.ndarray | None]], num_classes: int
+) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
+    """Validates the arrays -> {split: (uint8 [N, H, W, C], int64 [N] or None)}.
+
+    Labels are all None (unlabeled; then `num_classes` must be 0) or all given.
+    """
     if not splits:
         raise ValueError("no splits given")
+    unlabeled = [s for s, (_, y) in splits.items() if y is None]
+    if unlabeled and (len(unlabeled) != len(splits) or num_classes):
+        raise ValueError(
+            f"splits {unlabeled} have no labels: give labels for every split, or for "
+            f"none and num_classes=0 (got {num_classes})"
+        )
     out = {}
     for split, (images, labels) in splits.items():
         if not re.match(r"^[a-z][a-z0-9_]*$", split):
@@ -81,17 +105,9 @@ def _check_splits(
                 f"split {split!r}: images must be [N, H, W] or [N, H, W, C] with C in "
                 f"(1, 3, 4), got {images.shape}"
             )
-        labels = np.asarray(labels).reshape(-1)
-        if labels.shape[0] != images.shape[0]:
-            raise ValueError(
-                f"split {split!r}: {images.shape[0]} images but {labels.shape[0]} labels"
-            )
-        if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-            raise ValueError(
-                f"split {split!r}: labels must lie in [0, {num_classes}), "
-                f"got [{labels.min()}, {labels.max()}]"
-            )
-        out[split] = (images, labels.astype(np.int64))
+        if labels is not None:
+            labels = _check_labels(split, labels, images.shape[0], num_classes)
+        out[split] = (images, labels)
     shapes = {s: x.shape[1:] for s, (x, _) in out.items()}
     if len(set(shapes.values())) != 1:
         raise ValueError(f"image shapes differ between splits: {shapes}")
@@ -140,8 +156,10 @@ def prepare_from_arrays(
     Args:
       name: dataset name, snake_case (e.g. "mnist"); written to DATA_DIR/name/VERSION.
       data_dir: TFDS data dir (None: $TFDS_DATA_DIR or ~/tensorflow_datasets).
-      splits: {split: (images uint8 [N, H, W] or [N, H, W, C], labels int [N])}.
-      num_classes: K of the ClassLabel feature; labels must lie in [0, K).
+      splits: {split: (images uint8 [N, H, W] or [N, H, W, C], labels int [N])};
+        labels None in every split writes an unlabeled dataset (no 'label' feature).
+      num_classes: K of the ClassLabel feature; labels must lie in [0, K). 0 when
+        unlabeled.
       version: "X.Y.Z"; None picks the registered TFDS builder's version when its
         features match, else "1.0.0" (see the module docstring).
       class_names: K names for the ClassLabel (default: the registered builder's,
@@ -157,9 +175,12 @@ def prepare_from_arrays(
 
     if not _NAME_RE.match(name):
         raise ValueError(f"invalid dataset name {name!r}: use snake_case, e.g. 'mnist'")
-    data_dir = sources.tfds_data_dir(data_dir)
+    data_dir = tfds_data_dir(data_dir)
     arrays = _check_splits(splits, int(num_classes))
     image_shape = tuple(int(d) for d in next(iter(arrays.values()))[0].shape[1:])
+    labelled = next(iter(arrays.values()))[1] is not None
+    if version is None and not labelled:
+        version = _FALLBACK_VERSION
     if version is None:
         match = _registered_match(name, image_shape, int(num_classes), data_dir)
         version = match[0] if match else _FALLBACK_VERSION
@@ -172,19 +193,17 @@ def prepare_from_arrays(
     if os.path.exists(target) and not overwrite:
         raise FileExistsError(f"{target} exists; pass overwrite=True (--overwrite) to replace it")
 
-    features = tfds.features.FeaturesDict(
-        {
-            "image": tfds.features.Image(shape=image_shape),
-            "label": (
-                tfds.features.ClassLabel(names=list(class_names))
-                if class_names is not None
-                else tfds.features.ClassLabel(num_classes=int(num_classes))
-            ),
-        }
-    )
+    feature_dict = {"image": tfds.features.Image(shape=image_shape)}
+    if labelled:
+        feature_dict["label"] = (
+            tfds.features.ClassLabel(names=list(class_names))
+            if class_names is not None
+            else tfds.features.ClassLabel(num_classes=int(num_classes))
+        )
+    features = tfds.features.FeaturesDict(feature_dict)
     info_text = description or (
         "Written by jaxhybrid.data.tfds_prepare from local arrays: "
-        + ", ".join(f"{s} {len(y)}" for s, (_, y) in arrays.items())
+        + ", ".join(f"{s} {len(x)}" for s, (x, _) in arrays.items())
     )
     builder_name = name
 
@@ -203,7 +222,7 @@ def prepare_from_arrays(
                 builder=self,
                 description=info_text,
                 features=features,
-                supervised_keys=("image", "label"),
+                supervised_keys=("image", "label") if labelled else None,
                 disable_shuffling=True,
             )  # record i == example i
 
@@ -213,7 +232,10 @@ def prepare_from_arrays(
 
         def _generate_examples(self, images, labels):
             for i in range(images.shape[0]):
-                yield i, {"image": _png_bytes(images[i]), "label": int(labels[i])}
+                example = {"image": _png_bytes(images[i])}
+                if labels is not None:
+                    example["label"] = int(labels[i])
+                yield i, example
 
     builder = LocalArrays(data_dir=data_dir, file_format="array_record")
     mode = (
@@ -229,16 +251,18 @@ def prepare_from_arrays(
     return os.fspath(builder.data_dir)
 
 
-def _limit(arrays: tuple[np.ndarray, np.ndarray], max_n: int | None):
-    """Keeps the first `max_n` examples (all if max_n is 0 or None)."""
+def _limit(arrays: tuple[np.ndarray, np.ndarray | None], max_n: int | None):
+    """Keeps the first `max_n` examples (all if max_n is 0 or None); labels may be None."""
     images, labels = arrays
-    return (images[:max_n], labels[:max_n]) if max_n else (images, labels)
+    if not max_n:
+        return images, labels
+    return images[:max_n], None if labels is None else labels[:max_n]
 
 
 def main(argv: Sequence[str] | None = None) -> str:
     parser = argparse.ArgumentParser(
         prog="python -m jaxhybrid.data.tfds_prepare",
-        description="Write a local npz (x_train, y_train, x_test, y_test) or sklearn "
+        description="Write a local npz (x_train, x_test [, y_train, y_test]) or sklearn "
         "digits as a TFDS dataset (array_record), offline, without "
         "TensorFlow.",
     )
@@ -246,7 +270,8 @@ def main(argv: Sequence[str] | None = None) -> str:
     what.add_argument(
         "--npz",
         metavar="PATH",
-        help="npz with x_train, y_train, x_test, y_test (uint8 [N, H, W] or [N, H, W, C])",
+        help="npz with x_train, x_test (uint8 [N, H, W] or [N, H, W, C]) and, if "
+        "labelled, y_train, y_test",
     )
     what.add_argument(
         "--digits",
@@ -280,20 +305,21 @@ def main(argv: Sequence[str] | None = None) -> str:
     args = parser.parse_args(argv)
 
     if args.digits:
-        arrays = sources.digits_arrays()
+        arrays = digits_arrays()
         provenance = "sklearn.datasets.load_digits, pixels round(v*255/16)"
     else:
-        arrays = sources.npz_arrays(args.npz)
+        arrays = npz_arrays(args.npz)
         provenance = f"npz {os.path.abspath(args.npz)}"
     splits = {
         "train": _limit(arrays["train"], args.max_train),
         "test": _limit(arrays["test"], args.max_test),
     }
-    num_classes = args.num_classes or int(
-        max(int(y.max(initial=-1)) for _, y in splits.values()) + 1
+    labelled = splits["train"][1] is not None  # an npz without y_* is unlabeled
+    num_classes = args.num_classes or (
+        max(int(y.max(initial=-1)) for _, y in splits.values()) + 1 if labelled else 0
     )
     description = f"Written by jaxhybrid.data.tfds_prepare from {provenance}: " + ", ".join(
-        f"{s} {len(y)}" for s, (_, y) in splits.items()
+        f"{s} {len(x)}" for s, (x, _) in splits.items()
     )
     path = prepare_from_arrays(
         args.name,
@@ -304,11 +330,11 @@ def main(argv: Sequence[str] | None = None) -> str:
         description=description,
         overwrite=args.overwrite,
     )
-    data_dir = sources.tfds_data_dir(args.data_dir)
-    check = sources.TfdsSource(f"{args.name}:{os.path.basename(path)}", "train", data_dir)
+    data_dir = tfds_data_dir(args.data_dir)
+    check = TfdsSource(f"{args.name}:{os.path.basename(path)}", "train", data_dir)
     print(
         f"Prepared {path}: "
-        + ", ".join(f"{s} {len(y)}" for s, (_, y) in splits.items())
+        + ", ".join(f"{s} {len(x)}" for s, (x, _) in splits.items())
         + f", {num_classes} classes, image shape {check.image_shape}."
     )
     print(

@@ -1,9 +1,12 @@
 """Evaluator plug-ins, chosen by ``config.evals.names``.
 
-An evaluator is ``fn(ctx: EvalContext) -> Section``: it asks the context for
-per-example outputs of the model family (computed once per split and shared),
-computes its metrics over the whole set, draws its figures into ``ctx.out_dir``
-and returns a report section. Adding one means adding it to ``EVALUATORS``.
+An evaluator is ``fn(ctx: EvalContext) -> Section`` and declares what it needs:
+named outputs of the family (``logits``, ``log_likelihood``), ``ood_scores`` and/or
+``labels``. It asks the context for outputs (computed once per split and name, only
+when asked for), computes its metrics over the whole set, draws its figures into
+``ctx.out_dir`` and returns a report section. The suite runs the evaluators whose
+needs the family and the data meet; the others are listed as skipped, with the
+reason. Adding one means adding it to ``EVALUATORS``.
 """
 from __future__ import annotations
 
@@ -28,7 +31,7 @@ class Section:
 @dataclasses.dataclass
 class EvalContext:
     exp: Any
-    params: Any
+    variables: Any
     predictor: Any
     out_dir: str
     cache: dict = dataclasses.field(default_factory=dict)
@@ -36,6 +39,10 @@ class EvalContext:
     @property
     def config(self):
         return self.exp.config
+
+    @property
+    def family(self):
+        return self.exp.family
 
     def split_source(self, split: str | None = None):
         split = split or self.config.evals.split
@@ -46,17 +53,19 @@ class EvalContext:
                              f"{', '.join(sources)}")
         return sources[split]
 
-    def outputs(self, split: str | None = None) -> dict[str, np.ndarray]:
-        """Family outputs (+ 'label') on a split, computed once per suite run."""
+    def outputs(self, split: str | None = None, names=("logits",)) -> dict[str, np.ndarray]:
+        """Family outputs ``names`` (+ 'label' if any) on a split; each name is computed
+        once per suite run, and only when some evaluator asks for it."""
         split = split or self.config.evals.split
-        if split not in self.cache:
-            self.cache[split] = self.predictor.outputs(self.params, self.split_source(split))
-        return self.cache[split]
+        have = self.cache.setdefault(split, {})
+        missing = tuple(n for n in names if n not in have)
+        if missing:
+            have.update(self.predictor.outputs(self.variables, self.split_source(split),
+                                               missing))
+        return {k: have[k] for k in (*names, "label") if k in have}
 
-    def require_logits(self, evaluator: str) -> None:
-        if self.exp.family.logits_fn is None:
-            raise ValueError(f"evaluator {evaluator!r} needs class logits, which family "
-                             f"{self.exp.family.name!r} does not provide")
+    def ood_scores(self, outputs) -> dict[str, np.ndarray]:
+        return {k: np.asarray(v) for k, v in self.family.ood_score_fn(outputs).items()}
 
 
 @dataclasses.dataclass
@@ -66,14 +75,22 @@ class Results:
     headline: dict
 
 
-def _registry() -> dict[str, Callable[[EvalContext], Section]]:
+@dataclasses.dataclass(frozen=True)
+class Evaluator:
+    fn: Callable[[EvalContext], Section]
+    needs: frozenset      # output names, "ood_scores", "labels"
+
+
+def _registry() -> dict[str, Evaluator]:
     from jaxhybrid.evaluators import plugins
+    classes = frozenset({"logits", "labels"})
     return {
-        "classification": plugins.classification,
-        "calibration": plugins.calibration,
-        "temperature": plugins.temperature_scaling,
-        "ood": plugins.ood,
-        "adversarial": plugins.adversarial,
+        "classification": Evaluator(plugins.classification, classes),
+        "calibration": Evaluator(plugins.calibration, classes),
+        "temperature": Evaluator(plugins.temperature_scaling, classes),
+        "ood": Evaluator(plugins.ood, frozenset({"ood_scores"})),
+        "adversarial": Evaluator(plugins.adversarial, classes),
+        "likelihood": Evaluator(plugins.likelihood, frozenset({"log_likelihood"})),
     }
 
 
@@ -87,12 +104,26 @@ def evaluator_names(names: str) -> list[str]:
     return out
 
 
-def run_evaluators(exp, params, predictor, out_dir: str) -> Results:
+def unmet_needs(exp, evaluator: Evaluator) -> set[str]:
+    """What ``evaluator`` needs that the family and the data do not provide."""
+    available = exp.family.provides() | ({"labels"} if exp.has_labels else set())
+    return set(evaluator.needs) - available
+
+
+def _skipped(name: str, exp, missing: set[str]) -> Section:
+    reason = (f"needs {', '.join(sorted(missing))}, which family {exp.family.name!r} "
+              f"with data {exp.splits.name!r} does not provide")
+    log.info("evaluator %s skipped: %s", name, reason)
+    return Section(name, {"skipped": reason}, {}, f"Skipped: {reason}.")
+
+
+def run_evaluators(exp, variables, predictor, out_dir: str) -> Results:
     registry = _registry()
-    ctx = EvalContext(exp, params, predictor, out_dir)
+    ctx = EvalContext(exp, variables, predictor, out_dir)
     sections = []
     for name in evaluator_names(exp.config.evals.names):
-        sections.append(registry[name](ctx))
+        missing = unmet_needs(exp, registry[name])
+        sections.append(_skipped(name, exp, missing) if missing else registry[name].fn(ctx))
     metrics = {s.name: s.metrics for s in sections}
     headline = {}
     for s in sections:

@@ -93,6 +93,7 @@ def pgd(
     step_size,
     rng=None,
     random_start: bool = False,
+    example_keys=None,
     clip_min=0.0,
     clip_max=1.0,
 ) -> jax.Array:
@@ -109,22 +110,29 @@ def pgd(
       x: [B, H, W, C] clean inputs; y: [B] int labels.
       eps: scalar radius >= 0 (may be traced); step_size: scalar (may be traced).
       steps: Python int >= 1.
-      rng: jax PRNG key, required iff random_start.
+      rng: jax PRNG key for the random start (one draw for the whole batch), or
+      example_keys: [B, *key] per-example keys (the start of example i depends only on
+        its own key: the same on any device count and in any batch); one of the two is
+        required iff random_start.
     Returns:
       x_adv: [B, H, W, C], within eps of x and within [clip_min, clip_max];
       eps == 0 returns x unchanged.
     """
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
         raise ValueError(f"steps must be a Python int >= 1, got {steps!r}")
-    if random_start and rng is None:
-        raise ValueError("random_start=True needs an rng key, got rng=None")
+    if random_start and rng is None and example_keys is None:
+        raise ValueError("random_start=True needs an rng key or example_keys, got neither")
     x0 = jnp.asarray(x)
     y = jnp.asarray(y)
     lower, upper = x0 - eps, x0 + eps  # the eps-ball, computed once so projection is exact
 
     x_start = x0
     if random_start:
-        delta = jax.random.uniform(rng, x0.shape, x0.dtype, minval=-eps, maxval=eps)
+        if example_keys is not None:
+            delta = jax.vmap(lambda k, xi: jax.random.uniform(
+                k, xi.shape, xi.dtype, minval=-eps, maxval=eps))(example_keys, x0)
+        else:
+            delta = jax.random.uniform(rng, x0.shape, x0.dtype, minval=-eps, maxval=eps)
         x_start = jnp.clip(x0 + delta, clip_min, clip_max)
 
     def step(_, x_cur):

@@ -22,7 +22,8 @@ import ml_collections
 import numpy as np
 
 from jaxhybrid.data.preprocess import adapt_to, to_float
-from jaxhybrid.data.sources import SubsetSource, load_source_split
+from jaxhybrid.data.loading import load_source_split
+from jaxhybrid.data.sources import SubsetSource
 
 TRANSFORMS = ("uniform_noise", "gaussian_noise", "constant", "inverted")
 NAMED = ("heldout", "digits") + TRANSFORMS
@@ -39,6 +40,13 @@ def _to_uint8(x: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)
 
 
+def _rows(images: np.ndarray, base_rows: dict) -> dict:
+    """``{'image': images}`` plus the base rows' ``'label'`` where there is one."""
+    if "label" not in base_rows:
+        return {"image": images}
+    return {"image": images, "label": base_rows["label"]}
+
+
 class _DerivedSource:
     """A source computed example by example from ``base`` (same length and labels)."""
 
@@ -48,6 +56,10 @@ class _DerivedSource:
 
     def __len__(self):
         return self.num_examples
+
+    @property
+    def has_labels(self):
+        return self.base.has_labels
 
     @property
     def labels(self):
@@ -65,7 +77,7 @@ class AdaptedSource(_DerivedSource):
     def get(self, indices):
         rows = self.base.get(np.asarray(indices))
         images, _ = adapt_to(to_float(rows["image"]), self.image_shape)
-        return {"image": _to_uint8(images), "label": rows["label"]}
+        return _rows(_to_uint8(images), rows)
 
 
 def _hash_uniform(seed: int, ids: np.ndarray, size: int) -> np.ndarray:
@@ -108,7 +120,7 @@ class TransformedSource(_DerivedSource):
         else:  # constant: one U[0,1] value per image and channel
             v = _hash_uniform(self.seed + 2, indices, c)
             images = _to_uint8(np.broadcast_to(v[:, None, None, :], (n, h, w, c)))
-        return {"image": images, "label": rows["label"]}
+        return _rows(images, rows)
 
 
 DESCRIPTIONS = {

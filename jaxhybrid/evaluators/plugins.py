@@ -12,8 +12,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxhybrid import parallel
-from jaxhybrid.evaluators import EvalContext, Section, plots
+from jaxhybrid import parallel, rng as rnglib
+from jaxhybrid.evaluators import EvalContext, Section, names, plots
 from jaxhybrid.evaluators import ood_sets as ood_sets_lib
 from jaxhybrid.evaluators.adversarial import epsilon_grid, fgsm, pgd
 from jaxhybrid.evaluators.calibration import calibration_metrics
@@ -40,7 +40,6 @@ def _table(rows: list[list], header: list[str]) -> str:
 # -- classification ----------------------------------------------------------------------
 def classification(ctx: EvalContext) -> Section:
     """accuracy, NLL (nats), Brier score (Σ_k (p_k − y_k)², mean over examples)."""
-    ctx.require_logits("classification")
     out = ctx.outputs()
     logits, labels = out["logits"], out["label"]
     p = _probs(logits)
@@ -51,13 +50,12 @@ def classification(ctx: EvalContext) -> Section:
          "num_examples": int(len(labels)), "split": ctx.config.evals.split}
     md = _table([[m["split"], m["num_examples"], m["accuracy"], m["nll"], m["brier"]]],
                 ["split", "examples", "accuracy", "NLL (nats)", "Brier"])
-    return Section("classification", m, {"accuracy": m["accuracy"], "nll": m["nll"],
-                                         "brier": m["brier"]}, md)
+    return Section("classification", m, {names.ACCURACY: m["accuracy"], names.NLL: m["nll"],
+                                         names.BRIER: m["brier"]}, md)
 
 
 # -- calibration -------------------------------------------------------------------------
 def calibration(ctx: EvalContext) -> Section:
-    ctx.require_logits("calibration")
     out = ctx.outputs()
     p, labels = _probs(out["logits"]), out["label"]
     bins = int(ctx.config.evals.num_bins)
@@ -65,22 +63,21 @@ def calibration(ctx: EvalContext) -> Section:
     cal_mass = calibration_metrics(p, labels, num_bins=bins, binning="equal_mass")
     fig = "reliability.png"
     plots.reliability_diagram(cal, os.path.join(ctx.out_dir, fig),
-                              title=f"{ctx.exp.family.name} λ={ctx.config.joint_weight}")
+                              title=ctx.family.label or ctx.family.name)
     m = {"equal_width": cal, "equal_mass": {k: cal_mass[k] for k in ("ece", "mce", "rms_ce")}}
     md = (f"Top-label confidence, {bins} equal-width bins (lo, hi], confidence 1.0 in the "
           f"last bin, computed over the whole split.\n\n"
           + _table([["equal-width", cal["ece"], cal["mce"], cal["rms_ce"]],
                     ["equal-mass", cal_mass["ece"], cal_mass["mce"], cal_mass["rms_ce"]]],
                    ["binning", "ECE", "MCE", "RMS-CE"]))
-    return Section("calibration", m, {"ece": cal["ece"], "mce": cal["mce"],
-                                      "rms_ce": cal["rms_ce"]}, md,
+    return Section("calibration", m, {names.ECE: cal["ece"], names.MCE: cal["mce"],
+                                      names.RMS_CE: cal["rms_ce"]}, md,
                    [("Reliability diagram", fig)])
 
 
 # -- temperature scaling -----------------------------------------------------------------
 def temperature_scaling(ctx: EvalContext) -> Section:
     """Fit T on the validation split (NLL), report ECE/NLL before and after on the eval split."""
-    ctx.require_logits("temperature")
     if len(ctx.exp.splits.validation) == 0:
         return Section("temperature", {"skipped": "empty validation split"}, {},
                        "Skipped: the validation split is empty (data.validation_size=0).")
@@ -110,18 +107,16 @@ def temperature_scaling(ctx: EvalContext) -> Section:
           + _table([["before", m["ece_before"], m["nll_before"]],
                     [f"after (T={t:.3f})", m["ece_after"], m["nll_after"]]],
                    ["", "ECE", "NLL"]))
-    return Section("temperature", m, {"temperature": t, "ece_after_ts": m["ece_after"],
-                                      "nll_after_ts": m["nll_after"]}, md,
+    return Section("temperature", m, {names.TEMPERATURE: t, names.ECE_AFTER_TS: m["ece_after"],
+                                      names.NLL_AFTER_TS: m["nll_after"]}, md,
                    [("Reliability after temperature scaling", fig)])
 
 
 # -- OOD detection -----------------------------------------------------------------------
 def ood(ctx: EvalContext) -> Section:
     """Every OOD set of evals.ood_sets × every score of the family (higher = in-dist)."""
-    fam = ctx.exp.family
-    if fam.ood_scores is None:
-        raise ValueError(f"family {fam.name!r} offers no OOD scores")
-    in_scores = {k: np.asarray(v) for k, v in fam.ood_scores(ctx.outputs()).items()}
+    fam = ctx.family
+    in_scores = ctx.ood_scores(ctx.outputs(names=fam.ood_outputs))
     sets = ood_sets_lib.build_ood_sets(ctx.exp, ctx.config.evals.ood_sets,
                                        max_examples=ctx.config.evals.ood_max_examples)
     m: dict = {"convention": {
@@ -136,15 +131,14 @@ def ood(ctx: EvalContext) -> Section:
     headline, rows = {}, []
     out_scores: dict[str, dict[str, np.ndarray]] = {}
     for s in sets:
-        outputs = ctx.predictor.outputs(ctx.params, s.source)
-        scores = {k: np.asarray(v) for k, v in fam.ood_scores(outputs).items()}
+        scores = ctx.ood_scores(ctx.predictor.outputs(ctx.variables, s.source, fam.ood_outputs))
         out_scores[s.name] = scores
         m["sets"][s.name] = {"description": s.description, "num_examples": int(len(s.source)),
                              "scores": {}}
         for score_name, s_in in in_scores.items():
             r = ood_metrics(s_in, scores[score_name])
             m["sets"][s.name]["scores"][score_name] = r
-            headline[f"ood/{s.name}/{score_name}/auroc"] = r["auroc"]
+            headline[names.ood_auroc(s.name, score_name)] = r["auroc"]
             rows.append([s.name, score_name, r["auroc"], r["aupr_in"], r["aupr_out"],
                          r["fpr95"], r["fpr80_ood"], r["num_in"], r["num_out"]])
     figures = []
@@ -164,8 +158,7 @@ def ood(ctx: EvalContext) -> Section:
     desc = "\n".join(f"- **{s.name}**: {s.description} ({len(s.source)} examples)" for s in sets)
     md = (f"In-distribution: the {ctx.config.evals.split} split "
           f"({m['in_distribution']['num_examples']} examples). Scores: higher = more "
-          f"in-distribution (max_softmax; log_px = log Z(x) = logsumexp of the logits, i.e. "
-          f"log p(x) + const; max_logit). AUROC/AUPR-In/AUPR-Out as sklearn; **FPR@95**: "
+          f"in-distribution ({', '.join(in_scores)}; family {fam.name!r}). AUROC/AUPR-In/AUPR-Out as sklearn; **FPR@95**: "
           f"fraction of OOD accepted at the threshold that keeps 95% of in-distribution "
           f"(in-distribution positive); **FPR@80 (OOD+)**: fraction of in-distribution "
           f"flagged as OOD at the threshold catching 80% of OOD (hvae-oodd).\n\n{desc}\n\n"
@@ -176,15 +169,21 @@ def ood(ctx: EvalContext) -> Section:
 
 # -- adversarial robustness --------------------------------------------------------------
 def _attack_fn(ctx: EvalContext, epsilons):
-    """Jitted, sharded: batch -> {'correct_<i>': [B] bool} for each ε of the grid."""
+    """Jitted, sharded: batch -> {'correct_<i>': [B] bool} for each ε of the grid.
+
+    The family's ``logits`` output in eval mode is attacked (dropout off, batch norm on
+    its running averages, no sampling). PGD's random starts are drawn per example from
+    the fixed evaluation key and the example's id: the same on any device count."""
     ev = ctx.config.evals
-    logits_fn = ctx.exp.family.logits_fn
+    predictor, family = ctx.predictor, ctx.family
     attack = ev.attack
     if attack not in ("fgsm", "pgd"):
         raise ValueError(f"Unknown evals.attack {attack!r}; valid choices: fgsm, pgd")
 
-    def per_device(params, batch):
-        f = lambda z: logits_fn(params, z)  # deterministic eval mode
+    def per_device(variables, batch):
+        batch = predictor.eval_view(batch)
+        f = lambda z: family.predict(variables, {**batch, "image": z}, predictor.model_key(),
+                                     ("logits",))["logits"]
         x, y = batch["image"], batch["label"]
         out = {}
         for i, eps in enumerate(epsilons):
@@ -192,10 +191,10 @@ def _attack_fn(ctx: EvalContext, epsilons):
                 x_adv = fgsm(f, x, y, eps)
             else:
                 step = ev.pgd_step_size or 2.5 * eps / max(ev.pgd_steps, 1)
-                rng = jax.random.fold_in(jax.random.PRNGKey(ctx.config.seed),
-                                         jax.lax.axis_index(parallel.AXIS))
-                x_adv = pgd(f, x, y, eps, steps=int(ev.pgd_steps), step_size=step, rng=rng,
-                            random_start=bool(ev.pgd_random_start))
+                keys = rnglib.example_keys(jax.random.fold_in(predictor.key, 1000 + i),
+                                           batch["id"])
+                x_adv = pgd(f, x, y, eps, steps=int(ev.pgd_steps), step_size=step,
+                            example_keys=keys, random_start=bool(ev.pgd_random_start))
             out[f"correct_{i}"] = jnp.argmax(f(x_adv), -1) == y
         return out
 
@@ -204,27 +203,51 @@ def _attack_fn(ctx: EvalContext, epsilons):
 
 def adversarial(ctx: EvalContext) -> Section:
     """Accuracy under FGSM (or PGD) at each ε (pixel scale [0, 1]; clipped to [0, 1])."""
-    ctx.require_logits("adversarial")
     ev = ctx.config.evals
     epsilons = epsilon_grid(ev.epsilons)
     fn = _attack_fn(ctx, epsilons)
-    out = ctx.predictor.outputs(ctx.params, ctx.split_source(), fn=fn,
+    out = ctx.predictor.outputs(ctx.variables, ctx.split_source(), fn=fn,
                                 max_examples=int(ev.adversarial_max_examples))
     acc = [float(np.mean(out[f"correct_{i}"])) for i in range(len(epsilons))]
     n = int(len(out["label"]))
     fig = "robustness.png"
-    plots.accuracy_vs_epsilon({f"{ctx.exp.family.name} λ={ctx.config.joint_weight}":
-                               (list(epsilons), acc)}, os.path.join(ctx.out_dir, fig),
+    plots.accuracy_vs_epsilon({ctx.family.label or ctx.family.name: (list(epsilons), acc)}, os.path.join(ctx.out_dir, fig),
                               title=f"{ev.attack.upper()} accuracy")
     m = {"attack": ev.attack, "epsilons": list(epsilons), "accuracy": acc, "num_examples": n,
          "epsilon_units": "pixel scale [0, 1]", "clip": [0.0, 1.0]}
     if ev.attack == "pgd":
         m.update(pgd_steps=int(ev.pgd_steps), pgd_step_size=ev.pgd_step_size or "2.5·ε/steps",
                  pgd_random_start=bool(ev.pgd_random_start))
-    headline = {f"{ev.attack}/eps={e:.4g}/accuracy": a for e, a in zip(epsilons, acc)}
+    headline = {names.attack_accuracy(ev.attack, e): a for e, a in zip(epsilons, acc)}
     md = (f"Untargeted {ev.attack.upper()} on the true label, ε in units of the [0, 1] pixel "
           f"scale (normalisation happens inside the model), x' clipped to [0, 1], sign(0) = 0, "
           f"per-example gradients; {n} examples of the {ev.split} split.\n\n"
           + _table([[f"{e:.4f} ({e * 255:.1f}/255)", a] for e, a in zip(epsilons, acc)],
                    ["ε", "accuracy"]))
     return Section("adversarial", m, headline, md, [(f"Accuracy vs ε ({ev.attack})", fig)])
+
+
+# -- likelihood --------------------------------------------------------------------------
+def likelihood(ctx: EvalContext) -> Section:
+    """The family's bound on log p(x): nats per example and bits per dimension.
+
+    bpd = −L / (D·ln 2), D = H·W·C of the model input (METRICS.md §Likelihoods). For
+    discretized likelihoods on dequantized 8-bit data the bound is already a mass over
+    the 256 levels, so no 8-bit correction is added.
+    """
+    ll = np.asarray(ctx.outputs(names=("log_likelihood",))["log_likelihood"], np.float64)
+    dims = int(np.prod(ctx.exp.input_shape))
+    mean = float(np.mean(ll))
+    m = {"log_likelihood_nats": mean, "nll_nats": -mean,
+         "bits_per_dim": -mean / (dims * np.log(2.0)), "dims": dims,
+         "std_nats": float(np.std(ll)), "num_examples": int(len(ll)),
+         "split": ctx.config.evals.split, "bound": ctx.family.describe.get(
+             "log_likelihood", "the family's log_likelihood output")}
+    md = (f"Mean over the {m['split']} split ({m['num_examples']} examples) of "
+          f"{m['bound']}, in nats per example and bits per dimension (D = {dims}, "
+          f"bpd = −L/(D·ln 2); no 8-bit correction: a discretized likelihood is already a "
+          f"mass over the 256 levels).\n\n"
+          + _table([[m["log_likelihood_nats"], m["nll_nats"], m["bits_per_dim"], m["std_nats"]]],
+                   ["log p(x) bound (nats)", "NLL (nats)", "bits/dim", "std (nats)"]))
+    return Section("likelihood", m, {names.LOG_LIKELIHOOD: mean,
+                                     names.BITS_PER_DIM: m["bits_per_dim"]}, md)

@@ -13,11 +13,11 @@ def write_report(exp, metrics: dict, results, out_dir: str, *, step: int) -> str
     c = exp.config
     s = exp.splits
     lines = [
-        f"# jaxhybrid evaluation — {s.name}, {exp.family.name} "
-        f"(λ = joint_weight = {c.joint_weight}, label model {c.label_model})",
+        f"# jaxhybrid evaluation — {s.name}, {exp.family.label or exp.family.name}",
         "",
         f"- **Checkpoint:** {metrics.get('checkpoint', step)}; written "
         f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}",
+        f"- **Family:** {exp.family.name} {exp.family.describe}",
         f"- **Model:** `{c.model.name}` {dict(c.model.items())}; input {exp.input_shape} "
         f"(pixel scale [0, 1]; normalisation mean={tuple(c.data.mean) or 'none'}, "
         f"std={tuple(c.data.std) or 'none'} applied inside the model)",

@@ -1,5 +1,11 @@
-"""Model families by name. Adding one touches only this registry."""
+"""Model families by name. Adding one touches only this registry.
+
+``config.family`` is a registered name, or ``"package.module:factory"`` for a family
+defined outside the library (a factory ``(config, num_classes, mean, std) -> Family``).
+"""
 from __future__ import annotations
+
+import importlib
 
 from jaxhybrid.families.base import Family
 from jaxhybrid.families.classifier import make_classifier
@@ -7,8 +13,19 @@ from jaxhybrid.families.classifier import make_classifier
 FAMILIES = {"classifier": make_classifier}
 
 
+def _factory(name: str):
+    if name in FAMILIES:
+        return FAMILIES[name]
+    if ":" in name:
+        module, _, attr = name.partition(":")
+        try:
+            return getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as e:
+            raise ValueError(f"family {name!r}: cannot import {attr!r} from {module!r} "
+                             f"({e})") from None
+    raise ValueError(f"Unknown family {name!r}; valid choices: {', '.join(sorted(FAMILIES))} "
+                     f"or 'package.module:factory'")
+
+
 def make_family(config, num_classes: int, mean=None, std=None) -> Family:
-    if config.family not in FAMILIES:
-        raise ValueError(f"Unknown family {config.family!r}; valid choices: "
-                         f"{', '.join(sorted(FAMILIES))}")
-    return FAMILIES[config.family](config, num_classes, mean=mean, std=std)
+    return _factory(config.family)(config, num_classes, mean=mean, std=std)

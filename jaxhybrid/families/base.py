@@ -1,25 +1,89 @@
 """What the trainer and the evaluators know about a model family: nothing else.
 
-A family is (1) a Flax module, (2) an objective
-``loss_fn(params, batch, rng, axis_name) -> (loss, aux)`` whose ``aux`` scalars are
-already reduced over ``axis_name``, and (3) a score function
-``scores(params, images) -> {name: [B, ...]}`` of per-example outputs. Optional:
-``logits_fn`` (classifiers; used by calibration and attacks) and
-``ood_scores(outputs) -> {name: [B]}`` (higher = more in-distribution).
+A family is a Flax module, an objective and its named outputs:
+
+- ``init(rng, batch, axis_name) -> variables``: ``{"params": ..., <collection>: ...}``
+  from a real global batch (data-dependent init); runs per device inside
+  ``jax.shard_map``, so anything computed from the data must be reduced over
+  ``axis_name`` (the result must be the same on every device).
+- ``loss(variables, batch, rng, progress, axis_name) -> (loss, (model_state, aux))``:
+  per device, inside ``jax.shard_map``. ``batch``: ``image`` [B, H, W, C] in [0, 1]
+  (train transforms applied), ``mask`` [B] bool, ``id`` [B] global example ids, and
+  ``label`` [B] when the data has labels. ``rng`` is the step's key, the same on every
+  device: per-example keys come from :func:`jaxhybrid.rng.example_keys` with
+  ``batch["id"]``. ``progress``: ``{"step": int32, "epoch": float32}`` (fractional),
+  for schedules. ``model_state``: the updated non-trainable collections (e.g.
+  ``batch_stats``, over the global batch); ``aux``: scalars reduced over ``axis_name``.
+- ``predict(variables, batch, rng, outputs) -> {name: [B, ...]}``: eval mode, only the
+  named ``outputs`` (an expensive one is computed only when asked for). ``rng`` is the
+  fixed evaluation key.
+
+It declares what it serves: ``outputs`` (every name ``predict`` knows),
+``supervised`` (its loss needs labels), and the canonical outputs the evaluators look
+for: ``logits`` [B, K] (class scores), ``log_likelihood`` [B] (a bound on log p(x) in
+nats), and ``ood_scores`` (``ood_score_fn(outputs) -> {name: [N]}``, higher = more
+in-distribution, computed from ``ood_outputs``). Validation during training computes
+``validation_outputs`` and ``validate(outputs) -> {metric: float}``; ``select =
+(metric, "max" | "min")`` chooses the best checkpoint and drives early stopping.
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import Any, Callable, Optional
+
+SELECT_MODES = ("max", "min")
 
 
 @dataclasses.dataclass(frozen=True)
 class Family:
     name: str
-    module: Any
-    init: Callable            # (rng, images [B,H,W,C]) -> params
-    loss_fn: Callable         # (params, batch, rng, axis_name) -> (loss, aux dict of scalars)
-    scores: Callable          # (params, images) -> dict of per-example arrays
-    logits_fn: Callable | None = None   # (params, images) -> logits [B, K]
-    ood_scores: Callable | None = None  # (outputs dict) -> {score name: [B]}, higher = in-dist
+    init: Callable            # (rng, batch, axis_name) -> variables
+    loss: Callable            # (variables, batch, rng, progress, axis_name) -> (loss, (state, aux))
+    predict: Callable         # (variables, batch, rng, outputs: tuple) -> {name: [B, ...]}
+    outputs: tuple            # every output name predict serves
+    supervised: bool          # the loss needs labels
+    validation_outputs: tuple                 # outputs computed at each validation
+    validate: Callable        # (outputs incl. 'label' if any) -> {metric: float}
+    select: tuple = ("accuracy", "max")       # (validation metric, max|min)
+    ood_outputs: tuple = ()                   # outputs ood_score_fn needs
+    ood_score_fn: Optional[Callable] = None   # (outputs) -> {score: [N]}, higher = in-dist
+    label: str = ""           # short human label for figures and reports
     describe: dict = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        metric, mode = self.select
+        if mode not in SELECT_MODES:
+            raise ValueError(f"family {self.name!r}: select mode {mode!r}; valid choices: "
+                             f"{', '.join(SELECT_MODES)}")
+        unknown = set(self.validation_outputs) | set(self.ood_outputs)
+        unknown -= set(self.outputs)
+        if unknown:
+            raise ValueError(f"family {self.name!r} asks for outputs {sorted(unknown)} that "
+                             f"predict does not serve ({', '.join(self.outputs)})")
+
+    def provides(self) -> set[str]:
+        """Capabilities for evaluators: output names, plus 'ood_scores' if it has any."""
+        return set(self.outputs) | ({"ood_scores"} if self.ood_score_fn else set())
+
+    @property
+    def select_key(self) -> str:
+        """The validation metric's name in logs and checkpoint metrics (``val_<metric>``)."""
+        return f"val_{self.select[0]}"
+
+    def better(self, a: float, b: Optional[float]) -> bool:
+        """Is validation value ``a`` better than ``b`` (None: nothing yet)?"""
+        if b is None:
+            return True
+        return a > b if self.select[1] == "max" else a < b
+
+
+def variables_of(state: dict) -> dict:
+    """The module variables of a train state: params plus non-trainable collections."""
+    return {"params": state["params"], **state["model_state"]}
+
+
+def split_variables(variables: Any) -> tuple[Any, dict]:
+    """variables -> (params, model_state) with every non-params collection in the state."""
+    variables = dict(variables)
+    params = variables.pop("params")
+    return params, variables

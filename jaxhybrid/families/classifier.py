@@ -3,17 +3,20 @@
 loss = (1 − λ)·conditional_nll + λ·joint_nll, λ = ``config.joint_weight``
 (λ = 0: the FFN baseline; λ = 1: the thesis GFFN). Both parts are always
 computed and logged; the joint part's extra cost is one softmax over the global
-batch.
+batch. Outputs: ``logits`` [B, K]; OOD scores max_softmax, log_px (= log Z(x)) and
+max_logit; the best checkpoint is the one with the highest validation accuracy.
 """
 from __future__ import annotations
 
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
-from jaxhybrid.families.base import Family
+from jaxhybrid.evaluators.temperature import nll as softmax_nll
+from jaxhybrid.families.base import Family, split_variables
 from jaxhybrid.models import build_model
 from jaxhybrid.objectives.conditional import class_probabilities, conditional_nll
-from jaxhybrid.objectives.joint import joint_nll, log_partition
+from jaxhybrid.objectives.joint import LABEL_MODELS, joint_nll, log_partition
 
 
 def classifier_objective(logits, labels, mask, *, joint_weight: float, label_model: str,
@@ -39,28 +42,46 @@ def classifier_objective(logits, labels, mask, *, joint_weight: float, label_mod
     return loss, aux
 
 
+def validate_classifier(outputs) -> dict:
+    """Validation accuracy and NLL, the NLL being the evaluators' (softmax over classes)."""
+    logits, labels = outputs["logits"], outputs["label"]
+    return {"accuracy": float(np.mean(np.argmax(logits, -1) == labels)),
+            "nll": softmax_nll(logits, labels)}
+
+
 def make_classifier(config, num_classes: int, mean=None, std=None) -> Family:
+    if num_classes < 2:
+        raise ValueError(f"family 'classifier' needs labelled data with >= 2 classes; "
+                         f"data {config.data.source!r} has {num_classes}")
     module = build_model(config.model, num_classes, mean=mean, std=std)
     joint_weight = float(config.joint_weight)
     if not 0.0 <= joint_weight <= 1.0:
         raise ValueError(f"joint_weight must be in [0, 1], got {joint_weight}")
     label_model = config.label_model
+    if label_model not in LABEL_MODELS:
+        raise ValueError(f"Unknown label_model {label_model!r}; valid choices: "
+                         f"{', '.join(LABEL_MODELS)}")
 
-    def init(rng, images):
-        return module.init(rng, images)["params"]
+    def init(rng, batch, axis_name=None):
+        del axis_name  # no data-dependent initialisation
+        return dict(module.init(rng, batch["image"]))
 
-    def logits_fn(params, images):
-        return module.apply({"params": params}, images)
+    def loss(variables, batch, rng, progress, axis_name=None):
+        del rng, progress  # a deterministic network, no schedules
+        _, state = split_variables(variables)
+        if state:   # non-trainable collections (e.g. batch_stats) are updated
+            logits, state = module.apply(variables, batch["image"], train=True,
+                                         mutable=list(state))
+        else:
+            logits = module.apply(variables, batch["image"], train=True)
+        value, aux = classifier_objective(logits, batch["label"], batch["mask"],
+                                          joint_weight=joint_weight, label_model=label_model,
+                                          axis_name=axis_name)
+        return value, (dict(state), aux)
 
-    def loss_fn(params, batch, rng, axis_name=None):
-        del rng  # deterministic network
-        logits = logits_fn(params, batch["image"])
-        return classifier_objective(logits, batch["label"], batch["mask"],
-                                    joint_weight=joint_weight, label_model=label_model,
-                                    axis_name=axis_name)
-
-    def scores(params, images):
-        return {"logits": logits_fn(params, images)}
+    def predict(variables, batch, rng, outputs=("logits",)):
+        del rng, outputs  # the one output
+        return {"logits": module.apply(variables, batch["image"], train=False)}
 
     def ood_scores(outputs):
         logits = jnp.asarray(outputs["logits"], jnp.float32)
@@ -70,7 +91,10 @@ def make_classifier(config, num_classes: int, mean=None, std=None) -> Family:
             "max_logit": jnp.max(logits, axis=-1),
         }
 
-    return Family(name="classifier", module=module, init=init, loss_fn=loss_fn, scores=scores,
-                  logits_fn=logits_fn, ood_scores=ood_scores,
+    return Family(name="classifier", init=init, loss=loss, predict=predict,
+                  outputs=("logits",), supervised=True, validation_outputs=("logits",),
+                  validate=validate_classifier, select=("accuracy", "max"),
+                  ood_outputs=("logits",), ood_score_fn=ood_scores,
+                  label=f"classifier λ={joint_weight:g}",
                   describe={"joint_weight": joint_weight, "label_model": label_model,
                             "model": config.model.name})

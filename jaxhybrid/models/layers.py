@@ -1,0 +1,89 @@
+"""Layers whose statistics and randomness are those of the GLOBAL batch.
+
+- :class:`BatchNorm`: batch statistics over every valid row of every device
+  (``psum`` of masked sums and counts over ``axis_name``), padding rows excluded.
+  flax's ``nn.BatchNorm`` with a mask takes the ``pmean`` of per-device masked means,
+  which is wrong when devices hold different numbers of valid rows (and NaN on a
+  device holding only padding).
+- :class:`ExampleDropout`: dropout whose mask for example i is drawn from example i's
+  own key (:func:`jaxhybrid.rng.example_keys`), so it does not depend on which device
+  holds the example.
+"""
+from __future__ import annotations
+
+import zlib
+from typing import Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+
+def masked_moments(x: jax.Array, mask: Optional[jax.Array], axis_name: Optional[str]):
+    """Mean and (biased) variance over all axes but the last, valid rows only, global.
+
+    x: [B, ..., F]; mask: [B] bool or None. Two passes (mean, then centred squares) for
+    accuracy; both sums and the count are psum'd over ``axis_name``.
+    """
+    x = x.astype(jnp.float32)
+    w = jnp.ones(x.shape[:1], jnp.float32) if mask is None else mask.astype(jnp.float32)
+    w = w.reshape((-1,) + (1,) * (x.ndim - 1))
+    axes = tuple(range(x.ndim - 1))
+    per_row = float(x[0, ..., 0].size)
+    count = jnp.sum(w) * per_row
+    total = jnp.sum(w * x, axis=axes)
+    if axis_name is not None:
+        count, total = lax.psum((count, total), axis_name)
+    count = jnp.maximum(count, 1.0)
+    mean = total / count
+    sq = jnp.sum(w * jnp.square(x - mean), axis=axes)
+    if axis_name is not None:
+        sq = lax.psum(sq, axis_name)
+    return mean, sq / count
+
+
+class BatchNorm(nn.Module):
+    """BatchNorm over the global batch (train) or its running averages (eval).
+
+    Variables: params ``scale``, ``bias``; ``batch_stats`` ``mean``, ``var``.
+    Running averages: ra ← momentum·ra + (1 − momentum)·batch statistic (flax's rule).
+    """
+    momentum: float = 0.9
+    epsilon: float = 1e-5
+    axis_name: Optional[str] = None
+
+    @nn.compact
+    def __call__(self, x, *, train: bool, mask: Optional[jax.Array] = None):
+        features = x.shape[-1]
+        ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (features,), jnp.float32)
+        ra_var = self.variable("batch_stats", "var", jnp.ones, (features,), jnp.float32)
+        scale = self.param("scale", nn.initializers.ones, (features,), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (features,), jnp.float32)
+        if train:
+            mean, var = masked_moments(x, mask, self.axis_name)
+            if not self.is_initializing():
+                m = self.momentum
+                ra_mean.value = m * ra_mean.value + (1.0 - m) * mean
+                ra_var.value = m * ra_var.value + (1.0 - m) * var
+        else:
+            mean, var = ra_mean.value, ra_var.value
+        y = (x - mean) * lax.rsqrt(var + self.epsilon) * scale + bias
+        return y.astype(x.dtype)
+
+
+class ExampleDropout(nn.Module):
+    """Dropout with a mask drawn per example from ``keys`` [B, *key]; identity if None."""
+    rate: float
+
+    @nn.compact
+    def __call__(self, x, keys: Optional[jax.Array]):
+        if keys is None or self.rate == 0.0:
+            return x
+        salt = zlib.crc32("/".join(self.path).encode()) & 0x7FFFFFFF  # one stream per layer
+        keep = 1.0 - self.rate
+
+        def one(xi, key):
+            m = jax.random.bernoulli(jax.random.fold_in(key, salt), keep, xi.shape)
+            return jnp.where(m, xi / keep, 0.0)
+        return jax.vmap(one)(x, keys)

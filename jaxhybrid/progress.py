@@ -1,0 +1,100 @@
+"""Training progress: metrics fetched at log steps only, a NaN stop, rates, ETA, jsonl.
+
+Step metrics stay on the device until a log step (no per-step host sync); then they
+are fetched together, checked for a non-finite loss and the last is logged to stdout
+and ``metrics.jsonl``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+
+import jax
+import numpy as np
+
+log = logging.getLogger("jaxhybrid")
+
+
+class NonFiniteLossError(FloatingPointError):
+    pass
+
+
+class JsonlWriter:
+    """Appends records to ``metrics.jsonl`` (process 0). Opened at step ``start``, it
+    first drops the records of steps after ``start``: after a crash those steps are
+    trained again, and their records would otherwise appear twice."""
+
+    def __init__(self, path: str, start: int = 0):
+        self.path = path if jax.process_index() == 0 else None
+        if self.path and os.path.exists(self.path):
+            with open(self.path) as f:
+                records = [json.loads(line) for line in f if line.strip()]
+            keep = [r for r in records if r.get("step", 0) <= start and r.get("kind") != "final"]
+            if len(keep) != len(records):
+                with open(self.path, "w") as f:
+                    f.writelines(json.dumps(r) + "\n" for r in keep)
+
+    def write(self, record: dict) -> None:
+        if self.path:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+
+class ProgressLog:
+    """Collects per-step device metrics; ``flush`` fetches, checks and logs them."""
+
+    def __init__(self, writer: JsonlWriter, *, total: int, steps_per_epoch: int,
+                 batch_size: int):
+        self.writer, self.total = writer, total
+        self.steps_per_epoch, self.batch_size = steps_per_epoch, batch_size
+        self.pending: list[tuple[int, dict]] = []
+        self.t_start = self.t_window = time.time()
+        self.steps_window = 0
+        self.first_timed: tuple[int, float] | None = None
+
+    def add(self, step_done: int, metrics: dict) -> None:
+        self.pending.append((step_done, metrics))
+        self.steps_window += 1
+
+    def elapsed(self) -> float:
+        return time.time() - self.t_start
+
+    def _check_finite(self, steps, fetched) -> None:
+        for s, m in zip(steps, fetched):
+            if not np.isfinite(m["loss"]):
+                parts = {k: float(v) for k, v in m.items()}
+                raise NonFiniteLossError(f"Loss became {m['loss']} at step {s} (parts: {parts}).")
+
+    def _eta(self, step_done: int, now: float) -> float:
+        if self.first_timed is None:
+            self.first_timed = (step_done, now)
+            return float("nan")
+        s0, t0 = self.first_timed
+        return (now - t0) / max(step_done - s0, 1) * (self.total - step_done)
+
+    def flush(self) -> dict | None:
+        """Fetch pending metrics; raise NonFiniteLossError on a non-finite loss; log the last."""
+        if not self.pending:
+            return None
+        steps = [s for s, _ in self.pending]
+        fetched = jax.device_get([m for _, m in self.pending])
+        self.pending.clear()
+        self._check_finite(steps, fetched)
+        now, step_done = time.time(), steps[-1]
+        m = {k: float(v) for k, v in fetched[-1].items()}
+        rate = self.steps_window * self.batch_size / max(now - self.t_window, 1e-9)
+        eta = self._eta(step_done, now)
+        record = {"step": step_done, "epoch": step_done / self.steps_per_epoch, **m,
+                  "examples_per_sec": rate, "eta_sec": eta, "time": now - self.t_start}
+        self.writer.write({"kind": "train", **record})
+        parts = " ".join(f"{k} {v:.4f}" for k, v in m.items()
+                         if k not in ("loss", "learning_rate", "grad_norm"))
+        log.info("step %d/%d epoch %.2f | loss %.4f | %s | lr %.3g | %.0f ex/s | ETA %s",
+                 step_done, self.total, record["epoch"], m["loss"], parts,
+                 m.get("learning_rate", float("nan")), rate,
+                 "?" if math.isnan(eta) else time.strftime("%H:%M:%S", time.gmtime(eta)))
+        self.t_window, self.steps_window = now, 0
+        return record
