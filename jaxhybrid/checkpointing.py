@@ -65,7 +65,13 @@ class Checkpointer:
                                              item_handlers=handlers)
 
     def _metric_value(self, metrics) -> float:
-        return float(metrics[self.metric]) if self.metric in metrics else float("nan")
+        """The ranking value of a checkpoint. Only checkpoints that improved on every
+        earlier one (``improved`` saved by the trainer's selector) compete, so a later tie
+        never displaces the earlier best."""
+        worst = float("-inf") if self.mode == "max" else float("inf")
+        if self.metric not in metrics or not metrics.get("improved", 1.0):
+            return worst
+        return float(metrics[self.metric])
 
     # -- queries -----------------------------------------------------------------------
     def all_steps(self) -> list[int]:
@@ -81,7 +87,7 @@ class Checkpointer:
             m = self.manager.metrics(s)
             if not m or self.metric not in m:
                 continue
-            v = float(m[self.metric])
+            v = self._metric_value(m)
             if best_val is None or (v > best_val if self.mode == "max" else v < best_val):
                 best, best_val = s, v
         return best

@@ -21,8 +21,22 @@ from jaxhybrid.data.pipeline import eval_batches
 from jaxhybrid.data.sources import SubsetSource
 from jaxhybrid.experiment import Experiment, abstract_model, build_experiment
 from jaxhybrid.families.base import variables_of
+from jaxhybrid.progress import NonFiniteLossError
 
 log = logging.getLogger("jaxhybrid")
+
+
+class NonFiniteOutputError(NonFiniteLossError):
+    """A model output is NaN or infinite: the parameters diverged."""
+
+
+def check_finite(outputs: dict, what: str) -> None:
+    for name, v in outputs.items():
+        if np.issubdtype(v.dtype, np.floating) and not np.all(np.isfinite(v)):
+            bad = int(np.sum(~np.isfinite(v).reshape(len(v), -1).any(axis=1)))
+            raise NonFiniteOutputError(
+                f"output {name!r} is NaN or infinite for {bad} of {len(v)} examples of "
+                f"{what}: the parameters diverged (or the output overflowed)")
 
 
 class Predictor:
@@ -80,7 +94,9 @@ class Predictor:
             return {}
         cat = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
         mask = cat.pop("mask").astype(bool)
-        return {k: v[mask] for k, v in cat.items()}
+        out = {k: v[mask] for k, v in cat.items()}
+        check_finite(out, f"{len(source)} examples")
+        return out
 
 
 def run_suite(exp: Experiment, variables, step: int, workdir: str, *,

@@ -63,10 +63,14 @@ class ProgressLog:
         return time.time() - self.t_start
 
     def _check_finite(self, steps, fetched) -> None:
+        """The loss of each step, and the parameters it produced, must be finite."""
         for s, m in zip(steps, fetched):
+            parts = {k: float(v) for k, v in m.items()}
             if not np.isfinite(m["loss"]):
-                parts = {k: float(v) for k, v in m.items()}
                 raise NonFiniteLossError(f"Loss became {m['loss']} at step {s} (parts: {parts}).")
+            if not m.get("params_finite", 1.0):
+                raise NonFiniteLossError(f"Parameters became non-finite in the update of step "
+                                         f"{s} (its loss was finite; parts: {parts}).")
 
     def _eta(self, step_done: int, now: float) -> float:
         if self.first_timed is None:
@@ -91,7 +95,7 @@ class ProgressLog:
                   "examples_per_sec": rate, "eta_sec": eta, "time": now - self.t_start}
         self.writer.write({"kind": "train", **record})
         parts = " ".join(f"{k} {v:.4f}" for k, v in m.items()
-                         if k not in ("loss", "learning_rate", "grad_norm"))
+                         if k not in ("loss", "learning_rate", "grad_norm", "params_finite"))
         log.info("step %d/%d epoch %.2f | loss %.4f | %s | lr %.3g | %.0f ex/s | ETA %s",
                  step_done, self.total, record["epoch"], m["loss"], parts,
                  m.get("learning_rate", float("nan")), rate,

@@ -66,8 +66,10 @@ def make_train_step(exp: Experiment, optimizer, schedule, steps_per_epoch: int):
             state["params"])
         updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
+        finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(params)]))
         metrics = {"loss": value, **aux, "grad_norm": optax.tree.norm(grads),
-                   "learning_rate": schedule(state["step"])}
+                   "learning_rate": schedule(state["step"]),
+                   "params_finite": finite.astype(jnp.float32)}
         return {"params": params, "model_state": model_state, "opt_state": opt_state,
                 "step": state["step"] + 1, "rng": state["rng"]}, metrics
 
@@ -158,12 +160,13 @@ class _Run:
 
     def validate_and_save(self, step_done: int) -> None:
         metrics = validate(self.exp, self.predictor, variables_of(self.state))
+        saved = {}
         if metrics:
             self.jsonl.write({"kind": "validation", "step": step_done, **metrics})
             log.info("step %d validation: %s", step_done,
                      ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
-            self.selector.update(step_done, metrics)
-        self.ckpt.save(step_done, self.state, metrics=metrics,
+            saved = {**metrics, "improved": float(self.selector.update(step_done, metrics))}
+        self.ckpt.save(step_done, self.state, metrics=saved,
                        meta={"selector": self.selector.state_dict()})
         self.last_good = step_done
         log.info("checkpoint saved at step %d", step_done)

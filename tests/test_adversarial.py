@@ -132,9 +132,14 @@ def test_epsilon_grid():
     assert adversarial.DEFAULT_EPSILONS[0] == 0 and adversarial.DEFAULT_EPSILONS[-1] == 16 / 255
     assert adversarial.epsilon_grid([0, 0.1]) == (0.0, 0.1)
     assert adversarial.epsilon_grid(np.array([0.0, 0.5])) == (0.0, 0.5)
+    assert adversarial.epsilon_grid("0, 0.01,0.1") == (0.0, 0.01, 0.1)   # as documented
+    with pytest.raises(ValueError, match=r"in \[0, 1\]"):
+        adversarial.epsilon_grid("0,1.5")
+    with pytest.raises(ValueError, match="comma-separated list of numbers"):
+        adversarial.epsilon_grid("0,a")
     with pytest.raises(ValueError, match="'default', 'dhm'"):
         adversarial.epsilon_grid("madry")
-    with pytest.raises(ValueError, match=">= 0"):
+    with pytest.raises(ValueError, match=r"in \[0, 1\]"):
         adversarial.epsilon_grid([0.1, -0.1])
 
 
@@ -152,3 +157,15 @@ def test_accuracy_vs_epsilon_plot(tmp_path):
     with open(p, "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     assert 1000 < os.path.getsize(p) < 100_000
+
+
+def test_pgd_example_keys_make_each_start_independent_of_the_batch():
+    """With per-example keys, example i's random start (and its attack) is the same in
+    any batch that contains it."""
+    x, y = _data(3)
+    keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.PRNGKey(0), i))(jnp.arange(len(y)))
+    kw = dict(steps=2, step_size=0.02, random_start=True)
+    full = np.asarray(adversarial.pgd(logits_fn, x, y, 0.05, example_keys=keys, **kw))
+    part = np.asarray(adversarial.pgd(logits_fn, x[3:5], y[3:5], 0.05, example_keys=keys[3:5], **kw))
+    np.testing.assert_allclose(full[3:5], part, atol=1e-6)
+    assert not np.array_equal(full, np.asarray(x))

@@ -8,6 +8,7 @@ import pytest
 
 from jaxhybrid.checkpointing import CheckpointNotFoundError
 from jaxhybrid.evaluate import Predictor, evaluate, run_suite
+from jaxhybrid.evaluators import names
 from jaxhybrid.experiment import build_experiment
 from jaxhybrid.families.base import variables_of
 from jaxhybrid.train import train_and_evaluate
@@ -122,3 +123,22 @@ def test_missing_and_mismatched_checkpoints(trained, tmp_path):
     assert r.returncode != 0
     assert "does not match the model built from the config" in r.stderr
     assert "checkpoint has shape" in r.stderr
+
+
+def test_pgd_random_starts_do_not_depend_on_the_device_count(trained):
+    """PGD's random starts are keyed per example (evaluation key × example id), not per
+    device: accuracies under PGD with a random start agree on 1 and 8 devices."""
+    c, wd, final = trained
+    _, state = restore_params(c, wd)
+    accs = []   # 128 examples: one flip would change an accuracy by 1/128
+    for n in (1, 8):
+        cn = _config(num_devices=n)
+        cn.evals.names = "adversarial"
+        cn.evals.attack, cn.evals.pgd_steps, cn.evals.pgd_random_start = "pgd", 3, True
+        cn.evals.epsilons = "0,0.03,0.1"
+        cn.evals.adversarial_max_examples = 128
+        exp = build_experiment(cn)
+        m = run_suite(exp, variables_of(state), 20_000 + n, wd, predictor=Predictor(exp))
+        accs.append([m[names.attack_accuracy("pgd", e)] for e in (0.0, 0.03, 0.1)])
+    assert accs[0][2] < accs[0][0]
+    np.testing.assert_array_equal(accs[0], accs[1])

@@ -28,7 +28,13 @@ LogitsFn = Callable[[jax.Array], jax.Array]
 
 
 def epsilon_grid(name_or_values) -> tuple[float, ...]:
-    """"default" | "dhm" | a sequence of floats >= 0 -> tuple of floats (pixel scale)."""
+    """"default" | "dhm" | floats in [0, 1] (a sequence or "0,0.01,...") -> tuple (pixel scale)."""
+    if isinstance(name_or_values, str) and "," in name_or_values:
+        try:
+            name_or_values = [float(v) for v in name_or_values.split(",") if v.strip()]
+        except ValueError:
+            raise ValueError(f"evals.epsilons {name_or_values!r}: not a comma-separated list "
+                             f"of numbers") from None
     if isinstance(name_or_values, str):
         key = name_or_values.lower()
         if key not in EPSILON_GRIDS:
@@ -45,9 +51,9 @@ def epsilon_grid(name_or_values) -> tuple[float, ...]:
     values = tuple(float(v) for v in list(name_or_values))
     if not values:
         raise ValueError("epsilon grid is empty")
-    bad = [v for v in values if not (v >= 0.0 and v != float("inf"))]
+    bad = [v for v in values if not 0.0 <= v <= 1.0]
     if bad:
-        raise ValueError(f"epsilons must be finite and >= 0 (pixel scale [0, 1]), got {bad}")
+        raise ValueError(f"epsilons must be in [0, 1] (pixel scale), got {bad}")
     return values
 
 

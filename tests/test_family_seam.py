@@ -1,0 +1,121 @@
+"""The family seam: a stateful stochastic family on 1 vs 8 devices, and an unsupervised
+family (no labels at all) trained, resumed and evaluated through the CLI."""
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+from sklearn.datasets import load_digits
+
+from jaxhybrid import parallel
+from jaxhybrid.checkpointing import Checkpointer
+from tests.helpers import run_cli
+from tests.toy_families import make_bn_classifier
+
+B, K = 16, 3
+
+
+def _batch(pad_value=0.0):
+    rng = np.random.default_rng(0)
+    image = rng.normal(size=(B, 4, 4, 1)).astype(np.float32)
+    mask = np.arange(B) < B - 3                 # 3 padding rows: device 7 holds only padding
+    image[~mask] = pad_value
+    return {"image": image, "label": rng.integers(0, K, B).astype(np.int32), "mask": mask,
+            "id": np.where(mask, np.arange(B) + 100, -1).astype(np.int32)}
+
+
+def _step(n_devices, batch, key=0):
+    """loss, aux, grads and new batch stats of the toy BN+dropout family on n devices."""
+    fam = make_bn_classifier(ml_collections.ConfigDict({"model": {"hidden": 8}}), K)
+    mesh = parallel.make_mesh(n_devices)
+    variables = fam.init(jax.random.PRNGKey(1), {k: jnp.asarray(v) for k, v in batch.items()})
+    params = variables.pop("params")
+    loss = jax.jit(parallel.shard_loss(fam.loss, mesh))
+    sharded = {k: jax.device_put(v, parallel.data_sharded(mesh)) for k, v in batch.items()}
+    progress = {"step": jnp.int32(0), "epoch": jnp.float32(0)}
+
+    def objective(p):
+        return loss({"params": p, **variables}, sharded, jax.random.PRNGKey(key), progress)
+
+    (value, (state, aux)), grads = jax.value_and_grad(objective, has_aux=True)(params)
+    return jax.tree.map(np.asarray, (value, aux, grads, state, params))
+
+
+def test_bn_dropout_family_is_device_count_invariant_on_a_padded_batch():
+    batch = _batch()
+    one = _step(1, batch)
+    eight = _step(8, batch)
+    for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(eight)):
+        assert np.all(np.isfinite(a))
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    # the running mean is (1 − 0.9)·(batch mean of the valid rows' Dense outputs)
+    value, aux, grads, state, params = one
+    flat = batch["image"].reshape(B, -1)[batch["mask"]]
+    h = flat @ params["Dense_0"]["kernel"] + params["Dense_0"]["bias"]
+    np.testing.assert_allclose(state["batch_stats"]["BatchNorm_0"]["mean"],
+                               0.1 * h.mean(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(state["batch_stats"]["BatchNorm_0"]["var"],
+                               0.9 + 0.1 * h.var(0), rtol=1e-5, atol=1e-6)
+    # padding rows change nothing, even extreme ones; dropout does depend on the step key
+    padded = _step(8, _batch(pad_value=1e4))
+    for a, b in zip(jax.tree.leaves(eight), jax.tree.leaves(padded)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    other_key = _step(8, batch, key=5)
+    assert abs(float(other_key[0]) - float(value)) > 1e-4
+
+
+def _unlabeled_digits_npz(path):
+    x = (load_digits().images * (255 / 16)).round().astype(np.uint8)
+    np.savez(path, x_train=x[:1500], x_test=x[1500:])   # images only: no labels anywhere
+    return str(path)
+
+
+def _toy_cli(workdir, npz, *extra):
+    return run_cli(["--config=tests/configs/toy_vae.py", f"--workdir={workdir}",
+                    "--config.data.source=npz", f"--config.data.npz_path={npz}", *extra])
+
+
+def _restore(workdir):
+    ckpt = Checkpointer(workdir, read_only=True, select=("val_elbo", "max"))
+    step = ckpt.latest_step()
+    meta = ckpt.manager.item_metadata(step)["model"]
+    abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), meta)
+    out = ckpt.restore_model(step, abstract)
+    ckpt.close()
+    return step, jax.tree.map(np.asarray, out)
+
+
+def test_unsupervised_family_trains_resumes_and_evaluates_through_the_cli(tmp_path):
+    npz = _unlabeled_digits_npz(tmp_path / "digits_images.npz")
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    r = _toy_cli(straight, npz)
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = _toy_cli(split, npz, "--config.num_steps=6")          # stop half way ...
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = _toy_cli(split, npz)                                    # ... and resume to 12
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "resumed from checkpoint step 6" in r.stdout
+    (s1, a), (s2, b) = _restore(str(straight)), _restore(str(split))
+    assert s1 == s2 == 12
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):   # binarisation replayed exactly
+        np.testing.assert_array_equal(x, y)
+
+    r = _toy_cli(straight, npz, "--mode=eval", "--checkpoint=best")
+    assert r.returncode == 0, r.stderr[-3000:]
+    records = [json.loads(l) for l in open(straight / "metrics.jsonl")]
+    val = {r["step"]: r["val_elbo"] for r in records if r["kind"] == "validation"}
+    best = max(val, key=val.get)
+    out = straight / "eval" / str(best)
+    m = json.load(open(out / "metrics.json"))
+    assert m["checkpoint"] == f"best (step {best})"
+    lik = m["likelihood"]
+    assert lik["num_examples"] == 297 and lik["dims"] == 64
+    assert lik["bits_per_dim"] == pytest.approx(-lik["log_likelihood_nats"] / (64 * np.log(2)))
+    assert 0.0 < lik["bits_per_dim"] < 1.0        # binary pixels: below 1 bit each
+    assert "skipped" in m["classification"] and "logits" in m["classification"]["skipped"]
+    report = open(out / "report.md").read()
+    assert "Skipped: needs labels, logits" in report and "bits/dim" in report
+    assert m["ood"]["sets"]["uniform_noise"]["scores"]["elbo"]["auroc"] > 0.5
