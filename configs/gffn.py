@@ -90,7 +90,30 @@ def get_config(variant: str = "digits"):
 
 
 def get_sweep(variant: str = "digits"):
-    """The batch-size study (issue 4, docs/results/run_study.sh): FFN vs GFFN, ≥ 256× of batch."""
+    """The batch-size study (issue 4, docs/results/run_study.sh): FFN vs GFFN, ≥ 256× of batch,
+    and how ``jaxhybrid.aggregate`` presents it (the figures of docs/results/)."""
     batch = {"digits": [4, 16, 64, 256, 1024], "smoke": [8, 16]}.get(
         variant, [16, 64, 256, 1024, 4096])
-    return {"batch_size": batch, "joint_weight": [0.0, 1.0], "seeds": 3}
+    return {
+        "batch_size": batch, "joint_weight": [0.0, 1.0], "seeds": 3,
+        "x": "batch_size", "x_label": "global batch size", "x_scale": "log2",
+        "titles": {"batch_size": "batch", "joint_weight": "λ"},
+        "labels": {"joint_weight": {0.0: "FFN (λ=0)", 1.0: "GFFN (λ=1)"}},
+        "plots": [
+            {"file": "accuracy_vs_batch_size.png", "metrics": ["accuracy"],
+             "ylabel": "test accuracy", "panel_size": [5.0, 3.8],
+             "title": "Test accuracy vs batch size (mean ± std over seeds)"},
+            {"file": "ece_vs_batch_size.png", "metrics": ["ece", "ece_after_ts"],
+             "panels": "metric", "ylabel": "ECE", "ylim": [0, None],
+             "panel_titles": {"ece": "ECE (15 equal-width bins)",
+                              "ece_after_ts": "ECE after temperature scaling"}},
+            # the thesis' two OOD scores: a panel per OOD set, max_softmax solid, log_px dashed
+            {"file": "ood_auroc_vs_batch_size.png", "title": "OOD: {}",
+             "metrics": ["ood/*/max_softmax/auroc", "ood/*/log_px/auroc"],
+             "ylabel": "AUROC", "ylim": [0, 1.02], "hline": {"y": 0.5, "label": "chance"},
+             "panel_size": [4.4, 3.6], "legend_panels": "first",
+             "legend": {"fontsize": 6, "frameon": True, "framealpha": 0.8, "loc": "best"}},
+            {"kind": "reliability", "file": "reliability_largest_batch.png",
+             "title": "Reliability at the largest global batch, {x}"},
+        ],
+    }

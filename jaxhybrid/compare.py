@@ -1,8 +1,9 @@
 """Compare runs: ``python -m jaxhybrid.compare DIR1 DIR2 ... [--names A,B] [--out table.md]``.
 
 Reads each run's latest ``eval/<step>/metrics.json`` and prints one table of the
-headline metrics (accuracy, NLL, ECE before/after temperature scaling, OOD AUROCs
-of every score and set, adversarial accuracies), also written as markdown.
+evaluators' headline metrics (:mod:`jaxhybrid.evaluators.names`: accuracy, NLL, ECE
+before/after temperature scaling, OOD AUROCs of every score and set, adversarial
+accuracies, likelihood), also written as markdown.
 """
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import argparse
 import json
 import os
 import sys
+
+from jaxhybrid.evaluators import names as metric_names
 
 
 def latest_eval(run_dir: str) -> tuple[int, dict]:
@@ -25,29 +28,24 @@ def latest_eval(run_dir: str) -> tuple[int, dict]:
                             f"--mode=eval there first")
 
 
+ROW_TITLES = {metric_names.TEMPERATURE: "temperature T",
+              metric_names.ECE_AFTER_TS: "ece after TS", metric_names.NLL_AFTER_TS: "nll after TS"}
+
+
+def row_title(name: str) -> str:
+    """The table row of headline ``name``: 'AUROC heldout / <score>', 'FGSM acc ε=8/255'."""
+    ood = metric_names.parse_ood_auroc(name)
+    if ood:
+        return f"AUROC {ood[0]} / {ood[1]}"
+    attack = metric_names.parse_attack_accuracy(name)
+    if attack:
+        return f"{attack[0].upper()} acc ε={attack[1] * 255:.0f}/255"
+    return ROW_TITLES.get(name, name)
+
+
 def headline(metrics: dict) -> dict[str, float]:
-    """Flat {row name: value} of the headline metrics of one metrics.json."""
-    rows: dict[str, float] = {}
-    c = metrics.get("classification", {})
-    for k in ("accuracy", "nll", "brier"):
-        if k in c:
-            rows[k] = c[k]
-    cal = metrics.get("calibration", {}).get("equal_width", {})
-    for k in ("ece", "mce", "rms_ce"):
-        if k in cal:
-            rows[k] = cal[k]
-    ts = metrics.get("temperature", {})
-    if "temperature" in ts:
-        rows["temperature T"] = ts["temperature"]
-        rows["ece after TS"] = ts["ece_after"]
-    for set_name, s in metrics.get("ood", {}).get("sets", {}).items():
-        for score, r in s["scores"].items():
-            rows[f"AUROC {set_name} / {score}"] = r["auroc"]
-    adv = metrics.get("adversarial", {})
-    for eps, acc in zip(adv.get("epsilons", []), adv.get("accuracy", [])):
-        rows[f"{adv['attack'].upper()} acc ε={eps * 255:.0f}/255" if adv.get("epsilons")
-             else "adv"] = acc
-    return rows
+    """Flat {row title: value} of the headline metrics of one metrics.json."""
+    return {row_title(k): v for k, v in metric_names.headline(metrics).items()}
 
 
 def compare(run_dirs: list[str], names: list[str] | None = None) -> str:

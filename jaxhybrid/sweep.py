@@ -5,17 +5,39 @@
         [--set num_epochs=5 ...] [--config.key=value ...] [--jobs 1] [--dry_run]
 
 The grid is the cartesian product of the ``--sweep KEY=V1,V2,...`` values times the
-seeds ``0..N-1`` (``--seeds N``; or ``--sweep seed=...`` for explicit seeds). Without
-``--sweep`` flags, the config module's optional ``get_sweep(variant)`` declares the
-sweep: it returns ``{"batch_size": [16, 64], "joint_weight": [0, 1], "seeds": 3}``
-(every key but ``seeds`` is a config key; ``seeds`` is a count, default 1).
+seeds ``0..N-1`` (``--seeds N``; or ``--sweep seed=...`` for explicit seeds). KEY is any
+config key, nested ones dotted (``optimizer.learning_rate``, ``objective.beta``); values
+split at the commas outside brackets (``model.hidden=(16,),(32, 8)``).
+
+Every value, of ``--sweep``, ``--set`` or ``get_sweep``, is parsed by ml_collections'
+own ``--config.KEY=VALUE`` machinery (``config_flags``) to the type of the field it
+replaces, exactly as on the command line of ``jaxhybrid.main``: ``joint_weight=0`` is the
+float 0.0, ``model.hidden=16`` the tuple (16,), ``evals.pgd_random_start=true`` a bool,
+and ``batch_size=1.5`` an error naming the key. An unknown key is an error naming the
+closest and all valid keys. :func:`apply_overrides` is that one mechanism.
+
+Without ``--sweep`` flags the config module's optional ``get_sweep(variant)`` declares
+the grid. It returns a dict whose entries are config keys with their lists of values,
+``seeds`` (a count, default 1), and optionally how :mod:`jaxhybrid.aggregate` presents
+the sweep (also used when ``--sweep`` flags replace the grid)::
+
+    {"batch_size": [16, 64, 256], "joint_weight": [0.0, 1.0], "seeds": 3,
+     "x": "batch_size",                       # the x axis of the figures
+     "x_label": "global batch size", "x_scale": "log2",       # linear, log2, log10
+     "titles": {"joint_weight": "λ"},         # short column titles
+     "labels": {"joint_weight": {0.0: "FFN", 1.0: "GFFN"}},   # labels of values
+     "plots": [{"metrics": ["accuracy"]},     # figures: see aggregate.PLOT_FIELDS
+               {"metrics": ["ood/*/max_softmax/auroc", "ood/*/log_px/auroc"],
+                "title": "OOD: {}"},          # a panel per OOD set, a line per score
+               {"kind": "reliability"}]}
+
+These entries are checked here (their keys must be config keys) and recorded in
+``DIR/sweep_status.json`` (``spec.aggregate``), where the aggregation reads them.
 
 Every point is an ordinary run directory ``DIR/<name>``, named by its overrides with
 the keys sorted and the seed last, e.g. ``batch_size=16,joint_weight=0,seed=0``
 (without ``--seeds`` or a declared seed count, the config's own seed is the one seed).
-Values are parsed to the type of the config field they replace (``joint_weight=0``
-is the float 0.0 and its name part is ``joint_weight=0``). ``--set KEY=VALUE`` and
-``--config.KEY=VALUE`` fix a key for every point. A point runs as
+``--set KEY=VALUE`` and ``--config.KEY=VALUE`` fix a key for every point. A point runs as
 ``python -m jaxhybrid.main --config=FILE:VARIANT --workdir=DIR/<name> --config.K=V ...``
 (the exact command is in ``DIR/sweep_status.json``) with its output appended to
 ``DIR/<name>/train.log``, so a crash or a NaN in one point cannot take the sweep down
@@ -34,7 +56,6 @@ point compile the same programs, so only the first pays the compile time.
 """
 from __future__ import annotations
 
-import ast
 import concurrent.futures
 import dataclasses
 import difflib
@@ -50,7 +71,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 log = logging.getLogger("jaxhybrid.sweep")
 
@@ -93,79 +114,32 @@ def get_field(config, key: str):
     return node
 
 
-def set_field(config, key: str, value) -> None:
-    get_field(config, key)  # validates the key
-    node = config
-    *parents, leaf = key.split(".")
-    for part in parents:
-        node = node[part]
-    node[leaf] = value
-
-
-_TRUE = {"true", "1", "yes", "on"}
-_FALSE = {"false", "0", "no", "off"}
-
-
-def coerce_value(key: str, value, current):
-    """``value`` (a command-line string or a Python value) as the type of ``current``,
-    the existing value of config field ``key``: bool, int, float, str or tuple."""
-    def bad(kind):
-        return ValueError(f"Bad value {value!r} for config key {key!r}: expected {kind} "
-                          f"(the field's current value is {current!r})")
-
-    text = value.strip() if isinstance(value, str) else None
-    if isinstance(current, bool):
-        if isinstance(value, bool):
-            return value
-        if text is not None and text.lower() in _TRUE | _FALSE:
-            return text.lower() in _TRUE
-        if isinstance(value, int) and value in (0, 1):
-            return bool(value)
-        raise bad("a bool (true/false)")
-    if isinstance(current, int):
-        if text is not None:
-            try:
-                return int(text)
-            except ValueError:
-                try:
-                    f = float(text)
-                except ValueError:
-                    raise bad("an int") from None
-                if not f.is_integer():
-                    raise bad("an int") from None
-                return int(f)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) \
-                or not float(value).is_integer():
-            raise bad("an int")
-        return int(value)
-    if isinstance(current, float):
+def apply_overrides(config, overrides: Mapping[str, Any]):
+    """Set ``{"a.b": value}`` on ``config`` (in place; returned) through ml_collections'
+    own ``--config.KEY=VALUE`` parser (``config_flags``), to the type of each field: a
+    string is read as typed on a command line, any other value as :func:`flag_value`
+    writes it. An unknown key or a bad value is an error naming it."""
+    from absl import flags
+    from ml_collections import config_flags
+    for key, value in overrides.items():
+        current = get_field(config, key)       # an unknown key names the valid ones
+        text = value if isinstance(value, str) else flag_value(value)
+        argv = ["jaxhybrid", f"--config.{key}={text}"]
+        flag_values = flags.FlagValues()
+        config_flags.DEFINE_config_dict("config", config, flag_values=flag_values,
+                                        lock_config=False, sys_argv=argv)
         try:
-            if isinstance(value, bool):
-                raise ValueError
-            return float(text if text is not None else value)
-        except (TypeError, ValueError):
-            raise bad("a float") from None
-    if isinstance(current, str):
-        if text is None:
-            raise bad("a string")
-        return text
-    if isinstance(current, (tuple, list)):
-        if text is not None:
-            try:
-                parsed = ast.literal_eval(text)
-            except (ValueError, SyntaxError):
-                raise bad("a tuple such as (16,) or (64, 32)") from None
-        else:
-            parsed = value
-        if not isinstance(parsed, (tuple, list)):
-            parsed = (parsed,)
-        return tuple(parsed)
-    if current is None and text is not None:
-        try:
-            return ast.literal_eval(text)
-        except (ValueError, SyntaxError):
-            return text
-    return value
+            flag_values(argv)
+        except (flags.Error, ValueError, TypeError) as e:
+            raise ValueError(f"Bad value {text!r} for config key {key!r} (type "
+                             f"{type(current).__name__}, now {current!r}): {e}") from None
+    return config
+
+
+def parse_value(config, key: str, value):
+    """``value`` (a command-line string or a Python value) as config field ``key`` takes
+    it from ``--config.KEY=VALUE`` (:func:`apply_overrides`); ``config`` is unchanged."""
+    return get_field(apply_overrides(copy_config(config), {key: value}), key)
 
 
 def split_values(text: str) -> list[str]:
@@ -211,14 +185,22 @@ def format_value(value) -> str:
     return re.sub(r"[^A-Za-z0-9._+-]", "_", str(value))
 
 
+def _literal(value) -> str:
+    if isinstance(value, (tuple, list)):
+        items = [_literal(v) for v in value]
+        return "(" + ", ".join(items) + ("," if len(items) == 1 else "") + ")"
+    return repr(value)
+
+
 def flag_value(value) -> str:
-    """A value as ml_collections' ``--config.KEY=`` override parser reads it."""
+    """A value as text for ``--config.KEY=``, which ml_collections' parser reads back as
+    the same value: 'true', '0.001', '(16,)', "('a', 'b')"."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float):
         return repr(value)
     if isinstance(value, (tuple, list)):
-        return "(" + "".join(f"{flag_value(v)}," for v in value) + ")"
+        return _literal(tuple(value))
     return str(value)
 
 
@@ -255,18 +237,16 @@ def parse_sweep(config, specs: Sequence[str]) -> dict[str, list]:
         key, text = parse_assignment(spec)
         if key in sweep:
             raise ValueError(f"--sweep {key} given twice")
-        current = get_field(config, key)
-        sweep[key] = [coerce_value(key, v, current) for v in split_values(text)]
+        sweep[key] = [parse_value(config, key, v) for v in split_values(text)]
     return sweep
 
 
 def expand_grid(config, sweep: dict[str, Sequence], seeds: Sequence[int] | None,
                 root: str) -> list[Point]:
-    """The cartesian product of ``sweep`` (key -> values, coerced to the fields' types)
-    times ``seeds`` (None: the config's seed, unless ``seed`` is a swept key); each point
-    gets its name, run directory and resolved config."""
-    sweep = {k: [coerce_value(k, v, get_field(config, k)) for v in vals]
-             for k, vals in sweep.items()}
+    """The cartesian product of ``sweep`` (key -> values, parsed to the fields' types by
+    :func:`parse_value`) times ``seeds`` (None: the config's seed, unless ``seed`` is a
+    swept key); each point gets its name, run directory and resolved config."""
+    sweep = {k: [parse_value(config, k, v) for v in vals] for k, vals in sweep.items()}
     for k, vals in sweep.items():
         if not vals:
             raise ValueError(f"--sweep {k} has no values")
@@ -283,9 +263,7 @@ def expand_grid(config, sweep: dict[str, Sequence], seeds: Sequence[int] | None,
     points = []
     for combo in itertools.product(*(axes[k] for k in keys)):
         overrides = dict(zip(keys, combo))
-        cfg = copy_config(config)
-        for k, v in overrides.items():
-            set_field(cfg, k, v)
+        cfg = apply_overrides(copy_config(config), overrides)
         name = point_name(overrides)
         points.append(Point(name, overrides, os.path.join(root, name), cfg))
     return points
@@ -321,14 +299,40 @@ def call_with_variant(fn, variant):
     return fn(variant) if variant is not None else fn()
 
 
-def declared_sweep(module, variant) -> tuple[dict[str, list], int | None] | None:
-    """The module's ``get_sweep(variant)`` as ({key: values}, seeds) or None."""
+@dataclasses.dataclass
+class DeclaredSweep:
+    grid: dict[str, list]     # config key -> values
+    seeds: int | None         # the 'seeds' count
+    presentation: dict        # x, x_label, x_scale, titles, labels, plots: for aggregate
+
+
+def declared_sweep(module, variant) -> DeclaredSweep | None:
+    """The module's ``get_sweep(variant)`` split into grid, seeds and presentation
+    (checked by :func:`jaxhybrid.aggregate.check_presentation`); None without one."""
+    from jaxhybrid import aggregate
     fn = getattr(module, "get_sweep", None)
     if fn is None:
         return None
     spec = dict(call_with_variant(fn, variant) or {})
     seeds = spec.pop("seeds", None)
-    return {k: list(v) for k, v in spec.items()}, (None if seeds is None else int(seeds))
+    presentation = aggregate.check_presentation(
+        {k: spec.pop(k) for k in aggregate.PRESENTATION_KEYS if k in spec})
+    for k, values in spec.items():
+        if not isinstance(values, (list, tuple)):
+            raise ValueError(f"get_sweep({variant!r})[{k!r}] must be a list of values, got "
+                             f"{values!r} (entries that are not config keys: seeds, "
+                             f"{', '.join(aggregate.PRESENTATION_KEYS)})")
+    return DeclaredSweep({k: list(v) for k, v in spec.items()},
+                         None if seeds is None else int(seeds), presentation)
+
+
+def check_presentation_keys(config, presentation: dict) -> None:
+    """The keys named by ``x``, ``titles`` and ``labels`` must be config keys."""
+    keys = [presentation.get("x")] + list(presentation.get("titles", {})) \
+        + list(presentation.get("labels", {}))
+    for key in keys:
+        if key and key != SEED_KEY:
+            get_field(config, key)
 
 
 def config_overrides(config, reference) -> dict[str, Any]:
@@ -532,22 +536,22 @@ def main(argv) -> None:
     module = load_config_module(path)
     reference = call_with_variant(module.get_config, variant)
     config = copy_config(FLAGS.config)            # the file's config + --config.* overrides
-    for spec in FLAGS.set:
-        key, text = parse_assignment(spec)
-        set_field(config, key, coerce_value(key, text, get_field(config, key)))
+    apply_overrides(config, dict(parse_assignment(spec) for spec in FLAGS.set))
 
     seeds = None if FLAGS.seeds is None else list(range(FLAGS.seeds))
+    declared = declared_sweep(module, variant)
+    presentation = declared.presentation if declared is not None else {}
+    check_presentation_keys(config, presentation)
     if FLAGS.sweep:
         sweep = parse_sweep(config, FLAGS.sweep)
         source = "--sweep flags"
     else:
-        declared = declared_sweep(module, variant)
-        if declared is None:
+        if declared is None or not declared.grid:
             raise app.UsageError(f"Nothing to sweep: give --sweep KEY=V1,V2,... or define "
                                  f"get_sweep(variant) in {path}")
-        sweep, declared_seeds = declared
-        if seeds is None and declared_seeds is not None:
-            seeds = list(range(declared_seeds))
+        sweep = declared.grid
+        if seeds is None and declared.seeds is not None:
+            seeds = list(range(declared.seeds))
         source = f"get_sweep({variant!r}) of {path}"
     if seeds is not None and not seeds:
         raise app.UsageError("--seeds must be >= 1")
@@ -560,7 +564,7 @@ def main(argv) -> None:
     spec = {"config": config_arg, "source": source,
             "sweep": {k: list(v) for k, v in sweep.items()},
             "seeds": sorted({p.overrides[SEED_KEY] for p in points}),
-            "fixed_overrides": fixed, "num_points": len(points)}
+            "fixed_overrides": fixed, "num_points": len(points), "aggregate": presentation}
     log.info("sweep of %s over %s (%s) x %d seed(s) = %d points in %s; fixed overrides: %s",
              config_arg, " × ".join(f"{k}={','.join(map(format_value, v))}"
                                     for k, v in sweep.items()),

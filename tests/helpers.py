@@ -14,14 +14,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def apply_overrides(config, overrides: dict):
-    """Set dotted keys ("model.width": 8) on a ConfigDict; returns it."""
-    for key, value in overrides.items():
-        node = config
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    return config
+    """Set dotted keys ("model.width": 8) on a ConfigDict, parsed as ``--config.KEY=VALUE``
+    would be (the one mechanism, :func:`jaxhybrid.sweep.apply_overrides`); returns it."""
+    from jaxhybrid.sweep import apply_overrides as apply
+    return apply(config, overrides)
 
 
 def tiny_config(**overrides):

@@ -1,10 +1,12 @@
-"""Sweeps and their aggregation: grid, names, value types, skipping, failures, lr rules,
-means/stds over fabricated runs, and one real two-point sweep through subprocesses."""
+"""Sweeps and their aggregation: grid, names, values parsed by ml_collections, skipping,
+failures, lr rules, means/stds, declared and command-line presentation over fabricated
+runs, and one real two-point sweep through subprocesses."""
 import json
 import math
 import os
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -12,9 +14,11 @@ import pytest
 from configs import gffn
 from jaxhybrid import aggregate as agg
 from jaxhybrid import sweep
+from jaxhybrid import compare
+from jaxhybrid.evaluators import names
 from jaxhybrid.evaluators.calibration import calibration_metrics
 from jaxhybrid.optim import scaled_learning_rate
-from tests.helpers import REPO
+from tests.helpers import REPO, apply_overrides
 
 
 def _config():
@@ -74,44 +78,121 @@ def test_explicit_seed_axis_and_errors(tmp_path):
         sweep.parse_sweep(c, ["optimizer=1"])
 
 
-def test_values_are_parsed_by_field_type():
+def _main_config(assignments):
+    """The config jaxhybrid.main builds from --config=configs/gffn.py:smoke --config.K=V ..."""
+    from absl import flags
+    from ml_collections import config_flags
+    argv = ["main", f"--config={REPO}/configs/gffn.py:smoke", *assignments]
+    flag_values = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", flag_values=flag_values, sys_argv=argv)
+    with warnings.catch_warnings():     # ml_collections' own loader uses load_module()
+        warnings.simplefilter("ignore", DeprecationWarning)
+        flag_values(argv)
+    return flag_values.config
+
+
+@pytest.mark.parametrize("assignment", [
+    "optimizer.learning_rate=3e-4", "optimizer.learning_rate=1", "joint_weight=0",
+    "model.hidden=16", "model.hidden=(64, 32)", "model.hidden=[8, 4]",
+    "data.ood_classes=(8, 9)", "evals.pgd_random_start=true", "evals.pgd_random_start=1",
+    "evals.pgd_random_start=False", "optimizer.lr_scaling=linear", "batch_size=16"])
+def test_values_are_parsed_exactly_as_config_flags_parses_them(assignment):
+    key, text = assignment.split("=", 1)
+    want = sweep.get_field(_main_config([f"--config.{assignment}"]), key)
+    got = sweep.parse_value(_config(), key, text)
+    assert got == want and type(got) is type(want), (got, want)
+    # --sweep and --set go through the same parser; so do the tests' apply_overrides
+    (values,) = sweep.parse_sweep(_config(), [assignment]).values()
+    assert values == [want] and type(values[0]) is type(want)
+    c = apply_overrides(_config(), {key: text})
+    assert sweep.get_field(c, key) == want and type(sweep.get_field(c, key)) is type(want)
+
+
+@pytest.mark.parametrize("assignment", [
+    "batch_size=1e3", "batch_size=1.5", "seed=2.0", "joint_weight=heavy",
+    "evals.pgd_random_start=yes", "evals.pgd_random_start=maybe"])
+def test_values_config_flags_rejects_are_rejected_naming_the_key(assignment):
+    key, text = assignment.split("=", 1)
+    with pytest.raises(Exception):
+        _main_config([f"--config.{assignment}"])
+    with pytest.raises(ValueError, match=f"{key}.*{text}|{text}.*{key}"):
+        sweep.parse_value(_config(), key, text)
+
+
+def test_python_values_and_point_commands_round_trip_through_config_flags(tmp_path):
     c = _config()
-    parse = lambda key, text: sweep.coerce_value(key, text, sweep.get_field(c, key))
-    assert parse("batch_size", "16") == 16 and type(parse("batch_size", "16")) is int
-    assert parse("batch_size", "1e3") == 1000
-    assert parse("joint_weight", "0") == 0.0 and type(parse("joint_weight", "0")) is float
-    assert parse("optimizer.learning_rate", "3e-4") == 3e-4
-    assert parse("evals.pgd_random_start", "true") is True
-    assert parse("evals.pgd_random_start", "False") is False
-    assert parse("optimizer.lr_scaling", "linear") == "linear"
-    assert parse("model.hidden", "(64, 32)") == (64, 32)
-    assert parse("model.hidden", "16") == (16,)
-    assert sweep.split_values("(16,),(32, 8),4") == ["(16,)", "(32, 8)", "4"]
-    for key, bad in [("batch_size", "1.5"), ("batch_size", "big"),
-                     ("joint_weight", "heavy"), ("evals.pgd_random_start", "maybe")]:
-        with pytest.raises(ValueError, match=key):
-            parse(key, bad)
-    # Python values from a config's get_sweep() are coerced the same way
-    assert sweep.coerce_value("joint_weight", 1, 0.0) == 1.0
+    # Python values (a get_sweep's) are written as flag text, then parsed the same way
+    assert sweep.parse_value(c, "joint_weight", 1) == 1.0
+    assert sweep.parse_value(c, "model.hidden", [8]) == (8,)
+    assert sweep.parse_value(c, "evals.pgd_random_start", True) is True
+    assert c.joint_weight == 1.0 and c.model.hidden == (128,)      # c is unchanged
+    with pytest.raises(ValueError, match="batch_size"):
+        sweep.parse_value(c, "batch_size", 16.5)
     assert sweep.format_value(0.0) == "0" and sweep.format_value(1e-3) == "0.001"
     assert sweep.format_value(True) == "true"
     assert sweep.flag_value((16,)) == "(16,)" and sweep.flag_value(0.0) == "0.0"
+    assert sweep.split_values("(16,),(32, 8),4") == ["(16,)", "(32, 8)", "4"]
+    # every point's command line gives jaxhybrid.main exactly the point's config
+    apply_overrides(c, {"evals.pgd_random_start": "true", "data.ood_classes": (7, 8, 9),
+                        "evals.attack": "pgd"})          # fixed overrides (--set)
+    grid = sweep.parse_sweep(c, ["optimizer.learning_rate=1e-3,3e-3", "model.hidden=(16,),(8, 4)"])
+    points = sweep.expand_grid(c, grid, [1], str(tmp_path))
+    assert len(points) == 4
+    assert "model.hidden=(8-4),optimizer.learning_rate=0.003,seed=1" in [p.name for p in points]
+    for p in points:
+        argv = sweep.point_argv("configs/gffn.py:smoke", p, _config())
+        parsed = _main_config([a for a in argv if a.startswith("--config.")])
+        assert sweep.flatten(parsed) == sweep.flatten(p.config), p.name
 
 
-def test_config_module_can_declare_its_sweep(tmp_path):
+def test_bad_keys_name_the_valid_ones():
+    c = _config()
+    with pytest.raises(KeyError, match=r"Did you mean optimizer.learning_rate.*Valid keys: "
+                                       r".*batch_size"):
+        sweep.parse_sweep(c, ["optimizer.learning_rat=1e-3"])
+    with pytest.raises(KeyError, match="Valid keys: .*model.width"):
+        apply_overrides(c, {"model.widht": 8})
+    with pytest.raises(KeyError, match="section.*learning_rate"):
+        sweep.parse_value(c, "optimizer", "1")
+
+
+def test_config_module_can_declare_its_sweep_and_presentation(tmp_path):
     path = tmp_path / "cfg.py"
     path.write_text(
         "from configs import gffn\n"
         "def get_config(variant='digits'):\n    return gffn.get_config(variant)\n"
         "def get_sweep(variant):\n"
-        "    return {'batch_size': [16, 32], 'joint_weight': [0, 1], 'seeds': 2}\n")
+        "    return {'optimizer.learning_rate': [1e-3, 3e-3], 'model.width': [4, 8],\n"
+        "            'seeds': 2, 'x': 'optimizer.learning_rate', 'x_scale': 'log10',\n"
+        "            'titles': {'optimizer.learning_rate': 'lr'},\n"
+        "            'labels': {'model.width': {4: 'narrow', 8: 'wide'}},\n"
+        "            'plots': [{'metrics': 'accuracy'}, {'kind': 'reliability'}]}\n")
     module = sweep.load_config_module(str(path))
-    grid, seeds = sweep.declared_sweep(module, "smoke")
-    assert grid == {"batch_size": [16, 32], "joint_weight": [0, 1]} and seeds == 2
-    points = sweep.expand_grid(_config(), grid, list(range(seeds)), str(tmp_path))
-    assert len(points) == 8 and all(isinstance(p.config.joint_weight, float) for p in points)
+    declared = sweep.declared_sweep(module, "smoke")
+    assert declared.grid == {"optimizer.learning_rate": [1e-3, 3e-3], "model.width": [4, 8]}
+    assert declared.seeds == 2
+    assert declared.presentation["x"] == "optimizer.learning_rate"
+    assert declared.presentation["labels"] == {"model.width": [[4, "narrow"], [8, "wide"]]}
+    assert [p["kind"] for p in declared.presentation["plots"]] == ["curve", "reliability"]
+    assert declared.presentation["plots"][0]["metrics"] == ["accuracy"]
+    json.dumps(declared.presentation)                  # recorded in sweep_status.json
+    sweep.check_presentation_keys(_config(), declared.presentation)
+    points = sweep.expand_grid(_config(), declared.grid, list(range(declared.seeds)),
+                               str(tmp_path))
+    assert len(points) == 8 and all(isinstance(p.config.model.width, int) for p in points)
+    assert sweep.declared_sweep(gffn, "smoke").grid == {"batch_size": [8, 16],
+                                                        "joint_weight": [0.0, 1.0]}
     assert sweep.split_config_arg("configs/gffn.py:smoke") == ("configs/gffn.py", "smoke")
     assert sweep.split_config_arg("configs/gffn.py") == ("configs/gffn.py", None)
+    # mistakes are errors that name the valid choices
+    with pytest.raises(KeyError, match="Valid keys"):
+        sweep.check_presentation_keys(_config(), {"x": "optimizer.lr"})
+    with pytest.raises(ValueError, match="valid fields: kind, metrics"):
+        agg.check_presentation({"plots": [{"metric": ["accuracy"]}]})
+    with pytest.raises(ValueError, match="valid choices: linear, log2, log10"):
+        agg.check_presentation({"x_scale": "log"})
+    with pytest.raises(ValueError, match="valid: x, x_label"):
+        agg.check_presentation({"xlabel": "lr"})
 
 
 # -- running: skip finished, survive failures ----------------------------------------------
@@ -211,44 +292,77 @@ def _known(bs, lam, seed):
     """Fabricated numbers: seed effects 0, 0.01, 0.02 -> mean +0.01, std 0.01 (ddof=1)."""
     return {"accuracy": 0.9 - 0.0001 * bs + 0.02 * lam + 0.01 * seed,
             "nll": 0.3 + 0.1 * seed, "ece": 0.05 + 0.0001 * bs - 0.02 * lam + 0.01 * seed,
-            "ece_ts": 0.02 + 0.001 * seed,
+            "ece_after_ts": 0.02 + 0.001 * seed,
             "heldout/max_softmax": 0.8 + 0.01 * seed, "heldout/log_px": 0.5 - lam * 0.1,
             "uniform_noise/max_softmax": 0.7, "uniform_noise/log_px": 0.9 + 0.03 * seed,
             "fgsm0": 0.9, "fgsm8": 0.4 + 0.1 * lam + 0.02 * seed}
 
 
-def _fabricate_run(root, bs, lam, seed):
-    c = gffn.get_config("smoke")
-    c.batch_size, c.joint_weight, c.seed = bs, lam, seed
-    d = root / f"batch_size={bs},joint_weight={lam:g},seed={seed}"
-    k = _known(bs, lam, seed)
+def _fabricate(root, overrides: dict, known: dict, seed: int):
+    """A finished run directory as the trainer leaves it, with ``known`` metrics."""
+    c = apply_overrides(gffn.get_config("smoke"), {**overrides, "seed": seed})
+    d = root / sweep.point_name({**overrides, "seed": seed})
     rng = np.random.default_rng(seed)
     probs = rng.dirichlet(np.ones(4), size=200)
     cal = calibration_metrics(probs, rng.integers(0, 4, 200), num_bins=15)
-    cal["ece"] = k["ece"]
-    ood = {s: {"scores": {score: {"auroc": k[f"{s}/{score}"]}
+    cal["ece"] = known["ece"]
+    ood = {s: {"scores": {score: {"auroc": known[f"{s}/{score}"]}
                           for score in ("max_softmax", "log_px")}}
            for s in ("heldout", "uniform_noise")}
-    metrics = {"classification": {"accuracy": k["accuracy"], "nll": k["nll"], "brier": 0.1},
+    metrics = {"classification": {"accuracy": known["accuracy"], "nll": known["nll"],
+                                  "brier": 0.1},
                "calibration": {"equal_width": cal},
-               "temperature": {"temperature": 1.3, "ece_after": k["ece_ts"]},
+               "temperature": {"temperature": 1.3, "ece_after": known["ece_after_ts"]},
                "ood": {"sets": ood},
                "adversarial": {"attack": "fgsm", "epsilons": [0.0, 8 / 255],
-                               "accuracy": [k["fgsm0"], k["fgsm8"]]}}
+                               "accuracy": [known["fgsm0"], known["fgsm8"]]}}
     stale = {"classification": {"accuracy": -1.0, "nll": 99.0}}   # an earlier eval step
     for step, m in ((5, stale), (40, metrics)):
         os.makedirs(d / "eval" / str(step))
         (d / "eval" / str(step) / "metrics.json").write_text(json.dumps(m))
     (d / "config.json").write_text(c.to_json_best_effort())
     (d / "final_metrics.json").write_text(json.dumps({"step": 40, "train_seconds": 2.0 + seed}))
+    return d
 
 
-def test_aggregate_fabricated_runs_means_stds_tables_and_figures(tmp_path):
+def _fabricate_run(root, bs, lam, seed):
+    return _fabricate(root, {"batch_size": bs, "joint_weight": lam}, _known(bs, lam, seed), seed)
+
+
+def _write_status(root, swept: dict, presentation: dict):
+    """sweep_status.json as jaxhybrid.sweep writes it (the parts aggregate reads)."""
+    (root / sweep.STATUS_FILE).write_text(json.dumps(
+        {"spec": {"sweep": swept, "aggregate": agg.check_presentation(presentation)}}))
+
+
+@pytest.fixture
+def drawn_lines(monkeypatch):
+    """The (x values, label) of every line the aggregate figures draw, then ("ticks",
+    labels) of every x axis."""
+    from matplotlib.axes import Axes
+    lines, errorbar, ticks = [], Axes.errorbar, Axes.set_xticklabels
+
+    def record(self, x, y, *args, **kwargs):
+        lines.append((tuple(float(v) for v in x), kwargs.get("label")))
+        return errorbar(self, x, y, *args, **kwargs)
+
+    def record_ticks(self, labels, *args, **kwargs):
+        lines.append(("ticks", tuple(labels)))
+        return ticks(self, labels, *args, **kwargs)
+    monkeypatch.setattr(Axes, "errorbar", record)
+    monkeypatch.setattr(Axes, "set_xticklabels", record_ticks)
+    return lines
+
+
+def test_aggregate_fabricated_runs_means_stds_tables_and_figures(tmp_path, drawn_lines):
     for bs in BATCHES:
         for lam in LAMBDAS:
             for seed in SEEDS:
                 _fabricate_run(tmp_path, bs, lam, seed)
     (tmp_path / "unfinished").mkdir()                    # no final_metrics.json: ignored
+    # the GFFN study's presentation, declared by configs/gffn.py's get_sweep
+    _write_status(tmp_path, {"batch_size": list(BATCHES), "joint_weight": list(LAMBDAS)},
+                  sweep.declared_sweep(gffn, "smoke").presentation)
     rows = agg.aggregate(str(tmp_path))
     assert len(rows) == 4
     assert [tuple(r["group"].items()) for r in rows] == [
@@ -258,11 +372,13 @@ def test_aggregate_fabricated_runs_means_stds_tables_and_figures(tmp_path):
         assert r["n"] == 3 and r["seeds"] == [0, 1, 2]
         m = r["metrics"]
         vals = {key: [_known(bs, lam, s)[key] for s in SEEDS] for key in _known(bs, lam, 0)}
-        expect = {"accuracy": "accuracy", "nll": "nll", "ece": "ece", "ece_ts": "ece_ts",
-                  "ood/heldout/max_softmax/auroc": "heldout/max_softmax",
-                  "ood/heldout/log_px/auroc": "heldout/log_px",
-                  "ood/uniform_noise/log_px/auroc": "uniform_noise/log_px",
-                  "fgsm/eps=0/accuracy": "fgsm0", "fgsm/eps=0.03137/accuracy": "fgsm8"}
+        expect = {names.ACCURACY: "accuracy", names.NLL: "nll", names.ECE: "ece",
+                  names.ECE_AFTER_TS: "ece_after_ts",
+                  names.ood_auroc("heldout", "max_softmax"): "heldout/max_softmax",
+                  names.ood_auroc("heldout", "log_px"): "heldout/log_px",
+                  names.ood_auroc("uniform_noise", "log_px"): "uniform_noise/log_px",
+                  names.attack_accuracy("fgsm", 0.0): "fgsm0",
+                  names.attack_accuracy("fgsm", 8 / 255): "fgsm8"}
         for name, key in expect.items():
             assert m[name]["mean"] == pytest.approx(np.mean(vals[key]), abs=1e-12), name
             assert m[name]["std"] == pytest.approx(np.std(vals[key], ddof=1), abs=1e-12), name
@@ -274,20 +390,94 @@ def test_aggregate_fabricated_runs_means_stds_tables_and_figures(tmp_path):
         assert r["learning_rate"] == pytest.approx(1e-3 * math.sqrt(bs / 128))
 
     out = agg.write_outputs(str(tmp_path), str(tmp_path / "out"))
-    names = {os.path.basename(p) for p in out["figures"]}
-    assert names == {"accuracy_vs_batch_size.png", "ece_vs_batch_size.png",
-                     "ood_auroc_vs_batch_size.png", "reliability_largest_batch.png"}
+    figure_names = {os.path.basename(p) for p in out["figures"]}
+    assert figure_names == {"accuracy_vs_batch_size.png", "ece_vs_batch_size.png",
+                            "ood_auroc_vs_batch_size.png", "reliability_largest_batch.png"}
     for p in out["figures"]:
         assert os.path.getsize(p) > 1000
+    # the declared labels, and one line style per OOD score, against the batch sizes
+    labels = {label for _, label in drawn_lines}
+    assert {"FFN (λ=0)", "GFFN (λ=1)", "FFN (λ=0): max_softmax", "GFFN (λ=1): log_px"} <= labels
+    assert {x for x, _ in drawn_lines} == {tuple(map(float, BATCHES)), "ticks"}
+    assert ("ticks", ("16", "256")) in drawn_lines
     md = open(out["markdown"]).read()
     first = rows[0]["metrics"]["accuracy"]
     assert f"{first['mean']:.4f} ± {first['std']:.4f}" in md
+    assert "| batch | λ | n | peak lr | test accuracy |" in md
     assert "heldout / log_px" in md and "FGSM ε=8/255" in md
     import csv
     table = list(csv.DictReader(open(out["csv"])))
     assert len(table) == 4 and table[0]["n"] == "3"
     assert float(table[0]["accuracy_mean"]) == pytest.approx(first["mean"])
     assert float(table[0]["accuracy_std"]) == pytest.approx(first["std"])
+    assert float(table[0]["ece_after_ts_mean"]) == pytest.approx(0.021)
+    # jaxhybrid.compare reads the same headline names
+    table = compare.compare([str(_fabricate_run(tmp_path / "c", 16, 1.0, 0))], ["GFFN"])
+    assert "| accuracy | 0.9184 |" in table and "| ece after TS | 0.0200 |" in table
+    assert "| AUROC heldout / log_px | 0.4000 |" in table and "FGSM acc ε=8/255" in table
+
+
+def _fabricate_lr_width_sweep(root):
+    """A non-GFFN sweep: x = a nested key (optimizer.learning_rate), lines by model.width."""
+    for lr in (1e-3, 3e-3):
+        for width in (4, 16):
+            for seed in (0, 1):
+                k = {**_known(16, 0.0, seed), "accuracy": 0.5 + 10 * lr + 0.01 * width}
+                _fabricate(root, {"optimizer.learning_rate": lr, "model.width": width}, k, seed)
+    _write_status(root, {"optimizer.learning_rate": [1e-3, 3e-3], "model.width": [4, 16]},
+                  {"x": "optimizer.learning_rate", "titles": {"optimizer.learning_rate": "lr"},
+                   "labels": {"model.width": {4: "narrow", 16: "wide"}},
+                   "plots": [{"metrics": ["accuracy"], "file": "acc.png"},
+                             {"metrics": ["ood/*/max_softmax/auroc"]},
+                             {"kind": "reliability", "title": "at the largest {key}, {x}"}]})
+
+
+def test_a_non_gffn_sweep_aggregates_with_its_declared_x_labels_and_plots(tmp_path,
+                                                                           drawn_lines):
+    _fabricate_lr_width_sweep(tmp_path)
+    out = agg.write_outputs(str(tmp_path), str(tmp_path / "out"))
+    keys = ["optimizer.learning_rate", "model.width"]      # the sweep's order, not sorted
+    assert [list(r["group"]) for r in out["rows"]] == [keys] * 4
+    assert [r["metrics"]["accuracy"]["mean"] for r in out["rows"]] == pytest.approx(
+        [0.5 + 10 * lr + 0.01 * w for lr in (1e-3, 3e-3) for w in (4, 16)])
+    assert out["view"].x == "optimizer.learning_rate"
+    assert {os.path.basename(p) for p in out["figures"]} == {
+        "acc.png", "ood_max_softmax_auroc_vs_optimizer.learning_rate.png", "reliability.png"}
+    assert {label for x, label in drawn_lines if x != "ticks"} == {"narrow", "wide"}
+    assert {x for x, _ in drawn_lines} == {(1e-3, 3e-3), "ticks"}
+    assert {t for x, t in drawn_lines if x == "ticks"} == {("0.001", "0.003")}
+    md = open(out["markdown"]).read()
+    assert "| lr | model.width | n | peak lr | test accuracy |" in md
+    assert "| 0.003 | 16 | 2 |" in md
+    assert agg.series_label({"model.width": 8}, out["view"]) == "model.width=8"
+    assert agg.series_label({"optimizer.learning_rate": 0.01}, out["view"]) == "lr=0.01"
+
+
+def test_command_line_x_and_metrics_choose_the_figures(tmp_path, drawn_lines, capsys):
+    _fabricate_lr_width_sweep(tmp_path)
+    out_dir = tmp_path / "cli"
+    assert agg.main([str(tmp_path), "--out", str(out_dir), "--x", "model.width",
+                     "--metrics", "accuracy,ood/*/*/auroc"]) == 0
+    assert sorted(p.name for p in out_dir.glob("*.png")) == [
+        "accuracy_vs_model.width.png", "ood_auroc_vs_model.width.png", "reliability.png"]
+    # lines now by learning rate (its declared title), x = the widths (their declared
+    # labels on the ticks); a line style per OOD score
+    assert {x for x, _ in drawn_lines} == {(4.0, 16.0), "ticks"}
+    assert {t for x, t in drawn_lines if x == "ticks"} == {("narrow", "wide")}
+    assert {label for x, label in drawn_lines if x != "ticks"} == {
+        "lr=0.001", "lr=0.003", "lr=0.001: max_softmax", "lr=0.001: log_px",
+        "lr=0.003: max_softmax", "lr=0.003: log_px"}
+    # another x than the declared one, no --metrics: the default figures against it
+    assert agg.main([str(tmp_path), "--out", str(tmp_path / "cli2"), "--x", "model.width"]) == 0
+    assert sorted(p.name for p in (tmp_path / "cli2").glob("*.png")) == [
+        "accuracy_vs_model.width.png", "ece_vs_model.width.png",
+        "ood_auroc_vs_model.width.png", "reliability.png"]
+    capsys.readouterr()
+    assert agg.main([str(tmp_path), "--out", str(out_dir), "--x", "width"]) == 1
+    assert "valid choices: optimizer.learning_rate, model.width" in capsys.readouterr().err
+    assert agg.main([str(tmp_path), "--out", str(out_dir), "--metrics", "ood/*/nope/auroc"]) == 1
+    err = capsys.readouterr().err
+    assert "ood/*/nope/auroc" in err and "valid names: accuracy, nll, ece" in err
 
 
 def test_single_seed_std_is_zero(tmp_path):
@@ -323,11 +513,18 @@ def test_real_two_point_sweep_then_aggregate(tmp_path):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     status = json.load(open(root / sweep.STATUS_FILE))
     assert status["counts"] == {"finished": 2}
+    # get_sweep's presentation is recorded even when --sweep flags give the grid
+    assert status["spec"]["aggregate"]["x"] == "batch_size"
     for name in ("batch_size=16,seed=0", "batch_size=32,seed=0"):
         assert (root / name / "final_metrics.json").exists()
         assert "FINAL METRICS" in (root / name / "train.log").read_text()
         saved = json.load(open(root / name / "config.json"))
         assert saved["model"]["width"] == 4 and saved["model"]["hidden"] == [16]
+        # names.headline rebuilds from metrics.json exactly the plug-ins' headline
+        final = json.load(open(root / name / "final_metrics.json"))
+        rebuilt = names.headline(compare.latest_eval(str(root / name))[1])
+        assert set(rebuilt) >= {names.ACCURACY, names.NLL, names.BRIER}
+        assert {k: final[k] for k in rebuilt} == rebuilt
     assert "peak lr 0.0003536" in r.stdout      # 1e-3·sqrt(16/128), logged per point
     rows = agg.aggregate(str(root))
     assert [(r["group"], r["n"]) for r in rows] == [({"batch_size": 16}, 1),
