@@ -143,3 +143,21 @@ def test_evaluation_does_not_need_the_optimizer_state(tmp_path):
     c.optimizer.name = "momentum"               # another optimizer state structure
     m = evaluate(c, str(tmp_path), checkpoint="latest")
     assert m["accuracy"] == final["accuracy"]
+
+
+def test_batching_transform_and_checkpoint_options_through_the_cli(tmp_path):
+    """drop_remainder, data.train_transforms/crop_padding and evals.checkpoint, end to end."""
+    wd = str(tmp_path / "run")
+    r = run_cli(["--config=configs/gffn.py:smoke", f"--workdir={wd}", "--config.model.width=8",
+                 "--config.num_epochs=2", "--config.drop_remainder=True",
+                 "--config.data.train_transforms=crop,flip", "--config.data.crop_padding=2",
+                 "--config.evals.names=classification", "--config.evals.checkpoint=latest"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    n_train = json.load(open(os.path.join(wd, "data.json")))["num_train"]
+    final = json.load(open(os.path.join(wd, "final_metrics.json")))
+    assert final["step"] == 2 * (n_train // 64) and n_train % 64       # remainder dropped
+    assert final["checkpoint"] == f"latest (step {final['step']})"
+    assert "remainder dropped" in r.stdout and "train transforms=crop,flip" in r.stdout
+    r = run_cli(["--config=configs/gffn.py:smoke", f"--workdir={wd}x",
+                 "--config.data.train_transforms=crop,rotate"])
+    assert r.returncode == 1 and "error:" in r.stderr and "valid choices" in r.stderr
