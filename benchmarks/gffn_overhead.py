@@ -94,7 +94,7 @@ def resolve_data(config, tmpdir: str) -> str:
     return path
 
 
-def ce_only_loss(logits_fn, label_model):
+def ce_only_loss(family, label_model):
     """Plain cross-entropy train loss: the joint term is not computed at all.
 
     Same (loss, aux) contract as the classifier family; aux keeps the accuracy the
@@ -105,9 +105,9 @@ def ce_only_loss(logits_fn, label_model):
 
     from jaxhybrid.objectives.conditional import conditional_nll
 
-    def loss_fn(params, batch, rng, axis_name=None):
-        del rng
-        logits = logits_fn(params, batch["image"])
+    def loss_fn(variables, batch, rng, progress, axis_name=None):
+        del progress
+        logits = family.predict(variables, batch, rng, ("logits",))["logits"]
         labels, mask = batch["label"], batch["mask"]
         cond = conditional_nll(logits, labels, label_model=label_model, axis_name=axis_name,
                                mask=mask)
@@ -116,7 +116,8 @@ def ce_only_loss(logits_fn, label_model):
         count = jnp.sum(mask.astype(jnp.float32))
         if axis_name is not None:
             correct, count = lax.psum((correct, count), axis_name)
-        return cond, {"conditional_nll": cond, "accuracy": lax.stop_gradient(correct / count)}
+        return cond, ({}, {"conditional_nll": cond,
+                           "accuracy": lax.stop_gradient(correct / count)})
 
     return loss_fn
 
@@ -168,20 +169,20 @@ def build_setup(base_config, batch_size: int, variant: str, devices: int,
     exp = build_experiment(config)
     if variant == "ce_only":
         family = dataclasses.replace(
-            exp.family, loss_fn=ce_only_loss(exp.family.logits_fn, config.label_model),
+            exp.family, loss=ce_only_loss(exp.family, config.label_model),
             describe={**exp.family.describe, "joint_weight": "none (ce_only)"})
         exp = dataclasses.replace(exp, family=family)
-    plan = training_plan(config, len(exp.splits.train))
+    batches = TrainBatches(exp.splits.train, batch_size, seed=config.seed, mesh=exp.mesh,
+                           preprocess=exp.preprocess)
+    plan = training_plan(config, batches.steps_per_epoch)
     schedule = make_schedule(config.optimizer, batch_size, plan["total_steps"],
                              plan["steps_per_epoch"])
     optimizer = make_optimizer(config.optimizer, schedule)
-    batches = TrainBatches(exp.splits.train, batch_size, seed=config.seed, mesh=exp.mesh,
-                           preprocess=exp.preprocess)
     if initial_state is None:
-        state = create_state(exp, optimizer, config.seed)
+        state = create_state(exp, optimizer, config.seed, batches.batch(0))
     else:  # a copy: every configuration's step donates (consumes) its own state
         state = jax.tree.map(jnp.copy, initial_state)
-    step = make_train_step(exp, optimizer, schedule)
+    step = make_train_step(exp, optimizer, schedule, plan["steps_per_epoch"])
     device_batches = [batches.batch(s) for s in range(4)]
     return Setup(f"B={batch_size} {variant}", batch_size, variant, step, state,
                  device_batches, batches)

@@ -117,10 +117,12 @@ def test_sharded_equals_single_device(label_model, joint_weight):
     results = []
     for n in (1, 8):
         mesh = parallel.make_mesh(n)
-        sharded = parallel.shard_loss(loss_fn, mesh)
+        # the objective's own shard_map (the trainer's wrapper, parallel.shard_loss, is
+        # tested with the trainer): params replicated, batch split, outputs replicated
+        sharded = jax.shard_map(lambda p, bt: loss_fn(p, bt, None, parallel.AXIS), mesh=mesh,
+                                in_specs=(P(), P(parallel.AXIS)), out_specs=P())
         gbatch = jax.device_put(batch, parallel.data_sharded(mesh))
-        (loss, aux), grads = jax.jit(jax.value_and_grad(sharded, has_aux=True))(
-            params, gbatch, jax.random.PRNGKey(0))
+        (loss, aux), grads = jax.jit(jax.value_and_grad(sharded, has_aux=True))(params, gbatch)
         results.append((loss, aux, grads))
     (l1, a1, g1), (l8, a8, g8) = results
     (lref, aref), gref = jax.value_and_grad(loss_fn, has_aux=True)(params, batch, None)
@@ -179,3 +181,53 @@ def test_large_logits_are_stable(label_model):
         lambda lg: joint_nll(lg, labels, label_model=label_model))(logits)
     np.testing.assert_allclose(loss, loss1, rtol=1e-5)
     np.testing.assert_allclose(grad, grad1, rtol=1e-4, atol=1e-6)
+
+
+def _masked_sharded_logit_grad(logits, labels, mask, mesh, label_model):
+    def per_device(lg, lb, m):
+        return joint_nll(lg, lb, label_model=label_model, axis_name=parallel.AXIS, mask=m)
+    spec = P(parallel.AXIS)
+    f = jax.shard_map(per_device, mesh=mesh, in_specs=(spec, spec, spec), out_specs=P())
+    return jax.jit(jax.value_and_grad(f))(logits, labels, mask)
+
+
+# Padding rows whose log Z(x) lies far above every valid row's (or that hold garbage):
+# masking exp(log Z − shift) only *after* the exp gave 0·inf = NaN gradients (issue 7).
+PADDING_CASES = {
+    "padding_logits_1e4": (0.0, 1e4),      # valid rows ~N(0, 1), padding rows 1e4
+    "valid_rows_low": (-300.0, 0.0),       # valid rows ~N(−300, 1), padding rows (zero images) 0
+    "padding_nan": (0.0, float("nan")),
+    "padding_inf": (0.0, float("inf")),
+}
+
+
+@pytest.mark.parametrize("label_model", LABEL_MODELS)
+@pytest.mark.parametrize("case", sorted(PADDING_CASES))
+def test_padding_rows_get_exactly_zero_finite_gradient(label_model, case):
+    valid_offset, pad_value = PADDING_CASES[case]
+    r = np.random.default_rng(5)
+    n_valid, b = 13, 16                                   # 3 padding rows, on device 7 of 8
+    valid = r.normal(size=(n_valid, 4)) + valid_offset
+    logits = jnp.asarray(np.concatenate([valid, np.full((b - n_valid, 4), pad_value)]),
+                         jnp.float32)
+    labels = jnp.asarray(r.integers(0, 4, b), jnp.int32)
+    mask = jnp.arange(b) < n_valid
+
+    ref_loss, ref_grad = jax.value_and_grad(
+        lambda lg: joint_nll(lg, labels[:n_valid], label_model=label_model))(logits[:n_valid])
+    assert np.isfinite(ref_loss) and np.all(np.isfinite(ref_grad))
+    single = jax.value_and_grad(
+        lambda lg: joint_nll(lg, labels, label_model=label_model, mask=mask))(logits)
+    sharded = _masked_sharded_logit_grad(logits, labels, mask, parallel.make_mesh(8),
+                                         label_model)
+    for loss, grad in (single, sharded):
+        grad = np.asarray(grad)
+        assert np.isfinite(loss) and np.all(np.isfinite(grad)), (loss, grad)
+        assert np.all(grad[n_valid:] == 0.0), grad[n_valid:]
+        np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
+        np.testing.assert_allclose(grad[:n_valid], ref_grad, rtol=1e-5, atol=1e-7)
+    # the conditional (FFN) part on the same padded batch
+    cond_loss, cond_grad = jax.value_and_grad(
+        lambda lg: conditional_nll(lg, labels, label_model=label_model, mask=mask))(logits)
+    assert np.isfinite(cond_loss) and np.all(np.asarray(cond_grad)[n_valid:] == 0.0)
+    assert np.all(np.isfinite(np.asarray(cond_grad)))

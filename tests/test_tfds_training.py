@@ -80,7 +80,7 @@ def test_prepare_tfds_train_one_epoch_and_eval_in_fresh_process(tmp_path, caplog
                  f"--config.data.data_dir={data_dir}", *flags])
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     evaluated = json.load(open(metrics_path))
-    assert evaluated["checkpoint"] == f"latest (step {steps})"
+    assert evaluated["checkpoint"] == f"best (step {steps})"     # the default: evals.checkpoint
     assert evaluated["classification"]["accuracy"] == m["accuracy"]
     assert evaluated["classification"]["nll"] == train_time["classification"]["nll"]
     assert evaluated["calibration"] == train_time["calibration"]

@@ -23,9 +23,12 @@ def conditional_nll_per_example(logits: jax.Array, labels: jax.Array,
 def conditional_nll(logits: jax.Array, labels: jax.Array, *, label_model: str = "softmax",
                     axis_name: str | None = None, mask: jax.Array | None = None) -> jax.Array:
     """Mean −log p(y|x) over the global batch (psum over ``axis_name``). Scalar."""
-    per_example = conditional_nll_per_example(logits, labels, label_model)
     if mask is None:
-        mask = jnp.ones(per_example.shape[0], dtype=bool)
+        mask = jnp.ones(logits.shape[0], dtype=bool)
+    # padding rows may hold anything (inf, NaN): zero them so that their (zero)
+    # gradient cannot become 0·NaN
+    logits = jnp.where(mask[:, None], logits, 0.0)
+    per_example = conditional_nll_per_example(logits, labels, label_model)
     total = jnp.sum(jnp.where(mask, per_example, 0.0))
     count = jnp.sum(mask.astype(jnp.float32))
     if axis_name is not None:

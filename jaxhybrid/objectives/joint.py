@@ -56,12 +56,17 @@ def _global_logsumexp(values: jax.Array, mask: jax.Array, axis_name) -> jax.Arra
     values, mask: [B_local]. The shift is the global max; pmax has no
     differentiation rule, so its *input* is stop_gradient'ed (the shift cancels
     analytically, so the gradient is exact).
+
+    Padding entries are set to −inf *before* the exp: exp(−inf) = 0 and its
+    derivative is 0, so they get an exactly zero, finite gradient. (Masking after
+    the exp would leave exp(values − shift) = inf for a padding entry more than ~88
+    above the valid maximum, and 0·inf = NaN in the backward pass.)
     """
     masked = jnp.where(mask, values, -jnp.inf)
     local_max = jnp.max(lax.stop_gradient(masked))
     shift = local_max if axis_name is None else lax.pmax(local_max, axis_name)
     shift = jnp.where(jnp.isfinite(shift), shift, 0.0)
-    total = _psum(jnp.sum(jnp.where(mask, jnp.exp(values - shift), 0.0)), axis_name)
+    total = _psum(jnp.sum(jnp.exp(masked - shift)), axis_name)
     return jnp.log(total) + shift
 
 
@@ -85,6 +90,9 @@ def joint_nll(logits: jax.Array, labels: jax.Array, *, label_model: str = "softm
     if mask is None:
         mask = jnp.ones(logits.shape[0], dtype=bool)
     mask = mask.astype(bool)
+    # Padding rows may hold anything (even inf/NaN logits): replace them by 0 so that
+    # no term below can send a NaN into their (zero) gradient.
+    logits = jnp.where(mask[:, None], logits, 0.0)
     fit = label_score(logits, labels)  # <y_l, f(x_l)>, same for both label models
     count = _psum(jnp.sum(mask.astype(jnp.float32)), axis_name)
     fit_sum = _psum(jnp.sum(jnp.where(mask, fit, 0.0)), axis_name)
