@@ -45,6 +45,8 @@ import os
 import platform
 import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 
@@ -52,6 +54,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)   # measure this checkout, whatever the environment has installed
 SHARED_MNIST = os.path.join(REPO, "..", "shared", "data", "mnist.npz")
 
 FLAGS = flags.FLAGS
@@ -132,10 +135,13 @@ class Setup:
     batches: list         # a few device batches, cycled
     trainer_batches: object  # TrainBatches (for the pipeline measurement)
     times: list = dataclasses.field(default_factory=list)   # seconds per step, per repeat
+    cpu_times: list = dataclasses.field(default_factory=list)  # process CPU s per step
     cursor: int = 0
 
     def run(self, n: int) -> float:
+        """Wall seconds of n steps; the process CPU seconds go to ``self.last_cpu``."""
         import jax
+        c0 = time.process_time()
         t0 = time.perf_counter()
         state, metrics = self.state, None
         for _ in range(n):
@@ -143,6 +149,7 @@ class Setup:
             self.cursor += 1
         jax.block_until_ready((state, metrics))
         self.state = state
+        self.last_cpu = time.process_time() - c0
         return time.perf_counter() - t0
 
 
@@ -232,6 +239,7 @@ def main(argv):
             n_train = f["y_train"].shape[0]
         config.data.validation_size = val / n_train
     m = config.model
+    print("uptime (start):", subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip())
     print(f"jax {jax.__version__} ({jax.default_backend()}, {FLAGS.devices} of "
           f"{jax.device_count()} device(s)); python {platform.python_version()}; "
           f"{os.cpu_count()} CPU(s)")
@@ -270,6 +278,7 @@ def main(argv):
         for s in order:
             n = steps[s.batch_size]
             s.times.append(s.run(n) / n)
+            s.cpu_times.append(s.last_cpu / n)
 
     results = {"config": {"model": json.loads(config.model.to_json()),
                           "frame": config.data.frame, "optimizer": config.optimizer.name,
@@ -293,15 +302,18 @@ def main(argv):
         r10 = summary([a / c for a, c in zip(l1.times, l0.times)])
         r1ce = summary([a / c for a, c in zip(l1.times, ce.times)])
         r0ce = summary([a / c for a, c in zip(l0.times, ce.times)])
+        cpu1ce = summary([a / c for a, c in zip(l1.cpu_times, ce.cpu_times)])
         verdict = "OK" if r1ce["median"] <= 1.03 else "ABOVE TARGET"
         print(f"  B={b:<5d} λ=1/λ=0 {fmt_range(r10, 1, '.3f')}   λ=1/ce_only "
-              f"{fmt_range(r1ce, 1, '.3f')} [{verdict}]   λ=0/ce_only {fmt_range(r0ce, 1, '.3f')}")
+              f"{fmt_range(r1ce, 1, '.3f')} [{verdict}]   λ=0/ce_only {fmt_range(r0ce, 1, '.3f')}"
+              f"   λ=1/ce_only process-CPU time {fmt_range(cpu1ce, 1, '.3f')}")
         results["batch_sizes"][str(b)] = {
             **{v: {"sec_per_step": summary(by[(b, v)].times),
                    "sec_per_step_all": by[(b, v)].times,
                    "examples_per_sec": b / statistics.median(by[(b, v)].times)}
                for v in VARIANTS},
             "ratio_lambda1_over_lambda0": r10, "ratio_lambda1_over_ce_only": r1ce,
+            "cpu_ratio_lambda1_over_ce_only": cpu1ce,
             "ratio_lambda0_over_ce_only": r0ce}
 
     print()
@@ -321,6 +333,7 @@ def main(argv):
             "ratio_host_batch_over_step": h["median"] / step_rate,
             "ratio_iterate_over_step": it["median"] / step_rate}
 
+    print("uptime (end):  ", subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip())
     if FLAGS.out:
         os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)
         with open(FLAGS.out, "w") as f:
