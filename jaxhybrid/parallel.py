@@ -106,9 +106,9 @@ def shard_loss(loss_fn: Callable, mesh: Mesh) -> Callable:
 
 
 def shard_init(init_fn: Callable, mesh: Mesh) -> Callable:
-    """Wrap a per-device ``init_fn(rngs, batch, axis_name) -> variables``: ``rngs`` (any
-    pytree of keys) replicated, the batch split, the result replicated (so anything
-    computed from the data must be reduced over ``axis_name``; checked by check_vma)."""
+    """Wrap a per-device ``init_fn(rng, batch, axis_name) -> variables``: the key
+    replicated, the batch split, the result replicated (so anything computed from the
+    data must be reduced over ``axis_name``; checked by check_vma)."""
     return jax.shard_map(lambda rng, batch: init_fn(rng, batch, AXIS), mesh=mesh,
                          in_specs=(P(), P(AXIS)), out_specs=P())
 

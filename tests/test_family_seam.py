@@ -119,3 +119,36 @@ def test_unsupervised_family_trains_resumes_and_evaluates_through_the_cli(tmp_pa
     report = open(out / "report.md").read()
     assert "Skipped: needs labels, logits" in report and "bits/dim" in report
     assert m["ood"]["sets"]["uniform_noise"]["scores"]["elbo"]["auroc"] > 0.5
+
+
+def test_data_dependent_init_uses_the_first_global_batch_on_any_device_count():
+    """The toy VAE initialises its first bias from the first training batch as step 0
+    sees it (binarised), over the global batch: the same state on 1 and 8 devices, and
+    equal to a direct computation."""
+    from jaxhybrid.data.pipeline import TrainBatches
+    from jaxhybrid.experiment import augment, build_experiment, create_state
+    from jaxhybrid import rng as rnglib
+    from configs import gffn  # noqa: F401  (the configs package is importable)
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("toy_vae_cfg", "tests/configs/toy_vae.py")
+    cfg_mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cfg_mod)
+    states, firsts = [], []
+    for n in (1, 8):
+        c = cfg_mod.get_config()
+        c.num_devices = n
+        exp = build_experiment(c)
+        batches = TrainBatches(exp.splits.train, c.batch_size, seed=c.seed, mesh=exp.mesh,
+                               preprocess=exp.preprocess)
+        first = batches.batch(0)
+        states.append(jax.tree.map(np.asarray, create_state(exp, None, c.seed, first)))
+        firsts.append((exp, first))
+    for a, b in zip(jax.tree.leaves(states[0]), jax.tree.leaves(states[1])):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    exp, first = firsts[0]
+    seen = augment(exp, {k: jnp.asarray(v) for k, v in first.items()},
+                   rnglib.step_key(jnp.asarray(states[0]["rng"]), 0))["image"]
+    assert set(np.unique(np.asarray(seen))) <= {0.0, 1.0}       # binarised, as step 0 sees it
+    layer = states[0]["params"]["DataInitDense_0"]
+    y = np.asarray(seen).reshape(len(seen), -1) @ layer["kernel"]
+    np.testing.assert_allclose(layer["bias"], -y.mean(0), rtol=1e-4, atol=1e-5)

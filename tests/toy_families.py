@@ -81,16 +81,38 @@ def make_bn_classifier(config, num_classes: int, mean=None, std=None) -> Family:
 
 
 # -- an unsupervised VAE -----------------------------------------------------------------
+class DataInitDense(nn.Module):
+    """Dense layer whose bias is initialised from the data (as weight-norm layers are):
+    b = −mean of x·W over the valid rows of the GLOBAL first batch, so that the first
+    pre-activations are centred. ``init_mask``/``axis_name`` given only at init."""
+    features: int
+    axis_name: str | None = None
+
+    @nn.compact
+    def __call__(self, x, init_mask=None):
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), (x.shape[-1], self.features))
+        y = x @ kernel
+
+        def data_bias(_):
+            w = jnp.ones(x.shape[:1]) if init_mask is None else init_mask.astype(jnp.float32)
+            total, count = jnp.sum(w[:, None] * y, 0), jnp.sum(w)
+            if self.axis_name is not None:
+                total, count = lax.psum((total, count), self.axis_name)
+            return -lax.stop_gradient(total / count)
+        return y + self.param("bias", data_bias)
+
+
 class MLPVAE(nn.Module):
     latent: int = 4
     hidden: int = 32
+    axis_name: str | None = None
 
     @nn.compact
-    def __call__(self, x, eps):
+    def __call__(self, x, eps, init_mask=None):
         """x: [B, H, W, C] in {0, 1}; eps: [B, S, latent] ->
         (log p(x|z) [B, S], log p(z) − log q(z|x) [B, S]) at z = μ + σ·eps."""
         flat = x.reshape((x.shape[0], -1))
-        h = nn.relu(nn.Dense(self.hidden)(flat))
+        h = nn.relu(DataInitDense(self.hidden, self.axis_name)(flat, init_mask))
         mu, log_var = jnp.split(nn.Dense(2 * self.latent)(h), 2, axis=-1)
         z = mu[:, None] + jnp.exp(0.5 * log_var)[:, None] * eps          # [B, S, L]
         logits = nn.Dense(flat.shape[-1])(nn.relu(nn.Dense(self.hidden)(z)))
@@ -115,9 +137,10 @@ def make_vae(config, num_classes: int, mean=None, std=None) -> Family:
     def noise(rng, ids, s):
         return jax.vmap(lambda k: jax.random.normal(k, (s, latent)))(rnglib.example_keys(rng, ids))
 
-    def init(rng, batch, axis_name=None):
+    def init(rng, batch, axis_name=None):   # data-dependent: the first layer's bias
         eps = jnp.zeros((batch["image"].shape[0], 1, latent))
-        return dict(module.init(rng, batch["image"], eps))
+        return dict(MLPVAE(latent, hidden, axis_name).init(rng, batch["image"], eps,
+                                                           batch["mask"]))
 
     def loss(variables, batch, rng, progress, axis_name=None):
         beta = jnp.minimum(1.0, progress["epoch"] / warmup) if warmup > 0 else 1.0
