@@ -45,7 +45,6 @@ import os
 import platform
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -55,7 +54,7 @@ from ml_collections import config_flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)   # measure this checkout, whatever the environment has installed
-SHARED_MNIST = os.path.join(REPO, "..", "shared", "data", "mnist.npz")
+from benchmarks.common import fmt_range, resolve_data, summary, uptime  # noqa: E402
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -74,27 +73,6 @@ flags.DEFINE_integer("pipeline_examples", 16384, "Examples read per pipeline mea
 flags.DEFINE_string("out", "", "Write the results as JSON to this path (optional).")
 
 VARIANTS = ("lambda0", "lambda1", "ce_only")
-
-
-def summary(values) -> dict:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
-
-
-def resolve_data(config, tmpdir: str) -> str:
-    """Path of the MNIST npz to use, or of a synthetic stand-in; prints which."""
-    import numpy as np
-    for path in (config.data.npz_path, SHARED_MNIST):
-        if path and os.path.exists(path):
-            print(f"data: MNIST npz {os.path.abspath(path)}")
-            return os.path.abspath(path)
-    rng = np.random.default_rng(0)
-    path = os.path.join(tmpdir, "synthetic_mnist.npz")
-    np.savez(path, x_train=rng.integers(0, 256, (60000, 28, 28), dtype=np.uint8),
-             y_train=rng.integers(0, 10, 60000).astype(np.uint8),
-             x_test=rng.integers(0, 256, (10000, 28, 28), dtype=np.uint8),
-             y_test=rng.integers(0, 10, 10000).astype(np.uint8))
-    print(f"data: MNIST npz not found; SYNTHETIC uint8 28x28 arrays of MNIST's size ({path})")
-    return path
 
 
 def ce_only_loss(family, label_model):
@@ -214,11 +192,6 @@ def time_pipeline(batches, n_examples: int, repeats: int) -> dict:
             "iterate": summary(full), "host_batch_all": host, "iterate_all": full}
 
 
-def fmt_range(s: dict, scale: float = 1.0, spec: str = ".1f") -> str:
-    return (f"{s['median'] * scale:{spec}} ({s['min'] * scale:{spec}}–"
-            f"{s['max'] * scale:{spec}})")
-
-
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -239,7 +212,7 @@ def main(argv):
             n_train = f["y_train"].shape[0]
         config.data.validation_size = val / n_train
     m = config.model
-    print("uptime (start):", subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip())
+    print("uptime (start):", uptime())
     print(f"jax {jax.__version__} ({jax.default_backend()}, {FLAGS.devices} of "
           f"{jax.device_count()} device(s)); python {platform.python_version()}; "
           f"{os.cpu_count()} CPU(s)")
@@ -333,7 +306,7 @@ def main(argv):
             "ratio_host_batch_over_step": h["median"] / step_rate,
             "ratio_iterate_over_step": it["median"] / step_rate}
 
-    print("uptime (end):  ", subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip())
+    print("uptime (end):  ", uptime())
     if FLAGS.out:
         os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)
         with open(FLAGS.out, "w") as f:

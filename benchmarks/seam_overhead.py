@@ -38,7 +38,6 @@ import os
 import platform
 import re
 import shutil
-import statistics
 import subprocess
 import sys
 import tarfile
@@ -51,7 +50,7 @@ from ml_collections import config_flags
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The checkout's package, not whatever an editable install of the venv points at.
 sys.path.insert(0, REPO)
-SHARED_MNIST = os.path.join(REPO, "..", "shared", "data", "mnist.npz")
+from benchmarks.common import fmt_range, resolve_data, summary, uptime  # noqa: E402
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -72,36 +71,6 @@ flags.DEFINE_float("tolerance", 0.02, "Allowed |median ratio − 1| (the require
 flags.DEFINE_string("out", "", "Write the results as JSON to this path (optional).")
 
 LAMBDAS = (0.0, 1.0)
-
-
-def summary(values) -> dict:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
-
-
-def fmt_range(s: dict, scale: float = 1.0, spec: str = ".1f") -> str:
-    return (f"{s['median'] * scale:{spec}} ({s['min'] * scale:{spec}}–"
-            f"{s['max'] * scale:{spec}})")
-
-
-def resolve_data(config, tmpdir: str) -> str:
-    """Path of the MNIST npz to use, or of a synthetic stand-in; prints which."""
-    import numpy as np
-    for path in (config.data.npz_path, SHARED_MNIST):
-        if path and os.path.exists(path):
-            print(f"data: MNIST npz {os.path.abspath(path)}")
-            return os.path.abspath(path)
-    rng = np.random.default_rng(0)
-    path = os.path.join(tmpdir, "synthetic_mnist.npz")
-    np.savez(path, x_train=rng.integers(0, 256, (60000, 28, 28), dtype=np.uint8),
-             y_train=rng.integers(0, 10, 60000).astype(np.uint8),
-             x_test=rng.integers(0, 256, (10000, 28, 28), dtype=np.uint8),
-             y_test=rng.integers(0, 10, 10000).astype(np.uint8))
-    print(f"data: MNIST npz not found; SYNTHETIC uint8 28x28 arrays of MNIST's size ({path})")
-    return path
-
-
-def uptime() -> str:
-    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
 
 
 def extract_package(commit: str, name: str, tmpdir: str) -> str:
