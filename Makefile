@@ -1,13 +1,22 @@
 # jaxhybrid: the two commands.
 #   make demo   FFN vs GFFN on the embedded sklearn digits (offline, CPU, a few minutes)
 #   make test   the test suite on 8 fake CPU devices
+# and the newest end of the supported range (CI runs both ends, .ci/run):
+#   make test-newest   the suite on Python 3.12 in .venv312 with the newest jax/flax/orbax,
+#                      pinned exactly in .ci/constraints-newest.txt
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
+VENV_NEWEST ?= .venv312
+PY_NEWEST   := $(VENV_NEWEST)/bin/python
+NEWEST      := .ci/constraints-newest.txt
+VERSIONS    := -c "import sys, jax, flax, optax, orbax.checkpoint as o; print(f'Python {sys.version.split()[0]}, jax {jax.__version__}, flax {flax.__version__}, optax {optax.__version__}, orbax-checkpoint {o.__version__}')"
+# Python 3.12 for the newest end: python3.12 on PATH if it runs, else pyenv's newest 3.12.
+PYTHON_NEWEST ?= $(shell for p in python3.12 "$$(pyenv root 2>/dev/null)/versions/$$(pyenv latest 3.12 2>/dev/null)/bin/python3.12"; do "$$p" -c "" 2>/dev/null && { command -v "$$p"; break; }; done)
 RUNS   ?= runs/demo
 export JAX_COMPILATION_CACHE_DIR ?= $(CURDIR)/.jax_cache
 
-.PHONY: demo test install benchmarks clean
+.PHONY: demo test install test-newest install-newest benchmarks clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +27,17 @@ $(VENV)/.installed: pyproject.toml | $(VENV)/bin/python
 	touch $@
 
 install: $(VENV)/.installed
+
+$(VENV_NEWEST)/bin/python:
+	@test -n "$(PYTHON_NEWEST)" || { echo "error: no Python 3.12 found (python3.12 on PATH or pyenv's 3.12); set PYTHON_NEWEST=/path/to/python3.12" >&2; exit 1; }
+	$(PYTHON_NEWEST) -m venv $(VENV_NEWEST)
+	$(PY_NEWEST) -m pip install --quiet --upgrade pip
+
+$(VENV_NEWEST)/.installed: pyproject.toml $(NEWEST) | $(VENV_NEWEST)/bin/python
+	$(PY_NEWEST) -m pip install --quiet -c $(NEWEST) -e ".[test]"
+	touch $@
+
+install-newest: $(VENV_NEWEST)/.installed
 
 demo: install
 	$(PY) -m jaxhybrid.main --config=configs/gffn.py:digits --workdir=$(RUNS)/ffn --config.joint_weight=0
@@ -31,7 +51,12 @@ demo: install
 	@echo "Comparison:      $(RUNS)/comparison.md"
 
 test: install
+	@$(PY) $(VERSIONS)
 	$(PY) -m pytest -q
+
+test-newest: install-newest
+	@$(PY_NEWEST) $(VERSIONS)
+	$(PY_NEWEST) -m pytest -q
 
 benchmarks: install
 	$(PY) benchmarks/gffn_overhead.py

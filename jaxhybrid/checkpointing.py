@@ -19,6 +19,7 @@ from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
 from jaxhybrid.parallel import tree_shapes
@@ -31,6 +32,24 @@ class CheckpointNotFoundError(FileNotFoundError):
     pass
 
 
+def is_remote(path) -> bool:
+    """Whether ``path`` names an object store (gs://, s3://, ...) rather than a local path."""
+    return "://" in os.fspath(path)
+
+
+def run_path(workdir) -> epath.Path:
+    """The run directory ``workdir`` (a str or any path-like) as an ``epath.Path``.
+
+    gs://, s3:// ... URIs are kept as they are (``os.path.abspath`` would turn
+    ``gs://b/run`` into a local ``./gs:/b/run``); a local path gets ``~`` expanded and is
+    made absolute. Every file of a run is read and written through it, so a run directory
+    can live on a bucket that every host sees.
+    """
+    if is_remote(workdir):
+        return epath.Path(workdir)
+    return epath.Path(os.path.abspath(os.path.expanduser(os.fspath(workdir))))
+
+
 class CheckpointMismatchError(ValueError):
     pass
 
@@ -38,9 +57,9 @@ class CheckpointMismatchError(ValueError):
 class Checkpointer:
     """``select``: (metric key in the saved metrics, e.g. 'val_accuracy', 'max'|'min')."""
 
-    def __init__(self, workdir: str, *, keep: int = 3, read_only: bool = False,
+    def __init__(self, workdir, *, keep: int = 3, read_only: bool = False,
                  select: tuple[str, str] = ("val_accuracy", "max")):
-        self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+        self.directory = run_path(workdir) / "checkpoints"
         self.metric, self.mode = select
         metric_fn = self._metric_value
         policy = pp.AnyPreservationPolicy([
@@ -54,7 +73,7 @@ class Checkpointer:
             preservation_policy=policy, best_fn=metric_fn, best_mode=self.mode,
             create=not read_only, read_only=read_only,
             enable_async_checkpointing=not read_only)
-        if read_only and not os.path.isdir(self.directory):
+        if read_only and not self.directory.is_dir():
             raise CheckpointNotFoundError(
                 f"No checkpoint directory {self.directory}: train first "
                 f"(python -m jaxhybrid.main --mode=train --workdir={workdir} --config=...)")
@@ -183,18 +202,17 @@ class Checkpointer:
         self.manager.close()
 
 
-def save_config(config, workdir: str) -> str:
-    path = os.path.join(workdir, "config.json")
+def save_config(config, workdir) -> epath.Path:
+    """``workdir/config.json``, written by process 0 only."""
+    path = run_path(workdir) / "config.json"
     if jax.process_index() == 0:
-        os.makedirs(workdir, exist_ok=True)
-        with open(path, "w") as f:
-            f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(config.to_json_best_effort(indent=2, sort_keys=True))
     return path
 
 
-def load_saved_config(workdir: str) -> dict | None:
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
+def load_saved_config(workdir) -> dict | None:
+    path = run_path(workdir) / "config.json"
+    if not path.exists():
         return None
-    with open(path) as f:
-        return json.load(f)
+    return json.loads(path.read_text())

@@ -16,7 +16,8 @@ import jax
 import numpy as np
 
 from jaxhybrid import parallel, rng as rnglib
-from jaxhybrid.checkpointing import Checkpointer, CheckpointNotFoundError, load_saved_config
+from jaxhybrid.checkpointing import (Checkpointer, CheckpointNotFoundError, load_saved_config,
+                                     run_path)
 from jaxhybrid.data.pipeline import eval_batches
 from jaxhybrid.data.sources import SubsetSource
 from jaxhybrid.experiment import Experiment, abstract_model, build_experiment
@@ -99,26 +100,28 @@ class Predictor:
         return out
 
 
-def run_suite(exp: Experiment, variables, step: int, workdir: str, *,
+def run_suite(exp: Experiment, variables, step: int, workdir, *,
               predictor: Predictor | None = None, checkpoint_label: str | None = None) -> dict:
-    """Run ``config.evals.names`` and write metrics.json + report.md into eval/<step>/."""
+    """Run ``config.evals.names`` and write metrics.json + report.md into eval/<step>/
+    (process 0 only; every process computes, since the outputs are gathered)."""
     from jaxhybrid.evaluators import run_evaluators
     from jaxhybrid.evaluators.report import write_report
-    out_dir = os.path.join(workdir, "eval", str(step))
-    os.makedirs(out_dir, exist_ok=True)
+    out_dir = run_path(workdir) / "eval" / str(step)
+    if jax.process_index() == 0:
+        out_dir.mkdir(parents=True, exist_ok=True)
     predictor = predictor or Predictor(exp)
-    results = run_evaluators(exp, variables, predictor, out_dir)
+    results = run_evaluators(exp, variables, predictor, os.fspath(out_dir))
     metrics = {"step": step, "checkpoint": checkpoint_label or f"step {step}",
                **results.metrics}
     if jax.process_index() == 0:
-        with open(os.path.join(out_dir, "metrics.json"), "w") as f:
-            json.dump(_jsonable(metrics), f, indent=2, sort_keys=True)
+        (out_dir / "metrics.json").write_text(
+            json.dumps(_jsonable(metrics), indent=2, sort_keys=True))
         write_report(exp, metrics, results, out_dir, step=step)
     log.info("evaluation at step %d written to %s", step, out_dir)
     for k in sorted(results.headline):
         log.info("  %s = %s", k, results.headline[k])
     flat = dict(results.headline)
-    flat["eval_dir"] = os.path.abspath(out_dir)
+    flat["eval_dir"] = os.fspath(out_dir)
     return flat
 
 

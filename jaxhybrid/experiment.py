@@ -7,7 +7,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxhybrid import parallel, rng as rnglib
+from jaxhybrid import config_check, parallel, rng as rnglib
 from jaxhybrid.data.pipeline import Preprocess
 from jaxhybrid.data.loading import DataSplits, load_splits
 from jaxhybrid.data.transforms import Transforms
@@ -31,11 +31,13 @@ class Experiment:
 
 
 def build_experiment(config) -> Experiment:
+    config_check.check_config(config)   # every field, before devices, data or workdir
     mesh = parallel.make_mesh(config.num_devices or None)
     parallel.check_global_batch(config.batch_size, mesh)
     parallel.check_global_batch(config.eval_batch_size, mesh)
     transforms = Transforms.from_config(config.data)
     splits = load_splits(config.data)
+    config_check.check_against_data(config, splits)   # data.frame vs the image size
     frame = config.data.frame
     preprocess = Preprocess(frame=(frame, frame) if frame else None)
     input_shape = preprocess.output_shape(splits.image_shape)

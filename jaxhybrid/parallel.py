@@ -10,6 +10,9 @@ full-batch gradient with no double reduction ("pmap-style", but with shard_map).
 from __future__ import annotations
 
 import logging
+import os
+import sys
+import threading
 from typing import Any, Callable
 
 import jax
@@ -20,26 +23,164 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 AXIS = "data"
 
 
-def maybe_initialize_distributed() -> None:
-    """Call ``jax.distributed.initialize()`` when JAXHYBRID_DISTRIBUTED=1.
+class DistributedStartupError(ValueError):
+    """jax.distributed could not start: a bad address, count or id, or no peers."""
 
-    On a Cloud TPU pod or under SLURM, JAX auto-detects coordinator, process count
-    and process id; the launch scripts in launch/ set the variable.
+
+_TRUE, _FALSE = ("1", "true", "True", "yes"), ("", "0", "false", "False", "no")
+_HOW = ("give the coordinator explicitly on every process: --coordinator_address=HOST:PORT "
+        "(process 0's host; the same on every process) --num_processes=N --process_id=I "
+        "(0..N-1, different on each), or the environment variables JAX_COORDINATOR_ADDRESS, "
+        "JAX_NUM_PROCESSES, JAX_PROCESS_ID")
+
+
+def _int_setting(flag_value, env: str, flag: str) -> int | None:
+    """A flag's value, else the environment variable's, as an int (None when neither)."""
+    if flag_value is not None:
+        return int(flag_value)
+    raw = os.environ.get(env, "").strip()
+    if not raw:
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        raise DistributedStartupError(
+            f"{env}={raw!r} is not an integer (it is what --{flag} would set)") from None
+
+
+def distributed_settings(coordinator_address: str | None = None,
+                         num_processes: int | None = None,
+                         process_id: int | None = None) -> dict | None:
+    """What :func:`maybe_initialize_distributed` would pass to ``jax.distributed.initialize``.
+
+    Each setting comes from its argument (the CLI flags), else from JAX's own
+    environment variable (``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES``,
+    ``JAX_PROCESS_ID``). Returns None for a single-process run: none of the three given
+    and ``JAXHYBRID_DISTRIBUTED`` unset or 0. Unset settings are left to JAX's
+    auto-detection (Cloud TPU VMs, SLURM, Open MPI). Raises DistributedStartupError,
+    naming the bad value, for anything that cannot work.
     """
-    import os
-    if os.environ.get("JAXHYBRID_DISTRIBUTED", "0") in ("1", "true", "True"):
-        jax.distributed.initialize()
-        logging.info("jax.distributed initialised: process %d of %d, %d local / %d global devices",
-                     jax.process_index(), jax.process_count(), jax.local_device_count(),
-                     jax.device_count())
+    flag = os.environ.get("JAXHYBRID_DISTRIBUTED", "").strip()
+    if flag not in _TRUE + _FALSE:
+        raise DistributedStartupError(
+            f"JAXHYBRID_DISTRIBUTED={flag!r}; valid values: 1 (start jax.distributed) or 0")
+    address = coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS", "").strip() or None
+    n = _int_setting(num_processes, "JAX_NUM_PROCESSES", "num_processes")
+    i = _int_setting(process_id, "JAX_PROCESS_ID", "process_id")
+    if flag not in _TRUE and address is None and n is None and i is None:
+        return None
+    if address is not None:
+        host, sep, port = address.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise DistributedStartupError(
+                f"coordinator address {address!r} is not HOST:PORT (e.g. 10.0.0.1:8476, "
+                f"[::1]:8476 or 127.0.0.1:8476 on one machine)")
+    if n is not None and n < 1:
+        raise DistributedStartupError(f"num_processes={n}; it must be at least 1")
+    if i is not None and (i < 0 or (n is not None and i >= n)):
+        valid = f"0..{n - 1} (num_processes={n})" if n is not None else "0 or more"
+        raise DistributedStartupError(f"process_id={i}; valid ids: {valid}")
+    return {"coordinator_address": address, "num_processes": n, "process_id": i}
+
+
+def maybe_initialize_distributed(coordinator_address: str | None = None,
+                                 num_processes: int | None = None,
+                                 process_id: int | None = None) -> bool:
+    """Start ``jax.distributed`` for a multi-process run; returns whether it did.
+
+    Explicit start-up (works anywhere, e.g. several processes on one machine or GPU
+    nodes without SLURM): a coordinator address, the process count and this process's
+    id, from the arguments or ``JAX_COORDINATOR_ADDRESS``/``JAX_NUM_PROCESSES``/
+    ``JAX_PROCESS_ID``. Auto-detection: ``JAXHYBRID_DISTRIBUTED=1`` with none of them,
+    on a Cloud TPU VM pod slice, under SLURM or Open MPI (the launch scripts in
+    launch/ set it). ``JAXHYBRID_DISTRIBUTED_TIMEOUT`` (seconds, default 300) bounds
+    the wait for the other processes. On CPU, cross-process collectives use gloo.
+    Must run before anything touches a JAX device. Every failure is a
+    DistributedStartupError that says what to give, except one: when not every process
+    has connected within the timeout, JAX would abort the process from C++ (no
+    exception to catch), so this process prints ``error: ...`` and exits with status 1
+    first.
+    """
+    settings = distributed_settings(coordinator_address, num_processes, process_id)
+    if settings is None:
+        return False
+    raw_timeout = os.environ.get("JAXHYBRID_DISTRIBUTED_TIMEOUT", "300").strip()
+    try:
+        timeout = int(raw_timeout)
+        assert timeout > 0
+    except (ValueError, AssertionError):
+        raise DistributedStartupError(
+            f"JAXHYBRID_DISTRIBUTED_TIMEOUT={raw_timeout!r}; give a whole number of seconds "
+            f"> 0") from None
+    try:  # CPU processes need a cross-process collectives implementation (gloo)
+        if jax.config.jax_cpu_collectives_implementation in (None, "none"):
+            jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    except AttributeError:  # a JAX without the option: its default applies
+        pass
+    given = {k: v for k, v in settings.items() if v is not None}
+    who = (f"process {settings['process_id'] if settings['process_id'] is not None else '?'} "
+           f"of {settings['num_processes'] or '?'}")
+    logging.info("starting jax.distributed (%s, coordinator %s); waiting up to %d s for every "
+                 "process to connect", who, settings["coordinator_address"] or "auto-detected",
+                 timeout)
+    # JAX aborts the process (a C++ fatal error, no exception) when not every process
+    # connects in time; exit cleanly with a clear message just before that instead.
+    connected = threading.Event()
+
+    def give_up() -> None:
+        if not connected.wait(timeout):
+            n = settings["num_processes"]
+            print(f"error: {DistributedStartupError.__name__}: {who}: not every process "
+                  f"connected to the coordinator "
+                  f"{settings['coordinator_address'] or '(auto-detected)'} within {timeout} s "
+                  f"(JAXHYBRID_DISTRIBUTED_TIMEOUT). Start all {n or 'N'} processes, process "
+                  f"0 among them, with the same --coordinator_address (process 0's host and a "
+                  f"free port), --num_processes={n or 'N'} and distinct --process_id values "
+                  f"0..{n - 1 if n else 'N-1'} (or JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, "
+                  f"JAX_PROCESS_ID).", file=sys.stderr, flush=True)
+            os._exit(1)
+
+    threading.Thread(target=give_up, name="jax-distributed-startup", daemon=True).start()
+    try:
+        jax.distributed.initialize(**given, initialization_timeout=timeout + 60)
+    except Exception as e:  # noqa: BLE001 -- every start-up failure gets the same advice
+        if not given:
+            what = ("jax.distributed.initialize() found no cluster to auto-detect (Cloud TPU "
+                    "VM, SLURM or Open MPI)")
+        else:
+            what = ("jax.distributed.initialize(" +
+                    ", ".join(f"{k}={v!r}" for k, v in given.items()) + ") failed")
+        reason = str(e).strip().splitlines()[0].rstrip(".") if str(e).strip() else ""
+        raise DistributedStartupError(
+            f"{what}: {type(e).__name__}: {reason}. To start a multi-process run, {_HOW}; "
+            f"set JAXHYBRID_DISTRIBUTED=1 "
+            f"only where JAX can auto-detect them.") from e
+    finally:
+        connected.set()
+    logging.info("jax.distributed initialised: process %d of %d, %d local / %d global devices",
+                 jax.process_index(), jax.process_count(), jax.local_device_count(),
+                 jax.device_count())
+    return True
 
 
 def make_mesh(num_devices: int | None = None) -> Mesh:
-    """A 1-D mesh over the first ``num_devices`` devices (all by default), axis ``data``."""
+    """A 1-D mesh over the first ``num_devices`` devices (all by default), axis ``data``.
+
+    A subset of the devices is a single-process option: with several processes every
+    process must own devices of the mesh, so ``num_devices`` (other than all of them) is
+    refused there.
+    """
     devices = jax.devices()
-    if num_devices is not None and num_devices > 0:
+    if num_devices is not None and num_devices > 0 and num_devices != len(devices):
         if num_devices > len(devices):
             raise ValueError(f"num_devices={num_devices} but only {len(devices)} devices exist")
+        if jax.process_count() > 1:
+            raise ValueError(
+                f"num_devices={num_devices} selects a subset of the devices, which only a "
+                f"single-process run can do; this run has {jax.process_count()} processes and "
+                f"{len(devices)} devices ({jax.local_device_count()} on this process). Use "
+                f"--config.num_devices=0 (all devices) and choose the devices per process "
+                f"instead (e.g. CUDA_VISIBLE_DEVICES, or fewer processes)")
         devices = devices[:num_devices]
     return Mesh(np.asarray(devices), (AXIS,))
 
@@ -54,7 +195,7 @@ def check_global_batch(global_batch_size: int, mesh: Mesh) -> int:
             f"({n_proc} host(s) × {n_dev // max(n_proc, 1)} local devices). The batch size in the "
             f"config is the GLOBAL batch; choose a multiple of {n_dev} "
             f"(e.g. {max(n_dev, (global_batch_size // n_dev) * n_dev) or n_dev}).")
-    return global_batch_size // n_proc
+    return len(np.arange(global_batch_size)[host_slice(global_batch_size, mesh)])
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -65,14 +206,23 @@ def data_sharded(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P(AXIS))
 
 
-def host_slice(global_batch_size: int, mesh: Mesh) -> slice:
-    """The rows of a global batch that this host reads (its devices' share)."""
-    n_proc = len({d.process_index for d in mesh.devices.flat})
-    per_host = global_batch_size // n_proc
-    # Processes own contiguous blocks of the 1-D mesh (jax.devices() is process-ordered).
-    proc_ids = sorted({d.process_index for d in mesh.devices.flat})
-    i = proc_ids.index(jax.process_index())
-    return slice(i * per_host, (i + 1) * per_host)
+def host_slice(global_batch_size: int, mesh: Mesh) -> slice | np.ndarray:
+    """The rows of a global batch ``[B, ...]`` that this host reads: its devices' shards.
+
+    Taken from the sharding itself (``addressable_devices_indices_map``), so it holds for
+    any assignment of devices to processes, in the order that
+    ``jax.make_array_from_process_local_data`` expects (ascending rows). A ``slice``
+    when the rows are contiguous (the usual case), else an index array ``[B_host]``.
+    """
+    index_map = data_sharded(mesh).addressable_devices_indices_map((global_batch_size,))
+    if not index_map:
+        raise ValueError(f"process {jax.process_index()} owns no device of the mesh "
+                         f"({mesh.devices.size} devices)")
+    rows = np.unique(np.concatenate([
+        np.arange(global_batch_size)[idx[0]] for idx in index_map.values()]))
+    if rows.size and np.array_equal(rows, np.arange(rows[0], rows[0] + rows.size)):
+        return slice(int(rows[0]), int(rows[0]) + int(rows.size))
+    return rows
 
 
 def to_global(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:

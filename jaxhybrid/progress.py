@@ -14,6 +14,7 @@ import time
 
 import jax
 import numpy as np
+from etils import epath
 
 log = logging.getLogger("jaxhybrid")
 
@@ -23,24 +24,38 @@ class NonFiniteLossError(FloatingPointError):
 
 
 class JsonlWriter:
-    """Appends records to ``metrics.jsonl`` (process 0). Opened at step ``start``, it
-    first drops the records of steps after ``start``: after a crash those steps are
-    trained again, and their records would otherwise appear twice."""
+    """Appends records to ``metrics.jsonl`` (process 0 only; any ``epath`` path, e.g. on
+    gs://). Opened at step ``start``, it first drops the records of steps after
+    ``start``: after a crash those steps are trained again, and their records would
+    otherwise appear twice. Object stores cannot append to an object, so there the whole
+    file is rewritten at each record."""
 
-    def __init__(self, path: str, start: int = 0):
-        self.path = path if jax.process_index() == 0 else None
-        if self.path and os.path.exists(self.path):
-            with open(self.path) as f:
-                records = [json.loads(line) for line in f if line.strip()]
-            keep = [r for r in records if r.get("step", 0) <= start and r.get("kind") != "final"]
-            if len(keep) != len(records):
-                with open(self.path, "w") as f:
-                    f.writelines(json.dumps(r) + "\n" for r in keep)
+    def __init__(self, path, start: int = 0):
+        self.path = epath.Path(path) if jax.process_index() == 0 else None
+        self._lines: list[str] | None = None      # the file's lines, where it is rewritten
+        if self.path is None:
+            return
+        remote = "://" in os.fspath(self.path)
+        records = []
+        if self.path.exists():
+            records = [json.loads(line) for line in self.path.read_text().splitlines()
+                       if line.strip()]
+        keep = [r for r in records if r.get("step", 0) <= start and r.get("kind") != "final"]
+        if remote:
+            self._lines = [json.dumps(r) + "\n" for r in keep]
+        if len(keep) != len(records):
+            self.path.write_text("".join(json.dumps(r) + "\n" for r in keep))
 
     def write(self, record: dict) -> None:
-        if self.path:
-            with open(self.path, "a") as f:
-                f.write(json.dumps(record) + "\n")
+        if self.path is None:
+            return
+        line = json.dumps(record) + "\n"
+        if self._lines is None:
+            with self.path.open("a") as f:
+                f.write(line)
+        else:
+            self._lines.append(line)
+            self.path.write_text("".join(self._lines))
 
 
 class ProgressLog:

@@ -18,15 +18,15 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
 
 from jaxhybrid import evaluate, parallel, rng as rnglib
-from jaxhybrid.checkpointing import Checkpointer, save_config
+from jaxhybrid.checkpointing import Checkpointer, run_path, save_config
 from jaxhybrid.data.pipeline import TrainBatches
 from jaxhybrid.experiment import (Experiment, abstract_model, abstract_state, augment,
                                   build_experiment, create_state)
@@ -89,8 +89,8 @@ def _log_setup(exp: Experiment, plan: dict, workdir: str) -> None:
     config, mesh = exp.config, exp.mesh
     save_config(config, workdir)
     if jax.process_index() == 0:  # provenance of the data: source, sizes, class counts
-        with open(os.path.join(workdir, "data.json"), "w") as f:
-            json.dump(exp.splits.description, f, indent=2, sort_keys=True, default=str)
+        (run_path(workdir) / "data.json").write_text(
+            json.dumps(exp.splits.description, indent=2, sort_keys=True, default=str))
     n_dev = mesh.devices.size
     log.info("family=%s %s | data=%s train/val/test=%d/%d/%d classes=%d input=%s "
              "train transforms=%s", exp.family.name, exp.family.describe, exp.splits.name,
@@ -141,7 +141,8 @@ class _Run:
         schedule = make_schedule(config.optimizer, config.batch_size, self.total,
                                  self.plan["steps_per_epoch"])
         optimizer = make_optimizer(config.optimizer, schedule)
-        os.makedirs(workdir, exist_ok=True)
+        if jax.process_index() == 0:
+            run_path(workdir).mkdir(parents=True, exist_ok=True)
         _log_setup(exp, self.plan, workdir)
         if config.early_stopping_patience and not len(exp.splits.validation):
             raise ValueError("early_stopping_patience needs a validation split "
@@ -154,7 +155,7 @@ class _Run:
         self.start = int(jax.device_get(self.state["step"]))
         self.train_step = make_train_step(exp, optimizer, schedule, self.plan["steps_per_epoch"])
         self.predictor = evaluate.Predictor(exp)
-        self.jsonl = JsonlWriter(os.path.join(workdir, "metrics.jsonl"), self.start)
+        self.jsonl = JsonlWriter(run_path(workdir) / "metrics.jsonl", self.start)
         self.progress = ProgressLog(self.jsonl, total=self.total, batch_size=config.batch_size,
                                     steps_per_epoch=self.plan["steps_per_epoch"])
 
@@ -170,6 +171,21 @@ class _Run:
                        meta={"selector": self.selector.state_dict()})
         self.last_good = step_done
         log.info("checkpoint saved at step %d", step_done)
+
+    def _out_of_time(self, step_done: int) -> bool:
+        """Whether the wall-clock budget (``max_train_seconds``) is spent. Checked at log
+        and checkpoint steps only, which every host reaches together; process 0's clock
+        decides and the decision is broadcast, so all hosts validate, checkpoint and stop
+        at the same step (hosts deciding on their own clocks would part ways inside the
+        collectives and hang)."""
+        budget = self.config.max_train_seconds
+        if not budget > 0 or (step_done % self.config.log_every
+                              and step_done % self.plan["checkpoint_every"]):
+            return False
+        spent = budget < self.progress.elapsed()
+        if jax.process_count() > 1:
+            spent = bool(multihost_utils.broadcast_one_to_all(np.int32(spent)))
+        return spent
 
     def _stop_reason(self, out_of_time: bool) -> str | None:
         if self.selector.should_stop:
@@ -189,7 +205,7 @@ class _Run:
             self.progress.add(step_done, metrics)
             eval_now = bool(config.eval_every) and step_done % config.eval_every == 0 \
                 and step_done < self.total
-            out_of_time = 0 < config.max_train_seconds < self.progress.elapsed()
+            out_of_time = self._out_of_time(step_done)
             save_now = (step_done % self.plan["checkpoint_every"] == 0
                         or step_done == self.total or out_of_time)
             if step_done % config.log_every == 0 or step_done == self.total or save_now \
@@ -241,10 +257,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
     final = evaluate.run_suite(run.exp, variables, eval_step, workdir,
                                predictor=run.predictor, checkpoint_label=label)
     final.update(step=step_done, evaluated_step=eval_step, checkpoint=label, stopped=stopped,
-                 train_seconds=run.progress.elapsed(), workdir=os.path.abspath(workdir))
+                 train_seconds=run.progress.elapsed(), workdir=str(run_path(workdir)))
     run.jsonl.write({"kind": "final", "step": step_done,
                      **{k: v for k, v in final.items() if isinstance(v, (int, float, str))}})
     if jax.process_index() == 0:  # marks the run as finished (sweeps skip finished points)
-        with open(os.path.join(workdir, "final_metrics.json"), "w") as f:
-            json.dump(final, f, indent=2, sort_keys=True)
+        (run_path(workdir) / "final_metrics.json").write_text(
+            json.dumps(final, indent=2, sort_keys=True))
     return final

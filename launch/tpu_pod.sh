@@ -23,7 +23,7 @@ if [[ "${1:-}" == "--setup" ]]; then
     "$(cd "$(dirname "$0")/.." && pwd)" "$TPU_NAME:~/$REPO_DIR"
   gcloud compute tpus tpu-vm ssh "$TPU_NAME" --zone="$ZONE" --worker=all --command="
     cd ~/$REPO_DIR && python3 -m venv .venv && .venv/bin/pip install -q -U pip &&
-    .venv/bin/pip install -q -e . && .venv/bin/pip install -q -U 'jax[tpu]>=0.10.2,<0.11'"
+    .venv/bin/pip install -q -e . && .venv/bin/pip install -q -U 'jax[tpu]>=0.10.2,<0.13'"
   exit 0
 fi
 

@@ -96,14 +96,14 @@ def test_checkpoint_best_through_the_cli(tmp_path):
 
 
 def test_early_stopping_survives_resume_and_evaluates_the_best(tmp_path):
-    """lr 0: validation accuracy never improves after the first validation. Resumed after
+    """lr 1e-30: validation accuracy never improves after the first validation. Resumed after
     two validations (best + 1 without improvement), patience 3 stops two validations
     later (a restarted counter would train on to step 12); the final evaluation reports
     the best (first) checkpoint; re-running the stopped run trains no further."""
     wd = str(tmp_path)
     kw = dict(checkpoint_every=2, early_stopping_patience=3, log_every=1)
     c = tiny_config(num_steps=4, **kw)
-    c.optimizer.learning_rate = 0.0
+    c.optimizer.learning_rate = 1e-30        # Adam steps of 1e-30: float32 params unchanged
     train_and_evaluate(c, wd)
     c.num_steps = 100
     final = train_and_evaluate(c, wd)

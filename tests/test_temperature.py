@@ -62,3 +62,83 @@ def test_clamped_to_range_and_positive():
         temperature.fit_temperature(logits, np.array([0, 1]), init=-1.0)
     with pytest.raises(ValueError, match="labels"):
         temperature.fit_temperature(logits, np.array([0, 2]))
+
+
+# -- identifiability (issue 10): a degenerate fit is reported, never presented as a result --
+def test_perfectly_classified_split_is_not_identifiable():
+    logits, labels = _sample(2, n=2_000)
+    labels = logits.argmax(1)                      # every example correct: separable
+    fit = temperature.temperature_fit(logits, labels)
+    assert not fit.identifiable and fit.temperature is None
+    assert fit.bound == temperature.T_MIN and "perfectly classified" in fit.reason
+    assert fit.accuracy == 1.0 and fit.num_examples == 2_000
+    # the clamped fit is the bound, which is why it must not be reported
+    assert temperature.fit_temperature(logits, labels) == temperature.T_MIN
+
+
+def test_normal_split_is_identifiable_inside_the_bounds():
+    true_logits, labels = _sample(3, n=20_000)
+    fit = temperature.temperature_fit(true_logits * 2.0, labels)
+    assert fit.identifiable and fit.reason == "" and fit.bound is None
+    assert temperature.T_MIN < fit.temperature < temperature.T_MAX
+    assert fit.temperature == temperature.fit_temperature(true_logits * 2.0, labels)
+    assert fit.temperature == pytest.approx(2.0, rel=0.05)
+
+
+def test_other_degenerate_fits():
+    logits = np.array([[3.0, 0.0], [0.0, 3.0]])
+    wrong = temperature.temperature_fit(logits, np.array([1, 0]))       # worse than uniform
+    assert not wrong.identifiable and wrong.bound == temperature.T_MAX
+    assert "T -> infinity" in wrong.reason
+    tied = temperature.temperature_fit(np.zeros((4, 3)), np.array([0, 1, 2, 0]))
+    assert not tied.identifiable and "tie" in tied.reason
+    # finite minima outside [T_MIN, T_MAX]: softmax(logits / k) is the true distribution
+    true_logits, labels = _sample(4, n=5_000)
+    below = temperature.temperature_fit(true_logits * 0.01, labels)      # T* = 0.01
+    assert not below.identifiable and below.temperature is None
+    assert below.bound == temperature.T_MIN and "below the search range" in below.reason
+    above = temperature.temperature_fit(true_logits * 100.0, labels)     # T* = 100
+    assert not above.identifiable and above.bound == temperature.T_MAX
+    assert "above the search range" in above.reason
+
+
+class _Ctx:
+    """The part of an EvalContext the temperature plug-in uses."""
+
+    def __init__(self, val, test, out_dir):
+        import types
+        self._outs = {"validation": val, "test": test}
+        self.exp = types.SimpleNamespace(splits=types.SimpleNamespace(validation=val["label"]))
+        self.config = types.SimpleNamespace(evals=types.SimpleNamespace(num_bins=15,
+                                                                        split="test"))
+        self.out_dir = str(out_dir)
+
+    def outputs(self, split=None, names=("logits",)):
+        return self._outs[split or "test"]
+
+
+def test_plugin_reports_a_degenerate_fit_as_not_identifiable(tmp_path):
+    from jaxhybrid.evaluators import names, plugins
+    logits, labels = _sample(5, n=3_000)
+    val = {"logits": logits[:1000], "label": logits[:1000].argmax(1)}   # perfectly classified
+    test = {"logits": logits[1000:] * 3.0, "label": labels[1000:]}
+    sec = plugins.temperature_scaling(_Ctx(val, test, tmp_path))
+    m = sec.metrics
+    assert m["identifiable"] is False and m["temperature"] is None
+    assert m["bound"] == temperature.T_MIN and "perfectly classified" in m["reason"]
+    assert not {"ece_after", "nll_after", "reliability_after"} & set(m)
+    assert sec.headline == {} and not sec.figures
+    assert "Not identifiable" in sec.markdown and "after (T=" not in sec.markdown
+    assert m["ece_before"] > 0 and m["nll_before"] > 0
+    # the rebuilt headline of metrics.json holds no "after" numbers either
+    rebuilt = names.headline({"temperature": m})
+    assert rebuilt.get(names.TEMPERATURE) is None and names.ECE_AFTER_TS not in rebuilt
+
+    val = {"logits": logits[:1000] * 3.0, "label": labels[:1000]}      # a normal split
+    sec = plugins.temperature_scaling(_Ctx(val, test, tmp_path))
+    m = sec.metrics
+    assert m["identifiable"] is True
+    assert temperature.T_MIN < m["temperature"] < temperature.T_MAX
+    assert m["ece_after"] < m["ece_before"] and m["nll_after"] <= m["nll_before"]
+    assert sec.headline[names.TEMPERATURE] == m["temperature"]
+    assert f"T = {m['temperature']:.4f}" in sec.markdown

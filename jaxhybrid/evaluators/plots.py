@@ -3,14 +3,19 @@ accuracy against FGSM epsilon.
 
 Figures are built on `matplotlib.figure.Figure` with the Agg canvas directly, not through
 pyplot: no global backend switch, no global figure registry, nothing left open. Each
-function writes one small PNG (dpi 100) to `path` and returns `path`.
+function writes one small PNG (dpi 100) to `path` (a local path or any `etils.epath`
+location, e.g. gs://) and returns `path`. In a multi-process run only process 0 renders and
+writes the PNG (the others return at once), so hosts never race on the same files.
 """
 
 from __future__ import annotations
 
+import io
 import os
 
+import jax
 import numpy as np
+from etils import epath
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
@@ -26,10 +31,12 @@ def _new_figure(width: float, height: float) -> Figure:
 
 def _save(fig: Figure, path) -> str:
     path = os.fspath(path)
-    parent = os.path.dirname(path)
-    if parent:
-        os.makedirs(parent, exist_ok=True)
-    fig.savefig(path, dpi=DPI, format="png")
+    if jax.process_index() == 0:
+        buf = io.BytesIO()
+        fig.savefig(buf, dpi=DPI, format="png")
+        target = epath.Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(buf.getvalue())
     fig.clear()  # release the artists; the figure is not registered with pyplot
     return path
 

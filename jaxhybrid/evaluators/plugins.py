@@ -18,8 +18,8 @@ from jaxhybrid.evaluators import ood_sets as ood_sets_lib
 from jaxhybrid.evaluators.adversarial import epsilon_grid, fgsm, pgd
 from jaxhybrid.evaluators.calibration import calibration_metrics
 from jaxhybrid.evaluators.ood import ood_metrics, roc_curve
-from jaxhybrid.evaluators.temperature import (apply_temperature, fit_temperature, log_softmax,
-                                               nll)
+from jaxhybrid.evaluators.temperature import (T_MAX, T_MIN, apply_temperature, log_softmax,
+                                               nll, temperature_fit)
 
 
 def _probs(logits) -> np.ndarray:
@@ -77,33 +77,54 @@ def calibration(ctx: EvalContext) -> Section:
 
 # -- temperature scaling -----------------------------------------------------------------
 def temperature_scaling(ctx: EvalContext) -> Section:
-    """Fit T on the validation split (NLL), report ECE/NLL before and after on the eval split."""
+    """Fit T on the validation split (NLL), report ECE/NLL before and after on the eval split.
+
+    A degenerate fit is reported as such, never as a result. T is fitted on the
+    validation split only: never on the split reported on (that would fit the answer),
+    and the training split is no alternative (the model fits it at least as closely).
+    When the validation NLL has no minimiser strictly inside [T_MIN, T_MAX]
+    (:func:`~jaxhybrid.evaluators.temperature.temperature_fit`: a perfectly classified
+    validation split, whose NLL falls all the way to T -> 0; logits no better than
+    uniform; a minimum outside the range), metrics.json says ``identifiable: false`` with
+    ``temperature: null``, the ``bound`` the NLL runs towards and the ``reason``, and has
+    no ``ece_after``/``nll_after`` and no headline ``temperature``/``ece_after_ts``/
+    ``nll_after_ts``: the "after" numbers of a T clamped to the bound are those of an
+    arbitrary sharpening (digits: NLL 0.036 -> 0.495 at T = 0.05), not a calibration.
+    The report says why and shows the unscaled numbers only.
+    """
     if len(ctx.exp.splits.validation) == 0:
         return Section("temperature", {"skipped": "empty validation split"}, {},
                        "Skipped: the validation split is empty (data.validation_size=0).")
     val = ctx.outputs("validation")
-    t = fit_temperature(val["logits"], val["label"])
+    fit = temperature_fit(val["logits"], val["label"])
     out = ctx.outputs()
     logits, labels = out["logits"], out["label"]
     bins = int(ctx.config.evals.num_bins)
     before = calibration_metrics(_probs(logits), labels, num_bins=bins)
+    split = ctx.config.evals.split
+    m = {"identifiable": fit.identifiable, "temperature": fit.temperature,
+         "fitted_on": "validation", "num_fit_examples": fit.num_examples,
+         "fit_accuracy": fit.accuracy, "search_range": [T_MIN, T_MAX], "reported_on": split,
+         "ece_before": before["ece"], "nll_before": nll(logits, labels)}
+    if not fit.identifiable:
+        m.update(bound=fit.bound, reason=fit.reason)
+        bound = f" (here {fit.bound})" if fit.bound is not None else ""
+        md = (f"**Not identifiable:** {fit.reason}. T was searched in [{T_MIN}, {T_MAX}] by "
+              f"minimising NLL on the validation split ({fit.num_examples} examples, accuracy "
+              f"{fit.accuracy:.4f}). No temperature and no "
+              f"\"after\" numbers are reported: a T clamped to the search bound{bound} is "
+              f"not a calibrated temperature. The {split} split, unscaled:\n\n"
+              + _table([["unscaled", m["ece_before"], m["nll_before"]]], ["", "ECE", "NLL"]))
+        return Section("temperature", m, {}, md)
+    t = fit.temperature
     scaled = np.asarray(apply_temperature(logits, t))
     after = calibration_metrics(_probs(scaled), labels, num_bins=bins)
     fig = "reliability_temperature_scaled.png"
     plots.reliability_diagram(after, os.path.join(ctx.out_dir, fig), title=f"after T={t:.3f}")
-    m = {"temperature": t, "fitted_on": "validation", "num_fit_examples": int(len(val["label"])),
-         "ece_before": before["ece"], "ece_after": after["ece"],
-         "nll_before": nll(logits, labels), "nll_after": nll(scaled, labels),
-         "reliability_after": after}
-    val_acc = float(np.mean(np.argmax(val["logits"], -1) == val["label"]))
-    warning = ""
-    if val_acc == 1.0:
-        m["warning"] = ("validation split perfectly classified: its NLL falls monotonically as "
-                        "T -> 0, so the fitted T is the search bound, not a calibrated value")
-        warning = f"\n\n**Warning:** {m['warning']}."
-    md = (f"T = {t:.4f}, fitted by minimising NLL on the validation split "
-          f"({m['num_fit_examples']} examples); reported on the {ctx.config.evals.split} split."
-          f"{warning}\n\n"
+    m.update(ece_after=after["ece"], nll_after=nll(scaled, labels), reliability_after=after)
+    md = (f"T = {t:.4f}, fitted by minimising NLL on the validation split ({fit.num_examples} "
+          f"examples, accuracy {fit.accuracy:.4f}; the minimum lies inside the search range "
+          f"[{T_MIN}, {T_MAX}]); reported on the {split} split.\n\n"
           + _table([["before", m["ece_before"], m["nll_before"]],
                     [f"after (T={t:.3f})", m["ece_after"], m["nll_after"]]],
                    ["", "ECE", "NLL"]))

@@ -1,15 +1,18 @@
 """report.md: model, checkpoint, data, every metric in tables, conventions, figures."""
 from __future__ import annotations
 
-import os
 import time
+
+from etils import epath
 
 
 TITLES = {"ood": "OOD detection", "adversarial": "Adversarial robustness",
           "temperature": "Temperature scaling"}
 
 
-def write_report(exp, metrics: dict, results, out_dir: str, *, step: int) -> str:
+def write_report(exp, metrics: dict, results, out_dir, *, step: int) -> epath.Path:
+    """``out_dir/report.md`` (any epath location); the caller writes on process 0 only."""
+    out_dir = epath.Path(out_dir)
     c = exp.config
     s = exp.splits
     lines = [
@@ -38,10 +41,9 @@ def write_report(exp, metrics: dict, results, out_dir: str, *, step: int) -> str
     for sec in results.sections:
         lines += [f"## {TITLES.get(sec.name, sec.name.capitalize())}", "", sec.markdown, ""]
         for title, fig in sec.figures:
-            if os.path.exists(os.path.join(out_dir, fig)):
+            if (out_dir / fig).exists():
                 lines += [f"![{title}]({fig})", ""]
     lines += ["All numbers, with per-bin statistics, are in `metrics.json` beside this file.", ""]
-    path = os.path.join(out_dir, "report.md")
-    with open(path, "w") as f:
-        f.write("\n".join(lines))
+    path = out_dir / "report.md"
+    path.write_text("\n".join(lines))
     return path

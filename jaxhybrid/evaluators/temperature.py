@@ -2,9 +2,19 @@
 
 METRICS.md ("Calibration"): fit T on a held-out split by minimising NLL, then report ECE
 before and after. Host-side numpy in float64; no jax import.
+
+:func:`fit_temperature` returns the minimiser clamped to [T_MIN, T_MAX];
+:func:`temperature_fit` says in addition whether the minimiser is *identifiable*: a
+finite T strictly inside the search range. It is not when the fit split is perfectly
+classified (the NLL falls monotonically as T -> 0: no finite minimiser), when the logits
+are no better than uniform on it (the NLL falls as T -> infinity), or when the minimum
+lies outside [T_MIN, T_MAX]. A clamped T is then the search bound, not a calibrated
+temperature, and the evaluator reports no "after" numbers.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 
@@ -43,6 +53,65 @@ def nll(logits, labels) -> float:
 def apply_temperature(logits, temperature):
     """logits: [..., K] -> logits / T (same array type as the input; T a positive scalar)."""
     return logits / temperature
+
+
+@dataclasses.dataclass(frozen=True)
+class TemperatureFit:
+    """The result of :func:`temperature_fit`.
+
+    temperature: the NLL minimiser, or None when it is not identifiable;
+    bound: the search bound the NLL keeps falling towards (T_MIN or T_MAX), else None;
+    reason: why it is not identifiable ('' when it is).
+    """
+    temperature: float | None
+    identifiable: bool
+    bound: float | None
+    reason: str
+    num_examples: int
+    accuracy: float          # of the fit split's logits (argmax)
+
+
+def _nll_slopes(z, z_true):
+    """d NLL / d beta (beta = 1/T) at beta -> 0 and its limit at beta -> infinity."""
+    at_zero = float(np.mean(z.mean(axis=1) - z_true))
+    at_infinity = float(np.mean(z.max(axis=1) - z_true))
+    return at_zero, at_infinity
+
+
+def temperature_fit(logits, labels, *, init: float = 1.0) -> TemperatureFit:
+    """Fit T as :func:`fit_temperature` does, and say whether it is identifiable.
+
+    logits: [N, K], labels: [N] ints. With beta = 1/T the NLL is convex in beta, its slope
+    rising from mean_i(mean_k z_ik - z_iy) at beta -> 0 to mean_i(max_k z_ik - z_iy) at
+    beta -> infinity. The second is 0 exactly when every example's label is an argmax (the
+    split is perfectly classified): the NLL then falls all the way to T -> 0 and no T is
+    fitted. The first is >= 0 when the true-class logit is on average no higher than the
+    mean logit: the NLL falls all the way to T -> infinity (uniform predictions). Otherwise
+    a finite minimiser exists; it is identifiable here when it lies strictly inside
+    [T_MIN, T_MAX].
+    """
+    logits, labels = _check(logits, labels)
+    t = fit_temperature(logits, labels, init=init)
+    z_true = logits[np.arange(logits.shape[0]), labels]
+    at_zero, at_infinity = _nll_slopes(logits, z_true)
+    acc = float(np.mean(logits.argmax(axis=1) == labels))
+    n = int(logits.shape[0])
+    if at_zero >= 0.0 and at_infinity <= 0.0:
+        why = "the NLL does not depend on T: every example's logits tie"
+        return TemperatureFit(None, False, None, why, n, acc)
+    if at_infinity <= 0.0:
+        why = ("the fit split is perfectly classified: its NLL falls monotonically as T -> 0, "
+               "so there is no finite minimiser")
+        return TemperatureFit(None, False, T_MIN, why, n, acc)
+    if at_zero >= 0.0:
+        why = ("the logits are no better than uniform on the fit split: its NLL falls "
+               "monotonically as T -> infinity")
+        return TemperatureFit(None, False, T_MAX, why, n, acc)
+    if t in (T_MIN, T_MAX):
+        why = (f"the NLL minimum lies {'below' if t == T_MIN else 'above'} the search range "
+               f"[{T_MIN}, {T_MAX}]")
+        return TemperatureFit(None, False, t, why, n, acc)
+    return TemperatureFit(t, True, None, "", n, acc)
 
 
 def fit_temperature(logits, labels, *, init: float = 1.0) -> float:

@@ -1,0 +1,434 @@
+"""Every config field checked before any work starts: an error naming the field and what
+is valid.
+
+``check_config(config)`` runs first in :func:`jaxhybrid.experiment.build_experiment`
+(training and evaluation both build the experiment), before devices, data, family or
+run directory are touched. :data:`FIELDS` maps a dotted field to a short check that
+returns ``None`` (valid) or what is valid; :data:`RULES` are the few checks across
+fields. Names are checked against the library's own registries (optimizers,
+schedules, lr scalings, data sources, transforms, evaluators, OOD sets, epsilon grids,
+families), so a name added there is valid here. Every problem is reported at once, one
+line per field, in one ValueError::
+
+    config field optimizer.learning_rate = -0.1: must be a number > 0
+
+Checked elsewhere, also before any training:
+
+- the family's own fields (``joint_weight``, ``label_model``, the model name): by the
+  family factory (:mod:`jaxhybrid.families.classifier`, the model name by
+  :func:`jaxhybrid.models.build_model`), called in build_experiment once the data give
+  the number of classes. This table names no family's fields, and a field it does not
+  know (a new family's) is left to its family. Only a model of the library's registry
+  (``model.name`` in :data:`jaxhybrid.models.MODELS`) has its options checked here
+  (:func:`_library_model`); a family's own model (tests/configs/toy_vae.py) is not;
+- what needs the data: :func:`check_against_data` (``data.frame`` >= the image size),
+  called in build_experiment right after the data are loaded; ``data.ood_classes``
+  within the label set and ``data.validation_size`` <= the training examples by the
+  data loader (:mod:`jaxhybrid.data.loading`); ``num_devices`` and the global batch
+  sizes against the devices by :mod:`jaxhybrid.parallel`.
+
+:func:`flag_error_message` turns a failure of absl's flag parsing (an unknown
+``--config.a.b`` key, a value of the wrong type, a config file or variant that fails)
+into the line ``jaxhybrid.main`` prints as ``error: ...``. Importing this module is
+cheap: the registries are imported when a check runs.
+"""
+from __future__ import annotations
+
+import difflib
+import math
+import numbers
+import os
+import re
+from typing import Any, Callable, Iterable, Optional, Sequence
+
+Check = Callable[[Any], Optional[str]]   # value -> None (valid) or what is valid
+
+# The splits an evaluator can report on (EvalContext.split_source) and the checkpoints
+# the final evaluation can use (train.py, evaluate.py; --checkpoint also takes a step).
+EVAL_SPLITS = ("test", "validation", "train")
+EVAL_CHECKPOINTS = ("best", "latest")
+
+
+# -- the checks --------------------------------------------------------------------------
+def _is_int(v) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def integer(low: int) -> Check:
+    """An int >= ``low``."""
+    return lambda v: None if _is_int(v) and v >= low else f"must be an int >= {low}"
+
+
+def number(low: float | None = None, high: float | None = None, *,
+           low_open: bool = False, high_open: bool = False) -> Check:
+    """A finite number in the interval, e.g. ``number(0, 1, high_open=True)``: [0, 1)."""
+    if high is None:
+        want = f"{'>' if low_open else '>='} {low:g}"
+    else:
+        want = f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+
+    def check(v):
+        ok = _is_number(v) and (low is None or (v > low if low_open else v >= low)) and \
+            (high is None or (v < high if high_open else v <= high))
+        return None if ok else f"must be a number {want}"
+    return check
+
+
+def boolean(v) -> str | None:
+    return None if isinstance(v, bool) else "must be True or False"
+
+
+def one_of(choices: Callable[[], Iterable[str]]) -> Check:
+    """One of the names a registry lists (``choices`` is called when the check runs)."""
+    def check(v):
+        valid = list(choices())
+        return None if v in valid else f"must be one of {', '.join(map(str, valid))}"
+    return check
+
+
+def parsed_by(parser: Callable[[], Callable[[Any], Any]]) -> Check:
+    """Valid when the library's own parser of the field accepts it; else its message."""
+    def check(v):
+        try:
+            parser()(v)
+        except (ValueError, TypeError) as e:
+            return str(e)
+        return None
+    return check
+
+
+def _validation_size(v) -> str | None:
+    count = _is_int(v) or (_is_number(v) and v >= 1 and float(v).is_integer())
+    if (count and v >= 0) or (_is_number(v) and 0 <= v < 1):
+        return None
+    return "must be a fraction in [0, 1) or a count >= 0 of the training examples"
+
+
+def _class_ids(v) -> str | None:
+    ok = isinstance(v, (tuple, list)) and all(_is_int(c) and c >= 0 for c in v)
+    if not ok:
+        return "must be a tuple of class ids (ints >= 0), e.g. (8, 9), or () for none"
+    if len(set(v)) != len(v):
+        return "must not repeat a class"
+    return None
+
+
+def _numbers(positive: bool) -> Check:
+    def check(v):
+        ok = isinstance(v, (tuple, list)) and all(
+            _is_number(x) and (x > 0 or not positive) for x in v)
+        return None if ok else ("must be a tuple of numbers" + (" > 0" if positive else "")
+                                + ", one per channel or one for all, or () for none")
+    return check
+
+
+def _family(v) -> str | None:
+    from jaxhybrid.families import FAMILIES
+    if isinstance(v, str) and (v in FAMILIES or ":" in v):
+        return None
+    return f"must be one of {', '.join(sorted(FAMILIES))} or 'package.module:factory'"
+
+
+def _ood_sets(v) -> str | None:
+    from jaxhybrid.evaluators.ood_sets import NAMED
+    bad = []
+    for item in (s.strip() for s in str(v).split(",") if s.strip()):
+        kind, _, rest = item.partition(":")
+        if item in NAMED or (kind == "tfds" and rest):
+            continue
+        if kind == "npz" and rest:
+            if not os.path.exists(rest):
+                return f"OOD set {item!r}: no file {rest!r}"
+            continue
+        bad.append(item)
+    if bad:
+        return (f"unknown OOD set(s) {', '.join(map(repr, bad))}; valid: "
+                f"{', '.join(NAMED)}, tfds:NAME[:SPLIT], npz:PATH (comma-separated)")
+    return None
+
+
+def _optim(name: str):
+    def registry():
+        from jaxhybrid import optim
+        return getattr(optim, name)
+    return registry
+
+
+def _transforms():
+    from jaxhybrid.data.transforms import parse_transforms
+    return parse_transforms
+
+
+def _evaluators():
+    from jaxhybrid.evaluators import evaluator_names
+    return evaluator_names
+
+
+def _epsilons():
+    from jaxhybrid.evaluators.adversarial import epsilon_grid
+    return epsilon_grid
+
+
+def _sources():
+    from jaxhybrid.data.loading import VALID_SOURCES
+    return VALID_SOURCES
+
+
+def _attacks():
+    return ("fgsm", "pgd")   # evaluators/plugins.py: the attacks of evals.attack
+
+
+# Field -> check. A field missing from a config is skipped (a family may drop it).
+FIELDS: dict[str, Check] = {
+    "family": _family,
+    "seed": integer(0),
+    "batch_size": integer(1),
+    "eval_batch_size": integer(1),
+    "num_epochs": number(0),                      # > 0 unless num_steps: RULES
+    "num_steps": integer(0),
+    "drop_remainder": boolean,
+    "max_train_seconds": number(0),
+    "early_stopping_patience": integer(0),
+    "log_every": integer(1),
+    "checkpoint_every": integer(0),
+    "keep_checkpoints": integer(1),
+    "eval_every": integer(0),
+    "num_devices": integer(0),
+    "data.source": one_of(_sources),
+    "data.validation_size": _validation_size,
+    "data.seed": integer(0),
+    "data.ood_classes": _class_ids,
+    "data.train_subset": integer(0),
+    "data.frame": integer(0),
+    "data.mean": _numbers(positive=False),
+    "data.std": _numbers(positive=True),
+    "data.train_transforms": parsed_by(_transforms),
+    "data.crop_padding": integer(0),
+    "optimizer.name": one_of(_optim("OPTIMIZERS")),
+    "optimizer.learning_rate": number(0, low_open=True),
+    "optimizer.lr_scaling": one_of(_optim("LR_SCALINGS")),
+    "optimizer.base_batch_size": integer(1),
+    "optimizer.schedule": one_of(_optim("SCHEDULES")),
+    "optimizer.warmup_steps": integer(0),
+    "optimizer.decay_factor": number(0, 1, low_open=True),
+    "optimizer.decay_every_epochs": number(0),
+    "optimizer.momentum": number(0, 1, high_open=True),
+    "optimizer.b2": number(0, 1, high_open=True),
+    "optimizer.weight_decay": number(0),
+    "optimizer.grad_clip_norm": number(0),
+    "evals.names": parsed_by(_evaluators),
+    "evals.checkpoint": one_of(lambda: EVAL_CHECKPOINTS),
+    "evals.seed": integer(0),
+    "evals.split": one_of(lambda: EVAL_SPLITS),
+    "evals.num_bins": integer(1),
+    "evals.ood_sets": _ood_sets,
+    "evals.ood_max_examples": integer(0),
+    "evals.attack": one_of(_attacks),
+    "evals.epsilons": parsed_by(_epsilons),
+    "evals.pgd_steps": integer(1),
+    "evals.pgd_step_size": number(0),
+    "evals.pgd_random_start": boolean,
+    "evals.adversarial_max_examples": integer(0),
+}
+
+
+def _evaluator_list(config) -> list[str]:
+    return [n.strip() for n in str(_get(config, "evals.names", "")).split(",") if n.strip()]
+
+
+def _library_model(c) -> list[tuple[str, str]]:
+    """``model.*`` of a model of the library's registry (:data:`jaxhybrid.models.MODELS`):
+    its options as :func:`~jaxhybrid.models.build_model` takes them, every int option
+    (and every entry of an int tuple, e.g. ``hidden``) >= 1. A family's own model (a name
+    the registry does not list) is left to its family."""
+    model = _get(c, "model", None)
+    if not hasattr(model, "keys"):
+        return []
+    from jaxhybrid.models import MODELS, build_model
+    if model.get("name") not in MODELS:
+        return []
+    try:
+        build_model(model, 2)
+    except (ValueError, TypeError) as e:
+        return [("model", str(e))]
+    out = []
+    for key, value in model.items():
+        many = isinstance(value, (tuple, list))
+        if any(_is_int(x) and x < 1 for x in (value if many else (value,))):
+            out.append((f"model.{key}", "must be ints >= 1" if many else "must be an int >= 1"))
+    return out
+
+
+# Checks across fields (or of a whole sub-config): config -> [(field, what is valid)].
+RULES: list[Callable[[Any], list[tuple[str, str]]]] = [
+    lambda c: [("num_epochs", "must be > 0 (or set num_steps > 0)")]
+    if _get(c, "num_steps", 1) == 0 and _get(c, "num_epochs", 1) == 0 else [],
+    lambda c: [("data.name", "must name a TFDS dataset when data.source='tfds'")]
+    if _get(c, "data.source") == "tfds" and not _get(c, "data.name", "x") else [],
+    lambda c: [("data.npz_path", "must name an .npz file when data.source='npz'")]
+    if _get(c, "data.source") == "npz" and not _get(c, "data.npz_path", "x") else [],
+    lambda c: [("evals.ood_sets", "'heldout' needs data.ood_classes (classes held out of "
+                "training); set them or remove 'heldout'")]
+    if "ood" in _evaluator_list(c) and "heldout" in
+    [s.strip() for s in str(_get(c, "evals.ood_sets", "")).split(",")]
+    and not tuple(_get(c, "data.ood_classes", (0,))) else [],
+    _library_model,
+]
+
+_MISSING = object()
+
+
+def _get(config, dotted: str, default=_MISSING):
+    node = config
+    for part in dotted.split("."):
+        try:
+            node = node[part]
+        except (KeyError, TypeError, AttributeError):
+            if default is _MISSING:
+                raise KeyError(dotted) from None
+            return default
+    return node
+
+
+def problems(config) -> list[str]:
+    """One line per bad field: 'config field F = V: must be ...'."""
+    out = []
+    for field, check in FIELDS.items():
+        value = _get(config, field, _MISSING)
+        if value is _MISSING:
+            continue
+        why = check(value)
+        if why:
+            out.append(f"config field {field} = {value!r}: {why}")
+    for rule in RULES:
+        out += [f"config field {f} = {_get(config, f, None)!r}: {why}"
+                for f, why in rule(config) if not any(o.startswith(f"config field {f} = ")
+                                                      for o in out)]
+    return out
+
+
+def check_config(config) -> None:
+    """Raise one ValueError listing every bad field of ``config`` (see the module doc)."""
+    found = problems(config)
+    if found:
+        raise ValueError("\n".join(found))
+
+
+def check_against_data(config, splits) -> None:
+    """The fields that need the loaded data: ``data.frame`` >= the images' height and width."""
+    frame = _get(config, "data.frame", 0)
+    h, w = splits.image_shape[:2]
+    if frame and (frame < h or frame < w):
+        raise ValueError(f"config field data.frame = {frame!r}: smaller than the {h}x{w} "
+                         f"images of {splits.name}; must be 0 (keep the size) or >= {max(h, w)}")
+
+
+# -- flag parsing errors (jaxhybrid.main) -------------------------------------------------
+def _config_arg(argv: Sequence[str]) -> str | None:
+    """The value of the last ``--config=...`` of ``argv`` (the one absl keeps)."""
+    value = None
+    for i, a in enumerate(argv[1:], 1):
+        m = re.match(r"^--?config=(.*)$", a)
+        if m:
+            value = m.group(1)
+        elif a in ("--config", "-config") and i + 1 < len(argv):
+            value = argv[i + 1]
+    return value
+
+
+def _overrides(argv: Sequence[str]) -> list[tuple[str, str]]:
+    out = []
+    for a in argv[1:]:
+        m = re.match(r"^--?config\.([^=]+)(?:=(.*))?$", a)
+        if m:
+            out.append((m.group(1), m.group(2) or ""))
+    return out
+
+
+def load_config(argv: Sequence[str]):
+    """The config ``--config=FILE[:VARIANT]`` of ``argv`` builds (no overrides), or None."""
+    value = _config_arg(argv)
+    if not value:
+        return None
+    try:
+        from absl import flags
+        from ml_collections import config_flags
+        args = ["jaxhybrid", f"--config={value}"]
+        flag_values = flags.FlagValues()
+        config_flags.DEFINE_config_file("config", flag_values=flag_values, lock_config=False,
+                                        sys_argv=args)
+        flag_values(args)
+        config = flag_values.config
+        config.keys()   # a file that could not be read raises here
+        return config
+    except Exception:  # noqa: BLE001 - the original error is reported instead
+        return None
+
+
+def unknown_key_message(config, key: str) -> str | None:
+    """For an override ``--config.KEY``: the message naming its first unknown part and
+    the valid keys of the sub-config it is missing from; None when ``key`` exists."""
+    node, path = config, []
+    for part in key.split("."):
+        name = re.sub(r"\[.*$", "", part)
+        where = ".".join(path)
+        if not hasattr(node, "keys"):
+            return (f"unknown config key {key!r}: {where} is a {type(node).__name__} "
+                    f"({node!r}), not a sub-config")
+        if name not in node:
+            valid = sorted(node.keys())
+            scope = f"of {where}" if where else "at the top level"
+            close = difflib.get_close_matches(name, valid, n=1)
+            hint = f" (did you mean {'.'.join(path + close)}?)" if close else ""
+            return (f"unknown config key {key!r}{hint}; valid keys {scope}: "
+                    f"{', '.join(valid)}")
+        node, path = node[name], path + [name]
+    return None
+
+
+_TYPE_NAMES = {int: "an int", float: "a number", str: "a string", bool: "True or False",
+               tuple: "a tuple, e.g. (1, 2)", list: "a list"}
+
+
+def _root(error: BaseException) -> BaseException:
+    seen = {id(error)}
+    while True:
+        nxt = error.__cause__ or error.__context__
+        if nxt is None or id(nxt) in seen:
+            return error
+        seen.add(id(nxt))
+        error = nxt
+
+
+def flag_error_message(error: BaseException, argv: Sequence[str]) -> str:
+    """One line (no traceback) for a failure of absl's parsing of ``argv``: an unknown
+    ``--config.KEY`` names the key and the valid keys of its sub-config; a failing config
+    file or variant gives the config file's own message; a value of the wrong type names
+    the field's type."""
+    text = str(error)
+    if "Error whilst parsing config file" in text or isinstance(error, (OSError, SyntaxError)):
+        value = _config_arg(argv) or ""
+        path = value.split(":", 1)[0]
+        if path and not os.path.exists(path):
+            return f"--config={value}: no config file {path!r}"
+        root = _root(error)
+        return f"--config={value}: {type(root).__name__}: {' '.join(str(root).split())}"
+    config = load_config(argv)
+    if config is not None:
+        for key, _ in _overrides(argv):
+            msg = unknown_key_message(config, key)
+            if msg:
+                return msg
+        m = re.match(r"^flag --config\.([^=]+)=(.*?): (.*)$", text, re.S)
+        if m:
+            current = _get(config, m.group(1), None)
+            if current is not None:
+                kind = _TYPE_NAMES.get(type(current), f"a {type(current).__name__}")
+                return f"{text} (config field {m.group(1)} takes {kind}, now {current!r})"
+    if isinstance(error, KeyError) and error.args:
+        text = str(error.args[0])
+    return text

@@ -1,0 +1,204 @@
+"""Bad input through the CLI (issue 10): ``error: ...`` naming what is wrong and what is
+valid, exit status 1, no traceback, and nothing written to the run directory.
+
+Every case runs the real entry point (``jaxhybrid.main.run``: absl's flag parsing with
+ml_collections' config flags, then ``main``) on a real command line. To keep CI fast the
+cases share one Python process that imports jax and the library once and forks a child
+per case (a few hundredths of a second each; the config checks fail before any device or data work);
+two cases also run as ``python -m jaxhybrid.main``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from tests.helpers import REPO, run_cli
+
+BASE = ["--config=configs/gffn.py:smoke", "--config.num_steps=1", "--config.model.width=4"]
+
+# (id, extra args, substrings expected in stderr). "{tmp}" is the test's directory.
+CASES = [
+    # flag parsing: unknown keys, wrong types, config files and variants
+    ("nested_key_typo", ["--config.optimizer.lr=0.1"],
+     ["unknown config key 'optimizer.lr'", "valid keys of optimizer:", "learning_rate",
+      "lr_scaling"]),
+    ("top_level_key_typo", ["--config.batchsize=3"],
+     ["unknown config key 'batchsize'", "did you mean batch_size", "valid keys at the top"]),
+    ("key_below_a_value", ["--config.optimizer.learning_rate.x=1"],
+     ["optimizer.learning_rate is a float", "not a sub-config"]),
+    ("unknown_variant", ["--config=configs/gffn.py:nosuchvariant"],
+     ["--config=configs/gffn.py:nosuchvariant", "Unknown variant 'nosuchvariant'",
+      "valid choices: digits, smoke"]),
+    ("missing_config_file", ["--config=configs/nosuch.py"], ["no config file 'configs/nosuch.py'"]),
+    ("float_field_not_a_number", ["--config.optimizer.learning_rate=abc"],
+     ["--config.optimizer.learning_rate=abc", "takes a number"]),
+    ("int_field_given_a_float", ["--config.num_steps=1.5"], ["num_steps", "takes an int"]),
+    ("bool_field", ["--config.drop_remainder=maybe"], ["drop_remainder", "True or False"]),
+    ("unknown_mode", ["--mode=fit"], ["--mode=fit", "train|eval"]),
+    # config_check: wrong values, before devices, data or run directory are touched
+    ("negative_lr", ["--config.optimizer.learning_rate=-0.1"],
+     ["config field optimizer.learning_rate = -0.1: must be a number > 0"]),
+    ("zero_lr", ["--config.optimizer.learning_rate=0"], ["optimizer.learning_rate = 0.0"]),
+    ("zero_epochs", ["--config.num_steps=0", "--config.num_epochs=0"],
+     ["config field num_epochs = 0.0: must be > 0 (or set num_steps > 0)"]),
+    ("negative_steps", ["--config.num_steps=-5"], ["num_steps = -5: must be an int >= 0"]),
+    ("zero_batch", ["--config.batch_size=0"], ["batch_size = 0: must be an int >= 1"]),
+    ("negative_eval_batch", ["--config.eval_batch_size=-8"], ["eval_batch_size = -8"]),
+    ("epsilon_above_1", ["--config.evals.epsilons=0,1.5"],
+     ["config field evals.epsilons = '0,1.5'", "[0, 1]"]),
+    ("unknown_optimizer", ["--config.optimizer.name=adamx"],
+     ["optimizer.name = 'adamx': must be one of adam, adamw, sgd, momentum"]),
+    ("unknown_schedule", ["--config.optimizer.schedule=linear"], ["constant, cosine, step"]),
+    ("unknown_lr_scaling", ["--config.optimizer.lr_scaling=cubic"], ["none, sqrt, linear"]),
+    ("momentum_above_1", ["--config.optimizer.momentum=1.5"], ["momentum = 1.5", "[0, 1)"]),
+    ("unknown_source", ["--config.data.source=csv"], ["data.source = 'csv'", "digits, npz, tfds"]),
+    ("validation_fraction_above_1", ["--config.data.validation_size=1.5"],
+     ["data.validation_size = 1.5", "fraction in [0, 1) or a count >= 0"]),
+    ("negative_ood_class", ["--config.data.ood_classes=(-1,)"],
+     ["data.ood_classes = (-1,)", "class ids"]),
+    ("zero_std", ["--config.data.std=(0.0,)"], ["data.std = (0.0,)", "> 0"]),
+    ("unknown_transform", ["--config.data.train_transforms=blur"],
+     ["data.train_transforms = 'blur'", "binarize, dequantize, crop, flip"]),
+    ("keep_zero_checkpoints", ["--config.keep_checkpoints=0"], ["keep_checkpoints = 0"]),
+    ("log_every_zero", ["--config.log_every=0"], ["log_every = 0: must be an int >= 1"]),
+    ("negative_patience", ["--config.early_stopping_patience=-1"],
+     ["early_stopping_patience = -1"]),
+    ("zero_bins", ["--config.evals.num_bins=0"], ["evals.num_bins = 0"]),
+    ("unknown_split", ["--config.evals.split=holdout"], ["test, validation, train"]),
+    ("unknown_checkpoint", ["--config.evals.checkpoint=first"],
+     ["evals.checkpoint = 'first': must be one of best, latest"]),
+    ("unknown_evaluator", ["--config.evals.names=classification,foo"],
+     ["evals.names", "Unknown evaluator 'foo'"]),
+    ("unknown_ood_set", ["--config.evals.ood_sets=heldout,nosuch"], ["unknown OOD set(s) 'nosuch'"]),
+    ("unknown_attack", ["--config.evals.attack=cw"], ["evals.attack = 'cw'", "fgsm, pgd"]),
+    ("unknown_family", ["--config.family=vae"], ["family = 'vae'", "classifier"]),
+    ("model_width_zero", ["--config.model.width=0"], ["model.width = 0: must be an int >= 1"]),
+    ("several_at_once", ["--config.optimizer.learning_rate=-1", "--config.batch_size=0"],
+     ["optimizer.learning_rate = -1.0", "batch_size = 0"]),
+    ("eval_mode_too", ["--mode=eval", "--config.evals.checkpoint=first"],
+     ["evals.checkpoint = 'first'"]),
+    # checked once the data are loaded (data code, build_experiment) or by the family
+    ("ood_class_outside_labels", ["--config.data.ood_classes=(12,)"],
+     ["ood_classes [12]", "0..9"]),
+    ("frame_smaller_than_image", ["--config.data.frame=4"],
+     ["data.frame = 4: smaller than the 8x8 images", ">= 8"]),
+    ("npz_is_a_text_file", ["--config.data.source=npz", "--config.data.npz_path={tmp}/notes.npz"],
+     ["{tmp}/notes.npz", "is not a valid .npz", "x_train"]),
+    ("joint_weight_above_1", ["--config.joint_weight=1.5"], ["joint_weight", "[0, 1]"]),
+    ("unknown_label_model", ["--config.label_model=probit"], ["softmax, binary"]),
+    ("unknown_model", ["--config.model.name=vit"], ["Unknown model 'vit'", "cnn, resnet18"]),
+]
+
+# Forks a child per case after the heavy imports; the child runs the real entry point.
+DRIVER = textwrap.dedent("""
+    import json, os, sys, traceback
+    # imported once, shared by the children: the library, the evaluators' plotting, sklearn
+    import jaxhybrid.main, jaxhybrid.train, jaxhybrid.evaluate, jaxhybrid.config_check
+    import jaxhybrid.evaluators.plugins, sklearn.datasets
+    cases = json.load(open(sys.argv[1]))
+    codes = {}
+    for case in cases:
+        pid = os.fork()
+        if pid == 0:
+            code = 70
+            try:
+                os.dup2(os.open(case["stdout"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC), 1)
+                os.dup2(os.open(case["stderr"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC), 2)
+                sys.argv = ["jaxhybrid.main", *case["argv"]]
+                try:
+                    jaxhybrid.main.run()
+                    code = 0
+                except SystemExit as e:
+                    if isinstance(e.code, str):
+                        print(e.code, file=sys.stderr)
+                    code = e.code if isinstance(e.code, int) else int(e.code is not None)
+            except BaseException:
+                traceback.print_exc()
+                code = 71
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        codes[case["id"]] = os.waitstatus_to_exitcode(status)
+    print(json.dumps(codes))
+""")
+
+
+def _argv(extra: list[str], workdir: str, tmp: str) -> list[str]:
+    extra = [a.replace("{tmp}", tmp) for a in extra]
+    config = [a for a in extra if a.startswith("--config=")] or BASE[:1]
+    rest = [a for a in BASE[1:] + extra if not a.startswith("--config=")]
+    return [*config, *rest, f"--workdir={workdir}"]
+
+
+def _workdir(root, case_id: str) -> str:
+    """An existing run directory with one file: a bad command must leave it as it is."""
+    wd = os.path.join(root, case_id, "run")
+    os.makedirs(wd)
+    with open(os.path.join(wd, "keep.txt"), "w") as f:
+        f.write("earlier run\n")
+    return wd
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("cli_errors"))
+    with open(os.path.join(root, "notes.npz"), "w") as f:
+        f.write("not an npz: plain text\n")
+    cases = [{"id": cid, "argv": _argv(extra, _workdir(root, cid), root),
+              "stdout": os.path.join(root, cid, "stdout"),
+              "stderr": os.path.join(root, cid, "stderr")} for cid, extra, _ in CASES]
+    with open(os.path.join(root, "cases.json"), "w") as f:
+        json.dump(cases, f)
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
+    env.pop("JAXHYBRID_DEBUG", None)
+    proc = subprocess.run([sys.executable, "-c", DRIVER, os.path.join(root, "cases.json")],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    codes = json.loads(proc.stdout.strip().splitlines()[-1])
+    out = {}
+    for case in cases:
+        with open(case["stderr"]) as f:
+            out[case["id"]] = (codes[case["id"]], f.read(),
+                               os.path.join(root, case["id"], "run"))
+    return root, out
+
+
+@pytest.mark.parametrize("case_id,extra,expected", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_is_a_clear_error(results, case_id, extra, expected):
+    root, out = results
+    code, stderr, workdir = out[case_id]
+    assert code == 1, stderr
+    assert "Traceback" not in stderr and "FATAL" not in stderr, stderr
+    errors = [line for line in stderr.splitlines() if line.startswith("error: ")]
+    assert errors, stderr
+    for want in expected:
+        assert want.replace("{tmp}", root) in stderr, (want, stderr)
+    assert "allow_pickle" not in stderr        # never suggest unpickling a file
+    # nothing lost or created: the run directory holds what it held
+    assert sorted(os.listdir(workdir)) == ["keep.txt"], os.listdir(workdir)
+    assert open(os.path.join(workdir, "keep.txt")).read() == "earlier run\n"
+
+
+def test_as_a_real_command(tmp_path):
+    """``python -m jaxhybrid.main``: one case from flag parsing, one from the config checks;
+    JAXHYBRID_DEBUG=1 shows the traceback."""
+    wd = str(tmp_path / "run")
+    r = run_cli([*BASE, f"--workdir={wd}", "--config.optimizer.lr=0.1"], devices=1)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert r.stderr.startswith("error: unknown config key 'optimizer.lr'"), r.stderr
+    r = run_cli([*BASE, f"--workdir={wd}", "--config.optimizer.learning_rate=-0.1"], devices=1)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert "error: ValueError: config field optimizer.learning_rate = -0.1" in r.stderr
+    assert not os.path.exists(wd)
+    env = dict(os.environ, JAXHYBRID_DEBUG="1")
+    r = subprocess.run([sys.executable, "-m", "jaxhybrid.main", *BASE, f"--workdir={wd}",
+                        "--config.optimizer.lr=0.1"], cwd=REPO, env=env, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode != 0 and "Traceback" in r.stderr
