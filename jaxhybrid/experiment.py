@@ -34,7 +34,7 @@ def build_experiment(config) -> Experiment:
     config_check.check_config(config)   # every field, before devices, data or workdir
     mesh = parallel.make_mesh(config.num_devices or None)
     parallel.check_global_batch(config.batch_size, mesh)
-    parallel.check_global_batch(config.eval_batch_size, mesh)
+    parallel.check_global_batch(config.eval_batch_size, mesh, "eval_batch_size")
     transforms = Transforms.from_config(config.data)
     splits = load_splits(config.data)
     config_check.check_against_data(config, splits)   # data.frame vs the image size

@@ -185,13 +185,15 @@ def make_mesh(num_devices: int | None = None) -> Mesh:
     return Mesh(np.asarray(devices), (AXIS,))
 
 
-def check_global_batch(global_batch_size: int, mesh: Mesh) -> int:
-    """Refuse a global batch the devices do not divide; return the per-host batch."""
+def check_global_batch(global_batch_size: int, mesh: Mesh, field: str = "batch_size") -> int:
+    """Refuse a global batch the devices do not divide; return the per-host batch.
+    ``field``: the config field that set it, named in the error."""
     n_dev = mesh.devices.size
     n_proc = len({d.process_index for d in mesh.devices.flat})
     if global_batch_size <= 0 or global_batch_size % n_dev:
         raise ValueError(
-            f"Global batch size {global_batch_size} is not divisible by the {n_dev} devices "
+            f"config field {field} = {global_batch_size}: the global batch is not divisible "
+            f"by the {n_dev} devices "
             f"({n_proc} host(s) × {n_dev // max(n_proc, 1)} local devices). The batch size in the "
             f"config is the GLOBAL batch; choose a multiple of {n_dev} "
             f"(e.g. {max(n_dev, (global_batch_size // n_dev) * n_dev) or n_dev}).")

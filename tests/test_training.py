@@ -135,8 +135,11 @@ def test_cli_end_to_end_and_clear_errors(tmp_path):
 
     r = run_cli(["--config=configs/gffn.py:smoke", f"--workdir={wd}y", "--config.batch_size=60"])
     assert r.returncode != 0
-    assert "not divisible by the 8 devices" in r.stderr
+    assert "batch_size = 60" in r.stderr and "not divisible by the 8 devices" in r.stderr
     assert not os.path.exists(os.path.join(f"{wd}y", "checkpoints"))  # refused before training
+    r = run_cli(["--config=configs/gffn.py:smoke", f"--workdir={wd}y",
+                 "--config.eval_batch_size=100"])
+    assert r.returncode == 1 and "config field eval_batch_size = 100" in r.stderr
 
     r = run_cli(["--config=configs/gffn.py:nosuch", f"--workdir={wd}z"])
     assert r.returncode != 0 and "valid choices" in r.stderr
