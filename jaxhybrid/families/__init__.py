@@ -9,8 +9,9 @@ import importlib
 
 from jaxhybrid.families.base import Family
 from jaxhybrid.families.classifier import make_classifier
+from jaxhybrid.families.dhm import make_dhm
 
-FAMILIES = {"classifier": make_classifier}
+FAMILIES = {"classifier": make_classifier, "dhm": make_dhm}
 
 
 def _factory(name: str):

@@ -1,0 +1,219 @@
+"""DHM family: a ResNet-18 classifier and a β-VAE trained jointly (SEEDS.md §2).
+
+Module :class:`jaxhybrid.models.dhm.DHM`, objective :mod:`jaxhybrid.objectives.dhm`.
+Its fields live under ``config.model`` (``name = "dhm"``; :data:`DEFAULTS` lists them
+all with their defaults, the original's settings)::
+
+    width, blocks, latent, head_hidden, norm, vae_split_layer     the module
+    alpha, beta, kl_coef, recon, recon_scale, kl_warmup_epochs    the loss
+    train_samples                 1: the ELBO-style loss; K > 1: β·(−IWAE_K) replaces
+                                  β·(recon + c·KL) (needs a proper likelihood)
+    iwae_samples                  K of the ``log_likelihood`` output (and of ``elbo``)
+
+Outputs, all in eval mode (dropout off, BatchNorm running statistics):
+
+- ``logits`` [B, K] from the trunk and μ: classification, calibration, temperature
+  scaling and the attacks (computed without the decoder);
+- ``log_px`` [B]: the original's score −(recon + c·KL), decoded at z = μ;
+- ``elbo`` [B]: E_q[log p(x|z)] − KL in nats (Monte Carlo over ``iwae_samples`` draws
+  of the fixed evaluation key, the KL in closed form);
+- ``log_likelihood`` [B]: the IWAE bound with ``iwae_samples`` samples, in nats of the
+  [0, 1] pixels (for ``mse_mean``, the Gaussian of scale ``recon_scale`` on the
+  normalised input, with the normalisation's log-Jacobian). Served for
+  ``vae_split_layer = 0`` only: with k ≥ 1 the VAE models trunk features, not pixels.
+
+OOD scores (higher = in-distribution): max_softmax, log_z (log Σ exp logits), log_px,
+elbo. The best checkpoint is the one with the highest validation accuracy.
+"""
+from __future__ import annotations
+
+import numbers
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxhybrid import rng as rnglib
+from jaxhybrid.families.base import Family, split_variables
+from jaxhybrid.families.classifier import validate_classifier
+from jaxhybrid.models.dhm import DHM, NORMS, SPLIT_LAYERS
+from jaxhybrid.models import likelihoods
+from jaxhybrid.objectives import dhm as obj
+
+NOISE = 17   # the per-example stream of the reparameterisation noise (dropout: the layer's)
+
+DEFAULTS = {
+    "width": 64, "blocks": (2, 2, 2, 2), "latent": 256, "head_hidden": 256, "norm": "batch",
+    "vae_split_layer": 0, "alpha": 1.0, "beta": 1.0, "kl_coef": 0.1, "recon": "mse_mean",
+    "recon_scale": 1.0, "kl_warmup_epochs": 0.0, "train_samples": 1, "iwae_samples": 16,
+}
+
+
+def _is_int(v):
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _is_num(v):
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and np.isfinite(v)
+
+
+def read_options(model_cfg) -> dict:
+    """``config.model`` -> the family's options, every field checked (errors name the field
+    and the valid choices)."""
+    given = {k: (tuple(v) if isinstance(v, list) else v) for k, v in model_cfg.items()
+             if k != "name"}
+    unknown = set(given) - set(DEFAULTS)
+    if unknown:
+        raise ValueError(f"Unknown option(s) {sorted(unknown)} for model 'dhm'; valid "
+                         f"options: {', '.join(sorted(DEFAULTS))}")
+    o = {**DEFAULTS, **given}
+    bad = []
+
+    def need(field, ok, what):
+        if not ok:
+            bad.append(f"config field model.{field} = {o[field]!r}: {what}")
+    for f in ("width", "latent", "head_hidden", "train_samples", "iwae_samples"):
+        need(f, _is_int(o[f]) and o[f] >= 1, "must be an int >= 1")
+    need("blocks", isinstance(o["blocks"], tuple) and len(o["blocks"]) == 4
+         and all(_is_int(b) and b >= 1 for b in o["blocks"]),
+         "must be 4 ints >= 1 (blocks per stage), e.g. (2, 2, 2, 2)")
+    need("norm", o["norm"] in NORMS, f"must be one of {', '.join(NORMS)}")
+    need("vae_split_layer", o["vae_split_layer"] in SPLIT_LAYERS and _is_int(o["vae_split_layer"]),
+         f"must be one of {', '.join(map(str, SPLIT_LAYERS))}")
+    need("recon", o["recon"] in obj.RECONS, f"must be one of {', '.join(obj.RECONS)}")
+    for f in ("alpha", "beta", "kl_coef", "kl_warmup_epochs"):
+        need(f, _is_num(o[f]) and o[f] >= 0, "must be a number >= 0")
+    need("recon_scale", _is_num(o["recon_scale"]) and o["recon_scale"] > 0,
+         "must be a number > 0")
+    if not bad and o["vae_split_layer"] > 0 and o["recon"] not in ("mse_mean", "gaussian"):
+        need("recon", False, "must be mse_mean or gaussian when model.vae_split_layer > 0 "
+             "(the VAE then reconstructs real-valued trunk features)")
+    if not bad and o["train_samples"] > 1 and o["recon"] == "mse_mean":
+        need("train_samples", False, "must be 1 with model.recon='mse_mean' (the IWAE loss "
+             "needs a proper likelihood: gaussian, bernoulli, discretized_logistic, "
+             "discretized_mix_logistic)")
+    if bad:
+        raise ValueError("\n".join(bad))
+    for f in ("alpha", "beta", "kl_coef", "kl_warmup_epochs", "recon_scale"):
+        o[f] = float(o[f])
+    return o
+
+
+def build_module(o: dict, num_classes: int, channels: int, axis_name=None, mean=None,
+                 std=None) -> DHM:
+    """The DHM module of options ``o`` (:func:`read_options`) for ``channels`` data channels."""
+    out = 0
+    if o["vae_split_layer"] == 0 and o["recon"] != "mse_mean":
+        name, options = obj.recon_likelihood(o["recon"], o["recon_scale"])
+        out = likelihoods.out_channels(name, channels, **options)
+    return DHM(num_classes, width=o["width"], blocks=o["blocks"], latent=o["latent"],
+               head_hidden=o["head_hidden"], norm=o["norm"],
+               vae_split_layer=o["vae_split_layer"], out_channels=out, axis_name=axis_name,
+               mean=mean, std=std)
+
+
+def reparameterisation_noise(rng, ids, samples: int, latent: int):
+    """eps [B, S, L] ~ N(0, I), example i's drawn from its own key (device-count free)."""
+    keys = rnglib.example_keys(jax.random.fold_in(rng, NOISE), ids)
+    return jax.vmap(lambda key: jax.random.normal(key, (samples, latent)))(keys)
+
+
+def make_dhm(config, num_classes: int, mean=None, std=None) -> Family:
+    if num_classes < 2:
+        raise ValueError(f"family 'dhm' needs labelled data with >= 2 classes; "
+                         f"data {config.data.source!r} has {num_classes}")
+    if config.model.get("name", "dhm") != "dhm":
+        raise ValueError(f"family 'dhm' builds model 'dhm'; config field model.name = "
+                         f"{config.model.name!r}: set it to 'dhm'")
+    o = read_options(config.model)
+    recon, k, scale = o["recon"], o["vae_split_layer"], o["recon_scale"]
+    batch_norm = o["norm"] == "batch"
+
+    def module(axis_name=None, channels=None):
+        return build_module(o, num_classes, channels, axis_name, mean=mean, std=std)
+
+    def noise(rng, ids, samples):
+        return reparameterisation_noise(rng, ids, samples, o["latent"])
+
+    def target_of(out, image):
+        return obj.likelihood_target(recon, image, out["target"]) if k == 0 else out["target"]
+
+    def log_jacobian(image):
+        """log |d normalised / d pixels| summed per example (mse_mean models normalised x)."""
+        if recon != "mse_mean" or std is None:
+            return 0.0
+        s = np.broadcast_to(np.asarray(std, np.float64), image.shape[-1:])
+        return -float(np.prod(image.shape[1:-1]) * np.sum(np.log(s)))
+
+    def init(rng, batch, axis_name=None):
+        image = batch["image"]
+        eps = jnp.zeros((image.shape[0], 1, o["latent"]))
+        return dict(module(axis_name, image.shape[-1]).init(rng, image, train=False, eps=eps))
+
+    def loss(variables, batch, rng, progress, axis_name=None):
+        image, mask = batch["image"], batch["mask"]
+        s = o["train_samples"]
+        eps = noise(rng, batch["id"], s)
+        m = module(axis_name, image.shape[-1])
+        _, state = split_variables(variables)
+        kwargs = dict(train=True, mask=mask, keys=rnglib.example_keys(rng, batch["id"]), eps=eps)
+        if batch_norm:
+            out, state = m.apply(variables, image, mutable=["batch_stats"], **kwargs)
+        else:
+            out = m.apply(variables, image, **kwargs)
+        c = obj.kl_schedule(o["kl_coef"], o["kl_warmup_epochs"], progress["epoch"])
+        target = target_of(out, image)
+        recon_term, kl_term = obj.generative_terms(recon, out["decoded"], target, out["mu"],
+                                                   out["log_var"], scale=scale)
+        generative = None
+        if s > 1:   # β·(−IWAE_K), the weights' KL part scaled by the (warm-up) c
+            z = out["mu"] + jnp.exp(0.5 * out["log_var"]) * jnp.moveaxis(eps, 1, 0)
+            log_w = obj.log_weights(recon, out["decoded"], target, z, out["mu"],
+                                    out["log_var"], scale=scale, kl_coef=c)
+            generative = -obj.iwae(log_w)
+        value, aux = obj.dhm_objective(out["logits"], batch["label"], mask, recon_term, kl_term,
+                                       alpha=o["alpha"], beta=o["beta"], kl_coef=c,
+                                       axis_name=axis_name, generative=generative)
+        return value, (dict(state), aux)
+
+    def predict(variables, batch, rng, outputs=("logits",)):
+        image = batch["image"]
+        m = module(None, image.shape[-1])
+        res = {}
+        if set(outputs) <= {"logits"}:
+            res["logits"] = m.apply(variables, image, train=False, decode=False)["logits"]
+            return res
+        out = m.apply(variables, image, train=False)              # decoded at z = μ
+        res["logits"] = out["logits"]
+        target = target_of(out, image)
+        if "log_px" in outputs:
+            recon_term, kl_term = obj.generative_terms(recon, out["decoded"], target, out["mu"],
+                                                       out["log_var"], scale=scale)
+            res["log_px"] = -(recon_term + o["kl_coef"] * kl_term)
+        if {"elbo", "log_likelihood"} & set(outputs):
+            eps = noise(rng, batch["id"], o["iwae_samples"])
+            sampled = m.apply(variables, image, train=False, eps=eps)
+            z = sampled["mu"] + jnp.exp(0.5 * sampled["log_var"]) * jnp.moveaxis(eps, 1, 0)
+            lp = obj.log_px_given_z(recon, sampled["decoded"], target, scale=scale)  # [S, B]
+            kl = jnp.sum(obj.kl_per_dim(sampled["mu"], sampled["log_var"]), axis=-1)
+            jac = log_jacobian(image)
+            res["elbo"] = jnp.mean(lp, axis=0) - kl + jac
+            log_w = lp + obj.log_normal_std(z) - obj.log_q(z, sampled["mu"], sampled["log_var"])
+            res["log_likelihood"] = obj.iwae(log_w) + jac
+        return res
+
+    def ood_scores(out):
+        logits = jnp.asarray(out["logits"], jnp.float32)
+        return {"max_softmax": jnp.max(jax.nn.softmax(logits), axis=-1),
+                "log_z": jax.nn.logsumexp(logits, axis=-1),
+                "log_px": out["log_px"], "elbo": out["elbo"]}
+
+    names = ("logits", "log_px", "elbo") + (("log_likelihood",) if k == 0 else ())
+    return Family(name="dhm", init=init, loss=loss, predict=predict, outputs=names,
+                  supervised=True, validation_outputs=("logits",), validate=validate_classifier,
+                  select=("accuracy", "max"), ood_outputs=("logits", "log_px", "elbo"),
+                  ood_score_fn=ood_scores,
+                  label=f"DHM β={o['beta']:g}",
+                  describe={"model": "dhm", **{f: o[f] for f in ("width", "latent", "norm",
+                            "vae_split_layer", "alpha", "beta", "kl_coef", "recon")},
+                            "log_likelihood": f"the IWAE bound with {o['iwae_samples']} samples"})

@@ -1,0 +1,134 @@
+"""The DHM objective: α·CE + β·(reconstruction + c·KL), and its bounds on log p(x).
+
+Per example, then averaged over the valid rows of the GLOBAL batch (psum over
+``axis_name``):
+
+- ``recon="mse_mean"`` (the original, SEEDS.md §2): recon = mean over the target's
+  elements of (x̂ − x)², KL = mean over latent dimensions, c = ``kl_coef`` (0.1 in the
+  original). Its "log p(x)" score is −(recon + c·KL).
+- a proper likelihood of :mod:`jaxhybrid.models.likelihoods` (``gaussian`` with a fixed
+  scale, ``bernoulli``, ``discretized_logistic``, ``discretized_mix_logistic``):
+  recon = −log p(x|z) SUMMED over the target's elements and KL summed over latent
+  dimensions, in nats, so with c = 1 the generative term is −ELBO.
+
+KL(N(μ, σ²) ‖ N(0, I)) = ½ Σ_j (μ_j² + σ_j² − 1 − log σ_j²)  (Kingma & Welling 2014, App. B).
+IWAE_K = log (1/K) Σ_k p(x, z_k)/q(z_k|x), z_k ~ q(z|x)  (Burda et al. 2016, eq. 8);
+K = 1 is the single-sample ELBO, and E[IWAE_K] increases with K.
+"""
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from jaxhybrid.models import likelihoods
+
+RECONS = ("mse_mean", "gaussian", "bernoulli", "discretized_logistic",
+          "discretized_mix_logistic")
+_HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
+
+
+def global_mean(values, mask, axis_name=None):
+    """Mean of ``values`` [B] over the valid rows of the global batch."""
+    values = jnp.asarray(values, jnp.float32)
+    w = mask.astype(jnp.float32)
+    total, count = jnp.sum(jnp.where(mask, values, 0.0)), jnp.sum(w)
+    if axis_name is not None:
+        total, count = lax.psum((total, count), axis_name)
+    return total / jnp.maximum(count, 1.0)
+
+
+def kl_per_dim(mu, log_var):
+    """KL(N(μ, σ²) ‖ N(0, 1)) per latent dimension: [..., L] -> [..., L]."""
+    mu, log_var = jnp.asarray(mu, jnp.float32), jnp.asarray(log_var, jnp.float32)
+    return 0.5 * (jnp.square(mu) + jnp.exp(log_var) - 1.0 - log_var)
+
+
+def log_normal_std(z):
+    """Σ_j log N(z_j; 0, 1): [..., L] -> [...]."""
+    return jnp.sum(-0.5 * jnp.square(z) - _HALF_LOG_2PI, axis=-1)
+
+
+def log_q(z, mu, log_var):
+    """Σ_j log N(z_j; μ_j, σ_j²): z [S, B, L], μ, log σ² [B, L] -> [S, B]."""
+    return jnp.sum(-0.5 * jnp.square(z - mu) * jnp.exp(-log_var) - 0.5 * log_var
+                   - _HALF_LOG_2PI, axis=-1)
+
+
+def iwae(log_w):
+    """log-mean-exp over the K samples: log_w [K, B] -> [B]."""
+    return jax.nn.logsumexp(log_w, axis=0) - jnp.log(log_w.shape[0])
+
+
+def recon_likelihood(recon: str, scale: float):
+    """(name, options) of the likelihood for ``recon`` (mse_mean: a Gaussian of ``scale``)."""
+    if recon in ("mse_mean", "gaussian"):
+        return "gaussian", {"per_pixel_scale": False, "log_scale": math.log(scale)}
+    return recon, {}
+
+
+def likelihood_target(recon: str, pixels, normalised):
+    """What the decoder models: the normalised input for mse_mean (as the original), the
+    [0, 1] pixels for gaussian/bernoulli, 2x − 1 for the discretized likelihoods."""
+    if recon == "mse_mean":
+        return normalised
+    if recon.startswith("discretized"):
+        return 2.0 * pixels - 1.0
+    return pixels
+
+
+def log_px_given_z(recon: str, decoded, target, *, scale: float = 1.0):
+    """log p(target | z) in nats, summed: decoded [S, B, ...], target [B, ...] -> [S, B]."""
+    name, options = recon_likelihood(recon, scale)
+    return likelihoods.log_prob(name, decoded, target, **options)
+
+
+def mse_mean(decoded, target):
+    """The original's recon: mean over elements of (x̂ − x)²: [S, B, ...] -> [S, B]."""
+    d = jnp.square(jnp.asarray(decoded, jnp.float32) - jnp.asarray(target, jnp.float32))
+    return jnp.mean(d.reshape(d.shape[:2] + (-1,)), axis=-1)
+
+
+def generative_terms(recon: str, decoded, target, mu, log_var, *, scale: float = 1.0):
+    """(recon [B], KL [B]) as the objective weighs them: mean-reduced for mse_mean, summed
+    nats otherwise; recon averaged over the S decoded samples."""
+    kl = kl_per_dim(mu, log_var)
+    if recon == "mse_mean":
+        return jnp.mean(mse_mean(decoded, target), axis=0), jnp.mean(kl, axis=-1)
+    return (-jnp.mean(log_px_given_z(recon, decoded, target, scale=scale), axis=0),
+            jnp.sum(kl, axis=-1))
+
+
+def log_weights(recon: str, decoded, target, z, mu, log_var, *, scale: float = 1.0,
+                kl_coef: float = 1.0):
+    """log p(x|z_k) + c·(log p(z_k) − log q(z_k|x)) [K, B] (c = 1: the importance weights)."""
+    lp = log_px_given_z(recon, decoded, target, scale=scale)
+    return lp + kl_coef * (log_normal_std(z) - log_q(z, mu, log_var))
+
+
+def dhm_objective(logits, labels, mask, recon_term, kl_term, *, alpha: float, beta: float,
+                  kl_coef, axis_name=None, generative=None):
+    """α·CE + β·(recon + c·KL) averaged over the global batch's valid rows; (loss, aux).
+
+    ``generative`` [B] replaces recon + c·KL when given (the negative IWAE bound)."""
+    ce = -jnp.take_along_axis(jax.nn.log_softmax(jnp.asarray(logits, jnp.float32)),
+                              labels[:, None], -1)[:, 0]
+    gen = recon_term + kl_coef * kl_term if generative is None else generative
+    value = global_mean(alpha * ce + beta * gen, mask, axis_name)
+    sg = lax.stop_gradient
+    acc = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
+    aux = {"ce": sg(global_mean(ce, mask, axis_name)),
+           "recon": sg(global_mean(recon_term, mask, axis_name)),
+           "kl": sg(global_mean(kl_term, mask, axis_name)),
+           "accuracy": sg(global_mean(acc, mask, axis_name)),
+           "kl_coef": jnp.asarray(kl_coef, jnp.float32)}
+    return value, aux
+
+
+def kl_schedule(kl_coef: float, warmup_epochs: float, epoch):
+    """c·min(1, epoch / warm-up) (c when warm-up is 0): a pure function of progress."""
+    if warmup_epochs <= 0:
+        return jnp.asarray(kl_coef, jnp.float32)
+    return kl_coef * jnp.minimum(1.0, jnp.asarray(epoch, jnp.float32) / warmup_epochs)

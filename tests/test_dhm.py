@@ -1,0 +1,246 @@
+"""The DHM family (issue 8): its KL, ELBO and IWAE against independent computations, the
+original's loss formula, device-count invariance on a padded batch, decoder shapes for
+any input and split layer, and one tiny train + eval run through the CLI."""
+import json
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from jaxhybrid import parallel
+from jaxhybrid import rng as rnglib
+from jaxhybrid.families import dhm as famlib
+from jaxhybrid.objectives import dhm as obj
+from tests.helpers import run_cli
+
+K = 3
+TINY = {"name": "dhm", "width": 2, "blocks": (1, 1, 1, 1), "latent": 3, "head_hidden": 8}
+
+
+def _config(**model):
+    return ml_collections.ConfigDict({"data": {"source": "digits"},
+                                      "model": {**TINY, **model}})
+
+
+def _batch(b=16, shape=(8, 8, 1), pad=3, pad_value=0.0, seed=0):
+    rng = np.random.default_rng(seed)
+    image = rng.uniform(size=(b, *shape)).astype(np.float32)
+    mask = np.arange(b) < b - pad
+    image[~mask] = pad_value
+    return {"image": image, "label": rng.integers(0, K, b).astype(np.int32), "mask": mask,
+            "id": np.where(mask, np.arange(b) + 100, -1).astype(np.int32)}
+
+
+def _jnp(batch):
+    return {k: jnp.asarray(v) for k, v in batch.items()}
+
+
+def _variables(fam, batch, seed=1):
+    """Variables of ``fam`` for ``batch`` without compiling its initialisers (slow on XLA:CPU):
+    shapes from ``jax.eval_shape(init)``, kernels ~ N(0, 1/fan_in), biases 0, scales 1,
+    BatchNorm statistics (0, 1)."""
+    shapes = jax.eval_shape(fam.init, jax.random.PRNGKey(seed), _jnp(batch))
+    rng = np.random.default_rng(seed)
+
+    def fill(path, s):
+        name = path[-1].key
+        if name in ("scale", "var"):
+            return jnp.ones(s.shape, s.dtype)
+        if name in ("bias", "mean"):
+            return jnp.zeros(s.shape, s.dtype)
+        fan_in = int(np.prod(s.shape[:-1]))
+        return jnp.asarray(rng.normal(size=s.shape) / np.sqrt(fan_in), s.dtype)
+    return dict(jax.tree_util.tree_map_with_path(fill, shapes))
+
+
+def _log_softmax(x):
+    x = x - x.max(-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+
+def test_kl_is_the_closed_form():
+    rng = np.random.default_rng(0)
+    mu, log_var = rng.normal(size=(5, 7)), rng.normal(size=(5, 7))
+    sigma = np.exp(0.5 * log_var)
+    # KL(N(μ, σ²) ‖ N(0, 1)) = log(1/σ) + (σ² + μ²)/2 − 1/2, per dimension
+    expected = np.log(1.0 / sigma) + (sigma ** 2 + mu ** 2) / 2 - 0.5
+    np.testing.assert_allclose(obj.kl_per_dim(mu, log_var), expected, rtol=1e-5, atol=1e-6)
+
+
+def _parts(fam_cfg, batch, samples, key):
+    """A tiny bernoulli DHM in eval mode: (variables, module outputs at eps, eps, family)."""
+    o = famlib.read_options(fam_cfg.model)
+    fam = famlib.make_dhm(fam_cfg, K)
+    b = _jnp(batch)
+    variables = _variables(fam, batch)
+    module = famlib.build_module(o, K, batch["image"].shape[-1])
+    eps = famlib.reparameterisation_noise(key, b["id"], samples, o["latent"])
+    out = jax.jit(lambda v, x, e: module.apply(v, x, train=False, eps=e))(variables, b["image"],
+                                                                         eps)
+    return fam, variables, jax.tree.map(np.asarray, out), np.asarray(eps)
+
+
+def test_elbo_and_iwae_equal_direct_computations_from_the_parts():
+    batch = _batch(b=8, pad=0)
+    key = jax.random.PRNGKey(7)
+    cfg = _config(recon="bernoulli", iwae_samples=8, norm="none")
+    fam, variables, out, eps = _parts(cfg, batch, 8, key)
+    x = batch["image"]                                     # probabilities in [0, 1]
+    logits = out["decoded"]                                # [S, B, H, W, 1]
+    log_px_z = np.sum(x * -np.logaddexp(0, -logits) + (1 - x) * -np.logaddexp(0, logits),
+                      axis=(2, 3, 4))                      # [S, B]
+    mu, log_var = out["mu"], out["log_var"]
+    kl = np.sum(0.5 * (mu ** 2 + np.exp(log_var) - 1 - log_var), -1)
+    predict = jax.jit(fam.predict, static_argnums=3)
+    pred = jax.tree.map(np.asarray, predict(variables, _jnp(batch), key,
+                                            ("elbo", "log_likelihood", "log_px")))
+    np.testing.assert_allclose(pred["elbo"], log_px_z.mean(0) - kl, rtol=1e-5, atol=1e-3)
+    z = mu + np.exp(0.5 * log_var) * np.moveaxis(eps, 1, 0)            # [S, B, L]
+    norm = lambda v, m, lv: -0.5 * ((v - m) ** 2 / np.exp(lv) + lv + np.log(2 * np.pi))  # noqa
+    log_w = log_px_z + norm(z, 0.0, 0.0).sum(-1) - norm(z, mu, log_var).sum(-1)
+    m = log_w.max(0)
+    iwae8 = m + np.log(np.mean(np.exp(log_w - m), 0))
+    np.testing.assert_allclose(pred["log_likelihood"], iwae8, rtol=1e-5, atol=1e-3)
+    # IWAE_8 >= the ELBO on average over the batch (and >= its own samples' mean, always)
+    assert pred["log_likelihood"].mean() >= pred["elbo"].mean()
+    assert np.all(iwae8 >= log_w.mean(0) - 1e-4)
+    # K = 1: the IWAE bound is the single-sample ELBO, log p(x|z) + log p(z) − log q(z|x)
+    fam1 = famlib.make_dhm(_config(recon="bernoulli", iwae_samples=1, norm="none"), K)
+    one = np.asarray(jax.jit(fam1.predict, static_argnums=3)(
+        variables, _jnp(batch), key, ("log_likelihood",))["log_likelihood"])
+    np.testing.assert_allclose(one, log_w[0], rtol=1e-5, atol=1e-3)
+    np.testing.assert_allclose(obj.iwae(jnp.asarray(log_w[:1])), log_w[0], rtol=1e-6)
+    # the original's score: −(recon + c·KL) at z = μ, summed nats for a proper likelihood
+    at_mu = np.asarray(jax.jit(lambda v, x: famlib.build_module(
+        famlib.read_options(cfg.model), K, 1).apply(v, x, train=False)["decoded"][0])(
+            variables, jnp.asarray(x)))
+    rec = -np.sum(x * -np.logaddexp(0, -at_mu) + (1 - x) * -np.logaddexp(0, at_mu), (1, 2, 3))
+    np.testing.assert_allclose(pred["log_px"], -(rec + 0.1 * kl), rtol=1e-5, atol=1e-3)
+
+
+def test_mse_mean_loss_is_the_original_formula():
+    """α·CE + β·(mean (x̂ − x)² + 0.1·mean KL), batch mean over the valid rows (α = β = 1)."""
+    batch = _batch(b=10, pad=2)
+    cfg = _config()                                          # recon=mse_mean, c = 0.1, BN
+    o = famlib.read_options(cfg.model)
+    assert (o["recon"], o["kl_coef"], o["alpha"], o["beta"]) == ("mse_mean", 0.1, 1.0, 1.0)
+    fam = famlib.make_dhm(cfg, K)
+    b, key = _jnp(batch), jax.random.PRNGKey(3)
+    variables = _variables(fam, batch)
+    progress = {"step": jnp.int32(0), "epoch": jnp.float32(0.5)}
+    value, (state, aux) = jax.jit(fam.loss)(variables, b, key, progress)
+    module = famlib.build_module(o, K, 1)
+    eps = famlib.reparameterisation_noise(key, b["id"], 1, o["latent"])
+    out, _ = jax.jit(lambda v, b: module.apply(
+        v, b["image"], train=True, mask=b["mask"], eps=eps,
+        keys=rnglib.example_keys(key, b["id"]), mutable=["batch_stats"]))(variables, b)
+    out = jax.tree.map(np.asarray, out)
+    m = batch["mask"]
+    ce = -np.take_along_axis(_log_softmax(out["logits"]), batch["label"][:, None], 1)[:, 0]
+    recon = np.mean((out["decoded"][0] - batch["image"]) ** 2, axis=(1, 2, 3))
+    kl = np.mean(0.5 * (out["mu"] ** 2 + np.exp(out["log_var"]) - 1 - out["log_var"]), -1)
+    expected = np.mean((ce + recon + 0.1 * kl)[m])
+    np.testing.assert_allclose(float(value), expected, rtol=1e-5)
+    np.testing.assert_allclose(float(aux["ce"]), ce[m].mean(), rtol=1e-5)
+    np.testing.assert_allclose(float(aux["recon"]), recon[m].mean(), rtol=1e-5)
+    np.testing.assert_allclose(float(aux["kl"]), kl[m].mean(), rtol=1e-5)
+    # KL warm-up: c·min(1, epoch / warm-up), a pure function of progress
+    warm = famlib.make_dhm(_config(kl_warmup_epochs=2.0), K)
+    _, (_, aux_w) = jax.jit(warm.loss)(variables, b, key, progress)
+    np.testing.assert_allclose(float(aux_w["kl_coef"]), 0.1 * 0.25, rtol=1e-6)
+
+
+_STEPS = {}
+
+
+def _step(n_devices, batch, key=0):
+    """loss, aux, grads and new batch stats of a tiny BatchNorm DHM on n devices."""
+    if n_devices not in _STEPS:
+        fam = famlib.make_dhm(_config(), K)
+        mesh = parallel.make_mesh(n_devices)
+        loss = parallel.shard_loss(fam.loss, mesh)
+        progress = {"step": jnp.int32(0), "epoch": jnp.float32(0)}
+
+        @jax.jit
+        def grads(params, variables, sharded, rng):
+            def objective(p):
+                return loss({"params": p, **variables}, sharded, rng, progress)
+            return jax.value_and_grad(objective, has_aux=True)(params)
+        _STEPS[n_devices] = (fam, mesh, grads)
+    fam, mesh, grads = _STEPS[n_devices]
+    variables = _variables(fam, batch)
+    params = variables.pop("params")
+    sharded = {k: jax.device_put(v, parallel.data_sharded(mesh)) for k, v in batch.items()}
+    (value, (state, aux)), g = grads(params, variables, sharded, jax.random.PRNGKey(key))
+    return jax.tree.map(np.asarray, (value, aux, g, state))
+
+
+def test_loss_grads_and_batch_stats_are_device_count_invariant_on_a_padded_batch():
+    batch = _batch()                          # 3 padding rows: device 7 holds only padding
+    one, eight = _step(1, batch), _step(8, batch)
+    assert one[3]["batch_stats"]              # BatchNorm statistics are updated
+    for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(eight)):
+        assert np.all(np.isfinite(a))
+        np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)
+    padded = _step(8, _batch(pad_value=1e3))  # padding rows change nothing
+    for a, b in zip(jax.tree.leaves(eight), jax.tree.leaves(padded)):
+        np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)
+
+
+@pytest.mark.parametrize("shape", [(28, 28, 1), (32, 32, 3), (8, 8, 1)])
+def test_decoder_reconstructs_any_input_shape_at_every_split_layer(shape):
+    for k in famlib.SPLIT_LAYERS:
+        o = famlib.read_options(_config(vae_split_layer=k).model)
+        module = famlib.build_module(o, K, shape[-1])
+        x = jnp.zeros((2, *shape))
+        eps = jnp.zeros((2, 4, o["latent"]))
+        out, _ = jax.eval_shape(lambda: module.init_with_output(
+            jax.random.PRNGKey(0), x, train=False, eps=eps))
+        h, w, c = shape
+        w2 = o["width"]
+        target = {0: (h, w, c), 1: (h, w, w2), 2: (h, w, w2),
+                  3: (-(-h // 2), -(-w // 2), 2 * w2), 4: (-(-h // 4), -(-w // 4), 4 * w2)}[k]
+        assert out["target"].shape == (2, *target), k
+        assert out["decoded"].shape == (4, 2, *target), k
+        assert out["logits"].shape == (2, K) and out["mu"].shape == (2, o["latent"])
+    # a proper likelihood's decoder outputs its parameters, e.g. the mixture's
+    o = famlib.read_options(_config(recon="discretized_mix_logistic").model)
+    out, _ = jax.eval_shape(lambda: famlib.build_module(o, K, shape[-1]).init_with_output(
+        jax.random.PRNGKey(0), jnp.zeros((2, *shape)), train=False))
+    assert out["decoded"].shape == (1, 2, *shape[:2], 10 * (1 + (3 if shape[-1] == 3 else 2)
+                                                            * shape[-1]))
+
+
+def test_options_are_checked_with_the_valid_choices():
+    with pytest.raises(ValueError, match="model.norm = 'layer'.*batch, group, none"):
+        famlib.make_dhm(_config(norm="layer"), K)
+    with pytest.raises(ValueError, match="model.vae_split_layer = 5"):
+        famlib.make_dhm(_config(vae_split_layer=5), K)
+    with pytest.raises(ValueError, match="model.recon = 'mse'.*mse_mean, gaussian"):
+        famlib.make_dhm(_config(recon="mse"), K)
+    with pytest.raises(ValueError, match="Unknown option.*'widht'.*valid options"):
+        famlib.make_dhm(_config(widht=3), K)
+    with pytest.raises(ValueError, match="model.recon = 'bernoulli'.*vae_split_layer > 0"):
+        famlib.make_dhm(_config(recon="bernoulli", vae_split_layer=2), K)
+
+
+def test_digits_trains_and_evaluates_through_the_cli(tmp_path):
+    r = run_cli(["--config=configs/dhm.py:digits", f"--workdir={tmp_path}",
+                 "--config.num_steps=10",
+                 "--config.model.width=2", "--config.model.latent=4",
+                 "--config.model.iwae_samples=2", "--config.eval_batch_size=512",
+                 "--config.evals.ood_sets=heldout,uniform_noise",
+                 "--config.evals.adversarial_max_examples=32",
+                 "--config.evals.names=classification,ood,adversarial,likelihood"],
+                devices=1)        # device-count invariance: the test above
+    assert r.returncode == 0, r.stderr[-3000:]
+    final = json.load(open(tmp_path / "final_metrics.json"))
+    m = json.load(open(tmp_path / "eval" / str(final["evaluated_step"]) / "metrics.json"))
+    assert 0.0 <= m["classification"]["accuracy"] <= 1.0
+    scores = m["ood"]["sets"]["uniform_noise"]["scores"]
+    assert {"max_softmax", "log_z", "log_px", "elbo"} <= set(scores)
+    assert "adversarial" in m and "skipped" not in m["adversarial"]
+    assert np.isfinite(m["likelihood"]["log_likelihood_nats"])
+    assert m["likelihood"]["dims"] == 64
