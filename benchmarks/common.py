@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import statistics
 import subprocess
+import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_MNIST = os.path.join(REPO, "..", "shared", "data", "mnist.npz")
@@ -38,3 +39,17 @@ def resolve_data(config, tmpdir: str) -> str:
              y_test=rng.integers(0, 10, 10000).astype(np.uint8))
     print(f"data: MNIST npz not found; SYNTHETIC uint8 28x28 arrays of MNIST's size ({path})")
     return path
+
+
+def run_steps(setup, n: int) -> tuple[float, float]:
+    """Take ``n`` steps of ``setup`` (its ``step``, ``state``, cycled ``batches`` and
+    ``cursor`` are advanced) and block: returns (wall seconds, process CPU seconds)."""
+    import jax
+    c0, t0 = time.process_time(), time.perf_counter()
+    state, metrics = setup.state, None
+    for _ in range(n):
+        state, metrics = setup.step(state, setup.batches[setup.cursor % len(setup.batches)])
+        setup.cursor += 1
+    jax.block_until_ready((state, metrics))
+    setup.state = state
+    return time.perf_counter() - t0, time.process_time() - c0

@@ -54,7 +54,7 @@ from ml_collections import config_flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)   # measure this checkout, whatever the environment has installed
-from benchmarks.common import fmt_range, resolve_data, summary, uptime  # noqa: E402
+from benchmarks.common import fmt_range, resolve_data, run_steps, summary, uptime  # noqa: E402
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -118,17 +118,8 @@ class Setup:
 
     def run(self, n: int) -> float:
         """Wall seconds of n steps; the process CPU seconds go to ``self.last_cpu``."""
-        import jax
-        c0 = time.process_time()
-        t0 = time.perf_counter()
-        state, metrics = self.state, None
-        for _ in range(n):
-            state, metrics = self.step(state, self.batches[self.cursor % len(self.batches)])
-            self.cursor += 1
-        jax.block_until_ready((state, metrics))
-        self.state = state
-        self.last_cpu = time.process_time() - c0
-        return time.perf_counter() - t0
+        wall, self.last_cpu = run_steps(self, n)
+        return wall
 
 
 def build_setup(base_config, batch_size: int, variant: str, devices: int,

@@ -50,7 +50,7 @@ from ml_collections import config_flags
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The checkout's package, not whatever an editable install of the venv points at.
 sys.path.insert(0, REPO)
-from benchmarks.common import fmt_range, resolve_data, summary, uptime  # noqa: E402
+from benchmarks.common import fmt_range, resolve_data, run_steps, summary, uptime  # noqa: E402
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -112,18 +112,9 @@ class Setup:
         return f"B={self.batch_size} λ={self.lam:g} {self.version}"
 
     def run(self, n: int) -> float:
-        """Wall seconds of n steps; their process CPU seconds go to ``self.cpu_times``."""
-        import jax
-        c0 = time.process_time()
-        t0 = time.perf_counter()
-        state, metrics = self.state, None
-        for _ in range(n):
-            state, metrics = self.step(state, self.batches[self.cursor % len(self.batches)])
-            self.cursor += 1
-        jax.block_until_ready((state, metrics))
-        self.state = state
-        self.cpu_times.append((time.process_time() - c0) / n)
-        return time.perf_counter() - t0
+        """Wall seconds of n steps; the process CPU seconds go to ``self.last_cpu``."""
+        wall, self.last_cpu = run_steps(self, n)
+        return wall
 
 
 def build(pkg: str, version: str, base_config, batch_size: int, lam: float, devices: int,
@@ -265,6 +256,7 @@ def main(argv):
     for r in range(FLAGS.repeats):
         for s in order0[r % len(order0):] + order0[:r % len(order0)]:
             s.times.append(s.run(steps[s.batch_size]) / steps[s.batch_size])
+            s.cpu_times.append(s.last_cpu / steps[s.batch_size])
     up_end = uptime()
 
     print(f"\n{'configuration':<18s} {'ms/step median (min–max)':>30s}")
@@ -279,8 +271,7 @@ def main(argv):
                 [n / o for n, o in zip(new.times, ref.times)])
             verdict = "OK" if r["median"] <= 1 + FLAGS.tolerance else "SLOWER"   # costs no more
             cpu = ratios[f"B={b} lambda={lam:g} cpu"] = summary(
-                [n / o for n, o in zip(new.cpu_times[-FLAGS.repeats:],
-                                       ref.cpu_times[-FLAGS.repeats:])])
+                [n / o for n, o in zip(new.cpu_times, ref.cpu_times)])
             print(f"  B={b:<5d} λ={lam:g}  wall {fmt_range(r, 1, '.3f')} [{verdict}]   "
                   f"process-CPU time {fmt_range(cpu, 1, '.3f')}")
     print(f"\nuptime (start): {up_start}\nuptime (end):   {up_end}")

@@ -34,13 +34,11 @@ from __future__ import annotations
 
 import ml_collections
 
-from jaxhybrid.config_defaults import MNIST_NPZ, base_config
+from jaxhybrid.config_defaults import CIFAR_MEAN, CIFAR_STD, MNIST_NPZ, base_config, check_variant
 from jaxhybrid.families.dhm import DEFAULTS
 
 VARIANTS = ("digits", "mnist_npz", "svhn", "cifar10")
 
-CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR_STD = (0.2470, 0.2435, 0.2616)
 
 def model_config(**overrides) -> ml_collections.ConfigDict:
     """Every DHM field with the original's defaults (jaxhybrid.families.dhm.DEFAULTS)."""
@@ -50,10 +48,7 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
 
 
 def get_config(variant: str = "digits"):
-    variant = variant or "digits"
-    if variant not in VARIANTS:
-        raise ValueError(f"Unknown variant {variant!r} of configs/dhm.py; valid choices: "
-                         f"{', '.join(VARIANTS)}")
+    variant = check_variant(variant, VARIANTS, "configs/dhm.py")
     c = base_config()
     c.family = "dhm"
     c.model = model_config()

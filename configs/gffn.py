@@ -29,19 +29,14 @@ The batch-size study (FFN vs GFFN over ≥ 256× of batch size, 3 seeds; ``get_s
 """
 from __future__ import annotations
 
-from jaxhybrid.config_defaults import MNIST_NPZ, base_config
+from jaxhybrid.config_defaults import CIFAR_MEAN, CIFAR_STD, MNIST_NPZ, base_config, check_variant
 
 VARIANTS = ("digits", "smoke", "mnist_npz", "mnist", "fashion_mnist", "cifar10", "svhn")
 
-CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR_STD = (0.2470, 0.2435, 0.2616)
 
 
 def get_config(variant: str = "digits"):
-    variant = variant or "digits"
-    if variant not in VARIANTS:
-        raise ValueError(f"Unknown variant {variant!r} of configs/gffn.py; valid choices: "
-                         f"{', '.join(VARIANTS)}")
+    variant = check_variant(variant, VARIANTS, "configs/gffn.py")
     c = base_config()
     c.optimizer.lr_scaling = "sqrt"
     c.optimizer.base_batch_size = 128

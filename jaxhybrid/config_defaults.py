@@ -16,6 +16,20 @@ MNIST_NPZ = os.environ.get(
                                   "shared", "data", "mnist.npz")))
 
 
+# CIFAR-10 per-channel statistics (the usual normalisation of the DHM and GFFN configs)
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_STD = (0.2470, 0.2435, 0.2616)
+
+
+def check_variant(variant: str, variants, config_file: str) -> str:
+    """The variant name ('' = the first), or an error naming the valid choices."""
+    variant = variant or variants[0]
+    if variant not in variants:
+        raise ValueError(f"Unknown variant {variant!r} of {config_file}; valid choices: "
+                         f"{', '.join(variants)}")
+    return variant
+
+
 def data_config(**overrides) -> ml_collections.ConfigDict:
     d = ml_collections.ConfigDict({
         "source": "digits",          # digits | npz | tfds
