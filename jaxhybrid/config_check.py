@@ -57,7 +57,6 @@ def _is_int(v) -> bool:
 def _is_number(v) -> bool:
     return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
 
-
 def integer(low: int) -> Check:
     """An int >= ``low``."""
     return lambda v: None if _is_int(v) and v >= low else f"must be an int >= {low}"
@@ -178,6 +177,11 @@ def _sources():
     return VALID_SOURCES
 
 
+def _compute_dtypes():
+    from jaxhybrid.precision import COMPUTE_DTYPES
+    return COMPUTE_DTYPES
+
+
 def _attacks():
     return ("fgsm", "pgd")   # evaluators/plugins.py: the attacks of evals.attack
 
@@ -198,6 +202,7 @@ FIELDS: dict[str, Check] = {
     "keep_checkpoints": integer(1),
     "eval_every": integer(0),
     "num_devices": integer(0),
+    "compute_dtype": one_of(_compute_dtypes),
     "data.source": one_of(_sources),
     "data.validation_size": _validation_size,
     "data.seed": integer(0),

@@ -119,5 +119,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.keep_checkpoints = 2           # latest N kept (the best by the family's metric too)
     c.eval_every = 0                 # run the evaluators every N steps (0 = only at the end)
     c.num_devices = 0                # 0 = all devices
+    c.compute_dtype = "float32"      # float32 | bfloat16: matmuls/convs in bf16, params, optimiser
+                                     # state and losses float32 (jaxhybrid/precision.py)
     c.evals = evals_config()
     return c

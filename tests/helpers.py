@@ -59,3 +59,22 @@ def run_cli(args: list[str], *, devices: int = 8, timeout: int = 300):
     env["JAX_PLATFORMS"] = "cpu"
     return subprocess.run([sys.executable, "-m", "jaxhybrid.main", *args], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def fake_variables(init, batch, seed=1):
+    """Variables of ``init(rng, batch)`` without compiling the initialiser (slow on
+    XLA:CPU): shapes from ``jax.eval_shape``, kernels ~ N(0, 1/fan_in), biases 0, scales 1,
+    BatchNorm statistics (0, 1)."""
+    import jax.numpy as jnp
+    shapes = jax.eval_shape(init, jax.random.PRNGKey(seed), batch)
+    rng = np.random.default_rng(seed)
+
+    def fill(path, s):
+        name = path[-1].key
+        if name in ("scale", "var"):
+            return jnp.ones(s.shape, s.dtype)
+        if name in ("bias", "mean"):
+            return jnp.zeros(s.shape, s.dtype)
+        fan_in = int(np.prod(s.shape[:-1]))
+        return jnp.asarray(rng.normal(size=s.shape) / np.sqrt(fan_in), s.dtype)
+    return dict(jax.tree_util.tree_map_with_path(fill, shapes))

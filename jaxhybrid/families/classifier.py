@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from jaxhybrid import precision
 from jaxhybrid.evaluators.temperature import nll as softmax_nll
 from jaxhybrid.families.base import Family, split_variables
 from jaxhybrid.models import build_model
@@ -53,7 +54,8 @@ def make_classifier(config, num_classes: int, mean=None, std=None) -> Family:
     if num_classes < 2:
         raise ValueError(f"family 'classifier' needs labelled data with >= 2 classes; "
                          f"data {config.data.source!r} has {num_classes}")
-    module = build_model(config.model, num_classes, mean=mean, std=std)
+    module = build_model(config.model, num_classes, mean=mean, std=std,
+                         dtype=precision.compute_dtype(config))
     joint_weight = float(config.joint_weight)
     if not 0.0 <= joint_weight <= 1.0:
         raise ValueError(f"joint_weight must be in [0, 1], got {joint_weight}")

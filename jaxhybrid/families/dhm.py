@@ -5,7 +5,10 @@ Its fields live under ``config.model`` (``name = "dhm"``; :data:`DEFAULTS` lists
 all with their defaults, the original's settings)::
 
     width, blocks, latent, head_hidden, norm, vae_split_layer     the module
-    alpha, beta, kl_coef, recon, recon_scale, kl_warmup_epochs    the loss
+    alpha, beta, kl_coef, recon, recon_scale, recon_scale_min,
+    kl_warmup_epochs                                                the loss
+                                  recon_scale: σ of gaussian (and of mse_mean's bound);
+                                  recon_scale_min: the floor of gaussian_learned's σ
     train_samples                 1: the ELBO-style loss; K > 1: β·(−IWAE_K) replaces
                                   β·(recon + c·KL) (needs a proper likelihood)
     iwae_samples                  K of the ``log_likelihood`` output (and of ``elbo``)
@@ -31,8 +34,10 @@ import numbers
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 import numpy as np
 
+from jaxhybrid import precision
 from jaxhybrid import rng as rnglib
 from jaxhybrid.families.base import Family, split_variables
 from jaxhybrid.families.classifier import validate_classifier
@@ -45,7 +50,8 @@ NOISE = 17   # the per-example stream of the reparameterisation noise (dropout: 
 DEFAULTS = {
     "width": 64, "blocks": (2, 2, 2, 2), "latent": 256, "head_hidden": 256, "norm": "batch",
     "vae_split_layer": 0, "alpha": 1.0, "beta": 1.0, "kl_coef": 0.1, "recon": "mse_mean",
-    "recon_scale": 1.0, "kl_warmup_epochs": 0.0, "train_samples": 1, "iwae_samples": 16,
+    "recon_scale": 1.0, "recon_scale_min": 0.01, "kl_warmup_epochs": 0.0,
+    "train_samples": 1, "iwae_samples": 16,
 }
 
 
@@ -83,10 +89,12 @@ def read_options(model_cfg) -> dict:
     need("recon", o["recon"] in obj.RECONS, f"must be one of {', '.join(obj.RECONS)}")
     for f in ("alpha", "beta", "kl_coef", "kl_warmup_epochs"):
         need(f, _is_num(o[f]) and o[f] >= 0, "must be a number >= 0")
-    need("recon_scale", _is_num(o["recon_scale"]) and o["recon_scale"] > 0,
-         "must be a number > 0")
-    if not bad and o["vae_split_layer"] > 0 and o["recon"] not in ("mse_mean", "gaussian"):
-        need("recon", False, "must be mse_mean or gaussian when model.vae_split_layer > 0 "
+    for f in ("recon_scale", "recon_scale_min"):
+        need(f, _is_num(o[f]) and o[f] > 0, "must be a number > 0")
+    real_valued = ("mse_mean", "gaussian", "gaussian_learned")
+    if not bad and o["vae_split_layer"] > 0 and o["recon"] not in real_valued:
+        need("recon", False, f"must be one of {', '.join(real_valued)} when "
+             "model.vae_split_layer > 0 "
              "(the VAE then reconstructs real-valued trunk features)")
     if not bad and o["train_samples"] > 1 and o["recon"] == "mse_mean":
         need("train_samples", False, "must be 1 with model.recon='mse_mean' (the IWAE loss "
@@ -94,22 +102,27 @@ def read_options(model_cfg) -> dict:
              "discretized_mix_logistic)")
     if bad:
         raise ValueError("\n".join(bad))
-    for f in ("alpha", "beta", "kl_coef", "kl_warmup_epochs", "recon_scale"):
+    for f in ("alpha", "beta", "kl_coef", "kl_warmup_epochs", "recon_scale",
+              "recon_scale_min"):
         o[f] = float(o[f])
     return o
 
 
 def build_module(o: dict, num_classes: int, channels: int, axis_name=None, mean=None,
-                 std=None) -> DHM:
-    """The DHM module of options ``o`` (:func:`read_options`) for ``channels`` data channels."""
+                 std=None, dtype="float32") -> DHM:
+    """The DHM module of options ``o`` (:func:`read_options`) for ``channels`` data channels
+    (the trunk's stage-k input's channels when ``vae_split_layer`` k ≥ 1); ``dtype`` is the
+    compute dtype."""
     out = 0
-    if o["vae_split_layer"] == 0 and o["recon"] != "mse_mean":
+    if o["recon"] != "mse_mean":
         name, options = obj.recon_likelihood(o["recon"], o["recon_scale"])
-        out = likelihoods.out_channels(name, channels, **options)
+        width = channels if o["vae_split_layer"] == 0 else o["width"] * 2 ** max(
+            o["vae_split_layer"] - 2, 0)              # stage k's input: w, w, 2w, 4w
+        out = likelihoods.out_channels(name, width, **options)
     return DHM(num_classes, width=o["width"], blocks=o["blocks"], latent=o["latent"],
                head_hidden=o["head_hidden"], norm=o["norm"],
                vae_split_layer=o["vae_split_layer"], out_channels=out, axis_name=axis_name,
-               mean=mean, std=std)
+               mean=mean, std=std, dtype=str(jnp.dtype(dtype)))
 
 
 def reparameterisation_noise(rng, ids, samples: int, latent: int):
@@ -126,11 +139,14 @@ def make_dhm(config, num_classes: int, mean=None, std=None) -> Family:
         raise ValueError(f"family 'dhm' builds model 'dhm'; config field model.name = "
                          f"{config.model.name!r}: set it to 'dhm'")
     o = read_options(config.model)
-    recon, k, scale = o["recon"], o["vae_split_layer"], o["recon_scale"]
+    recon, k = o["recon"], o["vae_split_layer"]
+    lik = {"scale": o["recon_scale"], "scale_min": o["recon_scale_min"]}
+    dtype = precision.compute_dtype(config)
     batch_norm = o["norm"] == "batch"
 
     def module(axis_name=None, channels=None):
-        return build_module(o, num_classes, channels, axis_name, mean=mean, std=std)
+        return build_module(o, num_classes, channels, axis_name, mean=mean, std=std,
+                            dtype=dtype)
 
     def noise(rng, ids, samples):
         return reparameterisation_noise(rng, ids, samples, o["latent"])
@@ -140,10 +156,18 @@ def make_dhm(config, num_classes: int, mean=None, std=None) -> Family:
 
     def log_jacobian(image):
         """log |d normalised / d pixels| summed per example (mse_mean models normalised x)."""
-        if recon != "mse_mean" or std is None:
+        if recon != "mse_mean" or std is None or k > 0:   # k > 0: the VAE models features
             return 0.0
         s = np.broadcast_to(np.asarray(std, np.float64), image.shape[-1:])
         return -float(np.prod(image.shape[1:-1]) * np.sum(np.log(s)))
+
+    def elbo_nats(out, target, image, lp=None):
+        """E_q[log p(x|z)] − KL(q ‖ p) per example [B], nats (Monte Carlo over the decoded
+        samples, the KL in closed form), with mse_mean's log-Jacobian."""
+        if lp is None:
+            lp = obj.log_px_given_z(recon, out["decoded"], target, **lik)
+        kl = jnp.sum(obj.kl_per_dim(out["mu"], out["log_var"]), axis=-1)
+        return jnp.mean(lp, axis=0) - kl + log_jacobian(image)
 
     def init(rng, batch, axis_name=None):
         image = batch["image"]
@@ -164,16 +188,18 @@ def make_dhm(config, num_classes: int, mean=None, std=None) -> Family:
         c = obj.kl_schedule(o["kl_coef"], o["kl_warmup_epochs"], progress["epoch"])
         target = target_of(out, image)
         recon_term, kl_term = obj.generative_terms(recon, out["decoded"], target, out["mu"],
-                                                   out["log_var"], scale=scale)
+                                                   out["log_var"], **lik)
         generative = None
         if s > 1:   # β·(−IWAE_K), the weights' KL part scaled by the (warm-up) c
             z = out["mu"] + jnp.exp(0.5 * out["log_var"]) * jnp.moveaxis(eps, 1, 0)
             log_w = obj.log_weights(recon, out["decoded"], target, z, out["mu"],
-                                    out["log_var"], scale=scale, kl_coef=c)
+                                    out["log_var"], kl_coef=c, **lik)
             generative = -obj.iwae(log_w)
         value, aux = obj.dhm_objective(out["logits"], batch["label"], mask, recon_term, kl_term,
                                        alpha=o["alpha"], beta=o["beta"], kl_coef=c,
                                        axis_name=axis_name, generative=generative)
+        aux["elbo"] = lax.stop_gradient(obj.global_mean(
+            elbo_nats(out, target, image), mask, axis_name))
         return value, (dict(state), aux)
 
     def predict(variables, batch, rng, outputs=("logits",)):
@@ -188,18 +214,16 @@ def make_dhm(config, num_classes: int, mean=None, std=None) -> Family:
         target = target_of(out, image)
         if "log_px" in outputs:
             recon_term, kl_term = obj.generative_terms(recon, out["decoded"], target, out["mu"],
-                                                       out["log_var"], scale=scale)
+                                                       out["log_var"], **lik)
             res["log_px"] = -(recon_term + o["kl_coef"] * kl_term)
         if {"elbo", "log_likelihood"} & set(outputs):
             eps = noise(rng, batch["id"], o["iwae_samples"])
             sampled = m.apply(variables, image, train=False, eps=eps)
             z = sampled["mu"] + jnp.exp(0.5 * sampled["log_var"]) * jnp.moveaxis(eps, 1, 0)
-            lp = obj.log_px_given_z(recon, sampled["decoded"], target, scale=scale)  # [S, B]
-            kl = jnp.sum(obj.kl_per_dim(sampled["mu"], sampled["log_var"]), axis=-1)
-            jac = log_jacobian(image)
-            res["elbo"] = jnp.mean(lp, axis=0) - kl + jac
+            lp = obj.log_px_given_z(recon, sampled["decoded"], target, **lik)  # [S, B]
+            res["elbo"] = elbo_nats(sampled, target, image, lp=lp)
             log_w = lp + obj.log_normal_std(z) - obj.log_q(z, sampled["mu"], sampled["log_var"])
-            res["log_likelihood"] = obj.iwae(log_w) + jac
+            res["log_likelihood"] = obj.iwae(log_w) + log_jacobian(image)
         return res
 
     def ood_scores(out):

@@ -23,6 +23,7 @@ inside (attacks work in pixel space).
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Optional, Sequence
 
 import flax.linen as nn
@@ -46,8 +47,8 @@ class Norm(nn.Module):
     def __call__(self, x, *, train: bool, mask=None):
         if self.kind == "none":
             return x
-        if self.kind == "group":
-            return nn.GroupNorm(num_groups=math.gcd(self.groups, x.shape[-1]))(x)
+        if self.kind == "group":   # statistics in float32 whatever x's dtype (flax)
+            return nn.GroupNorm(num_groups=math.gcd(self.groups, x.shape[-1]), dtype=x.dtype)(x)
         if self.kind == "batch":
             return BatchNorm(axis_name=self.axis_name)(x, train=train, mask=mask)
         raise ValueError(f"Unknown norm {self.kind!r}; valid choices: {', '.join(NORMS)}")
@@ -59,18 +60,19 @@ class Block(nn.Module):
     stride: int = 1
     norm: str = "batch"
     axis_name: Optional[str] = None
+    dtype: str = "float32"
 
     @nn.compact
     def __call__(self, x, *, train: bool, mask=None):
-        bias = self.norm == "none"
+        conv = partial(nn.Conv, use_bias=self.norm == "none", dtype=self.dtype)
         norm = lambda: Norm(self.norm, axis_name=self.axis_name)  # noqa: E731
         s = (self.stride, self.stride)
-        y = nn.Conv(self.features, (3, 3), s, padding="SAME", use_bias=bias)(x)
+        y = conv(self.features, (3, 3), s, padding="SAME")(x)
         y = nn.relu(norm()(y, train=train, mask=mask))
-        y = nn.Conv(self.features, (3, 3), padding="SAME", use_bias=bias)(y)
+        y = conv(self.features, (3, 3), padding="SAME")(y)
         y = norm()(y, train=train, mask=mask)
         if x.shape != y.shape:
-            x = nn.Conv(self.features, (1, 1), s, use_bias=bias)(x)
+            x = conv(self.features, (1, 1), s)(x)
             x = norm()(x, train=train, mask=mask)
         return nn.relu(y + x)
 
@@ -86,20 +88,22 @@ class ResNetStages(nn.Module):
     norm: str = "batch"
     axis_name: Optional[str] = None
     first: int = 0
+    dtype: str = "float32"
 
     @nn.compact
     def __call__(self, x, *, train: bool, mask=None):
         inputs = {}
         if self.first == 0:
-            x = nn.Conv(self.width, (3, 3), padding="SAME", use_bias=self.norm == "none")(x)
+            x = nn.Conv(self.width, (3, 3), padding="SAME", use_bias=self.norm == "none",
+                        dtype=self.dtype)(x)
             x = nn.relu(Norm(self.norm, axis_name=self.axis_name)(x, train=train, mask=mask))
         for stage in range(max(self.first, 1), 5):
             inputs[stage] = x
             w = self.width * 2 ** (stage - 1)
             for b in range(self.blocks[stage - 1]):
                 x = Block(w, stride=2 if (b == 0 and stage > 1) else 1, norm=self.norm,
-                          axis_name=self.axis_name)(x, train=train, mask=mask)
-        return jnp.mean(x, axis=(1, 2)), inputs
+                          axis_name=self.axis_name, dtype=self.dtype)(x, train=train, mask=mask)
+        return jnp.mean(x.astype(jnp.float32), axis=(1, 2)), inputs
 
 
 class Decoder(nn.Module):
@@ -108,21 +112,22 @@ class Decoder(nn.Module):
     upsamplings: int = 3
     norm: str = "batch"
     axis_name: Optional[str] = None
+    dtype: str = "float32"
 
     @nn.compact
     def __call__(self, z, target_hw, out_channels: int, *, train: bool, mask=None):
         n = self.upsamplings
         h0, w0 = (-(-target_hw[0] // 2 ** n), -(-target_hw[1] // 2 ** n))
         c0 = self.width * 8
-        x = nn.Dense(h0 * w0 * c0)(z).reshape((z.shape[0], h0, w0, c0))
-        x = Block(c0, norm=self.norm, axis_name=self.axis_name)(x, train=train, mask=mask)
+        block = partial(Block, norm=self.norm, axis_name=self.axis_name, dtype=self.dtype)
+        x = nn.Dense(h0 * w0 * c0, dtype=self.dtype)(z).reshape((z.shape[0], h0, w0, c0))
+        x = block(c0)(x, train=train, mask=mask)
         for i in range(n):
             b, h, w, c = x.shape
             x = jax.image.resize(x, (b, 2 * h, 2 * w, c), "nearest")
-            x = Block(self.width * 2 ** (2 - i), norm=self.norm,
-                      axis_name=self.axis_name)(x, train=train, mask=mask)
+            x = block(self.width * 2 ** (2 - i))(x, train=train, mask=mask)
         x = x[:, :target_hw[0], :target_hw[1]]
-        return nn.Conv(out_channels, (3, 3), padding="SAME")(x)
+        return nn.Conv(out_channels, (3, 3), padding="SAME", dtype=self.dtype)(x)
 
 
 def _upsamplings(split_layer: int) -> int:
@@ -146,38 +151,44 @@ class DHM(nn.Module):
     axis_name: Optional[str] = None
     mean: Sequence[float] | None = None
     std: Sequence[float] | None = None
+    dtype: str = "float32"         # compute dtype (jaxhybrid/precision.py); outputs float32
 
     @nn.compact
     def __call__(self, x, *, train: bool, mask=None, keys=None, eps=None,
                  decode: bool = True):
         k = self.vae_split_layer
         common = dict(width=self.width, blocks=tuple(self.blocks), norm=self.norm,
-                      axis_name=self.axis_name)
+                      axis_name=self.axis_name, dtype=self.dtype)
+        dense = partial(nn.Dense, dtype=self.dtype)
         x = Normalize(self.mean, self.std)(x.astype(jnp.float32))
         if mask is not None:   # padding rows: zeros, so any pad value stays finite everywhere
             x = jnp.where(mask.reshape((-1,) + (1,) * (x.ndim - 1)), x, 0.0)
-        features, inputs = ResNetStages(**common, name="trunk")(x, train=train, mask=mask)
+        features, inputs = ResNetStages(**common, name="trunk")(x.astype(self.dtype),
+                                                                train=train, mask=mask)
         target = x if k == 0 else inputs[k]
-        enc, _ = ResNetStages(**common, first=k, name="encoder")(target, train=train, mask=mask)
-        mu = nn.Dense(self.latent, name="mu")(enc)
-        log_var = nn.Dense(self.latent, name="log_var")(enc)
+        enc, _ = ResNetStages(**common, first=k, name="encoder")(target.astype(self.dtype),
+                                                                 train=train, mask=mask)
+        mu = dense(self.latent, name="mu")(enc).astype(jnp.float32)
+        log_var = dense(self.latent, name="log_var")(enc).astype(jnp.float32)
 
         drop = keys if train else None
         h = jnp.concatenate([features, mu], axis=-1)
         h = ExampleDropout(0.5)(h, drop)
-        h = nn.Dense(self.head_hidden)(h)
+        h = dense(self.head_hidden)(h)
         h = ExampleDropout(0.25)(h, drop)
-        logits = nn.Dense(self.num_classes, name="head")(h)
-        out = {"logits": logits, "mu": mu, "log_var": log_var, "target": target}
+        logits = dense(self.num_classes, name="head")(h).astype(jnp.float32)
+        out = {"logits": logits, "mu": mu, "log_var": log_var,
+               "target": target.astype(jnp.float32)}
         if not decode and not self.is_initializing():
             return out
 
         z = mu[:, None] if eps is None else mu[:, None] + jnp.exp(0.5 * log_var)[:, None] * eps
         b, s = z.shape[:2]
         rows = None if mask is None else jnp.repeat(mask, s)
-        decoded = Decoder(self.width, _upsamplings(k), self.norm, self.axis_name,
+        decoded = Decoder(self.width, _upsamplings(k), self.norm, self.axis_name, self.dtype,
                           name="decoder")(z.reshape((b * s, -1)), target.shape[1:3],
                                           self.out_channels or target.shape[-1],
                                           train=train, mask=rows)
+        decoded = decoded.astype(jnp.float32)
         out["decoded"] = jnp.moveaxis(decoded.reshape((b, s) + decoded.shape[1:]), 1, 0)
         return out

@@ -8,6 +8,7 @@ x: [B, H, W, C] pixel-space -> logits [B, K] (or features [B, 8w] with
 """
 from __future__ import annotations
 
+from functools import partial
 from typing import Sequence
 
 import flax.linen as nn
@@ -18,11 +19,11 @@ from jaxhybrid.models.cnn import Normalize
 NORMS = ("none", "group")
 
 
-def _norm(kind: str, groups: int):
+def _norm(kind: str, groups: int, dtype):
     if kind == "none":
         return lambda x: x
-    if kind == "group":
-        return nn.GroupNorm(num_groups=groups)
+    if kind == "group":   # statistics in float32 whatever the dtype (flax's reductions)
+        return nn.GroupNorm(num_groups=groups, dtype=dtype)
     raise ValueError(f"Unknown norm {kind!r}; valid choices: {', '.join(NORMS)}")
 
 
@@ -31,19 +32,20 @@ class BasicBlock(nn.Module):
     stride: int = 1
     norm: str = "none"
     groups: int = 8
+    dtype: str = "float32"
 
     @nn.compact
     def __call__(self, x):
         residual = x
-        y = nn.Conv(self.features, (3, 3), (self.stride, self.stride), padding="SAME",
-                    use_bias=self.norm == "none")(x)
-        y = nn.relu(_norm(self.norm, self.groups)(y))
-        y = nn.Conv(self.features, (3, 3), padding="SAME", use_bias=self.norm == "none")(y)
-        y = _norm(self.norm, self.groups)(y)
+        conv = partial(nn.Conv, use_bias=self.norm == "none", dtype=self.dtype)
+        norm = partial(_norm, self.norm, self.groups, self.dtype)
+        y = conv(self.features, (3, 3), (self.stride, self.stride), padding="SAME")(x)
+        y = nn.relu(norm()(y))
+        y = conv(self.features, (3, 3), padding="SAME")(y)
+        y = norm()(y)
         if residual.shape != y.shape:
-            residual = nn.Conv(self.features, (1, 1), (self.stride, self.stride),
-                               use_bias=self.norm == "none")(residual)
-            residual = _norm(self.norm, self.groups)(residual)
+            residual = conv(self.features, (1, 1), (self.stride, self.stride))(residual)
+            residual = norm()(residual)
         return nn.relu(y + residual)
 
 
@@ -55,18 +57,20 @@ class ResNet18(nn.Module):
     groups: int = 8
     mean: Sequence[float] | None = None
     std: Sequence[float] | None = None
+    dtype: str = "float32"        # compute dtype; params float32, outputs float32
 
     @nn.compact
     def __call__(self, x, *, train: bool = False):
         del train
-        x = Normalize(self.mean, self.std)(x.astype(jnp.float32))
-        x = nn.Conv(self.widths[0], (3, 3), padding="SAME", use_bias=self.norm == "none")(x)
-        x = nn.relu(_norm(self.norm, self.groups)(x))
+        x = Normalize(self.mean, self.std)(x.astype(jnp.float32)).astype(self.dtype)
+        x = nn.Conv(self.widths[0], (3, 3), padding="SAME", use_bias=self.norm == "none",
+                    dtype=self.dtype)(x)
+        x = nn.relu(_norm(self.norm, self.groups, self.dtype)(x))
         for i, (w, n) in enumerate(zip(self.widths, self.blocks_per_stage)):
             for b in range(n):
                 x = BasicBlock(w, stride=2 if (b == 0 and i > 0) else 1,
-                               norm=self.norm, groups=self.groups)(x)
-        x = jnp.mean(x, axis=(1, 2))
+                               norm=self.norm, groups=self.groups, dtype=self.dtype)(x)
+        x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
         if self.num_classes == 0:
             return x
-        return nn.Dense(self.num_classes)(x)
+        return nn.Dense(self.num_classes, dtype=self.dtype)(x).astype(jnp.float32)

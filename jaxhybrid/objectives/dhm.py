@@ -7,7 +7,9 @@ Per example, then averaged over the valid rows of the GLOBAL batch (psum over
   elements of (x̂ − x)², KL = mean over latent dimensions, c = ``kl_coef`` (0.1 in the
   original). Its "log p(x)" score is −(recon + c·KL).
 - a proper likelihood of :mod:`jaxhybrid.models.likelihoods` (``gaussian`` with a fixed
-  scale, ``bernoulli``, ``discretized_logistic``, ``discretized_mix_logistic``):
+  scale σ = ``scale``; ``gaussian_learned``, a per-pixel σ the decoder predicts,
+  σ = ``scale_min`` + softplus(raw) so that it cannot collapse onto constant pixels;
+  ``bernoulli``, ``discretized_logistic``, ``discretized_mix_logistic``):
   recon = −log p(x|z) SUMMED over the target's elements and KL summed over latent
   dimensions, in nats, so with c = 1 the generative term is −ELBO.
 
@@ -25,7 +27,7 @@ from jax import lax
 
 from jaxhybrid.models import likelihoods
 
-RECONS = ("mse_mean", "gaussian", "bernoulli", "discretized_logistic",
+RECONS = ("mse_mean", "gaussian", "gaussian_learned", "bernoulli", "discretized_logistic",
           "discretized_mix_logistic")
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 
@@ -66,6 +68,8 @@ def recon_likelihood(recon: str, scale: float):
     """(name, options) of the likelihood for ``recon`` (mse_mean: a Gaussian of ``scale``)."""
     if recon in ("mse_mean", "gaussian"):
         return "gaussian", {"per_pixel_scale": False, "log_scale": math.log(scale)}
+    if recon == "gaussian_learned":   # decoder output [mean | raw scale] (2C channels)
+        return "gaussian", {"per_pixel_scale": True}
     return recon, {}
 
 
@@ -79,8 +83,18 @@ def likelihood_target(recon: str, pixels, normalised):
     return pixels
 
 
-def log_px_given_z(recon: str, decoded, target, *, scale: float = 1.0):
+def learned_log_scale(raw, scale_min: float):
+    """log σ of ``gaussian_learned``: σ = scale_min + softplus(raw) (float32)."""
+    return jnp.log(scale_min + jax.nn.softplus(jnp.asarray(raw, jnp.float32)))
+
+
+def log_px_given_z(recon: str, decoded, target, *, scale: float = 1.0,
+                   scale_min: float = 0.01):
     """log p(target | z) in nats, summed: decoded [S, B, ...], target [B, ...] -> [S, B]."""
+    if recon == "gaussian_learned":
+        c = target.shape[-1]
+        return likelihoods.gaussian_log_prob(
+            decoded[..., :c], target, learned_log_scale(decoded[..., c:], scale_min))
     name, options = recon_likelihood(recon, scale)
     return likelihoods.log_prob(name, decoded, target, **options)
 
@@ -91,20 +105,22 @@ def mse_mean(decoded, target):
     return jnp.mean(d.reshape(d.shape[:2] + (-1,)), axis=-1)
 
 
-def generative_terms(recon: str, decoded, target, mu, log_var, *, scale: float = 1.0):
+def generative_terms(recon: str, decoded, target, mu, log_var, *, scale: float = 1.0,
+                     scale_min: float = 0.01):
     """(recon [B], KL [B]) as the objective weighs them: mean-reduced for mse_mean, summed
     nats otherwise; recon averaged over the S decoded samples."""
     kl = kl_per_dim(mu, log_var)
     if recon == "mse_mean":
         return jnp.mean(mse_mean(decoded, target), axis=0), jnp.mean(kl, axis=-1)
-    return (-jnp.mean(log_px_given_z(recon, decoded, target, scale=scale), axis=0),
+    return (-jnp.mean(log_px_given_z(recon, decoded, target, scale=scale,
+                                     scale_min=scale_min), axis=0),
             jnp.sum(kl, axis=-1))
 
 
 def log_weights(recon: str, decoded, target, z, mu, log_var, *, scale: float = 1.0,
-                kl_coef: float = 1.0):
+                scale_min: float = 0.01, kl_coef: float = 1.0):
     """log p(x|z_k) + c·(log p(z_k) − log q(z_k|x)) [K, B] (c = 1: the importance weights)."""
-    lp = log_px_given_z(recon, decoded, target, scale=scale)
+    lp = log_px_given_z(recon, decoded, target, scale=scale, scale_min=scale_min)
     return lp + kl_coef * (log_normal_std(z) - log_q(z, mu, log_var))
 
 
