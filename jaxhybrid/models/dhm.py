@@ -11,7 +11,10 @@
   Dense K, as the original (no activation between). The head sees μ, never a sample.
 - ``vae_split_layer`` k ∈ {0..4}: k = 0, the VAE encodes and reconstructs pixels; k ≥ 1,
   it starts from the input of the trunk's stage k (stages numbered 1..4; the stem's
-  output is stage 1's input) and reconstructs those features.
+  output is stage 1's input) and reconstructs those features. The features are not
+  detached, as in the original (its forward hooks keep the autograd graph): the VAE's
+  loss also trains the trunk's stages below k, through the encoder's input and through
+  the reconstruction target.
 - ``norm``: ``batch`` (:class:`jaxhybrid.models.layers.BatchNorm`, statistics over the
   valid rows of the global batch; running averages in eval mode), ``group`` or ``none``.
 
