@@ -3,7 +3,8 @@
 #   make test   the test suite on 8 fake CPU devices
 # and the newest end of the supported range (CI runs both ends, .ci/run):
 #   make test-newest   the suite on Python 3.12 in .venv312 with the newest jax/flax/orbax,
-#                      pinned exactly in .ci/constraints-newest.txt
+#                      pinned exactly in .ci/constraints-newest.txt, less the minute-long
+#                      training runs (marker training_run; `make test` runs them)
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -56,7 +57,7 @@ test: install
 
 test-newest: install-newest
 	@$(PY_NEWEST) $(VERSIONS)
-	$(PY_NEWEST) -m pytest -q
+	$(PY_NEWEST) -m pytest -q -m "not training_run"
 
 benchmarks: install
 	$(PY) benchmarks/gffn_overhead.py

@@ -254,6 +254,7 @@ def fp32_digits(tmp_path_factory):
                                            "ood,adversarial,likelihood"))
 
 
+@pytest.mark.training_run
 def test_digits_reaches_90_percent_improves_the_elbo_and_evaluates_the_best_checkpoint(
         fp32_digits):
     tmp_path, final, m = fp32_digits
@@ -272,8 +273,34 @@ def test_digits_reaches_90_percent_improves_the_elbo_and_evaluates_the_best_chec
     assert m["likelihood"]["log_likelihood_nats"] > elbo[0]      # IWAE-8 of the best checkpoint
 
 
+@pytest.mark.training_run
 def test_bf16_digits_run_is_within_one_point_of_fp32(tmp_path, fp32_digits):
     _, m = _digits_run(tmp_path, "--config.compute_dtype=bfloat16",
                        "--config.evals.names=classification")
     ref = fp32_digits[2]["classification"]["accuracy"]
     assert abs(m["classification"]["accuracy"] - ref) <= 0.01, (m["classification"], ref)
+
+
+def test_beta_sweep_runs_and_aggregates_the_original_plots(tmp_path):
+    """configs/dhm.py's get_sweep through jaxhybrid.sweep (2 of its βs, tiny, 2 steps each)
+    and jaxhybrid.aggregate: one row per β and its plots against β."""
+    import subprocess
+    import sys
+
+    from jaxhybrid import aggregate
+    from tests.helpers import REPO
+    root = tmp_path / "beta"
+    r = subprocess.run(
+        [sys.executable, "-m", "jaxhybrid.sweep", "--config=configs/dhm.py:digits",
+         f"--workdir={root}", "--sweep", "model.beta=0.1,100", "--config.num_steps=2",
+         "--config.model.width=2", "--config.model.latent=4", "--config.model.iwae_samples=2",
+         "--config.evals.names=classification,calibration,ood",
+         "--config.evals.ood_sets=heldout"], cwd=REPO, capture_output=True, text=True,
+        timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    rows = aggregate.aggregate(str(root))
+    assert [row["group"] for row in rows] == [{"model.beta": 0.1}, {"model.beta": 100.0}]
+    for plot in ("accuracy_vs_beta.png", "ece_vs_beta.png", "ood_auroc_vs_beta.png"):
+        assert (root / "aggregate" / plot).stat().st_size > 1000, plot
+    table = (root / "aggregate" / "aggregate.csv").read_text()
+    assert "ood/heldout/elbo/auroc" in table and "ood/heldout/max_softmax/auroc" in table
