@@ -304,3 +304,9 @@ def test_beta_sweep_runs_and_aggregates_the_original_plots(tmp_path):
         assert (root / "aggregate" / plot).stat().st_size > 1000, plot
     table = (root / "aggregate" / "aggregate.csv").read_text()
     assert "ood/heldout/elbo/auroc" in table and "ood/heldout/max_softmax/auroc" in table
+
+
+def test_upsampling_is_nearest_neighbour_resize():
+    from jaxhybrid.models.dhm import upsample_2x
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 3, 5, 4)), jnp.float32)
+    np.testing.assert_array_equal(upsample_2x(x), jax.image.resize(x, (2, 6, 10, 4), "nearest"))

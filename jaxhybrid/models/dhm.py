@@ -30,7 +30,6 @@ from functools import partial
 from typing import Optional, Sequence
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from jaxhybrid.models.cnn import Normalize
@@ -126,11 +125,19 @@ class Decoder(nn.Module):
         x = nn.Dense(h0 * w0 * c0, dtype=self.dtype)(z).reshape((z.shape[0], h0, w0, c0))
         x = block(c0)(x, train=train, mask=mask)
         for i in range(n):
-            b, h, w, c = x.shape
-            x = jax.image.resize(x, (b, 2 * h, 2 * w, c), "nearest")
+            x = upsample_2x(x)
             x = block(self.width * 2 ** (2 - i))(x, train=train, mask=mask)
         x = x[:, :target_hw[0], :target_hw[1]]
         return nn.Conv(out_channels, (3, 3), padding="SAME", dtype=self.dtype)(x)
+
+
+def upsample_2x(x):
+    """Nearest-neighbour ×2 upsampling [B, H, W, C] -> [B, 2H, 2W, C] as broadcast + reshape
+    (equal to ``jax.image.resize(..., "nearest")``, whose gather lowers to a scatter-add in
+    the backward pass; this one's backward is a sum of 2×2 blocks)."""
+    b, h, w, c = x.shape
+    x = jnp.broadcast_to(x[:, :, None, :, None, :], (b, h, 2, w, 2, c))
+    return x.reshape((b, 2 * h, 2 * w, c))
 
 
 def _upsamplings(split_layer: int) -> int:
