@@ -66,6 +66,11 @@ def optimizer_config(**overrides) -> ml_collections.ConfigDict:
         "b2": 0.999,
         "weight_decay": 0.0,         # adamw only
         "grad_clip_norm": 0.0,       # 0 = no clipping
+        "skip_nonfinite": False,     # skip (do not apply) an update whose loss or gradient
+                                     # norm is NaN/inf, instead of stopping the run
+        "skip_grad_norm": 0.0,       # skip an update whose gradient norm exceeds this (0 = off;
+                                     # VDVAE's skip_threshold)
+        "max_consecutive_skips": 10,  # this many skipped updates in a row stop the run (NaN stop)
     })
     d.update(overrides)
     return d

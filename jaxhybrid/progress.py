@@ -58,12 +58,45 @@ class JsonlWriter:
             self.path.write_text("".join(self._lines))
 
 
+class SkipCounter:
+    """Skipped updates (``optimizer.skip_nonfinite`` / ``skip_grad_norm``): counts them per
+    log window and in total (since this process started), and raises NonFiniteLossError
+    once ``limit`` consecutive steps were skipped."""
+
+    def __init__(self, limit: int):
+        self.limit, self.consecutive, self.total, self.window = limit, 0, 0, 0
+
+    def add(self, step: int, skipped: bool, parts: dict) -> bool:
+        if not skipped:
+            self.consecutive = 0
+            return False
+        self.consecutive += 1
+        self.total += 1
+        self.window += 1
+        log.warning("step %d: update skipped (loss %s, grad_norm %s)", step,
+                    parts.get("loss"), parts.get("grad_norm"))
+        if self.consecutive >= self.limit:
+            raise NonFiniteLossError(
+                f"{self.consecutive} consecutive updates skipped (steps "
+                f"{step - self.consecutive + 1}"
+                f"..{step}; the last: loss {parts.get('loss')}, grad_norm "
+                f"{parts.get('grad_norm')}; optimizer.max_consecutive_skips = {self.limit}).")
+        return True
+
+    def window_metrics(self) -> dict:
+        """{skipped_in_window, skipped_total}; resets the window."""
+        out = {"skipped_in_window": float(self.window), "skipped_total": float(self.total)}
+        self.window = 0
+        return out
+
+
 class ProgressLog:
     """Collects per-step device metrics; ``flush`` fetches, checks and logs them."""
 
     def __init__(self, writer: JsonlWriter, *, total: int, steps_per_epoch: int,
-                 batch_size: int):
+                 batch_size: int, max_consecutive_skips: int = 10):
         self.writer, self.total = writer, total
+        self.skips = SkipCounter(max_consecutive_skips)
         self.steps_per_epoch, self.batch_size = steps_per_epoch, batch_size
         self.pending: list[tuple[int, dict]] = []
         self.t_start = self.t_window = time.time()
@@ -78,9 +111,12 @@ class ProgressLog:
         return time.time() - self.t_start
 
     def _check_finite(self, steps, fetched) -> None:
-        """The loss of each step, and the parameters it produced, must be finite."""
+        """The loss of each step, and the parameters it produced, must be finite; a skipped
+        update (``skipped`` = 1) may have a non-finite loss, up to the consecutive limit."""
         for s, m in zip(steps, fetched):
             parts = {k: float(v) for k, v in m.items()}
+            if self.skips.add(s, bool(m.get("skipped", 0.0)), parts):
+                continue
             if not np.isfinite(m["loss"]):
                 raise NonFiniteLossError(f"Loss became {m['loss']} at step {s} (parts: {parts}).")
             if not m.get("params_finite", 1.0):
@@ -106,11 +142,14 @@ class ProgressLog:
         m = {k: float(v) for k, v in fetched[-1].items()}
         rate = self.steps_window * self.batch_size / max(now - self.t_window, 1e-9)
         eta = self._eta(step_done, now)
+        if "skipped" in m:   # update skipping is on
+            m.update(self.skips.window_metrics())
         record = {"step": step_done, "epoch": step_done / self.steps_per_epoch, **m,
                   "examples_per_sec": rate, "eta_sec": eta, "time": now - self.t_start}
         self.writer.write({"kind": "train", **record})
         parts = " ".join(f"{k} {v:.4f}" for k, v in m.items()
-                         if k not in ("loss", "learning_rate", "grad_norm", "params_finite"))
+                         if k not in ("loss", "learning_rate", "grad_norm", "params_finite",
+                                      "skipped"))
         log.info("step %d/%d epoch %.2f | loss %.4f | %s | lr %.3g | %.0f ex/s | ETA %s",
                  step_done, self.total, record["epoch"], m["loss"], parts,
                  m.get("learning_rate", float("nan")), rate,

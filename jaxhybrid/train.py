@@ -46,8 +46,28 @@ def progress_of(step, steps_per_epoch: int) -> dict:
     return {"step": step, "epoch": step.astype(jnp.float32) / float(steps_per_epoch)}
 
 
-def make_train_step(exp: Experiment, optimizer, schedule, steps_per_epoch: int):
-    """(state, batch) -> (state, metrics); jitted, state donated."""
+def skip_rule(opt_cfg):
+    """(loss, grad_norm) -> bool, whether to skip the update (keep params, optimiser and model
+    state), from ``optimizer.skip_nonfinite`` / ``skip_grad_norm``; None when both are off."""
+    nonfinite = bool(opt_cfg.get("skip_nonfinite", False))
+    threshold = float(opt_cfg.get("skip_grad_norm", 0.0))
+    if not nonfinite and threshold <= 0:
+        return None
+
+    def skip(loss, grad_norm):
+        out = jnp.asarray(False)
+        if nonfinite:
+            out = ~(jnp.isfinite(loss) & jnp.isfinite(grad_norm))
+        if threshold > 0:   # a NaN norm compares False: skipped only with skip_nonfinite
+            out = out | (grad_norm > threshold)
+        return out
+    return skip
+
+
+def make_train_step(exp: Experiment, optimizer, schedule, steps_per_epoch: int, skip=None):
+    """(state, batch) -> (state, metrics); jitted, state donated. ``skip``: a
+    :func:`skip_rule`; a skipped step still advances the step counter (the data move on)
+    and reports ``skipped`` = 1."""
     def per_device(variables, batch, key, progress, axis_name):
         batch = augment(exp, batch, key)
         model_key = rnglib.purpose_key(key, rnglib.MODEL)
@@ -64,14 +84,21 @@ def make_train_step(exp: Experiment, optimizer, schedule, steps_per_epoch: int):
 
         (value, (model_state, aux)), grads = jax.value_and_grad(objective, has_aux=True)(
             state["params"])
+        grad_norm = optax.tree.norm(grads)
         updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
-        params = optax.apply_updates(state["params"], updates)
-        finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(params)]))
-        metrics = {"loss": value, **aux, "grad_norm": optax.tree.norm(grads),
-                   "learning_rate": schedule(state["step"]),
-                   "params_finite": finite.astype(jnp.float32)}
-        return {"params": params, "model_state": model_state, "opt_state": opt_state,
-                "step": state["step"] + 1, "rng": state["rng"]}, metrics
+        new = {"params": optax.apply_updates(state["params"], updates),
+               "model_state": model_state, "opt_state": opt_state}
+        metrics = {"loss": value, **aux, "grad_norm": grad_norm,
+                   "learning_rate": schedule(state["step"])}
+        if skip is not None:
+            skipped = skip(value, grad_norm)
+            new = jax.tree.map(lambda n, o: jnp.where(skipped, o, n), new,
+                               {k: state[k] for k in new})
+            metrics["skipped"] = skipped.astype(jnp.float32)
+        finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(p))
+                                    for p in jax.tree.leaves(new["params"])]))
+        metrics["params_finite"] = finite.astype(jnp.float32)
+        return {**new, "step": state["step"] + 1, "rng": state["rng"]}, metrics
 
     return jax.jit(step, donate_argnums=0)
 
@@ -153,11 +180,14 @@ class _Run:
                                  select=(self.selector.metric, self.selector.mode))
         self.state, self.last_good = _start(exp, self.ckpt, optimizer, batches, self.selector)
         self.start = int(jax.device_get(self.state["step"]))
-        self.train_step = make_train_step(exp, optimizer, schedule, self.plan["steps_per_epoch"])
+        self.train_step = make_train_step(exp, optimizer, schedule, self.plan["steps_per_epoch"],
+                                          skip=skip_rule(config.optimizer))
         self.predictor = evaluate.Predictor(exp)
         self.jsonl = JsonlWriter(run_path(workdir) / "metrics.jsonl", self.start)
-        self.progress = ProgressLog(self.jsonl, total=self.total, batch_size=config.batch_size,
-                                    steps_per_epoch=self.plan["steps_per_epoch"])
+        self.progress = ProgressLog(
+            self.jsonl, total=self.total, batch_size=config.batch_size,
+            steps_per_epoch=self.plan["steps_per_epoch"],
+            max_consecutive_skips=int(config.optimizer.get("max_consecutive_skips", 10)))
 
     def validate_and_save(self, step_done: int) -> None:
         metrics = validate(self.exp, self.predictor, variables_of(self.state))
@@ -232,7 +262,8 @@ class _Run:
             raise NonFiniteLossError(
                 f"{e} Stopping; the last good checkpoint is step {self.last_good} in "
                 f"{self.ckpt.directory} (nothing after it was saved). Lower the learning "
-                f"rate or enable --config.optimizer.grad_clip_norm.") from None
+                f"rate, enable --config.optimizer.grad_clip_norm, or skip such updates "
+                f"(--config.optimizer.skip_nonfinite=True, skip_grad_norm).") from None
         finally:
             self.ckpt.wait()
 

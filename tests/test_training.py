@@ -6,6 +6,8 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
@@ -143,3 +145,53 @@ def test_cli_end_to_end_and_clear_errors(tmp_path):
 
     r = run_cli(["--config=configs/gffn.py:nosuch", f"--workdir={wd}z"])
     assert r.returncode != 0 and "valid choices" in r.stderr
+
+
+def _skip_config(**overrides):
+    c = tiny_config(num_steps=6, checkpoint_every=1, keep_checkpoints=10, log_every=1,
+                    family="tests.toy_families:make_nan_bn_classifier", **overrides)
+    c.model = ml_collections.ConfigDict({"name": "bn_mlp", "hidden": 8})
+    c.optimizer.skip_nonfinite = True
+    return c
+
+
+def test_skipped_updates_keep_the_state_and_consecutive_skips_stop_the_run(tmp_path):
+    """The toy family's loss and gradients are NaN at steps 2 and 3 (toy_families.NAN_STEPS):
+    with optimizer.skip_nonfinite those two updates are skipped (params, BatchNorm statistics
+    and Adam state kept), logged and counted; the run goes on. Two in a row with
+    max_consecutive_skips = 2 stop it as a NaN does, keeping the last good checkpoint."""
+    c, wd = _skip_config(), str(tmp_path / "skip")
+    train_and_evaluate(c, wd)
+    state = {s: restore_params(c, wd, step=s)[1] for s in (2, 3, 4, 5)}
+    for a, b, d in zip(jax.tree.leaves(state[2]), jax.tree.leaves(state[3]),
+                       jax.tree.leaves(state[4])):
+        if a.shape == () and a.dtype.kind in "iu":
+            continue                                      # the step counter moves on
+        np.testing.assert_array_equal(a, b)              # step 2 skipped
+        np.testing.assert_array_equal(b, d)              # step 3 skipped
+    changed = [not np.array_equal(a, b) for a, b in zip(
+        jax.tree.leaves(state[4]["params"]), jax.tree.leaves(state[5]["params"]))]
+    assert all(changed)                                   # step 4 applied
+    train = [json.loads(l) for l in open(os.path.join(wd, "metrics.jsonl"))]
+    train = [r for r in train if r["kind"] == "train"]
+    assert [r["skipped"] for r in train] == [0, 0, 1, 1, 0, 0]
+    assert train[-1]["skipped_total"] == 2 and all(np.isfinite(r["grad_norm"]) or r["skipped"]
+                                                  for r in train)
+    c2 = _skip_config()
+    c2.optimizer.max_consecutive_skips = 2
+    with pytest.raises(NonFiniteLossError, match=r"2 consecutive updates skipped \(steps 3\.\.4"
+                                                 r".*last good checkpoint is step 3"):
+        train_and_evaluate(c2, str(tmp_path / "stop"))
+
+
+def test_grad_norm_threshold_skips_large_updates():
+    from jaxhybrid.train import skip_rule
+    rule = skip_rule(ml_collections.ConfigDict({"skip_nonfinite": False, "skip_grad_norm": 5.0}))
+    assert [bool(rule(jnp.float32(1.0), jnp.float32(g))) for g in (4.0, 6.0, np.nan)] == \
+        [False, True, False]                          # NaN alone: only with skip_nonfinite
+    both = skip_rule(ml_collections.ConfigDict({"skip_nonfinite": True, "skip_grad_norm": 5.0}))
+    assert [bool(both(jnp.float32(l), jnp.float32(g)))
+            for l, g in ((1.0, 4.0), (np.inf, 1.0), (1.0, np.nan), (1.0, 6.0))] == \
+        [False, True, True, True]
+    assert skip_rule(ml_collections.ConfigDict({"skip_nonfinite": False,
+                                                "skip_grad_norm": 0.0})) is None

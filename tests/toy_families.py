@@ -12,6 +12,8 @@ experiment.py: the config names them as ``family = "tests.toy_families:make_vae"
 """
 from __future__ import annotations
 
+import dataclasses
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -78,6 +80,21 @@ def make_bn_classifier(config, num_classes: int, mean=None, std=None) -> Family:
 
     return Family("bn_classifier", init, loss, predict, outputs=("logits",), supervised=True,
                   validation_outputs=("logits",), validate=validate, label="toy BN classifier")
+
+
+NAN_STEPS = (2, 3)
+
+
+def make_nan_bn_classifier(config, num_classes: int, mean=None, std=None) -> Family:
+    """The BN classifier whose loss (and so every gradient) is NaN at the steps NAN_STEPS:
+    a divergence the trainer's update skipping must absorb."""
+    family = make_bn_classifier(config, num_classes, mean, std)
+
+    def loss(variables, batch, rng, progress, axis_name=None):
+        value, rest = family.loss(variables, batch, rng, progress, axis_name)
+        poison = jnp.isin(progress["step"], jnp.asarray(NAN_STEPS))
+        return value * jnp.where(poison, jnp.nan, 1.0), rest
+    return dataclasses.replace(family, loss=loss)
 
 
 # -- an unsupervised VAE -----------------------------------------------------------------
