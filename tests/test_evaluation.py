@@ -59,6 +59,14 @@ def test_report_and_figures_written(trained):
         assert f"({f})" in report    # embedded in the report
     assert m["classification"]["num_examples"] == 288
     assert m["ood"]["sets"]["heldout"]["num_examples"] == 71
+    # per-example scores, saved for analysis: the AUROCs recompute from them (sklearn)
+    from sklearn.metrics import roc_auc_score
+    scores = np.load(os.path.join(out, m["ood"]["per_example_scores"]))
+    assert scores["test/max_softmax"].shape == (288,) and scores["heldout/log_px"].shape == (71,)
+    for name in ("max_softmax", "log_px"):
+        s_in, s_out = scores[f"test/{name}"], scores[f"heldout/{name}"]
+        auroc = roc_auc_score(np.r_[np.ones(len(s_in)), np.zeros(len(s_out))], np.r_[s_in, s_out])
+        assert abs(auroc - m["ood"]["sets"]["heldout"]["scores"][name]["auroc"]) < 1e-12
 
 
 def test_robustness_curve_is_non_increasing(trained):

@@ -134,6 +134,18 @@ def temperature_scaling(ctx: EvalContext) -> Section:
 
 
 # -- OOD detection -----------------------------------------------------------------------
+OOD_SCORES_FILE = "ood_scores.npz"
+
+
+def save_scores(path: str, split: str, in_scores: dict, out_scores: dict) -> None:
+    """Every per-example score, for analysis: npz keys ``"<split>/<score>"`` for the
+    in-distribution split and ``"<OOD set>/<score>"`` for each OOD set (float64 arrays)."""
+    arrays = {f"{split}/{k}": np.asarray(v, np.float64) for k, v in in_scores.items()}
+    for set_name, scores in out_scores.items():
+        arrays.update({f"{set_name}/{k}": np.asarray(v, np.float64) for k, v in scores.items()})
+    np.savez_compressed(path, **arrays)
+
+
 def ood(ctx: EvalContext) -> Section:
     """Every OOD set of evals.ood_sets × every score of the family (higher = in-dist)."""
     fam = ctx.family
@@ -162,6 +174,9 @@ def ood(ctx: EvalContext) -> Section:
             headline[names.ood_auroc(s.name, score_name)] = r["auroc"]
             rows.append([s.name, score_name, r["auroc"], r["aupr_in"], r["aupr_out"],
                          r["fpr95"], r["fpr80_ood"], r["num_in"], r["num_out"]])
+    save_scores(os.path.join(ctx.out_dir, OOD_SCORES_FILE), ctx.config.evals.split,
+                in_scores, out_scores)
+    m["per_example_scores"] = OOD_SCORES_FILE
     figures = []
     for score_name, s_in in in_scores.items():
         if not sets:
