@@ -131,6 +131,116 @@ def reparameterisation_noise(rng, ids, samples: int, latent: int):
     return jax.vmap(lambda key: jax.random.normal(key, (samples, latent)))(keys)
 
 
+class _DHM:
+    """The DHM family's functions for options ``o``; :func:`make_dhm` wraps them in a Family."""
+
+    def __init__(self, o: dict, num_classes: int, dtype, mean=None, std=None):
+        self.o, self.num_classes, self.dtype, self.mean, self.std = o, num_classes, dtype, mean, std
+        self.recon, self.k = o["recon"], o["vae_split_layer"]
+        self.lik = {"scale": o["recon_scale"], "scale_min": o["recon_scale_min"]}
+
+    def module(self, axis_name=None, channels=None) -> DHM:
+        return build_module(self.o, self.num_classes, channels, axis_name, mean=self.mean,
+                            std=self.std, dtype=self.dtype)
+
+    def noise(self, rng, ids, samples: int):
+        return reparameterisation_noise(rng, ids, samples, self.o["latent"])
+
+    def target_of(self, out, image):
+        if self.k > 0:
+            return out["target"]
+        return obj.likelihood_target(self.recon, image, out["target"])
+
+    def log_jacobian(self, image):
+        """log |d normalised / d pixels| summed per example (mse_mean models normalised x)."""
+        if self.recon != "mse_mean" or self.std is None or self.k > 0:  # k > 0: features
+            return 0.0
+        s = np.broadcast_to(np.asarray(self.std, np.float64), image.shape[-1:])
+        return -float(np.prod(image.shape[1:-1]) * np.sum(np.log(s)))
+
+    def elbo_nats(self, out, target, image, lp=None):
+        """E_q[log p(x|z)] − KL(q ‖ p) per example [B], nats (Monte Carlo over the decoded
+        samples, the KL in closed form), with mse_mean's log-Jacobian."""
+        if lp is None:
+            lp = obj.log_px_given_z(self.recon, out["decoded"], target, **self.lik)
+        kl = jnp.sum(obj.kl_per_dim(out["mu"], out["log_var"]), axis=-1)
+        return jnp.mean(lp, axis=0) - kl + self.log_jacobian(image)
+
+    def init(self, rng, batch, axis_name=None):
+        image = batch["image"]
+        eps = jnp.zeros((image.shape[0], 1, self.o["latent"]))
+        return dict(self.module(axis_name, image.shape[-1]).init(rng, image, train=False,
+                                                                  eps=eps))
+
+    def forward_train(self, variables, batch, rng, eps, axis_name):
+        """The train-mode forward pass: (outputs, updated model state)."""
+        m = self.module(axis_name, batch["image"].shape[-1])
+        _, state = split_variables(variables)
+        kwargs = dict(train=True, mask=batch["mask"], eps=eps,
+                      keys=rnglib.example_keys(rng, batch["id"]))
+        if self.o["norm"] == "batch":
+            out, state = m.apply(variables, batch["image"], mutable=["batch_stats"], **kwargs)
+            return out, state
+        return m.apply(variables, batch["image"], **kwargs), state
+
+    def iwae_term(self, out, target, eps, c):
+        """−IWAE_K per example [B], the weights' KL part scaled by the (warm-up) c."""
+        z = out["mu"] + jnp.exp(0.5 * out["log_var"]) * jnp.moveaxis(eps, 1, 0)
+        log_w = obj.log_weights(self.recon, out["decoded"], target, z, out["mu"],
+                                out["log_var"], kl_coef=c, **self.lik)
+        return -obj.iwae(log_w)
+
+    def loss(self, variables, batch, rng, progress, axis_name=None):
+        image, mask, o = batch["image"], batch["mask"], self.o
+        eps = self.noise(rng, batch["id"], o["train_samples"])
+        out, state = self.forward_train(variables, batch, rng, eps, axis_name)
+        c = obj.kl_schedule(o["kl_coef"], o["kl_warmup_epochs"], progress["epoch"])
+        target = self.target_of(out, image)
+        recon_term, kl_term = obj.generative_terms(self.recon, out["decoded"], target, out["mu"],
+                                                   out["log_var"], **self.lik)
+        generative = self.iwae_term(out, target, eps, c) if o["train_samples"] > 1 else None
+        value, aux = obj.dhm_objective(out["logits"], batch["label"], mask, recon_term, kl_term,
+                                       alpha=o["alpha"], beta=o["beta"], kl_coef=c,
+                                       axis_name=axis_name, generative=generative)
+        aux["elbo"] = lax.stop_gradient(obj.global_mean(
+            self.elbo_nats(out, target, image), mask, axis_name))
+        return value, (dict(state), aux)
+
+    def bounds(self, m, variables, batch, rng, target) -> dict:
+        """``elbo`` and ``log_likelihood`` (IWAE) [B] with ``iwae_samples`` draws, in nats."""
+        image = batch["image"]
+        eps = self.noise(rng, batch["id"], self.o["iwae_samples"])
+        sampled = m.apply(variables, image, train=False, eps=eps)
+        z = sampled["mu"] + jnp.exp(0.5 * sampled["log_var"]) * jnp.moveaxis(eps, 1, 0)
+        lp = obj.log_px_given_z(self.recon, sampled["decoded"], target, **self.lik)  # [S, B]
+        log_w = lp + obj.log_normal_std(z) - obj.log_q(z, sampled["mu"], sampled["log_var"])
+        return {"elbo": self.elbo_nats(sampled, target, image, lp=lp),
+                "log_likelihood": obj.iwae(log_w) + self.log_jacobian(image)}
+
+    def predict(self, variables, batch, rng, outputs=("logits",)):
+        image = batch["image"]
+        m = self.module(None, image.shape[-1])
+        if set(outputs) <= {"logits"}:
+            return {"logits": m.apply(variables, image, train=False, decode=False)["logits"]}
+        out = m.apply(variables, image, train=False)              # decoded at z = μ
+        res = {"logits": out["logits"]}
+        target = self.target_of(out, image)
+        if "log_px" in outputs:
+            recon_term, kl_term = obj.generative_terms(self.recon, out["decoded"], target,
+                                                       out["mu"], out["log_var"], **self.lik)
+            res["log_px"] = -(recon_term + self.o["kl_coef"] * kl_term)
+        if {"elbo", "log_likelihood"} & set(outputs):
+            res.update(self.bounds(m, variables, batch, rng, target))
+        return res
+
+    @staticmethod
+    def ood_scores(out):
+        logits = jnp.asarray(out["logits"], jnp.float32)
+        return {"max_softmax": jnp.max(jax.nn.softmax(logits), axis=-1),
+                "log_z": jax.nn.logsumexp(logits, axis=-1),
+                "log_px": out["log_px"], "elbo": out["elbo"]}
+
+
 def make_dhm(config, num_classes: int, mean=None, std=None) -> Family:
     if num_classes < 2:
         raise ValueError(f"family 'dhm' needs labelled data with >= 2 classes; "
@@ -139,104 +249,12 @@ def make_dhm(config, num_classes: int, mean=None, std=None) -> Family:
         raise ValueError(f"family 'dhm' builds model 'dhm'; config field model.name = "
                          f"{config.model.name!r}: set it to 'dhm'")
     o = read_options(config.model)
-    recon, k = o["recon"], o["vae_split_layer"]
-    lik = {"scale": o["recon_scale"], "scale_min": o["recon_scale_min"]}
-    dtype = precision.compute_dtype(config)
-    batch_norm = o["norm"] == "batch"
-
-    def module(axis_name=None, channels=None):
-        return build_module(o, num_classes, channels, axis_name, mean=mean, std=std,
-                            dtype=dtype)
-
-    def noise(rng, ids, samples):
-        return reparameterisation_noise(rng, ids, samples, o["latent"])
-
-    def target_of(out, image):
-        return obj.likelihood_target(recon, image, out["target"]) if k == 0 else out["target"]
-
-    def log_jacobian(image):
-        """log |d normalised / d pixels| summed per example (mse_mean models normalised x)."""
-        if recon != "mse_mean" or std is None or k > 0:   # k > 0: the VAE models features
-            return 0.0
-        s = np.broadcast_to(np.asarray(std, np.float64), image.shape[-1:])
-        return -float(np.prod(image.shape[1:-1]) * np.sum(np.log(s)))
-
-    def elbo_nats(out, target, image, lp=None):
-        """E_q[log p(x|z)] − KL(q ‖ p) per example [B], nats (Monte Carlo over the decoded
-        samples, the KL in closed form), with mse_mean's log-Jacobian."""
-        if lp is None:
-            lp = obj.log_px_given_z(recon, out["decoded"], target, **lik)
-        kl = jnp.sum(obj.kl_per_dim(out["mu"], out["log_var"]), axis=-1)
-        return jnp.mean(lp, axis=0) - kl + log_jacobian(image)
-
-    def init(rng, batch, axis_name=None):
-        image = batch["image"]
-        eps = jnp.zeros((image.shape[0], 1, o["latent"]))
-        return dict(module(axis_name, image.shape[-1]).init(rng, image, train=False, eps=eps))
-
-    def loss(variables, batch, rng, progress, axis_name=None):
-        image, mask = batch["image"], batch["mask"]
-        s = o["train_samples"]
-        eps = noise(rng, batch["id"], s)
-        m = module(axis_name, image.shape[-1])
-        _, state = split_variables(variables)
-        kwargs = dict(train=True, mask=mask, keys=rnglib.example_keys(rng, batch["id"]), eps=eps)
-        if batch_norm:
-            out, state = m.apply(variables, image, mutable=["batch_stats"], **kwargs)
-        else:
-            out = m.apply(variables, image, **kwargs)
-        c = obj.kl_schedule(o["kl_coef"], o["kl_warmup_epochs"], progress["epoch"])
-        target = target_of(out, image)
-        recon_term, kl_term = obj.generative_terms(recon, out["decoded"], target, out["mu"],
-                                                   out["log_var"], **lik)
-        generative = None
-        if s > 1:   # β·(−IWAE_K), the weights' KL part scaled by the (warm-up) c
-            z = out["mu"] + jnp.exp(0.5 * out["log_var"]) * jnp.moveaxis(eps, 1, 0)
-            log_w = obj.log_weights(recon, out["decoded"], target, z, out["mu"],
-                                    out["log_var"], kl_coef=c, **lik)
-            generative = -obj.iwae(log_w)
-        value, aux = obj.dhm_objective(out["logits"], batch["label"], mask, recon_term, kl_term,
-                                       alpha=o["alpha"], beta=o["beta"], kl_coef=c,
-                                       axis_name=axis_name, generative=generative)
-        aux["elbo"] = lax.stop_gradient(obj.global_mean(
-            elbo_nats(out, target, image), mask, axis_name))
-        return value, (dict(state), aux)
-
-    def predict(variables, batch, rng, outputs=("logits",)):
-        image = batch["image"]
-        m = module(None, image.shape[-1])
-        res = {}
-        if set(outputs) <= {"logits"}:
-            res["logits"] = m.apply(variables, image, train=False, decode=False)["logits"]
-            return res
-        out = m.apply(variables, image, train=False)              # decoded at z = μ
-        res["logits"] = out["logits"]
-        target = target_of(out, image)
-        if "log_px" in outputs:
-            recon_term, kl_term = obj.generative_terms(recon, out["decoded"], target, out["mu"],
-                                                       out["log_var"], **lik)
-            res["log_px"] = -(recon_term + o["kl_coef"] * kl_term)
-        if {"elbo", "log_likelihood"} & set(outputs):
-            eps = noise(rng, batch["id"], o["iwae_samples"])
-            sampled = m.apply(variables, image, train=False, eps=eps)
-            z = sampled["mu"] + jnp.exp(0.5 * sampled["log_var"]) * jnp.moveaxis(eps, 1, 0)
-            lp = obj.log_px_given_z(recon, sampled["decoded"], target, **lik)  # [S, B]
-            res["elbo"] = elbo_nats(sampled, target, image, lp=lp)
-            log_w = lp + obj.log_normal_std(z) - obj.log_q(z, sampled["mu"], sampled["log_var"])
-            res["log_likelihood"] = obj.iwae(log_w) + log_jacobian(image)
-        return res
-
-    def ood_scores(out):
-        logits = jnp.asarray(out["logits"], jnp.float32)
-        return {"max_softmax": jnp.max(jax.nn.softmax(logits), axis=-1),
-                "log_z": jax.nn.logsumexp(logits, axis=-1),
-                "log_px": out["log_px"], "elbo": out["elbo"]}
-
-    names = ("logits", "log_px", "elbo") + (("log_likelihood",) if k == 0 else ())
-    return Family(name="dhm", init=init, loss=loss, predict=predict, outputs=names,
+    d = _DHM(o, num_classes, precision.compute_dtype(config), mean=mean, std=std)
+    names = ("logits", "log_px", "elbo") + (("log_likelihood",) if d.k == 0 else ())
+    return Family(name="dhm", init=d.init, loss=d.loss, predict=d.predict, outputs=names,
                   supervised=True, validation_outputs=("logits",), validate=validate_classifier,
                   select=("accuracy", "max"), ood_outputs=("logits", "log_px", "elbo"),
-                  ood_score_fn=ood_scores,
+                  ood_score_fn=d.ood_scores,
                   label=f"DHM β={o['beta']:g}",
                   describe={"model": "dhm", **{f: o[f] for f in ("width", "latent", "norm",
                             "vae_split_layer", "alpha", "beta", "kl_coef", "recon")},
