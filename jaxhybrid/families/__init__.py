@@ -10,8 +10,9 @@ import importlib
 from jaxhybrid.families.base import Family
 from jaxhybrid.families.classifier import make_classifier
 from jaxhybrid.families.dhm import make_dhm
+from jaxhybrid.families.hvae import make_hvae
 
-FAMILIES = {"classifier": make_classifier, "dhm": make_dhm}
+FAMILIES = {"classifier": make_classifier, "dhm": make_dhm, "hvae": make_hvae}
 
 
 def _factory(name: str):
