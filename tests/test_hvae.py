@@ -376,3 +376,8 @@ def test_digits_trains_and_evaluates_through_the_cli(tmp_path):
     assert like["dims"] == 64 and 0 < like["bits_per_dim"] < 10
     assert like["bits_per_dim"] == pytest.approx(-like["log_likelihood_nats"] / (64 * np.log(2)))
     assert "4 samples" in like["bound"]
+    l1 = like["bounds"]["L>1"]                                      # L>1 in nats and bits/dim
+    assert l1["bits_per_dim"] == pytest.approx(-l1["log_likelihood_nats"] / (64 * np.log(2)))
+    assert l1["log_likelihood_nats"] == pytest.approx(float(np.mean(saved["test/L>1"])))
+    out = tmp_path / "eval" / str(final["evaluated_step"])
+    assert (out / "ood_hist__LLRgt1.png").exists() and (out / "ood_roc_Lgt1.png").exists()

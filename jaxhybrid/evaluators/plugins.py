@@ -7,6 +7,7 @@ averaged over batches.
 from __future__ import annotations
 
 import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -137,6 +138,12 @@ def temperature_scaling(ctx: EvalContext) -> Section:
 OOD_SCORES_FILE = "ood_scores.npz"
 
 
+def file_safe(name: str) -> str:
+    """A score name as a portable file-name part: ">" -> "gt", anything but [A-Za-z0-9_.]
+    -> "_" ("-LLR>1" -> "_LLRgt1")."""
+    return re.sub(r"[^A-Za-z0-9_.]", "_", name.replace(">", "gt"))
+
+
 def save_scores(path: str, split: str, in_scores: dict, out_scores: dict) -> None:
     """Every per-example score, for analysis: npz keys ``"<split>/<score>"`` for the
     in-distribution split and ``"<OOD set>/<score>"`` for each OOD set (float64 arrays)."""
@@ -181,14 +188,14 @@ def ood(ctx: EvalContext) -> Section:
     for score_name, s_in in in_scores.items():
         if not sets:
             break
-        hist = f"ood_hist_{score_name}.png"
+        hist = f"ood_hist_{file_safe(score_name)}.png"
         plots.score_histograms(s_in, {n: v[score_name] for n, v in out_scores.items()},
                                os.path.join(ctx.out_dir, hist), score_name)
         curves = {}
         for n, v in out_scores.items():
             fpr, tpr = roc_curve(s_in, v[score_name])
             curves[n] = (fpr, tpr, m["sets"][n]["scores"][score_name]["auroc"])
-        roc = f"ood_roc_{score_name}.png"
+        roc = f"ood_roc_{file_safe(score_name)}.png"
         plots.roc_curves(curves, os.path.join(ctx.out_dir, roc), title=f"ROC: {score_name}")
         figures += [(f"Score histograms: {score_name}", hist), (f"ROC curves: {score_name}", roc)]
     desc = "\n".join(f"- **{s.name}**: {s.description} ({len(s.source)} examples)" for s in sets)
@@ -264,26 +271,39 @@ def adversarial(ctx: EvalContext) -> Section:
 
 
 # -- likelihood --------------------------------------------------------------------------
+def _bound_stats(ll, dims: int) -> dict:
+    ll = np.asarray(ll, np.float64)
+    mean = float(np.mean(ll))
+    return {"log_likelihood_nats": mean, "nll_nats": -mean,
+            "bits_per_dim": -mean / (dims * np.log(2.0)), "std_nats": float(np.std(ll))}
+
+
 def likelihood(ctx: EvalContext) -> Section:
-    """The family's bound on log p(x): nats per example and bits per dimension.
+    """The family's bound on log p(x): nats per example and bits per dimension, and the
+    further bounds of its ``bound_fn`` (e.g. the HVAE's L>k) likewise.
 
     bpd = −L / (D·ln 2), D = H·W·C of the model input (METRICS.md §Likelihoods). For
     discretized likelihoods on dequantized 8-bit data the bound is already a mass over
     the 256 levels, so no 8-bit correction is added.
     """
-    ll = np.asarray(ctx.outputs(names=("log_likelihood",))["log_likelihood"], np.float64)
+    fam = ctx.family
+    ll = ctx.outputs(names=("log_likelihood",))["log_likelihood"]
     dims = int(np.prod(ctx.exp.input_shape))
-    mean = float(np.mean(ll))
-    m = {"log_likelihood_nats": mean, "nll_nats": -mean,
-         "bits_per_dim": -mean / (dims * np.log(2.0)), "dims": dims,
-         "std_nats": float(np.std(ll)), "num_examples": int(len(ll)),
-         "split": ctx.config.evals.split, "bound": ctx.family.describe.get(
-             "log_likelihood", "the family's log_likelihood output")}
+    m = {**_bound_stats(ll, dims), "dims": dims, "num_examples": int(len(ll)),
+         "split": ctx.config.evals.split,
+         "bound": fam.describe.get("log_likelihood", "the family's log_likelihood output")}
+    rows = [["log_likelihood", m["log_likelihood_nats"], m["nll_nats"], m["bits_per_dim"],
+             m["std_nats"]]]
+    if fam.bound_fn is not None:
+        extra = fam.bound_fn(ctx.outputs(names=fam.bound_outputs))
+        m["bounds"] = {name: _bound_stats(v, dims) for name, v in extra.items()}
+        rows += [[name, b["log_likelihood_nats"], b["nll_nats"], b["bits_per_dim"],
+                  b["std_nats"]] for name, b in m["bounds"].items()]
     md = (f"Mean over the {m['split']} split ({m['num_examples']} examples) of "
           f"{m['bound']}, in nats per example and bits per dimension (D = {dims}, "
           f"bpd = −L/(D·ln 2); no 8-bit correction: a discretized likelihood is already a "
           f"mass over the 256 levels).\n\n"
-          + _table([[m["log_likelihood_nats"], m["nll_nats"], m["bits_per_dim"], m["std_nats"]]],
-                   ["log p(x) bound (nats)", "NLL (nats)", "bits/dim", "std (nats)"]))
-    return Section("likelihood", m, {names.LOG_LIKELIHOOD: mean,
+          + _table(rows, ["bound", "log p(x) bound (nats)", "NLL (nats)", "bits/dim",
+                          "std (nats)"]))
+    return Section("likelihood", m, {names.LOG_LIKELIHOOD: m["log_likelihood_nats"],
                                      names.BITS_PER_DIM: m["bits_per_dim"]}, md)

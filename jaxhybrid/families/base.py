@@ -47,6 +47,10 @@ class Family:
     select: tuple = ("accuracy", "max")       # (validation metric, max|min)
     ood_outputs: tuple = ()                   # outputs ood_score_fn needs
     ood_score_fn: Optional[Callable] = None   # (outputs) -> {score: [N]}, higher = in-dist
+    bound_outputs: tuple = ()                 # outputs bound_fn needs
+    bound_fn: Optional[Callable] = None       # (outputs) -> {name: [N]} further bounds on
+                                              # log p(x) in nats (the likelihood evaluator
+                                              # reports them beside log_likelihood)
     label: str = ""           # short human label for figures and reports
     describe: dict = dataclasses.field(default_factory=dict)
 
@@ -55,7 +59,7 @@ class Family:
         if mode not in SELECT_MODES:
             raise ValueError(f"family {self.name!r}: select mode {mode!r}; valid choices: "
                              f"{', '.join(SELECT_MODES)}")
-        unknown = set(self.validation_outputs) | set(self.ood_outputs)
+        unknown = set(self.validation_outputs) | set(self.ood_outputs) | set(self.bound_outputs)
         unknown -= set(self.outputs)
         if unknown:
             raise ValueError(f"family {self.name!r} asks for outputs {sorted(unknown)} that "

@@ -306,11 +306,16 @@ def make_hvae(config, num_classes: int, mean=None, std=None) -> Family:
     def validate(out):
         return {"elbo": float(np.mean(out["elbo"]))}
 
+    def bounds(out):        # L>k, k >= 1, for the likelihood evaluator (nats, bits/dim)
+        l_gt_k = np.asarray(out["l_gt_k"], np.float64)
+        return {f"L>{k}": l_gt_k[:, k] for k in range(1, n_latents)}
+
     s = o["iwae_samples"]
     return Family(name="hvae", init=init, loss=loss, predict=predict,
                   outputs=("elbo", "log_likelihood", "l_gt_k"), supervised=False,
                   validation_outputs=("elbo",), validate=validate, select=("elbo", "max"),
                   ood_outputs=("log_likelihood", "l_gt_k"), ood_score_fn=ood_scores,
+                  bound_outputs=("l_gt_k",), bound_fn=bounds,
                   label=f"HVAE (L={n_latents})",
                   describe={"model": "hvae", "latents": n_latents,
                             "likelihood": o["likelihood"], "free_nats_mode": o["free_nats_mode"],
