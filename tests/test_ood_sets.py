@@ -48,6 +48,10 @@ def test_digits_adapted_to_mnist_frame():
     assert "28x28x3" in src.rule
     assert np.all(x[:, :10] == 0)                 # 8x8 digits zero-padded, centred
     np.testing.assert_array_equal(x[..., 0], x[..., 2])
+    resized = AdaptedSource(digits, (28, 28, 1), "resize")        # OOD set digits_resized
+    y = resized.get(np.arange(4))["image"]
+    assert y.shape == (4, 28, 28, 1) and "bilinear resize to 28x28" in resized.rule
+    assert y[:, 4:24, 4:24].max() > 0 and y.mean() > x.mean()  # fills the frame
 
 
 def test_unknown_ood_set_lists_choices():

@@ -1,7 +1,9 @@
 """OOD sets for the ``ood`` evaluator, from ``config.evals.ood_sets``.
 
 * ``heldout``: test images of ``data.ood_classes`` (removed from training): near-OOD.
-* ``digits``: sklearn's 1,797 8×8 digits, adapted to the in-distribution image shape.
+* ``digits``: sklearn's 1,797 8×8 digits, adapted to the in-distribution image shape
+  (zero-padded, centred, when they fit); ``digits_resized``: the same digits resized
+  bilinearly to the in-distribution image size (e.g. 28×28 for MNIST, hvae-oodd style).
 * ``tfds:NAME[:SPLIT]`` (default split ``test``), ``npz:PATH`` (its test arrays):
   another dataset, adapted to the in-distribution image shape.
 * ``uniform_noise``, ``gaussian_noise``, ``constant``, ``inverted``: built-in transforms
@@ -26,7 +28,7 @@ from jaxhybrid.data.loading import load_source_split
 from jaxhybrid.data.sources import SubsetSource
 
 TRANSFORMS = ("uniform_noise", "gaussian_noise", "constant", "inverted")
-NAMED = ("heldout", "digits") + TRANSFORMS
+NAMED = ("heldout", "digits", "digits_resized") + TRANSFORMS
 
 
 @dataclasses.dataclass
@@ -69,14 +71,15 @@ class _DerivedSource:
 class AdaptedSource(_DerivedSource):
     """A foreign source whose images are adapted to ``target_shape`` (H, W, C)."""
 
-    def __init__(self, base, target_shape):
+    def __init__(self, base, target_shape, mode: str = "pad_or_resize"):
         super().__init__(base, target_shape)
+        self.mode = mode
         _, self.rule = adapt_to(to_float(base.get(np.arange(min(1, len(base))))["image"]),
-                                self.image_shape)
+                                self.image_shape, mode)
 
     def get(self, indices):
         rows = self.base.get(np.asarray(indices))
-        images, _ = adapt_to(to_float(rows["image"]), self.image_shape)
+        images, _ = adapt_to(to_float(rows["image"]), self.image_shape, self.mode)
         return _rows(_to_uint8(images), rows)
 
 
@@ -160,10 +163,11 @@ def build_ood_sets(exp, spec: str, *, max_examples: int = 0) -> list[OODSet]:
         elif item in TRANSFORMS:
             src = TransformedSource(eval_source, item, seed=exp.config.seed)
             desc = DESCRIPTIONS[item] + f", shaped like the {exp.config.evals.split} split"
-        elif item == "digits":
+        elif item in ("digits", "digits_resized"):
             cfg = ml_collections.ConfigDict({"source": "digits"})
             base = load_source_split(cfg, "all")
-            src = AdaptedSource(base, exp.splits.image_shape)
+            src = AdaptedSource(base, exp.splits.image_shape,
+                                "resize" if item == "digits_resized" else "pad_or_resize")
             desc = f"sklearn digits (all {len(base)}); {src.rule}"
         else:
             base, what = _foreign(exp, item)
