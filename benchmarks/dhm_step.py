@@ -15,6 +15,7 @@ random uint8 32×32×3 images and 10 classes from a temporary npz (``data.source
 so nothing is downloaded. The jitted step is lowered and compiled once
 (``step.trace(...).lower().compile()``, the executable ``jit`` itself would run); that
 compiled step is what is timed, and its ``cost_analysis()`` gives the FLOPs.
+(The machinery is ``benchmarks/xla_floor.py``, shared with ``benchmarks/hvae_step.py``.)
 
 The floor: every ``conv_general_dilated`` of the step's jaxpr (forward, loss, backward
 and Adam, nested jaxprs of pjit/shard_map/custom rules walked), i.e. exactly the
@@ -50,22 +51,15 @@ Duration at the full size (2-core CPU): ~1 min to compile each dtype's step and
 from __future__ import annotations
 
 import argparse
-import collections
-import dataclasses
-import json
 import os
-import platform
-import re
-import shutil
 import sys
-import tempfile
-import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)   # measure this checkout, whatever the environment has installed
-from benchmarks.common import fmt_range, run_steps, summary, uptime  # noqa: E402
+from benchmarks import xla_floor  # noqa: E402
 
 FLAGS = argparse.Namespace()   # filled by parse_flags()
+REFERENCE = xla_floor.Reference(seconds=8.9, gflop=1426.0, gflops=160.0)
 
 
 def parse_flags(argv=None) -> argparse.Namespace:
@@ -75,31 +69,10 @@ def parse_flags(argv=None) -> argparse.Namespace:
     p.add_argument("--latent", type=int, default=256, help="latent size (model.latent)")
     p.add_argument("--image", type=int, default=32,
                    help="height and width of the random 3-channel images")
-    p.add_argument("--repeats", type=int, default=5,
-                   help="timed rounds (each: every dtype's step and every conv alone)")
-    p.add_argument("--steps", type=int, default=1, help="steps per timed block")
-    p.add_argument("--dtypes", default="float32,bfloat16",
-                   help="config.compute_dtype values to time, comma-separated")
-    p.add_argument("--skip-floor", "--skip_floor", dest="skip_floor", action="store_true",
-                   help="do not measure the XLA floor of the convolutions")
-    p.add_argument("--conv-block-seconds", "--conv_block_seconds", dest="conv_block_seconds",
-                   type=float, default=0.1, help="minimum duration of one timed block of a "
-                   "conv alone (calls per block chosen from the warm-up)")
-    p.add_argument("--json", default="", help="write the results as JSON to this path")
-    args = p.parse_args(argv, namespace=FLAGS)
-    args.dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
-    from jaxhybrid.precision import COMPUTE_DTYPES
-    bad = [d for d in args.dtypes if d not in COMPUTE_DTYPES]
-    if bad or not args.dtypes:
-        p.error(f"--dtypes {','.join(bad)}: valid: {','.join(COMPUTE_DTYPES)}")
-    return args
+    xla_floor.add_flags(p)
+    return xla_floor.parse(p, argv, FLAGS)
 
 
-REFERENCE_S = 8.9          # the original PyTorch code, median s/step on this 2-core CPU
-REFERENCE_GFLOP = 1426.0
-
-
-# -- the step --------------------------------------------------------------------------
 def synthetic_npz(tmpdir: str, n_train: int, image: int) -> str:
     """Random uint8 [n, image, image, 3] images, labels 0..9 (every class present)."""
     import numpy as np
@@ -124,329 +97,22 @@ def make_config(npz_path: str, dtype: str):
     return c
 
 
-@dataclasses.dataclass
-class Setup:
-    dtype: str
-    step: object          # the compiled step: (state, batch) -> (state, metrics), donated
-    state: object
-    batches: list         # a few device batches, cycled
-    flops: float          # XLA cost analysis of the compiled step
-    compile_s: float
-    convs: collections.Counter   # ConvOp key -> count in the step
-    hlo_convs: tuple      # (convolutions, dots made from convs) in the optimized HLO
-    n_params: int
-    times: list = dataclasses.field(default_factory=list)
-    cursor: int = 0
-
-
-def xla_flops(compiled) -> float:
-    ca = compiled.cost_analysis()
-    if isinstance(ca, (list, tuple)):   # older JAX: one dict per computation
-        ca = ca[0] if ca else {}
-    return float((ca or {}).get("flops", float("nan")))
-
-
-def hlo_conv_counts(text: str) -> tuple:
-    """(convolution instructions, dot instructions XLA made from a conv) in optimized HLO."""
-    convs = len(re.findall(r"\bconvolution\(", text))
-    dots = sum(1 for line in text.splitlines() if re.search(r"\bdot\(", line)
-               and re.search(r'op_name="[^"]*conv_general_dilated"', line))
-    return convs, dots
-
-
-def build_setup(config, initial_state, ops: dict) -> Setup:
-    """The trainer's construction (train._Run) for ``config``; compiles the step once.
-    ``initial_state``: another dtype's initial state, copied when its shapes match."""
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
-
-    from jaxhybrid.data.pipeline import TrainBatches
-    from jaxhybrid.experiment import abstract_state, build_experiment, create_state
-    from jaxhybrid.optim import make_optimizer, make_schedule
-    from jaxhybrid.train import make_train_step, training_plan
-
-    exp = build_experiment(config)
-    batches = TrainBatches(exp.splits.train, config.batch_size, seed=config.seed,
-                           mesh=exp.mesh, preprocess=exp.preprocess)
-    plan = training_plan(config, batches.steps_per_epoch)
-    schedule = make_schedule(config.optimizer, config.batch_size, plan["total_steps"],
-                             plan["steps_per_epoch"])
-    optimizer = make_optimizer(config.optimizer, schedule)
-    shapes = lambda t: jax.tree.map(lambda a: (a.shape, a.dtype), t)  # noqa: E731
-    if initial_state is not None and shapes(initial_state) == shapes(
-            abstract_state(exp, optimizer, config.seed)):
-        state = jax.tree.map(jnp.copy, initial_state)   # every step donates its own
-    else:
-        state = create_state(exp, optimizer, config.seed, batches.batch(0))
-    device_batches = [batches.batch(s) for s in range(4)]
-    t0 = time.perf_counter()
-    traced = make_train_step(exp, optimizer, schedule, plan["steps_per_epoch"]).trace(
-        state, device_batches[0])
-    compiled = traced.lower().compile()
-    compile_s = time.perf_counter() - t0
-    hlo = hlo_conv_counts(compiled.as_text())
-    n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state["params"]))
-    return Setup(config.compute_dtype, compiled, state, device_batches, xla_flops(compiled),
-                 compile_s, collect_convs(traced.jaxpr, ops), hlo, n_params)
-
-
-# -- the convolutions ------------------------------------------------------------------
-@dataclasses.dataclass
-class ConvOp:
-    """One distinct convolution of the step, compiled alone."""
-    primitive: object
-    params: dict
-    lhs: object           # ShapedArray of the input
-    rhs: object           # ShapedArray of the kernel (or, for dw, the output gradient)
-    fn: object = None     # compiled (lhs, rhs) -> out
-    args: tuple = ()
-    flops: float = float("nan")
-    calls: int = 1        # calls per timed block
-    alone_hlo: tuple = ()  # hlo_conv_counts of the op compiled alone
-    times: list = dataclasses.field(default_factory=list)   # seconds per call, per round
-
-    @property
-    def kind(self) -> str:
-        """fwd | dx (input gradient) | dw (filter gradient), from the dimension numbers of
-        flax's NHWC/HWIO convs and of their transposes (a label only)."""
-        dn = self.params["dimension_numbers"]
-        if dn.lhs_spec[0] != 0:
-            return "dw"
-        return "fwd" if tuple(dn.rhs_spec[:2]) == (3, 2) else "dx"
-
-    def describe(self) -> str:
-        p, dn = self.params, self.params["dimension_numbers"]
-        labels = []
-        for spec, (b, f) in ((dn.lhs_spec, "bf"), (dn.rhs_spec, "oi"), (dn.out_spec, "bf")):
-            s = [""] * len(spec)
-            s[spec[0]], s[spec[1]] = b, f
-            for i, d in enumerate(spec[2:]):
-                s[d] = str(i)
-            labels.append("".join(s))
-        dims = lambda t: "x".join(map(str, t))  # noqa: E731
-        extra = "".join(f" {k}={dims(p[k])}" for k in ("lhs_dilation", "rhs_dilation")
-                        if any(v != 1 for v in p[k]))
-        groups = "".join(f" {k}={p[k]}" for k in ("feature_group_count", "batch_group_count")
-                         if p[k] != 1)
-        pad = ",".join(f"{lo}_{hi}" for lo, hi in p["padding"])
-        return (f"{dims(self.lhs.shape)} * {dims(self.rhs.shape)} {self.lhs.dtype.name} "
-                f"{labels[0]}_{labels[1]}->{labels[2]} stride={dims(p['window_strides'])} "
-                f"pad={pad}{extra}{groups}")
-
-    def prepare(self):
-        """Compile alone (the same primitive and parameters), random inputs, XLA FLOPs."""
-        import jax
-        if self.fn is not None:
-            return
-        prim, params = self.primitive, self.params
-        k1, k2 = jax.random.split(jax.random.PRNGKey(0))
-        self.args = (jax.random.normal(k1, self.lhs.shape, self.lhs.dtype),
-                     jax.random.normal(k2, self.rhs.shape, self.rhs.dtype))
-        self.fn = jax.jit(lambda l, r: prim.bind(l, r, **params)).lower(*self.args).compile()
-        self.flops = xla_flops(self.fn)
-        self.alone_hlo = hlo_conv_counts(self.fn.as_text())
-
-    def run(self, n: int) -> float:
-        """Seconds per call of n calls."""
-        import jax
-        t0 = time.perf_counter()
-        for _ in range(n):
-            out = self.fn(*self.args)
-        jax.block_until_ready(out)
-        return (time.perf_counter() - t0) / n
-
-
-def collect_convs(closed_jaxpr, ops: dict) -> collections.Counter:
-    """Count of every conv_general_dilated of the jaxpr, nested jaxprs included (a scan's
-    body × its length); new distinct ops are added to ``ops`` (key -> ConvOp)."""
-    found = collections.Counter()
-
-    def walk(jaxpr, mult, where):
-        for eqn in jaxpr.eqns:
-            name = eqn.primitive.name
-            if name == "conv_general_dilated":
-                lhs, rhs = (v.aval for v in eqn.invars)
-                key = repr((lhs.shape, lhs.dtype.name, rhs.shape, rhs.dtype.name,
-                            sorted(eqn.params.items())))
-                ops.setdefault(key, ConvOp(eqn.primitive, dict(eqn.params), lhs, rhs))
-                found[key] += mult
-                if where:
-                    print(f"WARNING: a convolution inside {where}: counted once per call")
-            inner_mult = mult * eqn.params.get("length", 1) if name == "scan" else mult
-            inner_where = where or (name if name in ("while", "cond") else "")
-            for value in eqn.params.values():
-                for sub in value if isinstance(value, (tuple, list)) else (value,):
-                    sub = getattr(sub, "jaxpr", sub)          # ClosedJaxpr -> Jaxpr
-                    if hasattr(sub, "eqns"):
-                        walk(sub, inner_mult, inner_where)
-
-    walk(closed_jaxpr.jaxpr, 1, "")
-    return found
-
-
-def floor_per_round(setup: Setup, ops: dict) -> list:
-    """Σ count × seconds per call, per round."""
-    return [sum(n * ops[k].times[r] for k, n in setup.convs.items())
-            for r in range(len(setup.times))]
-
-
-# -- measurement -----------------------------------------------------------------------
-def build_all(npz_path: str):
-    """One Setup per dtype (a shared dict of the distinct convs); prints what was built."""
-    import jax.numpy as jnp
-    ops, setups = {}, []
-    for dtype in FLAGS.dtypes:
-        s = build_setup(make_config(npz_path, dtype), setups[0].state if setups else None, ops)
-        setups.append(s)
-        kinds = collections.Counter()
-        for k, n in s.convs.items():
-            kinds[ops[k].kind] += n
-        real = {ops[k].lhs.dtype.name for k in s.convs}
-        print(f"  {dtype:<9s} compiled in {s.compile_s:5.1f} s; XLA {s.flops / 1e9:9.3f} GFLOP; "
-              f"convolutions in the jaxpr: {sum(kinds.values())} = fwd {kinds['fwd']} + dx "
-              f"{kinds['dx']} + dw {kinds['dw']} ({len(s.convs)} distinct, "
-              f"{','.join(sorted(real))}); optimized HLO: {s.hlo_convs[0]} convolutions + "
-              f"{s.hlo_convs[1]} dots made from convs")
-        if dtype == "bfloat16" and jnp.dtype(jnp.bfloat16).name not in real:
-            print("  NOTE: compute_dtype=bfloat16 is not wired into the DHM yet: its step "
-                  "runs its convolutions in float32")
-    return setups, ops
-
-
-def warm_up(setups, ops):
-    """One untimed step per dtype; compile each distinct conv and choose its calls/block."""
-    for s in setups:
-        wall, _ = run_steps(s, 1)
-        print(f"  {s.dtype:<9s} warm-up step {wall * 1e3:9.1f} ms")
-    if FLAGS.skip_floor:
-        return
-    t0 = time.perf_counter()
-    for op in ops.values():
-        op.prepare()
-        warm = op.run(1)
-        op.calls = max(1, min(1000, round(FLAGS.conv_block_seconds / max(warm, 1e-9))))
-    print(f"  {len(ops)} distinct convolutions compiled and warmed up in "
-          f"{time.perf_counter() - t0:.1f} s")
-
-
-def run_rounds(setups, ops):
-    """``--repeats`` rounds over every step and conv, the start rotating each round."""
-    items = [("step", s) for s in setups]
-    if not FLAGS.skip_floor:
-        items += [("conv", op) for op in ops.values()]
-    for r in range(FLAGS.repeats):
-        t0 = time.perf_counter()
-        for kind, x in items[r % len(items):] + items[:r % len(items)]:
-            if kind == "step":
-                x.times.append(run_steps(x, FLAGS.steps)[0] / FLAGS.steps)
-            else:
-                x.times.append(x.run(x.calls))
-        print(f"  round {r + 1}/{FLAGS.repeats}: {time.perf_counter() - t0:.1f} s")
-
-
-# -- report ----------------------------------------------------------------------------
-def report_steps(setups) -> dict:
-    print(f"\n{'dtype':<9s} {'ms/step median (min–max)':>32s} {'GFLOP (XLA)':>12s} "
-          f"{'GFLOP/s':>8s} {'step / 8.9 s':>13s} {'ex/s':>7s}")
-    out = {}
-    for s in setups:
-        t = summary(s.times)
-        gflops = s.flops / 1e9 / t["median"]
-        print(f"{s.dtype:<9s} {fmt_range(t, 1e3):>32s} {s.flops / 1e9:12.3f} {gflops:8.1f} "
-              f"{t['median'] / REFERENCE_S:13.4f} {FLAGS.batch / t['median']:7.1f}")
-        out[s.dtype] = {"sec_per_step": t, "sec_per_step_all": s.times,
-                        "xla_flops": s.flops, "gflop_per_s": gflops,
-                        "ratio_to_reference_8_9s": t["median"] / REFERENCE_S,
-                        "compile_s": s.compile_s, "convs_in_jaxpr": sum(s.convs.values()),
-                        "distinct_convs": len(s.convs), "convs_in_hlo": s.hlo_convs[0],
-                        "dots_from_convs_in_hlo": s.hlo_convs[1]}
-    print(f"(reference: the original PyTorch step, {REFERENCE_S} s median, "
-          f"{REFERENCE_GFLOP:,.0f} GFLOP, ~160 GFLOP/s on this 2-core CPU)")
-    return out
-
-
-def report_floor(s: Setup, ops: dict) -> dict:
-    """The per-shape table and step/floor of one dtype."""
-    floor = floor_per_round(s, ops)
-    ratio = summary([t / f for t, f in zip(s.times, floor)])
-    fsum = summary(floor)
-    conv_flops = sum(n * ops[k].flops for k, n in s.convs.items())
-    print(f"\nXLA floor, {s.dtype} step: Σ count × (conv alone) = {fmt_range(fsum, 1e3)} ms; "
-          f"step/floor {fmt_range(ratio, 1, '.2f')} (per round); conv FLOPs "
-          f"{conv_flops / 1e9:.3f} GFLOP = {conv_flops / s.flops:.0%} of the step's; "
-          f"floor GFLOP/s {conv_flops / 1e9 / fsum['median']:.1f}")
-    rows = sorted(s.convs.items(), key=lambda kv: -kv[1] * summary(ops[kv[0]].times)["median"])
-    print(f"{'kind':<4s} {'count':>5s} {'ms each':>9s} {'GFLOP':>8s} {'GFLOP/s':>8s} "
-          f"{'ms total':>9s} {'share':>6s}  convolution (lhs * rhs, dims, stride, padding)")
-    table = []
-    for key, n in rows:
-        op = ops[key]
-        ms = summary(op.times)["median"] * 1e3
-        print(f"{op.kind:<4s} {n:5d} {ms:9.3f} {op.flops / 1e9:8.4f} "
-              f"{op.flops / 1e6 / ms:8.1f} {n * ms:9.2f} {n * ms / 1e3 / fsum['median']:6.1%}"
-              f"  {op.describe()}{' [alone: a dot]' if op.alone_hlo[1] else ''}")
-        table.append({"kind": op.kind, "conv": op.describe(), "count": n,
-                      "alone_hlo_convs_dots": op.alone_hlo,
-                      "sec_each": summary(op.times), "sec_each_all": op.times,
-                      "calls_per_block": op.calls, "xla_flops_each": op.flops})
-    return {"floor_sec": fsum, "floor_sec_all": floor, "ratio_step_over_floor": ratio,
-            "conv_flops": conv_flops, "table": table}
-
-
-def header() -> dict:
-    import jax
-    dev = jax.devices()[0]
-    info = {"jax": jax.__version__, "backend": jax.default_backend(),
-            "device": f"{dev.platform}:{dev.device_kind}", "devices": jax.device_count(),
-            "cpus": os.cpu_count(), "python": platform.python_version(),
-            "machine": platform.machine()}
-    print(f"jax {info['jax']} ({info['backend']}, device {info['device']}, 1 of "
-          f"{info['devices']} used); python {info['python']} on {info['machine']}; "
-          f"{info['cpus']} CPU(s)")
-    return info
+def describe(c) -> str:
+    m = c.model
+    return (f"DHM (configs/dhm.py:cifar10): width {m.width} blocks {tuple(m.blocks)} latent "
+            f"{m.latent} head {m.head_hidden} norm {m.norm}; α={m.alpha:g} β={m.beta:g} "
+            f"c={m.kl_coef:g} recon {m.recon}; optimizer {c.optimizer.name}; batch "
+            f"{FLAGS.batch} of random uint8 {FLAGS.image}x{FLAGS.image}x3, 10 classes; "
+            f"train transforms {c.data.train_transforms}")
 
 
 def main(argv=None):
     parse_flags(argv)
-    up_start = uptime()
-    print("uptime (start):", up_start)
-    machine = header()
-    tmpdir = tempfile.mkdtemp(prefix="dhm_step_")
-    try:
-        npz = synthetic_npz(tmpdir, max(4 * FLAGS.batch, 20), FLAGS.image)
-        c = make_config(npz, FLAGS.dtypes[0])
-        m = c.model
-        print(f"DHM (configs/dhm.py:cifar10): width {m.width} blocks {tuple(m.blocks)} latent "
-              f"{m.latent} head {m.head_hidden} norm {m.norm}; α={m.alpha:g} β={m.beta:g} "
-              f"c={m.kl_coef:g} recon {m.recon}; optimizer {c.optimizer.name}; batch "
-              f"{FLAGS.batch} of random uint8 {FLAGS.image}x{FLAGS.image}x3, 10 classes; "
-              f"train transforms {c.data.train_transforms}")
-        print("building (trainer construction, compile):")
-        setups, ops = build_all(npz)
-        print(f"parameters: {setups[0].n_params:,}")
-        warm_up(setups, ops)
-        print(f"timing: {FLAGS.repeats} rounds of {FLAGS.steps} step(s) per dtype"
-              + ("" if FLAGS.skip_floor else f" + {len(ops)} convs alone") + ", round-robin")
-        run_rounds(setups, ops)
-    finally:
-        shutil.rmtree(tmpdir, ignore_errors=True)
-
-    results = {"machine": machine, "uptime_start": up_start,
-               "sizes": {k: getattr(FLAGS, k) for k in ("batch", "width", "latent", "image")},
-               "repeats": FLAGS.repeats, "steps_per_block": FLAGS.steps,
-               "parameters": setups[0].n_params,
-               "reference": {"sec_per_step": REFERENCE_S, "gflop": REFERENCE_GFLOP},
-               "steps": report_steps(setups)}
-    if not FLAGS.skip_floor:
-        results["floor"] = {s.dtype: report_floor(s, ops) for s in setups}
-    results["uptime_end"] = uptime()
-    print(f"\nuptime (start): {up_start}\nuptime (end):   {results['uptime_end']}")
-    if FLAGS.json:
-        os.makedirs(os.path.dirname(os.path.abspath(FLAGS.json)), exist_ok=True)
-        with open(FLAGS.json, "w") as f:
-            json.dump(results, f, indent=2)
-        print(f"results written to {FLAGS.json}")
+    xla_floor.main(xla_floor.Bench(
+        name="DHM", batch=FLAGS.batch,
+        sizes={k: getattr(FLAGS, k) for k in ("batch", "width", "latent", "image")},
+        write_npz=lambda d: synthetic_npz(d, max(4 * FLAGS.batch, 20), FLAGS.image),
+        make_config=make_config, describe=describe, reference=REFERENCE), FLAGS)
 
 
 if __name__ == "__main__":

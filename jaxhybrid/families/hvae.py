@@ -23,7 +23,11 @@ with the original's Fashion-MNIST settings)::
     train_samples          S posterior samples per example in training
     train_importance_weighted   the IW training bound over them (else their mean)
     iwae_samples           S of the importance-weighted scores (log_likelihood, l_gt_k)
-    score_chunk            samples evaluated at once (memory ∝ score_chunk, any S)
+    score_chunk            samples evaluated at once (memory ∝ score_chunk, any S): the
+                           scoring holds (eval_batch_size / devices) × L × score_chunk
+                           rows of activations in flight (L passes for L>k); ≈ 1 MiB a row
+                           at the Fashion-MNIST width, ≈ 5 MiB at the CIFAR-10 width
+                           (benchmarks/hvae_scoring.py measures it)
 
 Outputs (eval mode; every draw keyed by the fixed evaluation key, the example id and the
 sample index, so nothing depends on the device count or the chunking):
@@ -83,7 +87,7 @@ DEFAULTS = {
     "same_shape_skips": False, "warmup_epochs": 200.0, "free_nats": 2.0,
     "free_nats_constant_epochs": 200, "free_nats_cooldown_epochs": 200,
     "free_nats_mode": "per_element", "train_samples": 1, "train_importance_weighted": False,
-    "iwae_samples": 1, "score_chunk": 64,
+    "iwae_samples": 1, "score_chunk": 8,
 }
 
 
