@@ -30,8 +30,6 @@ elbo. The best checkpoint is the one with the highest validation accuracy.
 """
 from __future__ import annotations
 
-import numbers
-
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -41,6 +39,7 @@ from jaxhybrid import precision
 from jaxhybrid import rng as rnglib
 from jaxhybrid.families.base import Family, split_variables
 from jaxhybrid.families.classifier import validate_classifier
+from jaxhybrid.families.options import Options, is_int
 from jaxhybrid.models.dhm import DHM, NORMS, SPLIT_LAYERS
 from jaxhybrid.models import likelihoods
 from jaxhybrid.objectives import dhm as obj
@@ -55,57 +54,31 @@ DEFAULTS = {
 }
 
 
-def _is_int(v):
-    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
-
-
-def _is_num(v):
-    return isinstance(v, numbers.Real) and not isinstance(v, bool) and np.isfinite(v)
-
-
 def read_options(model_cfg) -> dict:
     """``config.model`` -> the family's options, every field checked (errors name the field
     and the valid choices)."""
-    given = {k: (tuple(v) if isinstance(v, list) else v) for k, v in model_cfg.items()
-             if k != "name"}
-    unknown = set(given) - set(DEFAULTS)
-    if unknown:
-        raise ValueError(f"Unknown option(s) {sorted(unknown)} for model 'dhm'; valid "
-                         f"options: {', '.join(sorted(DEFAULTS))}")
-    o = {**DEFAULTS, **given}
-    bad = []
-
-    def need(field, ok, what):
-        if not ok:
-            bad.append(f"config field model.{field} = {o[field]!r}: {what}")
-    for f in ("width", "latent", "head_hidden", "train_samples", "iwae_samples"):
-        need(f, _is_int(o[f]) and o[f] >= 1, "must be an int >= 1")
-    need("blocks", isinstance(o["blocks"], tuple) and len(o["blocks"]) == 4
-         and all(_is_int(b) and b >= 1 for b in o["blocks"]),
-         "must be 4 ints >= 1 (blocks per stage), e.g. (2, 2, 2, 2)")
-    need("norm", o["norm"] in NORMS, f"must be one of {', '.join(NORMS)}")
-    need("vae_split_layer", o["vae_split_layer"] in SPLIT_LAYERS and _is_int(o["vae_split_layer"]),
-         f"must be one of {', '.join(map(str, SPLIT_LAYERS))}")
-    need("recon", o["recon"] in obj.RECONS, f"must be one of {', '.join(obj.RECONS)}")
-    for f in ("alpha", "beta", "kl_coef", "kl_warmup_epochs"):
-        need(f, _is_num(o[f]) and o[f] >= 0, "must be a number >= 0")
-    for f in ("recon_scale", "recon_scale_min"):
-        need(f, _is_num(o[f]) and o[f] > 0, "must be a number > 0")
+    c = Options(model_cfg, DEFAULTS, "dhm")
+    o = c.o
+    c.ints(("width", "latent", "head_hidden", "train_samples", "iwae_samples"), 1)
+    c.need("blocks", isinstance(o["blocks"], tuple) and len(o["blocks"]) == 4
+           and all(is_int(b, 1) for b in o["blocks"]),
+           "must be 4 ints >= 1 (blocks per stage), e.g. (2, 2, 2, 2)")
+    c.one_of("norm", NORMS)
+    c.need("vae_split_layer", is_int(o["vae_split_layer"]) and o["vae_split_layer"] in
+           SPLIT_LAYERS, f"must be one of {', '.join(map(str, SPLIT_LAYERS))}")
+    c.one_of("recon", obj.RECONS)
+    c.numbers(("alpha", "beta", "kl_coef", "kl_warmup_epochs"), 0)
+    c.numbers(("recon_scale", "recon_scale_min"), 0, low_open=True)
     real_valued = ("mse_mean", "gaussian", "gaussian_learned")
-    if not bad and o["vae_split_layer"] > 0 and o["recon"] not in real_valued:
-        need("recon", False, f"must be one of {', '.join(real_valued)} when "
-             "model.vae_split_layer > 0 "
-             "(the VAE then reconstructs real-valued trunk features)")
-    if not bad and o["train_samples"] > 1 and o["recon"] == "mse_mean":
-        need("train_samples", False, "must be 1 with model.recon='mse_mean' (the IWAE loss "
-             "needs a proper likelihood: gaussian, bernoulli, discretized_logistic, "
-             "discretized_mix_logistic)")
-    if bad:
-        raise ValueError("\n".join(bad))
-    for f in ("alpha", "beta", "kl_coef", "kl_warmup_epochs", "recon_scale",
-              "recon_scale_min"):
-        o[f] = float(o[f])
-    return o
+    if not c.bad and o["vae_split_layer"] > 0 and o["recon"] not in real_valued:
+        c.need("recon", False, f"must be one of {', '.join(real_valued)} when "
+               "model.vae_split_layer > 0 (the VAE then reconstructs real-valued trunk features)")
+    if not c.bad and o["train_samples"] > 1 and o["recon"] == "mse_mean":
+        c.need("train_samples", False, "must be 1 with model.recon='mse_mean' (the IWAE loss "
+               "needs a proper likelihood: gaussian, bernoulli, discretized_logistic, "
+               "discretized_mix_logistic)")
+    return c.result(floats=("alpha", "beta", "kl_coef", "kl_warmup_epochs", "recon_scale",
+                            "recon_scale_min"))
 
 
 def build_module(o: dict, num_classes: int, channels: int, axis_name=None, mean=None,

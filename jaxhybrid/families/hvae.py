@@ -52,7 +52,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import numbers
 
 import jax
 import jax.numpy as jnp
@@ -60,6 +59,7 @@ import numpy as np
 from jax import lax
 
 from jaxhybrid import rng as rnglib
+from jaxhybrid.families.options import Options, is_int
 from jaxhybrid.families.base import Family
 from jaxhybrid.models import likelihoods
 from jaxhybrid.models.hvae import HVAE, Block, Latent, init_from_directions
@@ -91,14 +91,6 @@ DEFAULTS = {
 }
 
 
-def _is_int(v, lo=1):
-    return isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= lo
-
-
-def _is_num(v, lo=0.0):
-    return isinstance(v, numbers.Real) and not isinstance(v, bool) and np.isfinite(v) and v >= lo
-
-
 def _entries(value, field, keys, need, bad):
     """A list of dicts with only ``keys`` and every key of ``need``; errors appended."""
     if not isinstance(value, (list, tuple)) or not value:
@@ -121,7 +113,7 @@ def _stage(value, i, bad) -> tuple:
                                    bad)):
         f = f"config field {field}[{j}]"
         d = {"stride": 1, "gated": False, "block": "ResBlockConv2d", "weightnorm": True, **d}
-        if not all(_is_int(d[k]) for k in ("out_channels", "kernel_size", "stride")):
+        if not all(is_int(d[k], 1) for k in ("out_channels", "kernel_size", "stride")):
             bad.append(f"{f} = {d!r}: out_channels, kernel_size and stride must be ints >= 1")
         elif d["block"] != "ResBlockConv2d" or d["weightnorm"] is not True:
             bad.append(f"{f}: block must be 'ResBlockConv2d' and weightnorm True (the only "
@@ -138,7 +130,7 @@ def _latent(d, j, bad):
     d = {"kernel_size": 3, "weightnorm": True, **d}
     if d["block"] not in STOCHASTIC_BLOCKS:
         bad.append(f"{f}: block = {d['block']!r}; valid choices: {', '.join(STOCHASTIC_BLOCKS)}")
-    elif not (_is_int(d["latent_features"]) and _is_int(d["kernel_size"])):
+    elif not (is_int(d["latent_features"], 1) and is_int(d["kernel_size"], 1)):
         bad.append(f"{f} = {d!r}: latent_features and kernel_size must be ints >= 1")
     elif d["weightnorm"] is not True:
         bad.append(f"{f}: weightnorm must be True (the only stochastic layer)")
@@ -150,24 +142,12 @@ def _latent(d, j, bad):
 def read_options(model_cfg) -> dict:
     """``config.model`` -> the family's options, every field checked (errors name the field
     and the valid choices). Adds ``stages`` (tuples of Block) and ``latents`` (Latent)."""
-    given = {k: v for k, v in model_cfg.items() if k != "name"}
-    unknown = set(given) - set(DEFAULTS)
-    if unknown:
-        raise ValueError(f"Unknown option(s) {sorted(unknown)} for model 'hvae'; valid "
-                         f"options: {', '.join(sorted(DEFAULTS))}")
-    o = {**DEFAULTS, **given}
-    bad = []
-
-    def need(field, ok, what):
-        if not ok:
-            bad.append(f"config field model.{field} = {o[field]!r}: {what}")
-    for f in ("num_mix", "likelihood_kernel", "train_samples", "iwae_samples", "score_chunk"):
-        need(f, _is_int(o[f]), "must be an int >= 1")
-    for f in ("free_nats_constant_epochs", "free_nats_cooldown_epochs"):
-        need(f, _is_int(o[f], 0), "must be an int >= 0")
-    for f in ("warmup_epochs", "free_nats"):
-        need(f, _is_num(o[f]), "must be a number >= 0")
-    need("min_scale", _is_num(o["min_scale"]) and o["min_scale"] > 0, "must be a number > 0")
+    c = Options(model_cfg, DEFAULTS, "hvae", lists_to_tuples=False)
+    o, bad, need = c.o, c.bad, c.need
+    c.ints(("num_mix", "likelihood_kernel", "train_samples", "iwae_samples", "score_chunk"), 1)
+    c.ints(("free_nats_constant_epochs", "free_nats_cooldown_epochs"), 0)
+    c.numbers(("warmup_epochs", "free_nats"), 0)
+    c.numbers(("min_scale",), 0, low_open=True)
     need("likelihood", o["likelihood"] in LIKELIHOOD_NAMES,
          f"must be one of {', '.join(LIKELIHOOD_NAMES)}")
     need("free_nats_mode", o["free_nats_mode"] in obj.FREE_NATS_MODES,
@@ -187,10 +167,7 @@ def read_options(model_cfg) -> dict:
         bad.append(f"config fields model.config_stochastic ({len(o['latents'])} layers) and "
                    f"model.config_deterministic ({len(o['stages'])} stages) must have the "
                    f"same length: one stochastic layer per stage")
-    if bad:
-        raise ValueError("\n".join(bad))
-    o["warmup_epochs"], o["free_nats"] = float(o["warmup_epochs"]), float(o["free_nats"])
-    return o
+    return c.result(floats=("warmup_epochs", "free_nats"))
 
 
 def build_module(o: dict, channels: int, axis_name=None, dtype=jnp.float32) -> HVAE:
