@@ -381,3 +381,22 @@ def test_digits_trains_and_evaluates_through_the_cli(tmp_path):
     assert l1["log_likelihood_nats"] == pytest.approx(float(np.mean(saved["test/L>1"])))
     out = tmp_path / "eval" / str(final["evaluated_step"])
     assert (out / "ood_hist__LLRgt1.png").exists() and (out / "ood_roc_Lgt1.png").exists()
+
+
+@pytest.mark.parametrize("kernel,size", [(5, 14), (3, 7), (3, 4), (1, 5)])
+def test_transposed_conv_equals_lax_conv_transpose_values_and_gradients(kernel, size):
+    """The CPU form of the upsampling conv (zero insertion + a plain conv) against
+    lax.conv_transpose: values and both gradients."""
+    from jax import lax
+    from jaxhybrid.models.hvae import conv_transpose_same
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(2, size, size, 3)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(kernel, kernel, 3, 4)), jnp.float32)
+    ref = lambda x, w: lax.conv_transpose(x, w, (2, 2), "SAME",  # noqa: E731
+                                          dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    ours = lambda x, w: conv_transpose_same(x, w, 2)  # noqa: E731
+    np.testing.assert_allclose(ours(x, w), ref(x, w), rtol=1e-5, atol=1e-5)
+    assert ours(x, w).shape == (2, 2 * size, 2 * size, 4)
+    g = jnp.asarray(rng.normal(size=(2, 2 * size, 2 * size, 4)), jnp.float32)
+    for a, b in zip(jax.vjp(ours, x, w)[1](g), jax.vjp(ref, x, w)[1](g)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)

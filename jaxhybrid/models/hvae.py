@@ -76,6 +76,26 @@ def scale_of(logit, min_scale: float):
     return jnp.maximum(jax.nn.softplus(SCALE_BETA * logit) / SCALE_BETA, min_scale)
 
 
+def transpose_padding(kernel: int, stride: int) -> tuple[int, int]:
+    """``lax.conv_transpose``'s "SAME" padding of the input-dilated image (its rule)."""
+    total = kernel + stride - 2
+    low = kernel - 1 if stride > kernel - 1 else -(-total // 2)
+    return low, total - low
+
+
+def conv_transpose_same(x, w, stride: int):
+    """``lax.conv_transpose(x, w, (s, s), "SAME")`` (NHWC, HWIO), equal values. On XLA:CPU
+    it is written as explicit zero insertion (``lax.pad`` with interior padding) and a
+    stride-1 convolution: XLA:CPU's filter gradient of an input-dilated convolution runs
+    at ~4 GFLOP/s (40 % of the Fashion-MNIST step), that of the plain one at ~100. GPUs and
+    TPUs keep the native input-dilated form (no 4× work on inserted zeros)."""
+    if jax.default_backend() != "cpu":
+        return lax.conv_transpose(x, w, (stride, stride), "SAME", dimension_numbers=_DN)
+    (lo, hi), k = transpose_padding(w.shape[0], stride), stride - 1
+    x = lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (lo, hi, k), (lo, hi, k), (0, 0, 0)))
+    return lax.conv_general_dilated(x, w, (1, 1), "VALID", dimension_numbers=_DN)
+
+
 class WNLinear(nn.Module):
     """Weight-normalised conv, transposed conv (``transposed``) or dense (``kernel=0``, on
     the flattened input): y = g·(x ⊛ v/‖v‖) + b, ‖v‖ per output feature (Salimans &
@@ -110,7 +130,7 @@ class WNLinear(nn.Module):
         if not self.kernel:
             y = x @ w
         elif self.transposed:
-            y = lax.conv_transpose(x, w, s, "SAME", dimension_numbers=_DN)
+            y = conv_transpose_same(x, w, self.stride)
         else:
             y = lax.conv_general_dilated(x, w, s, "SAME", dimension_numbers=_DN)
         mean = inv = jnp.ones((self.features,), jnp.float32)   # flax checks init shapes
