@@ -234,9 +234,11 @@ def test_options_are_checked_with_the_valid_choices():
         famlib.make_dhm(_config(recon="bernoulli", vae_split_layer=2), K)
 
 
-# The digits variant made smaller (width 4, 8 epochs of 16 steps): about 40 s on 2 cores.
-DIGITS = ["--config=configs/dhm.py:digits", "--config.num_epochs=8", "--config.model.width=4",
-          "--config.log_every=16", "--config.evals.ood_sets=heldout,uniform_noise",
+# The digits variant as documented (width 8, 15 epochs of 16 steps): about 40 s on 2 cores.
+# (A smaller one, width 4 and 8 epochs, reached only 95-96 %, where bf16 rounding moved
+# the test accuracy by 3 of 288 examples: more than the 1 point asked.)
+DIGITS = ["--config=configs/dhm.py:digits", "--config.log_every=16",
+          "--config.evals.ood_sets=heldout,uniform_noise",
           "--config.evals.adversarial_max_examples=64"]
 
 
@@ -269,7 +271,7 @@ def test_digits_reaches_90_percent_improves_the_elbo_and_evaluates_the_best_chec
     assert np.isfinite(m["likelihood"]["log_likelihood_nats"]) and m["likelihood"]["dims"] == 64
     train = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
     elbo = [r["elbo"] for r in train if r["kind"] == "train"]    # nats, one sample per example
-    assert len(elbo) == 8 and elbo[-1] > elbo[0] + 5.0, elbo
+    assert len(elbo) == 15 and elbo[-1] > elbo[0] + 5.0, elbo
     assert m["likelihood"]["log_likelihood_nats"] > elbo[0]      # IWAE-8 of the best checkpoint
 
 
