@@ -41,7 +41,8 @@ from __future__ import annotations
 
 import ml_collections
 
-from jaxhybrid.config_defaults import CIFAR_MEAN, CIFAR_STD, MNIST_NPZ, base_config, check_variant
+from jaxhybrid.config_defaults import (CIFAR_MEAN, CIFAR_STD, MNIST_NPZ,
+                                      base_config, check_variant, family_model_config)
 from jaxhybrid.families.dhm import DEFAULTS
 
 VARIANTS = ("digits", "mnist_npz", "svhn", "cifar10")
@@ -49,9 +50,7 @@ VARIANTS = ("digits", "mnist_npz", "svhn", "cifar10")
 
 def model_config(**overrides) -> ml_collections.ConfigDict:
     """Every DHM field with the original's defaults (jaxhybrid.families.dhm.DEFAULTS)."""
-    m = ml_collections.ConfigDict({"name": "dhm", **DEFAULTS})
-    m.update(overrides)
-    return m
+    return family_model_config("dhm", DEFAULTS, **overrides)
 
 
 def get_config(variant: str = "digits"):

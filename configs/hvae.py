@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from jaxhybrid.config_defaults import MNIST_NPZ, base_config, check_variant
+from jaxhybrid.config_defaults import MNIST_NPZ, base_config, check_variant, family_model_config
 from jaxhybrid.families.hvae import DEFAULTS
 
 VARIANTS = ("digits", "mnist_npz", "fashion_mnist", "cifar10")
@@ -64,9 +64,7 @@ def latent(kind: str, features: int) -> dict:
 
 def model_config(**overrides) -> ml_collections.ConfigDict:
     """Every HVAE field with the original's Fashion-MNIST defaults (families.hvae.DEFAULTS)."""
-    m = ml_collections.ConfigDict({"name": "hvae", **DEFAULTS})
-    m.update(overrides)
-    return m
+    return family_model_config("hvae", DEFAULTS, **overrides)
 
 
 def get_config(variant: str = "digits"):

@@ -100,6 +100,14 @@ def evals_config(**overrides) -> ml_collections.ConfigDict:
     return d
 
 
+def family_model_config(name: str, defaults: dict, **overrides) -> ml_collections.ConfigDict:
+    """``config.model`` of a family with its own model: ``name`` and every field of the
+    family's ``defaults`` (so each is listed, overridable and checked), then ``overrides``."""
+    m = ml_collections.ConfigDict({"name": name, **defaults})
+    m.update(overrides)
+    return m
+
+
 def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.family = "classifier"
