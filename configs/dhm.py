@@ -1,4 +1,4 @@
-"""DHM: a ResNet-18 classifier and a β-VAE trained jointly (SEEDS.md §2, issue 8).
+"""DHM: a ResNet-18 classifier and a β-VAE trained jointly (docs/methods/dhm.md).
 
 Variants (``--config=configs/dhm.py:VARIANT``):
 
@@ -110,7 +110,7 @@ def get_config(variant: str = "digits"):
 
 
 def get_sweep(variant: str = "digits"):
-    """The β sweep (SEEDS.md §2: the original went up to 1e5), one seed per β by default;
+    """The β sweep (docs/methods/dhm.md: the original went up to 1e5), one seed per β by default;
     ``jaxhybrid.aggregate`` plots accuracy, ECE, OOD AUROC and FGSM accuracy against β."""
     betas = {"digits": [0.1, 1.0, 10.0, 100.0]}.get(      # > 0: the x axis is log10
         variant, [0.1, 1.0, 10.0, 100.0, 1000.0, 10000.0, 100000.0])

@@ -85,7 +85,7 @@ def get_config(variant: str = "digits"):
 
 
 def get_sweep(variant: str = "digits"):
-    """The batch-size study (issue 4, docs/results/run_study.sh): FFN vs GFFN, ≥ 256× of batch,
+    """The batch-size study (docs/results/run_study.sh): FFN vs GFFN, ≥ 256× of batch,
     and how ``jaxhybrid.aggregate`` presents it (the figures of docs/results/)."""
     batch = {"digits": [4, 16, 64, 256, 1024], "smoke": [8, 16]}.get(
         variant, [16, 64, 256, 1024, 4096])

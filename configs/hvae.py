@@ -1,4 +1,4 @@
-"""HVAE: the hierarchical VAE of hvae-oodd and its LLR>k OOD scores (SEEDS.md §3, issue 9).
+"""HVAE: the hierarchical VAE of hvae-oodd and its LLR>k OOD scores (docs/methods/hvae.md).
 
 Variants (``--config=configs/hvae.py:VARIANT``):
 

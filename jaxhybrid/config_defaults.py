@@ -84,7 +84,7 @@ def evals_config(**overrides) -> ml_collections.ConfigDict:
         "checkpoint": "best",        # evaluated after training and by --mode=eval: best | latest
         "seed": 0,                   # fixed key of evaluation randomness (binarisation, samples)
         "split": "test",             # the split the evaluators report on
-        "num_bins": 15,              # calibration bins (METRICS.md)
+        "num_bins": 15,              # calibration bins (docs/metrics.md)
         # OOD sets: heldout (data.ood_classes), digits (sklearn digits resized), uniform_noise,
         # gaussian_noise, constant, inverted, and datasets "tfds:NAME[:split]" / "npz:PATH"
         "ood_sets": "uniform_noise,gaussian_noise,constant,inverted",

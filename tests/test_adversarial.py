@@ -17,7 +17,7 @@ B2 = _rng.normal(size=K) * 0.1
 
 
 def logits_fn(x):
-    """Pixel-space [B, H, W, C] -> logits [B, K]; normalisation inside, as METRICS.md asks."""
+    """Pixel-space [B, H, W, C] -> logits [B, K]; normalisation inside, as docs/metrics.md asks."""
     h = ((x - 0.5) / 0.25).reshape(x.shape[0], -1)
     h = jnp.tanh(h @ jnp.asarray(W1, jnp.float32) + jnp.asarray(B1, jnp.float32))
     return h @ jnp.asarray(W2, jnp.float32) + jnp.asarray(B2, jnp.float32)

@@ -1,7 +1,7 @@
 """Issue 4, item 4: the device count is irrelevant to the GFFN estimator.
 
 The joint loss' partition term is a log-sum-exp over the GLOBAL batch, reduced across
-devices with pmax/psum (SEEDS.md §1). So a run with global batch B must follow the same
+devices with pmax/psum (docs/methods/gffn.md). So a run with global batch B must follow the same
 loss trajectory on 1, 2, 4 or 8 devices (same seed, same batches), up to float
 reassociation. A per-device partition (B/8 per device) would fail this test for λ = 1.
 """

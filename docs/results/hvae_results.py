@@ -1,4 +1,4 @@
-"""The HVAE results page (issue 9; SEEDS.md §3): docs/results/hvae.md and docs/results/hvae/.
+"""The HVAE results page (docs/methods/hvae.md): docs/results/hvae.md and docs/results/hvae/.
 
 One script trains (``--train``), evaluates and writes the page from the numbers::
 
@@ -90,7 +90,7 @@ SIDECAR = "hvae_results_eval.json"           # in the workdir: what the last eva
 SCORES = ("L", "L>1", "L>2", "-LLR>1", "-LLR>2")
 FAIL, SUCCEED = 0.5, 0.9                     # AUROC: below chance / a working detector
 ORIGINAL = {"width": 64, "epochs": 1000, "params": 2_588_898, "S": 250}
-# Havtorn et al. 2021, FashionMNIST→MNIST (SEEDS.md §3): AUROC / AUPRC / FPR80, OOD positive,
+# Havtorn et al. 2021, FashionMNIST→MNIST (docs/methods/hvae.md): AUROC / AUPRC / FPR80, OOD positive,
 # in-distribution and OOD test sets subsampled to equal size; LLR>2 not reported there.
 PAPER = {"L": "0.268 / 0.363 / 0.882", "L>1": "0.593 / 0.591 / 0.658",
          "L>2": "0.712 / 0.750 / 0.548",
@@ -510,7 +510,7 @@ def claim_far_ood(table: dict) -> str:
             f"{s} ({_fmt_scores(table, s, ('L', '-LLR>1', '-LLR>2'))})" for s in bad)
             + ": it is not a universal score; there the likelihood itself separates the sets "
               "and the likelihood ratio ranks them the wrong way. The paper evaluates LLR>k on "
-              "pairs of real datasets (SEEDS.md §3: MNIST, KMNIST, notMNIST, Omniglot, "
+              "pairs of real datasets (docs/methods/hvae.md: MNIST, KMNIST, notMNIST, Omniglot, "
               "SmallNORB, SVHN, CIFAR-100 as OOD); synthetic sets like these are not among them.")
     return text if (good or bad) else ""
 
@@ -568,8 +568,8 @@ def page(r: dict, table: dict, fig_dir: str, train_cmd: str) -> str:
     findings = [claim_l_fails(table), claim_bpd(r), claim_l_gt_k(table), claim_far_ood(table),
                 claim_collapse(r, table), untestable(r)]
     return "\n\n".join([
-        "# Results: HVAE likelihood and LLR>k OOD scores on MNIST (issue 9)",
-        "The hierarchical VAE of hvae-oodd (Havtorn et al. 2021, SEEDS.md §3) trained on the "
+        "# Results: HVAE likelihood and LLR>k OOD scores on MNIST",
+        "The hierarchical VAE of hvae-oodd (Havtorn et al. 2021, docs/methods/hvae.md) trained on the "
         "shared MNIST file, and its OOD scores L, L>k and LLR>k = L − L>k against the OOD "
         "sets available offline. Everything on this page is written by one script from the "
         f"run's files (evaluated {info['date']}):",
@@ -589,7 +589,7 @@ def page(r: dict, table: dict, fig_dir: str, train_cmd: str) -> str:
         "## OOD detection", "Scores are used with higher = in-distribution: L, L>k, and "
         "−LLR>k for the rows named LLR>k. AUROC does not depend on the positive class. "
         "**AUPRC and FPR80 take OOD as the positive class, as the paper does** "
-        "(METRICS.md: AUPR-Out, FPR@80 (OOD-positive)); AUPR-In is given for completeness. "
+        "(docs/metrics.md: AUPR-Out, FPR@80 (OOD-positive)); AUPR-In is given for completeness. "
         "The paper subsamples both sets to equal size; AUPRC depends on that ratio, so it is "
         "given for the full sets and as the mean over 20 seeded equal-size subsamples of the "
         "test split.", ood_section(table), s_note(r, table),

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The batch-size study of docs/results/README.md (issue 4; SEEDS.md §1, the GFFN thesis):
+# The batch-size study of docs/results/README.md (docs/methods/gffn.md, the GFFN thesis):
 # FFN (λ = 0, cross-entropy) against GFFN (λ = 1, joint likelihood with the global-batch
 # partition), at 5 global batch sizes spanning 256×, 3 seeds each, on two datasets:
 #

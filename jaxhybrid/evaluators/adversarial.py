@@ -1,6 +1,6 @@
 """Untargeted FGSM and PGD on the true label, in pixel space.
 
-Conventions follow docs METRICS.md ("Adversarial robustness"):
+Conventions follow docs/metrics.md ("Adversarial robustness"):
 - eps is in units of the [0, 1] pixel scale; `logits_fn` takes pixel-space inputs and
   normalises inside, so attacks never see normalised inputs;
 - the loss is the SUMMED cross-entropy over the batch, so each example's input gradient
@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 import jax
 import jax.numpy as jnp
 
-DEFAULT_EPSILONS = (0.0, 1 / 255, 2 / 255, 4 / 255, 8 / 255, 16 / 255)  # METRICS.md default grid
+DEFAULT_EPSILONS = (0.0, 1 / 255, 2 / 255, 4 / 255, 8 / 255, 16 / 255)  # docs/metrics.md default grid
 DHM_EPSILONS = (0.0, 0.02, 0.03, 0.04, 0.05, 0.06, 0.07, 0.08)  # DHM paper grid, plus clean
 EPSILON_GRIDS = {"default": DEFAULT_EPSILONS, "dhm": DHM_EPSILONS}
 
@@ -60,7 +60,7 @@ def epsilon_grid(name_or_values) -> tuple[float, ...]:
 def _summed_ce_grad(logits_fn: LogitsFn, x: jax.Array, y: jax.Array) -> jax.Array:
     """x: [B, ...] pixels, y: [B] ints -> d/dx sum_i CE(logits_fn(x)_i, y_i): [B, ...].
 
-    Summed (not averaged) so row i is the gradient of example i's own loss (METRICS.md).
+    Summed (not averaged) so row i is the gradient of example i's own loss (docs/metrics.md).
     """
 
     def summed_ce(x):
@@ -85,7 +85,7 @@ def fgsm(logits_fn: LogitsFn, x, y, eps, clip_min=0.0, clip_max=1.0) -> jax.Arra
     """
     x = jnp.asarray(x)
     g = _summed_ce_grad(logits_fn, x, jnp.asarray(y))
-    x_adv = jnp.clip(x + eps * jnp.sign(g), clip_min, clip_max)  # METRICS.md FGSM; sign(0) = 0
+    x_adv = jnp.clip(x + eps * jnp.sign(g), clip_min, clip_max)  # docs/metrics.md FGSM; sign(0) = 0
     return jnp.where(eps == 0, x, x_adv).astype(x.dtype)
 
 

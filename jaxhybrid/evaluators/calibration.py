@@ -1,6 +1,6 @@
 """Top-label calibration metrics: ECE, MCE, RMS-CE and reliability-diagram statistics.
 
-Conventions follow docs METRICS.md ("Calibration"):
+Conventions follow docs/metrics.md ("Calibration"):
 - confidence c_i = max_k p(k|x_i), prediction = argmax_k p(k|x_i), correct = 1[pred == y];
 - bin m (0-based) covers (lo_m, hi_m]; c == 0 goes to the first bin, c == 1.0 to the last;
 - every metric is computed over the whole evaluation set in one call, never averaged
@@ -55,7 +55,7 @@ def check_scores_and_labels(scores, labels, what: str = "probs"):
 def _top_label(probs, labels):
     """probs: [N, K], labels: [N] ints -> (confidence [N] float64, correct [N] bool)."""
     probs, labels = check_scores_and_labels(probs, labels, "probs")
-    pred = probs.argmax(axis=1)  # METRICS.md: prediction = argmax_k p(k|x)
+    pred = probs.argmax(axis=1)  # docs/metrics.md: prediction = argmax_k p(k|x)
     # Gather at the argmax instead of probs.max(1): the same value, about 3x faster.
     conf = probs[np.arange(probs.shape[0]), pred].astype(np.float64)  # top-label confidence
     return conf, pred == labels
@@ -82,7 +82,7 @@ def bin_edges(confidence, num_bins: int, binning: str) -> np.ndarray:
 def assign_bins(confidence, edges) -> np.ndarray:
     """confidence: [N] in [0, 1], edges: [M + 1] -> bin index [N] int in [0, M - 1].
 
-    Bin m covers (e_m, e_{m+1}]; 0 goes to bin 0 and 1.0 to bin M - 1 (METRICS.md).
+    Bin m covers (e_m, e_{m+1}]; 0 goes to bin 0 and 1.0 to bin M - 1 (docs/metrics.md).
     """
     num_bins = len(edges) - 1
     idx = np.searchsorted(edges, np.asarray(confidence, np.float64), side="left") - 1
@@ -95,7 +95,7 @@ def calibration_metrics(probs, labels, num_bins: int = 15, binning: str = "equal
     Args:
       probs: [N, K] predicted class probabilities (numpy or jax; any float dtype).
       labels: [N] integer true labels.
-      num_bins: M, number of bins (15 by default, as in METRICS.md).
+      num_bins: M, number of bins (15 by default, as in docs/metrics.md).
       binning: "equal_width" (bins (m/M, (m+1)/M]) or "equal_mass" (edges at the
         confidence quantiles; see `bin_edges`). The choice is echoed in the output.
 
@@ -138,9 +138,9 @@ def calibration_metrics(probs, labels, num_bins: int = 15, binning: str = "equal
     gap = np.abs(acc_m - conf_m)  # zero for empty bins, which carry weight n_m/N = 0
 
     weights = counts / n
-    ece = float(np.sum(weights * gap))  # METRICS.md: ECE = sum_m (n_m/N)|acc_m - conf_m|
-    mce = float(np.max(gap[nonempty]))  # METRICS.md: max over non-empty bins
-    rms_ce = float(np.sqrt(np.sum(weights * gap**2)))  # METRICS.md: RMS-CE
+    ece = float(np.sum(weights * gap))  # docs/metrics.md: ECE = sum_m (n_m/N)|acc_m - conf_m|
+    mce = float(np.max(gap[nonempty]))  # docs/metrics.md: max over non-empty bins
+    rms_ce = float(np.sqrt(np.sum(weights * gap**2)))  # docs/metrics.md: RMS-CE
 
     return {
         "ece": ece,

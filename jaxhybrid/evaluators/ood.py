@@ -1,6 +1,6 @@
 """Out-of-distribution detection metrics: AUROC, AUPR-In/Out, FPR@95, FPR@80 (OOD-positive).
 
-Conventions follow docs METRICS.md ("Out-of-distribution detection"):
+Conventions follow docs/metrics.md ("Out-of-distribution detection"):
 - a score s(x) where HIGHER means MORE in-distribution (max-softmax, log p(x), ELBO).
   Scores where higher means OOD (LLR>k) must be negated by the caller, and named so;
 - ties are handled exactly as scikit-learn handles them: all examples with the same score
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-# Stated in reports next to the numbers (METRICS.md: "Say which one is used").
+# Stated in reports next to the numbers (docs/metrics.md: "Say which one is used").
 FPR95_CONVENTION = (
     "FPR@95 (in-distribution positive, Hendrycks & Gimpel / Liu et al.): fraction of OOD "
     "samples with score >= t, at the largest t that keeps >= 95% of in-distribution samples"
@@ -120,7 +120,7 @@ def ood_metrics(score_in, score_out) -> dict:
     tps_ood = np.cumsum(out_per_group[::-1])
     fps_ood = np.cumsum(in_per_group[::-1])
 
-    fpr95, k95 = _fpr_at_tpr(tps, fps, n_in, n_out, 0.95)  # METRICS.md FPR@95, in positive
+    fpr95, k95 = _fpr_at_tpr(tps, fps, n_in, n_out, 0.95)  # docs/metrics.md FPR@95, in positive
     fpr80, k80 = _fpr_at_tpr(tps_ood, fps_ood, n_out, n_in, 0.80)  # hvae-oodd FPR80, OOD positive
     return {
         "auroc": _auroc(tps, fps, n_in, n_out),

@@ -282,7 +282,7 @@ def likelihood(ctx: EvalContext) -> Section:
     """The family's bound on log p(x): nats per example and bits per dimension, and the
     further bounds of its ``bound_fn`` (e.g. the HVAE's L>k) likewise.
 
-    bpd = −L / (D·ln 2), D = H·W·C of the model input (METRICS.md §Likelihoods). For
+    bpd = −L / (D·ln 2), D = H·W·C of the model input (docs/metrics.md §Likelihoods). For
     discretized likelihoods on dequantized 8-bit data the bound is already a mass over
     the 256 levels, so no 8-bit correction is added.
     """

@@ -31,7 +31,7 @@ def write_report(exp, metrics: dict, results, out_dir, *, step: int) -> epath.Pa
         f"- **Training:** global batch {c.batch_size}, optimizer {c.optimizer.name}, base lr "
         f"{c.optimizer.learning_rate} ({c.optimizer.lr_scaling} scaling from batch "
         f"{c.optimizer.base_batch_size}), seed {c.seed}; {exp.mesh.devices.size} device(s)",
-        f"- **Conventions:** METRICS.md — calibration on top-label confidence with "
+        f"- **Conventions:** docs/metrics.md — calibration on top-label confidence with "
         f"{c.evals.num_bins} equal-width bins (lo, hi], confidence 1.0 in the last bin, "
         f"whole-set (never batch-averaged); OOD scores higher = in-distribution, FPR@95 with "
         f"in-distribution positive, FPR@80 with OOD positive; ε in [0, 1] pixel units, "

@@ -52,6 +52,10 @@ class Family:
                                               # log p(x) in nats (the likelihood evaluator
                                               # reports them beside log_likelihood)
     label: str = ""           # short human label for figures and reports
+    definitions: dict = dataclasses.field(default_factory=dict)
+                              # {output or OOD score name: one-line definition}; reports print
+                              # it beside the number, and results tools never put two scores
+                              # with different definitions in one row
     describe: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):

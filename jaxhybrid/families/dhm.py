@@ -1,4 +1,4 @@
-"""DHM family: a ResNet-18 classifier and a β-VAE trained jointly (SEEDS.md §2).
+"""DHM family: a ResNet-18 classifier and a β-VAE trained jointly (docs/methods/dhm.md).
 
 Module :class:`jaxhybrid.models.dhm.DHM`, objective :mod:`jaxhybrid.objectives.dhm`.
 Its fields live under ``config.model`` (``name = "dhm"``; :data:`DEFAULTS` lists them

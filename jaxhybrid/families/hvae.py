@@ -1,4 +1,4 @@
-"""HVAE family: the hierarchical VAE of hvae-oodd and its LLR>k OOD scores (SEEDS.md §3).
+"""HVAE family: the hierarchical VAE of hvae-oodd and its LLR>k OOD scores (docs/methods/hvae.md).
 
 Module :class:`jaxhybrid.models.hvae.HVAE`, objective :mod:`jaxhybrid.objectives.elbo`.
 Its fields live under ``config.model`` (``name = "hvae"``; :data:`DEFAULTS` lists them,

@@ -1,7 +1,7 @@
 """The GFFN thesis CNN: conv + ReLU + max-pool stages, then dense layers.
 
 No dropout and no batch norm, so the logits are a deterministic function of the
-input (SEEDS.md §1). Inputs are pixel-space images [B, H, W, C] in [0, 1];
+input (docs/methods/gffn.md). Inputs are pixel-space images [B, H, W, C] in [0, 1];
 optional per-channel normalisation happens inside the module, so that attacks and
 OOD transforms work in pixel space.
 """

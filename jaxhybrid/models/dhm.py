@@ -1,4 +1,4 @@
-"""Deep hybrid model (SEEDS.md §2): a ResNet-18 classifier and a β-VAE, trained jointly.
+"""Deep hybrid model (docs/methods/dhm.md): a ResNet-18 classifier and a β-VAE, trained jointly.
 
 - **Trunk:** CIFAR-style ResNet-18 (3×3 stem, no max-pool), features [B, 8w]
   (512 at the default width w = 64).

@@ -1,4 +1,4 @@
-"""The hierarchical VAE of hvae-oodd (Havtorn et al. 2021, its ``VAE`` model; SEEDS.md §3).
+"""The hierarchical VAE of hvae-oodd (Havtorn et al. 2021, its ``VAE`` model; docs/methods/hvae.md).
 
 L Gaussian stochastic layers z_1 (lowest) … z_L, each behind a stage of residual conv
 blocks (:class:`ResBlock`, the original's ``ResBlockConv2d``):
@@ -26,7 +26,7 @@ Skip inputs whose shape already equals the block's (conv1 output) shape are DROP
 in the original: its ``y = y + aux_op(act(aux)) if aux_op is not None else y`` parses as
 ``(y + …) if … else y``, and aux_op is None exactly when no resampling is needed. With
 the paper's configurations this removes every inference skip (so q(z_i | z_{i−1}) as
-SEEDS.md writes it) and keeps the generative skips of the upsampling blocks.
+docs/methods/hvae.md writes it) and keeps the generative skips of the upsampling blocks.
 ``same_shape_skips=True`` adds them (ReLU(aux)) instead.
 
 Samples travel flattened, sample-major: S samples of B examples are [S·B, ...]. The
@@ -293,7 +293,7 @@ class HVAE(nn.Module):
         "layers": one dict per layer, lowest first: z, q_mean, q_scale, p_mean, p_scale
         [S, B, *z]}; z = μ + σ·ε (reparameterised).
 
-        ``skip = k`` (the L>k pass, SEEDS.md §3): z_1..z_k take the posterior mean in
+        ``skip = k`` (the L>k pass, docs/methods/hvae.md): z_1..z_k take the posterior mean in
         inference and the conditional prior's mean in generation. An int, or one per
         sample ([S] ints), so several L>k passes run as one batch. ``mask`` [B]: the valid
         rows, for the data-dependent initialisation only.

@@ -2,7 +2,7 @@
 
 Pure functions of arrays. Every ``*_log_prob`` returns the PER-EXAMPLE
 log-likelihood in nats, summed (never averaged) over all event axes of ``x``;
-divide by D·ln 2 for bits/dim (METRICS.md §Likelihoods). Inputs of any float
+divide by D·ln 2 for bits/dim (docs/metrics.md §Likelihoods). Inputs of any float
 dtype (bf16 decoder outputs included) are cast to float32 first, so the
 element-wise terms and the sums are float32.
 

@@ -3,7 +3,7 @@
 Per example, then averaged over the valid rows of the GLOBAL batch (psum over
 ``axis_name``):
 
-- ``recon="mse_mean"`` (the original, SEEDS.md §2): recon = mean over the target's
+- ``recon="mse_mean"`` (the original, docs/methods/dhm.md): recon = mean over the target's
   elements of (x̂ − x)², KL = mean over latent dimensions, c = ``kl_coef`` (0.1 in the
   original). Its "log p(x)" score is −(recon + c·KL).
 - a proper likelihood of :mod:`jaxhybrid.models.likelihoods` (``gaussian`` with a fixed

@@ -1,4 +1,4 @@
-"""The hierarchical VAE's bounds, its training objective and schedules (SEEDS.md §3).
+"""The hierarchical VAE's bounds, its training objective and schedules (docs/methods/hvae.md).
 
 Per example, for S posterior samples z^(s) ~ q(z|x) and the layers' per-element
 single-sample KL estimates kl_i = log q(z_i|·) − log p(z_i|·) (the original's

@@ -1,6 +1,6 @@
 """GFFN joint objective: logits read as an unnormalised log joint log p(x, y).
 
-SEEDS.md §1 (Klinger 2021, "Generatively Learned Feed Forward Networks"):
+docs/methods/gffn.md (Klinger 2021, "Generatively Learned Feed Forward Networks"):
 
     p(x, y; θ) = exp<y, f(x; θ)> / Z(θ),     Z(x; θ) = Σ_y exp<y, f(x; θ)>
 
@@ -74,7 +74,7 @@ def joint_nll(logits: jax.Array, labels: jax.Array, *, label_model: str = "softm
               axis_name: str | None = None, mask: jax.Array | None = None) -> jax.Array:
     """GFFN batch joint negative log-likelihood over the GLOBAL batch.
 
-    L = −(1/B) Σ_l <y_l, f(x_l)> + logsumexp_l log Z(x_l) − log B   (SEEDS.md §1)
+    L = −(1/B) Σ_l <y_l, f(x_l)> + logsumexp_l log Z(x_l) − log B   (docs/methods/gffn.md)
 
     logits: [B_local, K] float; labels: [B_local] int class ids; mask: optional
     [B_local] bool (padding entries are excluded from every sum and from B).
