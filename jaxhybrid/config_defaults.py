@@ -128,6 +128,8 @@ def base_config() -> ml_collections.ConfigDict:
                                      # (one per checkpoint); 0 = off ("until plateau")
     c.optimizer = optimizer_config()
     c.log_every = 50
+    c.tensorboard = True             # also write metrics.jsonl's records as TensorBoard scalars
+                                     # (event file in the run directory; jaxhybrid/tblog.py)
     c.checkpoint_every = 0           # steps; 0 = once per epoch
     c.keep_checkpoints = 2           # latest N kept (the best by the family's metric too)
     c.eval_every = 0                 # run the evaluators every N steps (0 = only at the end)

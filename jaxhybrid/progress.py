@@ -28,10 +28,12 @@ class JsonlWriter:
     gs://). Opened at step ``start``, it first drops the records of steps after
     ``start``: after a crash those steps are trained again, and their records would
     otherwise appear twice. Object stores cannot append to an object, so there the whole
-    file is rewritten at each record."""
+    file is rewritten at each record. Each record written is also handed to ``sink``
+    (an object with ``write(record)``, e.g. :class:`jaxhybrid.tblog.TensorBoardSink`)."""
 
     def __init__(self, path, start: int = 0):
         self.path = epath.Path(path) if jax.process_index() == 0 else None
+        self.sink = None
         self._lines: list[str] | None = None      # the file's lines, where it is rewritten
         if self.path is None:
             return
@@ -56,6 +58,8 @@ class JsonlWriter:
         else:
             self._lines.append(line)
             self.path.write_text("".join(self._lines))
+        if self.sink is not None:
+            self.sink.write(record)
 
 
 class SkipCounter:

@@ -25,7 +25,7 @@ import numpy as np
 import optax
 from jax.experimental import multihost_utils
 
-from jaxhybrid import evaluate, parallel, rng as rnglib
+from jaxhybrid import evaluate, parallel, rng as rnglib, tblog
 from jaxhybrid.checkpointing import Checkpointer, run_path, save_config
 from jaxhybrid.data.pipeline import TrainBatches
 from jaxhybrid.experiment import (Experiment, abstract_model, abstract_state, augment,
@@ -184,6 +184,7 @@ class _Run:
                                           skip=skip_rule(config.optimizer))
         self.predictor = evaluate.Predictor(exp)
         self.jsonl = JsonlWriter(run_path(workdir) / "metrics.jsonl", self.start)
+        self.jsonl.sink = tblog.open_sink(config, run_path(workdir))
         self.progress = ProgressLog(
             self.jsonl, total=self.total, batch_size=config.batch_size,
             steps_per_epoch=self.plan["steps_per_epoch"],
