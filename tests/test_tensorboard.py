@@ -12,7 +12,7 @@ import numpy as np
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from jaxhybrid.train import train_and_evaluate
-from tests.helpers import run_cli, tiny_config
+from tests.helpers import tiny_config
 
 
 def _event_files(run_dir) -> list[str]:
@@ -70,15 +70,3 @@ def test_event_files_equal_metrics_jsonl_across_resumes_and_off_writes_none(tmp_
         assert [s for s, _ in got["train/loss"]] == [1, 2, 3, 4, 5, 6]
         assert [s for s, _ in got["validation/val_accuracy"]] == [2, 4, 6]
         assert got["final/accuracy"] == [(6, float(np.float32(final["accuracy"])))]
-
-
-def test_cli_tensorboard_option(tmp_path):
-    """--config.tensorboard=True through the CLI: one event file, equal to metrics.jsonl."""
-    wd = str(tmp_path / "cli")
-    r = run_cli(["--config=configs/gffn.py:smoke", f"--workdir={wd}", "--config.num_steps=3",
-                 "--config.model.width=4", "--config.model.hidden=(16,)",
-                 "--config.evals.names=classification", "--config.tensorboard=True"])
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert len(_event_files(wd)) == 1
-    got = assert_tb_matches_jsonl(wd)
-    assert {"train/loss", "validation/val_accuracy", "final/accuracy"} <= set(got)

@@ -82,7 +82,7 @@ class Evaluator:
 
 
 def _registry() -> dict[str, Evaluator]:
-    from jaxhybrid.evaluators import plugins
+    from jaxhybrid.evaluators import plugins, predictions
     classes = frozenset({"logits", "labels"})
     return {
         "classification": Evaluator(plugins.classification, classes),
@@ -91,6 +91,7 @@ def _registry() -> dict[str, Evaluator]:
         "ood": Evaluator(plugins.ood, frozenset({"ood_scores"})),
         "adversarial": Evaluator(plugins.adversarial, classes),
         "likelihood": Evaluator(plugins.likelihood, frozenset({"log_likelihood"})),
+        "predictions": Evaluator(predictions.predictions, frozenset()),
     }
 
 
