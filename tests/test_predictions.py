@@ -36,10 +36,13 @@ def _ece_loop(probs, labels, num_bins):
 
 
 def test_classifier_predictions_reproduce_the_report(tmp_path):
+    """PGD with per-example random starts here (the same keys as the adversarial
+    evaluator's); FGSM in the CLI test."""
     c = tiny_config(num_steps=4, checkpoint_every=4)
     c.evals.names = "classification,calibration,ood,adversarial,predictions"
     c.evals.ood_sets = "heldout,constant"
     c.evals.adversarial_max_examples = 40
+    c.evals.attack, c.evals.pgd_steps, c.evals.pgd_random_start = "pgd", 2, True
     final = train_and_evaluate(c, str(tmp_path))
     m, a = _load(final["eval_dir"])
     assert list(a["sources"]) == ["test", "heldout", "constant"]
@@ -55,7 +58,7 @@ def test_classifier_predictions_reproduce_the_report(tmp_path):
     assert cal["ece"] == m["calibration"]["equal_width"]["ece"]
     assert abs(_ece_loop(probs, labels, c.evals.num_bins) - cal["ece"]) < 1e-12
 
-    preds, eps = a["test/fgsm/prediction"], a["test/fgsm/epsilon"]
+    preds, eps = a["test/pgd/prediction"], a["test/pgd/epsilon"]
     assert preds.shape == (40, len(eps)) and list(eps) == m["adversarial"]["epsilons"]
     acc = [float(np.mean(preds[:, i] == labels[:40])) for i in range(len(eps))]
     assert acc == m["adversarial"]["accuracy"]
@@ -66,9 +69,9 @@ def test_classifier_predictions_reproduce_the_report(tmp_path):
         for source in ("test", "heldout", "constant"):
             for score in ("max_softmax", "log_px", "max_logit"):
                 assert np.array_equal(a[f"{source}/ood/{score}"], ood[f"{source}/{score}"])
-    assert set(a["heldout/label"]) == {8, 9} and "heldout/fgsm/prediction" not in a
+    assert set(a["heldout/label"]) == {8, 9} and "heldout/pgd/prediction" not in a
     report = open(os.path.join(final["eval_dir"], "report.md")).read()
-    assert "## Predictions" in report and "| `test/fgsm/prediction` | [40, 6] | int32 |" in report
+    assert "## Predictions" in report and "| `test/pgd/prediction` | [40, 6] | int32 |" in report
 
 
 def _toy_vae_config():
@@ -103,14 +106,17 @@ def test_cli_predictions_and_tensorboard(tmp_path):
     wd = str(tmp_path / "cli")
     r = run_cli(["--config=configs/gffn.py:smoke", f"--workdir={wd}", "--config.num_steps=3",
                  "--config.model.width=4", "--config.model.hidden=(16,)",
-                 "--config.evals.names=classification,predictions",
+                 "--config.evals.names=classification,adversarial,predictions",
                  "--config.evals.ood_sets=constant", "--config.evals.adversarial_max_examples=8",
                  "--config.tensorboard=True"])
     assert r.returncode == 0, r.stderr[-3000:]
     m, a = _load(os.path.join(wd, "eval", "3"))
     assert float(np.mean(a["test/probabilities"].argmax(1) == a["test/label"])) == \
         m["classification"]["accuracy"]
-    assert a["test/fgsm/prediction"].shape == (8, 6) and "constant/logits" in a
+    preds, labels = a["test/fgsm/prediction"], a["test/label"]
+    assert preds.shape == (8, 6) and "constant/logits" in a
+    assert [float(np.mean(preds[:, i] == labels[:8])) for i in range(6)] == \
+        m["adversarial"]["accuracy"]
     assert len([f for f in os.listdir(wd) if "tfevents" in f]) == 1
     got = assert_tb_matches_jsonl(wd)
     assert {"train/loss", "validation/val_accuracy", "final/accuracy"} <= set(got)
