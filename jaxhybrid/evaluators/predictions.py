@@ -64,8 +64,9 @@ def wanted_outputs(family) -> tuple[str, ...]:
 def fetch_outputs(family, fetch) -> tuple[dict, dict]:
     """(outputs of the OOD-score group, all outputs) of one source, ``fetch(names) ->
     {name: [N, ...]}``. The OOD scores' outputs are asked for together, as the ood
-    evaluator asks for them (a family may compute an output differently in another
-    company: an ELBO with the IWAE's samples), then the other outputs wanted."""
+    evaluator asks for them (a family may compute an output differently depending on
+    what else is asked for, e.g. an ELBO averaged over the IWAE's samples), then the
+    other outputs wanted, so the scores equal the ood evaluator's."""
     ood_names = tuple(family.ood_outputs) if family.ood_score_fn is not None else ()
     rest = tuple(n for n in wanted_outputs(family) if n not in ood_names)
     ood_out = fetch(ood_names) if ood_names else {}
