@@ -198,6 +198,7 @@ FIELDS: dict[str, Check] = {
     "max_train_seconds": number(0),
     "early_stopping_patience": integer(0),
     "log_every": integer(1),
+    "tensorboard": boolean,
     "checkpoint_every": integer(0),
     "keep_checkpoints": integer(1),
     "eval_every": integer(0),
