@@ -106,9 +106,11 @@ def _losses(workdir) -> list[tuple[int, float]]:
 
 
 def test_training_is_bit_identical_in_both_placements_and_after_resume(tmp_path, caplog):
-    """Two epochs of digits on 8 devices: host, and device interrupted mid-epoch-2 (by
-    num_steps) then resumed, give the same losses and final parameters, bit for bit."""
-    small = {"model.width": 4, "model.hidden": (16,), "log_every": 2, "num_steps": 32}
+    """Two epochs of digits on 8 devices with random crops and flips: host, and device
+    interrupted mid-epoch-2 (by num_steps) then resumed, give the same losses and final
+    parameters, bit for bit."""
+    small = {"model.width": 4, "model.hidden": (16,), "log_every": 2, "num_steps": 32,
+             "data.train_transforms": "crop,flip"}    # keyed by the batch's ids
     host = tiny_config(**small, **{"data.placement": "host"})
     with caplog.at_level(logging.INFO, logger="jaxhybrid"):
         train_and_evaluate(host, str(tmp_path / "host"))
