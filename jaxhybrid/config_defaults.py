@@ -47,6 +47,10 @@ def data_config(**overrides) -> ml_collections.ConfigDict:
         # eval: one fixed seeded binarisation), dequantize ((255x+u)/256), crop, flip
         "train_transforms": "",
         "crop_padding": 4,           # zero padding of the random crop
+        # where the training split lives: auto (device when it fits the device memory
+        # budget, else host) | host (batches read on the host, sent each step) | device
+        # (uint8 on the devices once, batches gathered there; jaxhybrid/data/resident.py)
+        "placement": "auto",
     })
     d.update(overrides)
     return d

@@ -27,7 +27,7 @@ from jax.experimental import multihost_utils
 
 from jaxhybrid import evaluate, parallel, rng as rnglib, tblog
 from jaxhybrid.checkpointing import Checkpointer, run_path, save_config
-from jaxhybrid.data.pipeline import TrainBatches
+from jaxhybrid.data.resident import make_train_batches
 from jaxhybrid.experiment import (Experiment, abstract_model, abstract_state, augment,
                                   build_experiment, create_state)
 from jaxhybrid.families.base import variables_of
@@ -160,9 +160,7 @@ class _Run:
     def __init__(self, config, workdir: str):
         self.config, self.workdir = config, workdir
         exp = self.exp = build_experiment(config)
-        batches = TrainBatches(exp.splits.train, config.batch_size, seed=config.seed,
-                               mesh=exp.mesh, preprocess=exp.preprocess,
-                               drop_remainder=bool(config.drop_remainder))
+        batches = make_train_batches(exp, config)
         self.batches, self.plan = batches, training_plan(config, batches.steps_per_epoch)
         self.total = self.plan["total_steps"]
         schedule = make_schedule(config.optimizer, config.batch_size, self.total,

@@ -259,8 +259,11 @@ def runs(tmp_path_factory):
         resumed = launch("resumed", _cli_args(tmp / "crashed"))
         straight.wait()
         evaluated = launch("eval", _cli_args(tmp / "straight", "--mode=eval"))
+        host_data = launch("host_data", _cli_args(tmp / "host_data",
+                                                  "--config.data.placement=host"))
         resumed.wait()
         evaluated.wait()
+        host_data.wait()
     finally:
         for l in launches:
             l.kill()
@@ -269,7 +272,7 @@ def runs(tmp_path_factory):
               f"{l.name} {l.started - t0:.1f}-{l.started - t0 + l.seconds:.1f} s"
               for l in launches))
     return dict(tmp=tmp, one=one, straight=straight, killed=killed, resumed=resumed,
-                evaluated=evaluated, resumable=resumable)
+                evaluated=evaluated, resumable=resumable, host_data=host_data)
 
 
 def test_two_processes_match_one_process_on_eight_devices(runs):
@@ -307,6 +310,25 @@ def test_resume_after_both_processes_were_killed_is_bit_identical(runs):
     records = _train_records(tmp / "crashed")
     assert [r["step"] for r in records] == list(range(2, STEPS + 1, 2))   # each step once
     assert [r["loss"] for r in records] == [r["loss"] for r in _train_records(tmp / "straight")]
+
+
+def test_device_resident_data_equal_host_data_in_two_processes(runs):
+    """The straight run's data are device-resident (auto, digits fit), host_data's are
+    read on the host: each process's log says so, and the losses and final parameters
+    are the same, bit for bit."""
+    tmp = runs["tmp"]
+    for i in (0, 1):
+        assert "data placement: device (auto: the training split fits" in \
+            runs["straight"].output(i)
+        assert "data placement: host (data.placement=host" in runs["host_data"].output(i)
+    def losses(workdir):
+        return [(r["step"], r["loss"], r["grad_norm"]) for r in _train_records(workdir)]
+    assert losses(tmp / "host_data") == losses(tmp / "straight") != []
+    c = _config(tmp)
+    _, device = restore_params(c, str(tmp / "straight"))
+    _, host = restore_params(c, str(tmp / "host_data"))
+    for a, b in zip(jax.tree.leaves(device), jax.tree.leaves(host), strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_eval_mode_in_two_processes(runs):

@@ -14,6 +14,8 @@ import queue
 import threading
 from typing import Iterator
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
@@ -23,14 +25,29 @@ from jaxhybrid.data.preprocess import pad_to_frame, to_float
 
 @dataclasses.dataclass(frozen=True)
 class Preprocess:
-    """uint8 [n, H, W, C] -> float32 [n, frame_h, frame_w, C] in [0, 1] (zero-padded)."""
+    """uint8 [n, H, W, C] -> float32 [n, frame_h, frame_w, C] in [0, 1] (zero-padded).
+
+    Two stages, so that device-resident data (:mod:`jaxhybrid.data.resident`) store the
+    framed uint8 images and scale on the device: :meth:`framed` (uint8, zero-padded;
+    zero pixels scale to 0.0, so padding before scaling equals padding after) and the
+    scaling to [0, 1] (:func:`~jaxhybrid.data.preprocess.to_float` on the host,
+    :meth:`scale_on_device` in a jitted function: the same IEEE float32 product).
+    """
     frame: tuple[int, int] | None = None
 
+    def framed(self, images: np.ndarray) -> np.ndarray:
+        """uint8 [n, H, W, C] -> uint8 [n, frame_h, frame_w, C], zero-padded, centred."""
+        if self.frame is not None and tuple(images.shape[1:3]) != tuple(self.frame):
+            return pad_to_frame(images, self.frame)
+        return images
+
     def __call__(self, images: np.ndarray) -> np.ndarray:
-        x = to_float(images)
-        if self.frame is not None and tuple(x.shape[1:3]) != tuple(self.frame):
-            x = pad_to_frame(x, self.frame)
-        return x
+        return to_float(self.framed(images))
+
+    @staticmethod
+    def scale_on_device(images: jax.Array) -> jax.Array:
+        """uint8 [..., H, W, C] -> float32 in [0, 1]: to_float's product, with jnp."""
+        return images.astype(jnp.float32) * np.float32(1.0 / 255.0)
 
     def output_shape(self, image_shape) -> tuple[int, int, int]:
         h, w, c = image_shape
