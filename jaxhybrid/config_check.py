@@ -177,6 +177,11 @@ def _sources():
     return VALID_SOURCES
 
 
+def _placements():
+    from jaxhybrid.data.resident import PLACEMENTS
+    return PLACEMENTS
+
+
 def _compute_dtypes():
     from jaxhybrid.precision import COMPUTE_DTYPES
     return COMPUTE_DTYPES
@@ -205,6 +210,7 @@ FIELDS: dict[str, Check] = {
     "num_devices": integer(0),
     "compute_dtype": one_of(_compute_dtypes),
     "data.source": one_of(_sources),
+    "data.placement": one_of(_placements),
     "data.validation_size": _validation_size,
     "data.seed": integer(0),
     "data.ood_classes": _class_ids,
