@@ -57,13 +57,12 @@ def setup_logging(log_file: str | None) -> None:
     prefix = f"[process {rank}] " if many else ""
     handlers = [logging.StreamHandler(sys.stdout)]
     if log_file:
+        os.makedirs(os.path.dirname(os.path.abspath(log_file)), exist_ok=True)
         handlers = [logging.FileHandler(log_file), logging.StreamHandler(sys.stderr)]
         handlers[1].setLevel(logging.WARNING)
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, force=True,
                         format=f"%(asctime)s %(levelname)s {prefix}%(message)s",
                         handlers=handlers)
-    logging.getLogger("absl").setLevel(logging.WARNING)
-    logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
 
 
 def summary(metrics: dict) -> str:
@@ -83,6 +82,8 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     logging.basicConfig(level=logging.INFO, stream=sys.stdout, force=True,
                         format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("absl").setLevel(logging.WARNING)
+    logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
     from jaxhybrid.parallel import maybe_initialize_distributed
     try:
         # DistributedStartupError (a ValueError) for any start-up failure: error: ..., exit 1
