@@ -332,6 +332,13 @@ def test_signal_stops_cleanly_and_the_same_command_resumes(tmp_path, caplog, sig
     assert not os.path.exists(os.path.join(wd, "final_metrics.json"))
     assert "received: stopping after the current step" in open(log_file).read()
     assert r.stdout == ""                                 # --log_file: the log is there
+    if signum == signal.SIGTERM:     # the unfinished run, re-run with another objective
+        before = _snapshot(wd)
+        other = tiny_config(**{"model.width": 4, "model.hidden": "(16,)", "num_steps": 400,
+                               "log_every": 2, "checkpoint_every": 100, "joint_weight": 0.0})
+        with pytest.raises(ConfigChangeError, match="joint_weight: saved 1.0, given 0.0"):
+            train_and_evaluate(other, wd)
+        assert _snapshot(wd) == before
     assert f"resumed from checkpoint step {step}" in _resume(wd, caplog, rerun_cli)
     final = _load(os.path.join(wd, "final_metrics.json"))
     assert final["step"] == 400 and final["stopped"] == "completed"
