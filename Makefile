@@ -41,14 +41,15 @@ $(VENV_NEWEST)/.installed: pyproject.toml $(NEWEST) | $(VENV_NEWEST)/bin/python
 install-newest: $(VENV_NEWEST)/.installed
 
 demo: install
-	$(PY) -m jaxhybrid.main --config=configs/gffn.py:digits --workdir=$(RUNS)/ffn --config.joint_weight=0
-	$(PY) -m jaxhybrid.main --config=configs/gffn.py:digits --workdir=$(RUNS)/gffn --config.joint_weight=1
-	$(PY) -m jaxhybrid.main --config=configs/gffn.py:digits --workdir=$(RUNS)/ffn --config.joint_weight=0 --mode=eval --checkpoint=latest
-	$(PY) -m jaxhybrid.main --config=configs/gffn.py:digits --workdir=$(RUNS)/gffn --config.joint_weight=1 --mode=eval --checkpoint=latest
+	@echo "FFN (λ=0) vs GFFN (λ=1) on sklearn digits: a summary per command; full logs in $(RUNS)/*.log"
+	$(PY) -m jaxhybrid.main --config=configs/gffn.py:digits --workdir=$(RUNS)/ffn --config.joint_weight=0 --log_file=$(RUNS)/ffn.log
+	$(PY) -m jaxhybrid.main --config=configs/gffn.py:digits --workdir=$(RUNS)/gffn --config.joint_weight=1 --log_file=$(RUNS)/gffn.log
+	$(PY) -m jaxhybrid.main --config=configs/gffn.py:digits --workdir=$(RUNS)/ffn --config.joint_weight=0 --mode=eval --checkpoint=latest --log_file=$(RUNS)/ffn.log
+	$(PY) -m jaxhybrid.main --config=configs/gffn.py:digits --workdir=$(RUNS)/gffn --config.joint_weight=1 --mode=eval --checkpoint=latest --log_file=$(RUNS)/gffn.log
 	$(PY) -m jaxhybrid.compare $(RUNS)/ffn $(RUNS)/gffn --names FFN,GFFN --out $(RUNS)/comparison.md
 	@echo
-	@echo "Run directories: $(RUNS)/ffn  $(RUNS)/gffn"
-	@echo "Reports:         $(RUNS)/ffn/eval/*/report.md  $(RUNS)/gffn/eval/*/report.md"
+	@echo "Run directories: $(RUNS)/ffn  $(RUNS)/gffn  (logs: $(RUNS)/ffn.log  $(RUNS)/gffn.log)"
+	@echo "Reports:         $(RUNS)/ffn/eval/<step>/<eval_id>/report.md (final_metrics.json's eval_dir: the selected checkpoint's)"
 	@echo "Comparison:      $(RUNS)/comparison.md"
 
 test: install

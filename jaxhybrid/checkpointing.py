@@ -3,10 +3,10 @@
 Layout: ``workdir/checkpoints/<step>/`` (orbax CheckpointManager) with three items:
 ``model`` ({params, model_state}: all that evaluation restores), ``train``
 ({opt_state, step, rng}: what resuming adds) and ``meta`` (JSON: the checkpoint
-selector's state, so early stopping and the best value survive a resume), plus the
+selector's state: the persisted best step, see :mod:`jaxhybrid.selection`), plus the
 validation metrics that orbax keeps beside each step; and ``workdir/config.json``.
-Preservation keeps the latest ``keep`` checkpoints and the best by the family's
-selection metric (orbax ``AnyPreservationPolicy`` of ``LatestN`` and ``BestN``).
+Preservation keeps the latest ``keep`` checkpoints and the selected (best) one (orbax
+``AnyPreservationPolicy`` of ``LatestN`` and ``BestN``).
 Restoring takes an abstract target from ``jax.eval_shape`` with shardings, so the
 arrays come back sharded over the mesh.
 """
@@ -23,6 +23,9 @@ from etils import epath
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
 from jaxhybrid.parallel import tree_shapes
+from jaxhybrid.selection import preservation_value
+
+log = logging.getLogger("jaxhybrid")
 
 MODEL_KEYS = ("params", "model_state")
 TRAIN_KEYS = ("opt_state", "step", "rng")
@@ -55,24 +58,26 @@ class CheckpointMismatchError(ValueError):
 
 
 class Checkpointer:
-    """``select``: (metric key in the saved metrics, e.g. 'val_accuracy', 'max'|'min')."""
+    """The run's orbax checkpoints. Which one is best is :mod:`jaxhybrid.selection`'s
+    rule; orbax only keeps the newest selected one (``selection.preservation_value``)
+    beside the latest ``keep``. Nothing is created until the first save (the trainer
+    makes the directory once every check has passed)."""
 
-    def __init__(self, workdir, *, keep: int = 3, read_only: bool = False,
-                 select: tuple[str, str] = ("val_accuracy", "max")):
+    def __init__(self, workdir, *, keep: int = 3, read_only: bool = False):
         self.directory = run_path(workdir) / "checkpoints"
-        self.metric, self.mode = select
-        metric_fn = self._metric_value
         policy = pp.AnyPreservationPolicy([
             pp.LatestN(n=max(int(keep), 1)),
-            pp.BestN(get_metric_fn=metric_fn, reverse=self.mode == "min", n=1,
+            pp.BestN(get_metric_fn=preservation_value, reverse=False, n=1,
                      keep_checkpoints_without_metrics=False),
         ])
         # best_fn makes orbax write (and read back) the metrics of every step; the
-        # preservation policy above decides what is kept.
+        # preservation policy above decides what is kept. An abandoned save's temporary
+        # directory is removed when the run is resumed.
         options = ocp.CheckpointManagerOptions(
-            preservation_policy=policy, best_fn=metric_fn, best_mode=self.mode,
-            create=not read_only, read_only=read_only,
-            enable_async_checkpointing=not read_only)
+            preservation_policy=policy, best_fn=preservation_value, best_mode="max",
+            create=False, read_only=read_only, enable_async_checkpointing=not read_only,
+            cleanup_tmp_directories=not read_only,
+            save_interval_steps=0 if read_only else 1)
         if read_only and not self.directory.is_dir():
             raise CheckpointNotFoundError(
                 f"No checkpoint directory {self.directory}: train first "
@@ -80,17 +85,16 @@ class Checkpointer:
         handlers = {"model": ocp.StandardCheckpointHandler(),
                     "train": ocp.StandardCheckpointHandler(),
                     "meta": ocp.JsonCheckpointHandler()}
-        self.manager = ocp.CheckpointManager(self.directory, options=options,
-                                             item_handlers=handlers)
-
-    def _metric_value(self, metrics) -> float:
-        """The ranking value of a checkpoint. Only checkpoints that improved on every
-        earlier one (``improved`` saved by the trainer's selector) compete, so a later tie
-        never displaces the earlier best."""
-        worst = float("-inf") if self.mode == "max" else float("inf")
-        if self.metric not in metrics or not metrics.get("improved", 1.0):
-            return worst
-        return float(metrics[self.metric])
+        absl_log = logging.getLogger("absl")
+        level = absl_log.level
+        if read_only:     # orbax warns "Given directory is read only" at every evaluation
+            absl_log.setLevel(logging.ERROR)
+        try:
+            self.manager = ocp.CheckpointManager(self.directory, options=options,
+                                                 item_handlers=handlers)
+        finally:
+            absl_log.setLevel(level)
+        self._pending: int | None = None      # a save started but not yet seen committed
 
     # -- queries -----------------------------------------------------------------------
     def all_steps(self) -> list[int]:
@@ -99,32 +103,22 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
-    def best_step(self) -> int | None:
-        """The kept step with the best selection metric (the earliest among ties)."""
-        best, best_val = None, None
-        for s in self.all_steps():
-            m = self.manager.metrics(s)
-            if not m or self.metric not in m:
-                continue
-            v = self._metric_value(m)
-            if best_val is None or (v > best_val if self.mode == "max" else v < best_val):
-                best, best_val = s, v
-        return best
+    def latest_meta(self) -> dict:
+        """The ``meta`` item of the latest checkpoint ({} if there is none)."""
+        step = self.latest_step()
+        if step is None:
+            return {}
+        out = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+        return dict(out["meta"] or {})
 
     def resolve(self, which: str | int) -> int:
-        """'latest' | 'best' | a step number -> an existing step, or a clear error."""
+        """'latest' | a step number -> an existing step, or a clear error ('best' is
+        :func:`jaxhybrid.selection.resolve`'s)."""
         steps = self.all_steps()
         if not steps:
             raise CheckpointNotFoundError(f"No checkpoint in {self.directory}")
         if which == "latest":
             return steps[-1]
-        if which == "best":
-            best = self.best_step()
-            if best is None:
-                raise CheckpointNotFoundError(
-                    f"No checkpoint in {self.directory} has a {self.metric} metric (no "
-                    f"validation split?); available steps: {steps}; use --checkpoint=latest")
-            return best
         try:
             step = int(which)
         except (TypeError, ValueError):
@@ -136,20 +130,32 @@ class Checkpointer:
         return step
 
     # -- save / restore ----------------------------------------------------------------
-    def save(self, step: int, state: Any, metrics: dict | None = None,
-             meta: dict | None = None) -> None:
-        """Save the train state (split into its model and train items) and ``meta``."""
+    def save(self, step: int, state: Any, metrics: dict, meta: dict) -> None:
+        """Start saving the train state (split into its model and train items), ``meta``
+        and ``metrics`` (asynchronously: "checkpoint saved" is logged once committed)."""
+        self.wait()                       # orbax would wait for the previous save anyway
         self.manager.save(step, args=ocp.args.Composite(
             model=ocp.args.StandardSave({k: state[k] for k in MODEL_KEYS}),
             train=ocp.args.StandardSave({k: state[k] for k in TRAIN_KEYS}),
             meta=ocp.args.JsonSave(meta or {})),
-            force=True, metrics={k: float(v) for k, v in (metrics or {}).items()} or None)
+            force=True, metrics={k: float(v) for k, v in metrics.items()})
+        self._pending = step
+
+    def poll(self) -> None:
+        """Log the pending save once orbax has committed it (never blocks)."""
+        if self._pending is not None and not self.manager.is_saving_in_progress():
+            self._committed()
+
+    def _committed(self) -> None:
+        self.manager.check_for_errors()
+        log.info("checkpoint saved at step %d", self._pending)
+        self._pending = None
 
     def restore(self, step: int, abstract_state: Any) -> tuple[dict, dict]:
         """Restore the whole state of ``step`` (to resume) -> (state, meta)."""
         model = {k: abstract_state[k] for k in MODEL_KEYS}
         train = {k: abstract_state[k] for k in TRAIN_KEYS}
-        self._check_matches(step, {"model": model, "train": train})
+        self.check_matches(step, {"model": model, "train": train})
         out = self.manager.restore(step, args=ocp.args.Composite(
             model=ocp.args.StandardRestore(model), train=ocp.args.StandardRestore(train),
             meta=ocp.args.JsonRestore()))
@@ -157,17 +163,18 @@ class Checkpointer:
 
     def restore_model(self, step: int, abstract_model: Any) -> dict:
         """Restore only {params, model_state} of ``step`` (evaluation: no optimizer state)."""
-        self._check_matches(step, {"model": abstract_model})
+        self.check_matches(step, {"model": abstract_model})
         out = self.manager.restore(step, args=ocp.args.Composite(
             model=ocp.args.StandardRestore(abstract_model)))
         return out["model"]
 
-    def _check_matches(self, step: int, abstract: dict) -> None:
+    def check_matches(self, step: int, abstract: dict) -> None:
+        """A clear error unless checkpoint ``step`` holds the arrays of ``abstract``."""
         try:
             meta = self.manager.item_metadata(step)
             saved = {k: meta[k] for k in abstract}
         except Exception as e:  # noqa: BLE001 -- unreadable metadata: orbax will say why
-            logging.warning("could not read checkpoint metadata of step %d: %s", step, e)
+            log.warning("could not read checkpoint metadata of step %d: %s", step, e)
             return
         if any(v is None for v in saved.values()):
             raise CheckpointNotFoundError(
@@ -195,19 +202,31 @@ class Checkpointer:
         raise CheckpointMismatchError("\n".join(lines))
 
     def wait(self) -> None:
+        """Block until the save in flight (if any) is committed, and log it."""
         self.manager.wait_until_finished()
+        if self._pending is not None:
+            self._committed()
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
+        self.wait()
         self.manager.close()
 
 
+def write_atomic(path: epath.Path, text: str) -> None:
+    """Write ``text`` to a temporary sibling and rename it over ``path``: a reader sees
+    the old file or the new one, never half of one."""
+    tmp = path.parent / f".{path.name}.tmp"
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
 def save_config(config, workdir) -> epath.Path:
-    """``workdir/config.json``, written by process 0 only."""
+    """``workdir/config.json``, written by process 0 only (:mod:`jaxhybrid.rundir` calls
+    it once, for the first run of a directory)."""
     path = run_path(workdir) / "config.json"
     if jax.process_index() == 0:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(config.to_json_best_effort(indent=2, sort_keys=True))
+        write_atomic(path, config.to_json_best_effort(indent=2, sort_keys=True))
     return path
 
 

@@ -1,128 +1,134 @@
-"""Evaluation: restore a checkpoint in a fresh process and run the evaluator plug-ins.
+"""Evaluation: run the evaluator plug-ins on a checkpoint, each evaluation in its own dir.
 
 ``evaluate(config, workdir, checkpoint="best") -> dict`` restores the model part
-({params, model_state}; never the optimizer state) of a checkpoint into sharded
-arrays, runs the evaluators named in ``config.evals.names`` and writes
-``workdir/eval/<step>/metrics.json``, ``report.md`` and the figures beside them.
+({params, model_state}; never the optimizer state) of a checkpoint of ``workdir`` into
+sharded arrays (the model as the run's saved config describes it:
+:meth:`jaxhybrid.rundir.RunDir.check_eval`) and runs the evaluators of
+``config.evals``.
+
+Each evaluation has an identity: ``eval_id``, the first 8 hex digits of the SHA-256 of
+the canonical JSON (sorted keys) of ``config.evals`` without its ``checkpoint`` field.
+It is written to ``workdir/eval/<step>/<eval_id>/`` (metrics.json, evals.json,
+report.md, figures, npz files), first into a temporary sibling that is renamed into
+place at the end: a directory never holds files of two evaluations, and an evaluation
+that fails or is interrupted leaves nothing behind. An existing directory of the same
+settings is not recomputed (its metrics are returned); ``overwrite=True`` replaces it.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
-from typing import Any, Callable
+import tempfile
+from typing import Any
 
 import jax
 import numpy as np
+from etils import epath
+from jax.experimental import multihost_utils
 
-from jaxhybrid import parallel, rng as rnglib
-from jaxhybrid.checkpointing import (Checkpointer, CheckpointNotFoundError, load_saved_config,
-                                     run_path)
-from jaxhybrid.data.pipeline import eval_batches
-from jaxhybrid.data.sources import SubsetSource
+from jaxhybrid import selection
+from jaxhybrid.checkpointing import Checkpointer, is_remote, run_path
+from jaxhybrid.evaluators import names, run_evaluators
+from jaxhybrid.evaluators.report import write_report
 from jaxhybrid.experiment import Experiment, abstract_model, build_experiment
 from jaxhybrid.families.base import variables_of
-from jaxhybrid.progress import NonFiniteLossError
+from jaxhybrid.interrupts import Interrupted, StopSignals
+from jaxhybrid.predictor import Predictor
+from jaxhybrid.rundir import RunDir, check_usable, config_dict
 
 log = logging.getLogger("jaxhybrid")
 
-
-class NonFiniteOutputError(NonFiniteLossError):
-    """A model output is NaN or infinite: the parameters diverged."""
+__all__ = ["evaluate", "run_suite", "eval_id", "eval_settings"]
 
 
-def check_finite(outputs: dict, what: str) -> None:
-    for name, v in outputs.items():
-        if np.issubdtype(v.dtype, np.floating) and not np.all(np.isfinite(v)):
-            bad = int(np.sum(~np.isfinite(v).reshape(len(v), -1).any(axis=1)))
-            raise NonFiniteOutputError(
-                f"output {name!r} is NaN or infinite for {bad} of {len(v)} examples of "
-                f"{what}: the parameters diverged (or the output overflowed)")
+def eval_settings(config) -> dict:
+    """The settings that make an evaluation: ``config.evals`` less ``checkpoint``."""
+    evals = config_dict(config)["evals"]
+    evals.pop("checkpoint", None)
+    return evals
 
 
-class Predictor:
-    """Jitted, sharded named outputs of a family over a whole split, in eval mode.
+def eval_id(config) -> str:
+    """First 8 hex digits of sha256 of the canonical JSON of :func:`eval_settings`."""
+    text = json.dumps(eval_settings(config), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
 
-    Batches are padded and masked (:func:`eval_batches`), so every example counts
-    exactly once on any number of devices; the result is concatenated on the host
-    with the padding removed. Inputs get the deterministic evaluation transforms
-    (a fixed seeded binarisation where training binarises) and the family receives
-    the fixed evaluation key (``evals.seed``), so outputs that need randomness
-    (IWAE samples) are reproducible. Only the outputs asked for are computed.
-    """
 
-    def __init__(self, exp: Experiment):
-        self.exp = exp
-        self.key = rnglib.eval_key(int(exp.config.evals.seed))
-        self._fns: dict[tuple, Callable] = {}
+def _exists_everywhere(path: epath.Path) -> bool:
+    """Whether ``path`` exists, as process 0 sees it (one decision for every process)."""
+    exists = path.exists()
+    if jax.process_count() > 1:
+        exists = bool(multihost_utils.broadcast_one_to_all(np.int32(exists)))
+    return exists
 
-    def eval_view(self, batch: dict) -> dict:
-        """Per device: the evaluation transforms of a batch (keyed by example id)."""
-        keys = rnglib.example_keys(rnglib.purpose_key(self.key, rnglib.AUGMENT), batch["id"])
-        return {**batch, "image": self.exp.transforms.eval(batch["image"], keys)}
 
-    def model_key(self) -> jax.Array:
-        return rnglib.purpose_key(self.key, rnglib.MODEL)
+def _existing(out: epath.Path, rel: str) -> dict:
+    metrics = json.loads((out / "metrics.json").read_text())
+    log.info("evaluation %s of step %s already in %s (same settings): not recomputed; "
+             "--overwrite replaces it", metrics.get("eval_id"), metrics.get("step"), out)
+    return {**names.headline(metrics), "eval_dir": rel, "eval_id": metrics.get("eval_id")}
 
-    def _predict_fn(self, names: tuple) -> Callable:
-        unknown = set(names) - set(self.exp.family.outputs)
-        if unknown:
-            raise ValueError(f"family {self.exp.family.name!r} has no output(s) "
-                             f"{sorted(unknown)}; valid choices: {', '.join(self.exp.family.outputs)}")
-        if names not in self._fns:
-            def per_device(variables, batch):
-                out = self.exp.family.predict(variables, self.eval_view(batch),
-                                              self.model_key(), names)
-                return {k: out[k] for k in names}
-            self._fns[names] = jax.jit(parallel.shard_outputs(per_device, self.exp.mesh))
-        return self._fns[names]
 
-    def outputs(self, variables, source, names=("logits",), *, max_examples: int = 0,
-                fn: Callable | None = None) -> dict[str, np.ndarray]:
-        """{name: [N, ...]} numpy outputs ``names`` (or of ``fn(variables, batch)``) over the
-        first ``max_examples`` (0: all) of ``source``, plus ``label`` [N] if it has labels."""
-        if max_examples and len(source) > max_examples:
-            source = SubsetSource(source, np.arange(max_examples))
-        fn = fn or self._predict_fn(tuple(names))
-        chunks: list[dict] = []
-        for batch in eval_batches(source, self.exp.config.eval_batch_size, mesh=self.exp.mesh,
-                                  preprocess=self.exp.preprocess):
-            out = fn(variables, batch)   # dispatched asynchronously; fetched once at the end
-            extra = {k: batch[k] for k in ("label", "mask") if k in batch}
-            chunks.append({**out, **extra})
-        chunks = jax.tree.map(parallel.to_host, chunks)
-        if not chunks:
-            return {}
-        cat = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
-        mask = cat.pop("mask").astype(bool)
-        out = {k: v[mask] for k, v in cat.items()}
-        check_finite(out, f"{len(source)} examples")
-        return out
+def _remove(path: epath.Path) -> None:
+    if path.exists():
+        path.rmtree()
+
+
+def _move_into_place(tmp: epath.Path, out: epath.Path) -> None:
+    """Rename ``tmp`` to ``out`` (object stores, which cannot rename a directory:
+    copy each file, then remove ``tmp``)."""
+    _remove(out)
+    if not is_remote(out):
+        tmp.rename(out)
+        return
+    for f in tmp.rglob("*"):
+        if f.is_file():
+            target = out / f.relative_to(tmp)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            f.copy(target)
+    tmp.rmtree()
+
+
+def _write(exp: Experiment, out_dir: epath.Path, step: int, label: str, eid: str,
+           results) -> None:
+    metrics = {"step": step, "checkpoint": label, "eval_id": eid,
+               "evals": eval_settings(exp.config), "family": exp.family.name,
+               "definitions": dict(exp.family.definitions), **results.metrics}
+    (out_dir / "metrics.json").write_text(json.dumps(_jsonable(metrics), indent=2,
+                                                     sort_keys=True))
+    (out_dir / "evals.json").write_text(json.dumps(metrics["evals"], indent=2, sort_keys=True))
+    write_report(exp, metrics, results, out_dir, step=step)
 
 
 def run_suite(exp: Experiment, variables, step: int, workdir, *,
-              predictor: Predictor | None = None, checkpoint_label: str | None = None) -> dict:
-    """Run ``config.evals.names`` and write metrics.json + report.md into eval/<step>/
-    (process 0 only; every process computes, since the outputs are gathered)."""
-    from jaxhybrid.evaluators import run_evaluators
-    from jaxhybrid.evaluators.report import write_report
-    out_dir = run_path(workdir) / "eval" / str(step)
-    if jax.process_index() == 0:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    predictor = predictor or Predictor(exp)
-    results = run_evaluators(exp, variables, predictor, os.fspath(out_dir))
-    metrics = {"step": step, "checkpoint": checkpoint_label or f"step {step}",
-               **results.metrics}
-    if jax.process_index() == 0:
-        (out_dir / "metrics.json").write_text(
-            json.dumps(_jsonable(metrics), indent=2, sort_keys=True))
-        write_report(exp, metrics, results, out_dir, step=step)
-    log.info("evaluation at step %d written to %s", step, out_dir)
-    for k in sorted(results.headline):
-        log.info("  %s = %s", k, results.headline[k])
-    flat = dict(results.headline)
-    flat["eval_dir"] = os.fspath(out_dir)
-    return flat
+              predictor: Predictor | None = None, checkpoint_label: str | None = None,
+              overwrite: bool = False) -> dict:
+    """Run the evaluators of ``config.evals`` into ``eval/<step>/<eval_id>/`` (written by
+    process 0; every process computes, since the outputs are gathered). Returns the
+    headline metrics with ``eval_dir`` (relative to the run directory) and ``eval_id``."""
+    eid = eval_id(exp.config)
+    rel = f"eval/{step}/{eid}"
+    out = run_path(workdir) / rel
+    if _exists_everywhere(out) and not overwrite:
+        return _existing(out, rel)
+    label = checkpoint_label or f"step {step}"
+    main = jax.process_index() == 0
+    # process 0 writes into a temporary sibling; any other process into a scratch dir
+    tmp = out.parent / f".tmp-{eid}" if main else epath.Path(tempfile.mkdtemp())
+    try:
+        if main:
+            _remove(tmp)                          # left by a killed evaluation
+            tmp.mkdir(parents=True)
+        results = run_evaluators(exp, variables, predictor or Predictor(exp), os.fspath(tmp))
+        if main:
+            _write(exp, tmp, step, label, eid, results)
+            _move_into_place(tmp, out)
+    finally:
+        _remove(tmp)                              # after a failure or an interrupt
+    log.info("evaluation at step %d (%s) written to %s", step, label, out)
+    return {**results.headline, "eval_dir": rel, "eval_id": eid}
 
 
 def _jsonable(x: Any):
@@ -139,26 +145,26 @@ def _jsonable(x: Any):
     return x
 
 
-def evaluate(config, workdir: str, checkpoint: str | int = "") -> dict:
+def evaluate(config, workdir: str, checkpoint: str | int = "", *,
+             overwrite: bool = False) -> dict:
     """Restore ``checkpoint`` ('best', 'latest' or a step; '' = ``evals.checkpoint``) of
-    ``workdir`` and evaluate it. 'best' falls back to the latest checkpoint, with a
-    warning, when no checkpoint has a validation metric (no validation split)."""
-    saved = load_saved_config(workdir)
+    ``workdir`` and evaluate it (:func:`run_suite`). 'best' is the step selected during
+    training (:func:`jaxhybrid.selection.resolve`). Never changes final_metrics.json.
+    SIGINT/SIGTERM stop it at once, leaving no evaluation directory behind."""
+    check_usable(workdir)
+    RunDir(workdir).check_eval(config)
     exp = build_experiment(config)
-    select = (exp.family.select_key, exp.family.select[1])
-    ckpt = Checkpointer(workdir, read_only=True, select=select)
-    which = checkpoint or config.evals.checkpoint
-    try:
-        step = ckpt.resolve(which)
-    except CheckpointNotFoundError:
-        if which != "best" or not ckpt.all_steps():
-            raise
-        log.warning("no checkpoint in %s has %s; evaluating the latest", workdir, select[0])
-        which, step = "latest", ckpt.resolve("latest")
-    if saved is not None and saved.get("model") != json.loads(config.model.to_json()):
-        log.warning("model config differs from the one saved in %s/config.json: saved %s, "
-                    "given %s", workdir, saved.get("model"), config.model.to_json())
+    ckpt = Checkpointer(workdir, read_only=True)
+    step, label = selection.resolve(ckpt, checkpoint or config.evals.checkpoint)
     model = ckpt.restore_model(step, abstract_model(exp))
     ckpt.close()
-    label = f"{which} (step {step})" if not isinstance(which, int) else f"step {step}"
-    return run_suite(exp, variables_of(model), step, workdir, checkpoint_label=label)
+    signals = StopSignals()
+    try:
+        with signals.installed(), signals.raising():
+            out = run_suite(exp, variables_of(model), step, workdir, checkpoint_label=label,
+                            overwrite=overwrite)
+    except Interrupted as e:
+        raise Interrupted(e.signum, f"interrupted while evaluating step {step}; no evaluation "
+                                    f"directory was written; re-run the same command to "
+                                    f"evaluate") from None
+    return {**out, "step": step, "checkpoint": label, "workdir": os.fspath(run_path(workdir))}

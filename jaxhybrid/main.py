@@ -1,17 +1,22 @@
 """Command line: ``python -m jaxhybrid.main --config=configs/gffn.py:digits --workdir=DIR``.
 
 Flags only; the work is done by :func:`jaxhybrid.train.train_and_evaluate` and
-:func:`jaxhybrid.evaluate.evaluate`, which return the final metrics.
+:func:`jaxhybrid.evaluate.evaluate`, which return the final metrics; a short summary
+of them is printed at the end (the numbers are in the run directory). Bad input is
+``error: ...`` and exit status 1; SIGINT/SIGTERM end with what was kept and how to
+resume, and exit status 128 + the signal number.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
 
 from absl import app, flags
 from ml_collections import config_flags
+
+from jaxhybrid.evaluators import names
+from jaxhybrid.interrupts import Interrupted
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/gffn.py:digits.",
@@ -20,6 +25,14 @@ flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics, repor
 flags.DEFINE_enum("mode", "train", ["train", "eval"], "train (resumes if possible) or eval.")
 flags.DEFINE_string("checkpoint", "", "eval mode: 'best', 'latest' or a step number "
                     "(default: the config's evals.checkpoint, 'best').")
+flags.DEFINE_boolean("allow_config_change", False, "train mode: continue a run whose saved "
+                     "config differs in budget fields only (num_epochs, num_steps, "
+                     "max_train_seconds, early_stopping_patience, checkpoint_every); the "
+                     "change is recorded in config_changes.jsonl.")
+flags.DEFINE_boolean("overwrite", False, "eval mode: replace an existing evaluation of the "
+                     "same step and settings (eval/<step>/<eval_id>/) instead of reusing it.")
+flags.DEFINE_string("log_file", None, "Append the log to this file instead of printing it; "
+                    "the console gets warnings, errors and the final summary only.")
 flags.DEFINE_string("coordinator_address", None, "Multi-process start-up: process 0's "
                     "HOST:PORT, the same on every process (default: JAX_COORDINATOR_ADDRESS, "
                     "else auto-detected on Cloud TPU VMs and under SLURM with "
@@ -31,11 +44,44 @@ flags.DEFINE_integer("process_id", None, "Multi-process start-up: this process's
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+# the headline numbers of the final summary, where the evaluation has them
+SUMMARY = (names.ACCURACY, names.NLL, names.ECE, names.ECE_AFTER_TS, names.LOG_LIKELIHOOD,
+           names.BITS_PER_DIM)
+
+
+def setup_logging(log_file: str | None) -> None:
+    """INFO log lines to stdout (or ``log_file``), from process 0 only: with several
+    processes every other one logs warnings and errors only, prefixed with its rank."""
+    import jax
+    rank, many = jax.process_index(), jax.process_count() > 1
+    prefix = f"[process {rank}] " if many else ""
+    handlers = [logging.StreamHandler(sys.stdout)]
+    if log_file:
+        os.makedirs(os.path.dirname(os.path.abspath(log_file)), exist_ok=True)
+        handlers = [logging.FileHandler(log_file), logging.StreamHandler(sys.stderr)]
+        handlers[1].setLevel(logging.WARNING)
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, force=True,
+                        format=f"%(asctime)s %(levelname)s {prefix}%(message)s",
+                        handlers=handlers)
+
+
+def summary(metrics: dict) -> str:
+    """A few lines: what ran, where its evaluation is, the headline numbers."""
+    workdir = metrics.get("workdir", FLAGS.workdir)
+    lines = []
+    if "stopped" in metrics:
+        lines.append(f"run {workdir}: step {metrics['step']} ({metrics['stopped']})")
+    lines.append(f"evaluated {metrics.get('checkpoint')}: {workdir}/{metrics.get('eval_dir')}"
+                 f"/report.md")
+    heads = [f"{k} {metrics[k]:.4f}" for k in SUMMARY if isinstance(metrics.get(k), float)]
+    return "\n".join(lines + (["  " + " | ".join(heads)] if heads else []))
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    logging.basicConfig(level=logging.INFO, stream=sys.stdout,
-                        format="%(asctime)s %(levelname)s %(message)s", force=True)
+    logging.basicConfig(level=logging.INFO, stream=sys.stdout, force=True,
+                        format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("absl").setLevel(logging.WARNING)
     logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
     from jaxhybrid.parallel import maybe_initialize_distributed
@@ -43,12 +89,15 @@ def main(argv):
         # DistributedStartupError (a ValueError) for any start-up failure: error: ..., exit 1
         maybe_initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
                                      FLAGS.process_id)
+        setup_logging(FLAGS.log_file)
         if FLAGS.mode == "train":
             from jaxhybrid.train import train_and_evaluate
-            metrics = train_and_evaluate(FLAGS.config, FLAGS.workdir)
+            metrics = train_and_evaluate(FLAGS.config, FLAGS.workdir,
+                                         allow_config_change=FLAGS.allow_config_change)
         else:
             from jaxhybrid.evaluate import evaluate
-            metrics = evaluate(FLAGS.config, FLAGS.workdir, FLAGS.checkpoint)
+            metrics = evaluate(FLAGS.config, FLAGS.workdir, FLAGS.checkpoint,
+                               overwrite=FLAGS.overwrite)
     except (ValueError, FileNotFoundError, FloatingPointError) as e:
         # Bad input (config, data, checkpoint) or a diverged run: the message says what to
         # do; the traceback only with JAXHYBRID_DEBUG=1.
@@ -56,7 +105,16 @@ def main(argv):
             raise
         print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
         sys.exit(1)
-    print("FINAL METRICS " + json.dumps(metrics, sort_keys=True, default=str))
+    except Interrupted as e:
+        print(e, file=sys.stderr)
+        sys.exit(e.exit_status)
+    except KeyboardInterrupt:     # before the handlers of training or evaluation were set
+        print("interrupted before training or evaluation began; nothing was written",
+              file=sys.stderr)
+        sys.exit(130)
+    import jax
+    if jax.process_index() == 0:
+        print(summary(metrics))
 
 
 def parse_flags(argv):

@@ -1,4 +1,5 @@
-"""Training progress: metrics fetched at log steps only, a NaN stop, rates, ETA, jsonl.
+"""Progress: training metrics fetched at log steps only, a NaN stop, rates, ETA, jsonl;
+and evaluation progress per evaluator and split, with an ETA.
 
 Step metrics stay on the device until a log step (no per-step host sync); then they
 are fetched together, checked for a non-finite loss and the last is logged to stdout
@@ -157,6 +158,34 @@ class ProgressLog:
         log.info("step %d/%d epoch %.2f | loss %.4f | %s | lr %.3g | %.0f ex/s | ETA %s",
                  step_done, self.total, record["epoch"], m["loss"], parts,
                  m.get("learning_rate", float("nan")), rate,
-                 "?" if math.isnan(eta) else time.strftime("%H:%M:%S", time.gmtime(eta)))
+                 _clock(eta))
         self.t_window, self.steps_window = now, 0
         return record
+
+
+def _clock(seconds: float) -> str:
+    return "?" if math.isnan(seconds) else time.strftime("%H:%M:%S", time.gmtime(seconds))
+
+
+class EvalProgress:
+    """Logs each evaluator's start and end, and each split whose outputs it computes,
+    with the time taken and the suite's ETA (the mean time per evaluator so far times
+    the number left)."""
+
+    def __init__(self, names: list[str]):
+        self.names, self.done = list(names), 0
+        self.t_start = time.time()
+
+    def begin(self, name: str) -> None:
+        self.t_evaluator = time.time()
+        log.info("evaluator %s (%d/%d) ...", name, self.done + 1, len(self.names))
+
+    def split(self, what: str, n: int, seconds: float) -> None:
+        log.info("  %s: %d examples in %.1f s", what, n, seconds)
+
+    def end(self, name: str) -> None:
+        self.done += 1
+        now = time.time()
+        eta = (now - self.t_start) / self.done * (len(self.names) - self.done)
+        log.info("evaluator %s done in %.1f s (%d/%d) | ETA %s", name, now - self.t_evaluator,
+                 self.done, len(self.names), _clock(eta))

@@ -1,14 +1,27 @@
-"""Checkpoint selection and early stopping on the family's validation metric.
+"""Which checkpoint is best: the one rule, written here only.
 
-The selector's state is saved in every checkpoint (its ``meta`` item), so a resumed
-run continues with the same best value and patience counter, and re-running a run
-that stopped early stops again instead of training past the stop.
+A checkpoint is selected when its validation value of the family's metric
+(``Family.select``: e.g. ``val_accuracy``, max) is finite and strictly better than
+every earlier one; among ties the earliest stays selected. The selector's state
+({metric, mode, best, best_step, since_best}) is saved in every checkpoint's ``meta``
+item and committed with it, so the best step is persisted once and read back from
+there by everything else (the end-of-training evaluation, ``--mode=eval``,
+``--checkpoint=best``); a resumed run continues with the same best value and patience
+counter, and re-running a run that stopped early stops again. Beside each checkpoint's
+validation metrics orbax keeps ``selected_at`` (its step if it was selected when saved,
+else -1), which is all its preservation policy ranks on: the newest selected
+checkpoint is the best one, so it is never deleted.
 """
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 from typing import Optional
+
+log = logging.getLogger("jaxhybrid")
+
+SELECTED_AT = "selected_at"
 
 
 @dataclasses.dataclass
@@ -58,3 +71,41 @@ class Selector:
             self.best, self.best_step = state.get("best"), state.get("best_step")
             self.since_best = int(state.get("since_best", 0))
         return self
+
+    def checkpoint_metrics(self, step: int, validation: dict) -> dict:
+        """What orbax keeps beside checkpoint ``step``: the validation metrics (possibly
+        none) and ``selected_at``. Records the validation first, if there is one."""
+        selected = bool(validation) and self.update(step, validation)
+        return {**validation, SELECTED_AT: float(step if selected else -1)}
+
+
+def preservation_value(metrics) -> float:
+    """Orbax's ranking of a kept checkpoint (higher is kept): ``selected_at``."""
+    return float((metrics or {}).get(SELECTED_AT, -1.0))
+
+
+def best_label(state: dict) -> str:
+    """'best (step 208, val_accuracy=0.9871)' from a selector state."""
+    return f"best (step {state['best_step']}, {state['metric']}={state['best']:.4f})"
+
+
+def saved_state(ckpt) -> dict:
+    """The selector state committed with the latest checkpoint of ``ckpt`` ({} if none)."""
+    return dict(ckpt.latest_meta().get("selector") or {})
+
+
+def resolve(ckpt, which) -> tuple[int, str]:
+    """'best' | 'latest' | a step number -> (an existing step of ``ckpt``, its label).
+
+    'best' is the step the selector saved with the latest checkpoint; where none was ever
+    selected (no validation split) it is the latest checkpoint, with a warning."""
+    if which != "best":
+        step = ckpt.resolve(which)
+        return step, (f"latest (step {step})" if which == "latest" else f"step {step}")
+    state = saved_state(ckpt)
+    if state.get("best_step") is None:
+        step = ckpt.resolve("latest")
+        log.warning("no checkpoint in %s was selected on a validation metric (no validation "
+                    "split?); evaluating the latest, step %d", ckpt.directory, step)
+        return step, f"latest (step {step}; none selected)"
+    return ckpt.resolve(int(state["best_step"])), best_label(state)

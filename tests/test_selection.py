@@ -89,10 +89,12 @@ def test_checkpoint_best_through_the_cli(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     val = {r["step"]: r["val_accuracy"] for r in _records(wd, "validation")}
     best = min(s for s in val if val[s] == max(val.values()))
-    r = run_cli(args + ["--mode=eval", "--checkpoint=best"])
+    r = run_cli(args + ["--mode=eval", "--checkpoint=best", "--overwrite"])
     assert r.returncode == 0, r.stderr[-3000:]
-    m = json.load(open(os.path.join(wd, "eval", str(best), "metrics.json")))
-    assert m["checkpoint"] == f"best (step {best})"
+    final = json.load(open(os.path.join(wd, "final_metrics.json")))
+    assert final["eval_dir"].startswith(f"eval/{best}/") and final["best_step"] == best
+    m = json.load(open(os.path.join(wd, final["eval_dir"], "metrics.json")))
+    assert m["checkpoint"] == f"best (step {best}, val_accuracy={val[best]:.4f})"
 
 
 def test_early_stopping_survives_resume_and_evaluates_the_best(tmp_path):
@@ -106,10 +108,11 @@ def test_early_stopping_survives_resume_and_evaluates_the_best(tmp_path):
     c.optimizer.learning_rate = 1e-30        # Adam steps of 1e-30: float32 params unchanged
     train_and_evaluate(c, wd)
     c.num_steps = 100
-    final = train_and_evaluate(c, wd)
+    final = train_and_evaluate(c, wd, allow_config_change=True)
     assert final["step"] == 8 and final["stopped"].startswith("early stopping")
     assert final["evaluated_step"] == 2 and final["checkpoint"].startswith("best (step 2")
-    report = open(os.path.join(wd, "eval", "2", "report.md")).read()
+    assert final["eval_dir"].startswith("eval/2/") and final["best_step"] == 2
+    report = open(os.path.join(wd, final["eval_dir"], "report.md")).read()
     assert "best (step 2" in report
     n_train = len(_records(wd, "train"))
     again = train_and_evaluate(c, wd)
@@ -137,12 +140,28 @@ def test_binary_label_model_has_one_nll(tmp_path):
     assert final["nll"] == pytest.approx(val["val_nll"], rel=1e-6)
 
 
-def test_evaluation_does_not_need_the_optimizer_state(tmp_path):
+def test_evaluation_restores_the_model_of_the_saved_config(tmp_path):
+    """Eval mode restores {params, model_state} only, and describes the model by the saved
+    config: another optimizer (another optimizer state) is refused, naming the field."""
     c = tiny_config(num_steps=4, checkpoint_every=4)
     final = train_and_evaluate(c, str(tmp_path))
-    c.optimizer.name = "momentum"               # another optimizer state structure
     m = evaluate(c, str(tmp_path), checkpoint="latest")
-    assert m["accuracy"] == final["accuracy"]
+    assert m["accuracy"] == final["accuracy"] and m["eval_dir"] == final["eval_dir"]
+    c.optimizer.name = "momentum"
+    with pytest.raises(ValueError, match="optimizer.name: saved 'adam', given 'momentum'"):
+        evaluate(c, str(tmp_path), checkpoint="latest")
+
+
+def test_selection_keeps_the_earliest_of_ties_and_marks_what_orbax_keeps():
+    """``checkpoint_metrics``: the validation, and ``selected_at`` (the step if it is the new
+    best, else -1), which is all orbax's preservation ranks on."""
+    from jaxhybrid.selection import SELECTED_AT, preservation_value
+    s = Selector("val_accuracy", "max")
+    saved = [s.checkpoint_metrics(k, {"val_accuracy": v} if v is not None else {})
+             for k, v in ((2, .5), (4, .8), (6, .8), (8, None), (10, .7))]
+    assert [m[SELECTED_AT] for m in saved] == [2, 4, -1, -1, -1]
+    assert max(saved, key=preservation_value)[SELECTED_AT] == 4 == s.best_step
+    assert saved[3] == {SELECTED_AT: -1.0}                  # no validation: never selected
 
 
 def test_batching_transform_and_checkpoint_options_through_the_cli(tmp_path):

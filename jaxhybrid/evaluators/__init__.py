@@ -16,6 +16,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from jaxhybrid.progress import EvalProgress
+
 log = logging.getLogger("jaxhybrid")
 
 
@@ -119,12 +121,24 @@ def _skipped(name: str, exp, missing: set[str]) -> Section:
 
 
 def run_evaluators(exp, variables, predictor, out_dir: str) -> Results:
+    """Every evaluator of ``evals.names``, logging progress (each evaluator and each
+    split's outputs, with the suite's ETA)."""
     registry = _registry()
     ctx = EvalContext(exp, variables, predictor, out_dir)
     sections = []
-    for name in evaluator_names(exp.config.evals.names):
-        missing = unmet_needs(exp, registry[name])
-        sections.append(_skipped(name, exp, missing) if missing else registry[name].fn(ctx))
+    chosen = evaluator_names(exp.config.evals.names)
+    progress = predictor.progress = EvalProgress(chosen)
+    try:
+        for name in chosen:
+            missing = unmet_needs(exp, registry[name])
+            if missing:
+                sections.append(_skipped(name, exp, missing))
+                continue
+            progress.begin(name)
+            sections.append(registry[name].fn(ctx))
+            progress.end(name)
+    finally:
+        predictor.progress = None
     metrics = {s.name: s.metrics for s in sections}
     headline = {}
     for s in sections:

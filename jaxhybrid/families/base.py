@@ -24,7 +24,8 @@ for: ``logits`` [B, K] (class scores), ``log_likelihood`` [B] (a bound on log p(
 nats), and ``ood_scores`` (``ood_score_fn(outputs) -> {name: [N]}``, higher = more
 in-distribution, computed from ``ood_outputs``). Validation during training computes
 ``validation_outputs`` and ``validate(outputs) -> {metric: float}``; ``select =
-(metric, "max" | "min")`` chooses the best checkpoint and drives early stopping.
+(metric, "max" | "min")`` names the metric that :mod:`jaxhybrid.selection` chooses the
+best checkpoint and stops early on.
 """
 from __future__ import annotations
 
@@ -77,12 +78,6 @@ class Family:
     def select_key(self) -> str:
         """The validation metric's name in logs and checkpoint metrics (``val_<metric>``)."""
         return f"val_{self.select[0]}"
-
-    def better(self, a: float, b: Optional[float]) -> bool:
-        """Is validation value ``a`` better than ``b`` (None: nothing yet)?"""
-        if b is None:
-            return True
-        return a > b if self.select[1] == "max" else a < b
 
 
 def variables_of(state: dict) -> dict:
