@@ -6,7 +6,8 @@ applied) field by field:
 
 - ``FREE_FIELDS`` never change what is trained and may differ freely: the evaluation
   settings (``evals.*``), logging and evaluation cadence, eval batch size, device count
-  (results do not depend on it) and how many checkpoints are kept.
+  (results do not depend on it), how many checkpoints are kept, TensorBoard logging and
+  where the training split lives (``data.placement``: batches are bit-identical).
 - ``BUDGET_FIELDS`` change how long a run trains or where it may stop, not what one
   step does: they may change with ``--allow_config_change`` (recorded in
   ``config_changes.jsonl``, and the run continues from its latest checkpoint).
@@ -32,7 +33,7 @@ from jaxhybrid.checkpointing import (is_remote, load_saved_config, run_path, sav
                                      write_atomic)
 
 FREE_FIELDS = ("evals", "log_every", "eval_every", "eval_batch_size", "num_devices",
-               "keep_checkpoints")
+               "keep_checkpoints", "tensorboard", "data.placement")
 BUDGET_FIELDS = ("num_epochs", "num_steps", "max_train_seconds", "early_stopping_patience",
                  "checkpoint_every")
 CONFIG_FILE = "config.json"
