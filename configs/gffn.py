@@ -106,7 +106,7 @@ def get_sweep(variant: str = "digits"):
             {"file": "ood_auroc_vs_batch_size.png", "title": "OOD: {}",
              "metrics": ["ood/*/max_softmax/auroc", "ood/*/log_px/auroc"],
              "ylabel": "AUROC", "ylim": [0, 1.02], "hline": {"y": 0.5, "label": "chance"},
-             "panel_size": [4.4, 3.6], "legend_panels": "first",
+             "panel_size": [4.4, 3.6], "legend_panels": "shared",
              "legend": {"fontsize": 6, "frameon": True, "framealpha": 0.8, "loc": "best"}},
             {"kind": "reliability", "file": "reliability_largest_batch.png",
              "title": "Reliability at the largest global batch, {x}"},
