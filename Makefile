@@ -45,7 +45,7 @@ demo: install
 	$(PY) -m jaxhybrid.main --config=configs/gffn.py:digits --workdir=$(RUNS)/gffn --config.joint_weight=1
 	$(PY) -m jaxhybrid.main --config=configs/gffn.py:digits --workdir=$(RUNS)/ffn --config.joint_weight=0 --mode=eval --checkpoint=latest
 	$(PY) -m jaxhybrid.main --config=configs/gffn.py:digits --workdir=$(RUNS)/gffn --config.joint_weight=1 --mode=eval --checkpoint=latest
-	$(PY) -m jaxhybrid.compare $(RUNS)/ffn $(RUNS)/gffn --names FFN,GFFN --out $(RUNS)/comparison.md
+	$(PY) -m jaxhybrid.tools.compare $(RUNS)/ffn $(RUNS)/gffn --names FFN,GFFN --out $(RUNS)/comparison.md
 	@echo
 	@echo "Run directories: $(RUNS)/ffn  $(RUNS)/gffn"
 	@echo "Reports:         $(RUNS)/ffn/eval/*/report.md  $(RUNS)/gffn/eval/*/report.md"

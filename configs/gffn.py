@@ -25,7 +25,7 @@ Any variant can be shrunk for a CPU check with ``--config.num_steps=20``.
 
 The batch-size study (FFN vs GFFN over ≥ 256× of batch size, 3 seeds; ``get_sweep``)::
 
-    python -m jaxhybrid.sweep --config=configs/gffn.py:digits --workdir=runs/bs
+    python -m jaxhybrid.tools.sweep --config=configs/gffn.py:digits --workdir=runs/bs
 """
 from __future__ import annotations
 
@@ -86,7 +86,7 @@ def get_config(variant: str = "digits"):
 
 def get_sweep(variant: str = "digits"):
     """The batch-size study (docs/results/run_study.sh): FFN vs GFFN, ≥ 256× of batch,
-    and how ``jaxhybrid.aggregate`` presents it (the figures of docs/results/)."""
+    and how ``jaxhybrid.tools.aggregate`` presents it (the figures of docs/results/)."""
     batch = {"digits": [4, 16, 64, 256, 1024], "smoke": [8, 16]}.get(
         variant, [16, 64, 256, 1024, 4096])
     return {

@@ -4,6 +4,7 @@ runs, and one real two-point sweep through subprocesses."""
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import warnings
@@ -337,7 +338,7 @@ def _fabricate_run(root, bs, lam, seed):
 
 
 def _write_status(root, swept: dict, declared: dict):
-    """sweep_status.json as jaxhybrid.sweep writes it (the parts aggregate reads)."""
+    """sweep_status.json as jaxhybrid.tools.sweep writes it (the parts aggregate reads)."""
     (root / sweep.STATUS_FILE).write_text(json.dumps(
         {"spec": {"sweep": swept, "aggregate": presentation.check_presentation(declared)}}))
 
@@ -418,7 +419,7 @@ def test_aggregate_fabricated_runs_means_stds_tables_and_figures(tmp_path, drawn
     assert float(table[0]["accuracy_mean"]) == pytest.approx(first["mean"])
     assert float(table[0]["accuracy_std"]) == pytest.approx(first["std"])
     assert float(table[0]["ece_after_ts_mean"]) == pytest.approx(0.021)
-    # jaxhybrid.compare reads the same headline names
+    # jaxhybrid.tools.compare reads the same headline names
     table = compare.compare([str(_fabricate_run(tmp_path / "c", 16, 1.0, 0))], ["GFFN"])
     assert "| accuracy | 0.9184 |" in table and "| ece after TS | 0.0200 |" in table
     assert "| AUROC heldout / log_px | 0.4000 |" in table
@@ -505,16 +506,69 @@ def test_single_seed_has_no_std(tmp_path):
 
 
 # -- the command line ---------------------------------------------------------------------------
-def test_dry_run_lists_points_and_runs_nothing(tmp_path):
-    r = subprocess.run(
-        [sys.executable, "-m", "jaxhybrid.tools.sweep", "--config=configs/gffn.py:smoke",
-         f"--workdir={tmp_path / 'dry'}", "--sweep", "batch_size=16,32",
-         "--sweep", "joint_weight=0,1", "--seeds", "2", "--set", "model.hidden=(16,)",
-         "--dry_run"], cwd=REPO, capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert "[8/8] batch_size=32,joint_weight=1,seed=1 (new, peak lr 0.0005)" in r.stdout
-    assert "'--config.model.hidden=(16,)'" in r.stdout         # shell-quoted commands
-    assert not (tmp_path / "dry").exists()
+def _readme_get_sweep() -> str:
+    """The get_sweep example of README.md, as written there."""
+    text = open(os.path.join(REPO, "README.md")).read()
+    (block,) = re.findall(r"```python\n(def get_sweep\(variant\):\n.*?)```", text, re.S)
+    return block
+
+
+def _changed_point(root):
+    """A finished point of 'batch_size=16' made with num_steps=3, the sweep now fixing 5."""
+    c = _config()
+    c.num_steps = 3
+    (p,) = grid.expand_grid(c, grid.parse_sweep(c, ["batch_size=16"]), [0], str(root))
+    _fake_finish(p)
+    with open(os.path.join(p.workdir, "config.json"), "w") as f:
+        f.write(p.config.to_json_best_effort())
+    return p
+
+
+def test_command_line_dry_run_bad_inputs_and_the_readme_example(tmp_path):
+    """Each case through ``python -m jaxhybrid.tools.sweep`` (run side by side): the dry run
+    lists the points; bad input is ``error: ...`` naming the thing, with nothing written."""
+    readme = tmp_path / "readme_config.py"
+    readme.write_text("from configs.dhm import get_config\n\n" + _readme_get_sweep())
+    changed = _changed_point(tmp_path / "changed")
+    fixed5 = ["--config=configs/gffn.py:smoke", f"--workdir={tmp_path / 'changed'}",
+              "--sweep", "batch_size=16", "--config.num_steps=5"]
+    cases = {   # name: (arguments, exit status, what stdout or stderr says)
+        "dry": (["--config=configs/gffn.py:smoke", f"--workdir={tmp_path / 'dry'}", "--sweep",
+                 "batch_size=16,32", "--sweep", "joint_weight=0,1", "--seeds", "2", "--set",
+                 "model.hidden=(16,)", "--dry_run"], 0,
+                "[8/8] batch_size=32,joint_weight=1,seed=1 (new, peak lr 0.0005)"),
+        "key": (["--config=configs/dhm.py:digits", f"--workdir={tmp_path / 'key'}",
+                 "--sweep", "objective.beta=0.1,1"], 1,
+                "error: ConfigKeyError: Unknown config key 'objective.beta'. Did you mean "
+                "model.beta"),
+        "value": (["--config=configs/dhm.py:digits", f"--workdir={tmp_path / 'value'}",
+                   "--sweep", "model.beta=0.1,abc"], 1,
+                  "error: ValueError: Bad value 'abc' for config key 'model.beta'"),
+        "changed_dry": (fixed5 + ["--dry_run"], 0,
+                        "[1/1] batch_size=16,seed=0 (config differs: num_steps, peak lr"),
+        "changed": (fixed5, 1, "batch_size=16,seed=0: config differs: num_steps"),
+        "readme": ([f"--config={readme}:digits", f"--workdir={tmp_path / 'readme'}",
+                    "--dry_run"], 0, "[9/9] model.beta=10,seed=2 (new, peak lr"),
+    }
+    procs = {name: subprocess.Popen([sys.executable, "-m", "jaxhybrid.tools.sweep", *args],
+                                    cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    text=True) for name, (args, _, _) in cases.items()}
+    out = {name: p.communicate(timeout=180) for name, p in procs.items()}
+    for name, (args, code, says) in cases.items():
+        stdout, stderr = out[name]
+        assert procs[name].returncode == code, (name, stdout[-2000:], stderr[-2000:])
+        assert says in (stdout if code == 0 else stderr), (name, stdout[-2000:], stderr[-2000:])
+        assert "Traceback" not in stderr, (name, stderr[-3000:])
+    assert "'--config.model.hidden=(16,)'" in out["dry"][0]          # shell-quoted commands
+    assert "model.beta=0.1,seed=0 (new" in out["readme"][0]
+    for name in ("dry", "key", "value", "readme"):
+        assert not (tmp_path / name).exists(), name                  # nothing written
+    assert sorted(os.listdir(tmp_path / "changed")) == [changed.name]  # no sweep_status.json
+    # the README's presentation names config keys of configs/dhm.py
+    from configs import dhm
+    declared = configfile.declared_sweep(configfile.load_config_module(str(readme)), "digits")
+    configfile.check_presentation_keys(dhm.get_config("digits"), declared.presentation)
+    assert declared.grid == {"model.beta": [0.1, 1.0, 10.0]} and declared.seeds == 3
 
 
 # -- one real sweep --------------------------------------------------------------------------
@@ -545,6 +599,18 @@ def test_real_two_point_sweep_then_aggregate(tmp_path):
     assert [(r["group"], r["n"]) for r in rows] == [({"batch_size": 16}, 1),
                                                     ({"batch_size": 32}, 1)]
     assert os.path.getsize(root / "aggregate" / "accuracy_vs_batch_size.png") > 1000
+    # the two real runs side by side: each column the evaluation final_metrics.json names
+    r = subprocess.run([sys.executable, "-m", "jaxhybrid.tools.compare",
+                        str(root / "batch_size=16,seed=0"), str(root / "batch_size=32,seed=0"),
+                        "--names", "B16,B32", "--format", "csv"], cwd=REPO,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-3000:]
+    import csv
+    table = {row[0]: row for row in csv.reader(r.stdout.splitlines())}
+    for i, name in ((2, "batch_size=16,seed=0"), (3, "batch_size=32,seed=0")):
+        final = json.load(open(root / name / "final_metrics.json"))
+        assert table["evaluation"][i].startswith(f"eval/{final['evaluated_step']}")
+        assert float(table["accuracy"][i]) == final["accuracy"]
 
     # resume: finished points are skipped; a point that fails (12 is not divisible by the
     # 8 devices) is reported, and the exit status says so

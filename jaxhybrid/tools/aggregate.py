@@ -147,7 +147,7 @@ def main(argv=None) -> int:
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
-    print(out["text"][a.format])
+    print(out["text"][a.format], end="")
     print(f"written: {out['markdown']}, {out['csv']}, {out['json']}"
           + "".join(f", {p}" for p in out["figures"]), file=sys.stderr)
     return 0

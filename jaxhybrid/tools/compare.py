@@ -79,19 +79,23 @@ def read_columns(run_dirs: list[str], names: list[str] | None, checkpoint="best"
     return columns
 
 
-def _row_order(entry: identity.Entry, position: int) -> tuple:
+def _row_order(entry: identity.Entry, first_seen: int, position: int) -> tuple:
+    """Scalars, then OOD scores, then attack accuracies by (attack, ε); rows of one
+    metric name (split by definition) side by side."""
     if entry.section == "adversarial":
-        return (2, entry.key[0], entry.key[1], 0)
-    return (1 if entry.section == "ood" else 0, "", 0.0, position)
+        return (2, entry.key[0], entry.key[1], 0, 0)
+    return (1 if entry.section == "ood" else 0, "", 0.0, first_seen, position)
 
 
 def _collect(columns: list[Column]) -> dict[tuple, identity.Entry]:
     """Every row identity of the columns, in table order."""
     seen: dict[tuple, tuple[identity.Entry, int]] = {}
+    first: dict[str, int] = {}
     for c in columns:
         for e in identity.entries(c.evaluation.metrics, c.config):
+            first.setdefault(e.metric, len(first))
             seen.setdefault(e.key, (e, len(seen)))
-    order = sorted(seen.values(), key=lambda p: _row_order(*p))
+    order = sorted(seen.values(), key=lambda p: _row_order(p[0], first[p[0].metric], p[1]))
     return {e.key: e for e, _ in order}
 
 
@@ -121,8 +125,7 @@ def _definition_titles(rows: list[Row], columns: list[Column], entries) -> list[
             e = entries[r.key]
             of = [c.name for c, has in zip(columns, r.present) if has]
             r.title = f"{title} ({e.defined}: {r.definition})"
-            r.notes.append(f"{e.defined} of {', '.join(of)}: {r.definition}; not the "
-                           f"{e.defined} of the row beside it")
+            r.notes.append(f"{e.defined} in this row, of {', '.join(of)}: {r.definition}")
     return [SHARED_NOTE] if split else []
 
 
@@ -175,7 +178,7 @@ def main(argv=None) -> int:
     try:
         text = compare(a.runs, [n.strip() for n in a.names.split(",") if n.strip()] or None,
                        checkpoint=a.checkpoint, eval_id=a.eval_id or None, fmt=a.format)
-        print(text)
+        print(text, end="" if text.endswith("\n") else "\n")
         if a.out:
             print(f"written: {tables.write_text(a.out, text)}", file=sys.stderr)
     except (ValueError, FileNotFoundError) as e:

@@ -111,7 +111,7 @@ def aggregate_csv(rows: list[dict], keys: list[str]) -> str:
     for n in table:
         header += [f"{n}_mean", f"{n}_std", f"{n}_n"]
     buf = io.StringIO()
-    w = csv.writer(buf)
+    w = csv.writer(buf, lineterminator="\n")
     w.writerow(header)
     for r in rows:
         line = [fmt_value(r["group"][k]) for k in keys]
@@ -126,7 +126,7 @@ def aggregate_csv(rows: list[dict], keys: list[str]) -> str:
 
 
 def aggregate_json(rows: list[dict], keys: list[str], notes: list[str]) -> str:
-    return json.dumps({"keys": keys, "rows": rows, "notes": notes}, indent=2, default=str)
+    return json.dumps({"keys": keys, "rows": rows, "notes": notes}, indent=2, default=str) + "\n"
 
 
 # -- the comparison of runs ----------------------------------------------------------------
@@ -161,7 +161,7 @@ def comparison_markdown(table) -> str:
 
 def comparison_csv(table) -> str:
     buf = io.StringIO()
-    w = csv.writer(buf)
+    w = csv.writer(buf, lineterminator="\n")
     w.writerow(["metric", "definition"] + [c.name for c in table.columns] + ["notes"])
     w.writerow(["run", ""] + [c.run for c in table.columns] + [""])
     w.writerow(["evaluation", ""] + [c.evaluation.relative for c in table.columns]
