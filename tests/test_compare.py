@@ -137,7 +137,8 @@ def test_epsilon_rows_match_exactly_and_one_sided_values_get_their_own_rows(tmp_
 def test_a_score_shares_a_row_only_with_a_score_of_the_same_definition(tmp_path):
     ffn = _run(tmp_path, "ffn", {208: _metrics(0.9, log_px=0.984, family="classifier",
                                                definitions={"log_px": LOG_Z,
-                                                            "max_softmax": MAX_SOFTMAX})}, selected=208)
+                                                            "max_softmax": MAX_SOFTMAX})},
+               selected=208)
     dhm = _run(tmp_path, "dhm", {336: _metrics(0.95, log_px=0.277, family="dhm",
                                                definitions={"log_px": DHM_LOG_PX,
                                                             "max_softmax": MAX_SOFTMAX})},

@@ -238,7 +238,7 @@ def add_legends(fig: Figure, axes, *, shared: bool = False, **legend_kwargs) -> 
     kwargs = {k: v for k, v in legend_kwargs.items() if k not in ("loc", "bbox_to_anchor")}
     ncol = min(4, len(entries))
     rows = -(-len(entries) // ncol)
-    bottom = min(0.5, (0.25 * rows + 0.15) / fig.get_figheight())
+    bottom = min(0.5, (0.18 * rows + 0.12) / fig.get_figheight())
     fig.legend(list(entries.values()), list(entries), loc="lower center", ncol=ncol,
                **kwargs)
     fig.tight_layout(rect=(0, bottom, 1, 1))

@@ -1,8 +1,8 @@
 """The results tools: run grids, and tables and figures of finished runs.
 
 * :mod:`jaxhybrid.tools.sweep` runs a grid of ordinary runs (``python -m
-  jaxhybrid.tools.sweep``); :mod:`.overrides` parses its config keys and values,
-  :mod:`.configfile` reads a config module's ``get_sweep``.
+  jaxhybrid.tools.sweep``): :mod:`.grid` makes its points, :mod:`.overrides` parses
+  config keys and values, :mod:`.configfile` reads a config module's ``get_sweep``.
 * :mod:`jaxhybrid.tools.compare` puts the evaluations of several runs side by side;
   :mod:`jaxhybrid.tools.aggregate` summarises a sweep (mean ± std over seeds, figures).
 * Shared by both: :mod:`.runs` (finding runs and the evaluation each one names),

@@ -15,6 +15,7 @@ import argparse
 import dataclasses
 import sys
 
+from jaxhybrid.checkpointing import run_path
 from jaxhybrid.tools import identity, runs, tables
 
 FORMATS = ("md", "csv", "json")
@@ -57,7 +58,7 @@ class Table:
 def column_names(run_dirs: list[str], names: list[str] | None) -> list[str]:
     """``names``, or the runs' directory names; a count that differs is an error."""
     if not names:
-        return [str(runs.run_path(d).name) for d in run_dirs]
+        return [str(run_path(d).name) for d in run_dirs]
     if len(names) != len(run_dirs):
         raise ValueError(f"--names gives {len(names)} name(s) ({', '.join(names)}) for "
                          f"{len(run_dirs)} run(s) ({', '.join(run_dirs)}); give one per run")
@@ -180,7 +181,10 @@ def main(argv=None) -> int:
                        checkpoint=a.checkpoint, eval_id=a.eval_id or None, fmt=a.format)
         print(text, end="" if text.endswith("\n") else "\n")
         if a.out:
-            print(f"written: {tables.write_text(a.out, text)}", file=sys.stderr)
+            replaced = run_path(a.out).exists()
+            print(f"written: {tables.write_text(a.out, text)}"
+                  + (" (replacing the table written there before)" if replaced else ""),
+                  file=sys.stderr)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
         return 1

@@ -42,8 +42,6 @@ def flatten(config) -> dict[str, Any]:
     return out
 
 
-
-
 def near_keys(key: str, valid: list[str]) -> list[str]:
     """The valid keys near ``key``: close spellings, the same last part in another
     section (``objective.beta`` -> ``model.beta``), and the fields of its section."""
@@ -158,7 +156,6 @@ def flag_value(value) -> str:
     if isinstance(value, (tuple, list)):
         return _literal(tuple(value))
     return str(value)
-
 
 
 def copy_config(config):

@@ -51,8 +51,6 @@ DEFAULT_PLOTS = ({"metrics": [names.ACCURACY]}, {"metrics": [names.ECE]},
                  {"metrics": [names.ood_auroc("*", "*")]}, {"kind": "reliability"})
 
 
-
-
 @dataclasses.dataclass
 class View:
     """How rows are shown: the x key, titles, value labels and the figures."""
@@ -67,12 +65,10 @@ class View:
         return self.titles.get(key, key)
 
 
-
 def _choice(what: str, value, choices) -> None:
     if value not in choices:
         raise ValueError(f"Unknown {what} {value!r}; valid choices: "
                          f"{', '.join(map(str, choices))}")
-
 
 
 def check_plot(spec: dict) -> dict:
@@ -142,7 +138,6 @@ def check_presentation(presentation: dict | None) -> dict:
     if "plots" in p:
         out["plots"] = [check_plot(s) for s in p["plots"]]
     return out
-
 
 
 def resolve_view(rows: list[dict], keys: list[str], presentation: dict | None = None, *,
