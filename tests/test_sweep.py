@@ -586,7 +586,7 @@ def test_real_two_point_sweep_then_aggregate(tmp_path):
     assert status["spec"]["aggregate"]["x"] == "batch_size"
     for name in ("batch_size=16,seed=0", "batch_size=32,seed=0"):
         assert (root / name / "final_metrics.json").exists()
-        assert "FINAL METRICS" in (root / name / "train.log").read_text()
+        assert "jaxhybrid.main --config=" in (root / name / "train.log").read_text()
         saved = json.load(open(root / name / "config.json"))
         assert saved["model"]["width"] == 4 and saved["model"]["hidden"] == [16]
         # names.headline rebuilds from metrics.json exactly the plug-ins' headline
