@@ -220,12 +220,16 @@ def test_bad_input_is_an_error_naming_it(tmp_path, capsys):
              ([good, good, "--names", "A"], "--names gives 1 name(s) (A) for 2 run(s)"),
              ([good, str(tmp_path / "nope")], f"run directory {tmp_path / 'nope'} does not "
                                               f"exist"),
-             ([good, "--checkpoint", "7"], "no evaluation at step 7; evaluated steps: 1")]
+             ([good, "--checkpoint", "7"], "no evaluation at step 7; evaluated steps: 1"),
+             ([good, "--checkpoint", "1", "--eval_id", "abcdef12"],
+              "no evaluation 'abcdef12' at step 1; evaluations: eval/1/1a2b3c4d")]
     for argv, message in cases:
         assert compare.main(argv) == 1, argv
         err = capsys.readouterr().err
         assert err.startswith("error: ") and message in err, (argv, err)
         assert "Traceback" not in err
+    assert compare.main([good, "--checkpoint", "1", "--eval_id", "1a2b3c4d"]) == 0
+    assert "| good (step 1, eval 1a2b3c4d) |" in capsys.readouterr().out
 
 
 def test_command_line_writes_the_chosen_format(tmp_path):

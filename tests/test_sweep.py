@@ -487,6 +487,16 @@ def test_command_line_x_and_metrics_choose_the_figures(tmp_path, drawn_lines, ca
     assert agg.main([str(tmp_path), "--out", str(out_dir), "--metrics", "ood/*/nope/auroc"]) == 1
     err = capsys.readouterr().err
     assert "ood/*/nope/auroc" in err and "valid names: accuracy, nll, ece" in err
+    # --checkpoint latest: the step-60 evaluation of every run, not the selected one (40);
+    # --format json prints what aggregate.json holds
+    assert agg.main([str(tmp_path), "--out", str(tmp_path / "latest"), "--checkpoint", "latest",
+                     "--format", "json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == json.load(open(tmp_path / "latest" / "aggregate.json"))
+    assert {r["metrics"]["accuracy"]["mean"] for r in printed["rows"]} == {-1.0}
+    assert {e for r in printed["rows"] for e in r["evaluations"]} == {"eval/60"}
+    assert agg.main([str(tmp_path), "--checkpoint", "newest"]) == 1
+    assert "valid choices: best, latest or a step number" in capsys.readouterr().err
 
 
 def test_single_seed_has_no_std(tmp_path):
