@@ -499,6 +499,36 @@ def test_command_line_x_and_metrics_choose_the_figures(tmp_path, drawn_lines, ca
     assert "valid choices: best, latest or a step number" in capsys.readouterr().err
 
 
+def test_every_line_has_its_own_colour_and_every_panel_a_legend(tmp_path, monkeypatch):
+    from jaxhybrid.evaluators import plots
+    saved, save = {}, plots.save_figure
+
+    def inspect(fig, path):
+        panels = [ax for ax in fig.axes if ax.get_visible()]
+        lines = {}
+        for ax in panels:
+            for handle, label in zip(*ax.get_legend_handles_labels()):
+                if hasattr(handle, "lines"):                  # an errorbar's container
+                    lines.setdefault(label, set()).add(handle.lines[0].get_color())
+        saved[os.path.basename(path)] = {
+            "colours": lines, "shared": len(fig.legends),
+            "in_panels": [ax.get_legend() is not None for ax in panels]}
+        return save(fig, path)
+    monkeypatch.setattr(plots, "save_figure", inspect)
+    _fabricate_lr_width_sweep(tmp_path)
+    agg.write_outputs(str(tmp_path), str(tmp_path / "out"), metrics=["ood/*/*/auroc"])
+    agg.write_outputs(str(tmp_path), str(tmp_path / "out2"))
+    ood = saved["ood_auroc_vs_optimizer.learning_rate.png"]
+    # a panel per OOD set; 2 widths × 2 scores = 4 lines, 4 colours, one shared legend
+    assert sorted(ood["colours"]) == ["narrow: log_px", "narrow: max_softmax",
+                                      "wide: log_px", "wide: max_softmax"]
+    assert all(len(c) == 1 for c in ood["colours"].values())        # the same in each panel
+    assert len(set().union(*ood["colours"].values())) == 4
+    assert ood["shared"] == 1 and len(ood["in_panels"]) == 2
+    acc = saved["acc.png"]                                           # declared: legend in panel
+    assert len(set().union(*acc["colours"].values())) == 2 and acc["in_panels"] == [True]
+
+
 def test_single_seed_has_no_std(tmp_path):
     _fabricate_run(tmp_path, 16, 0.0, 0)
     _fabricate_run(tmp_path, 16, 1.0, 0)
