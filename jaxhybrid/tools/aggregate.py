@@ -87,14 +87,19 @@ def aggregate(run_root, checkpoint="best") -> list[dict]:
     return _collect(run_root, checkpoint)[2]
 
 
+def _which(selected_by: str) -> str:
+    return {"best": "the one its final_metrics.json names (its selected checkpoint)",
+            "latest": "its highest evaluated step"}.get(selected_by, f"at {selected_by}")
+
+
 def _markdown(run_root, found, rows, keys, view, notes, figure_paths) -> str:
     md = ["# Sweep aggregate\n",
           f"{len(found)} finished run(s) under `{run_root}` in {len(rows)} group(s), grouped "
           f"by {', '.join(f'`{k}`' for k in keys) or 'nothing'}. Each cell is mean ± std over "
           f"the seeds of the group (std with ddof=1; n/a when n = 1); n is the number of "
-          f"seeds (shown in a cell when fewer runs have that metric). Each run's evaluation "
-          f"is the one named by --checkpoint ({found[0].evaluation.selected_by}; listed in "
-          f"aggregate.csv). Test split; peak lr after the config's lr scaling.\n",
+          f"seeds (shown in a cell when fewer runs have that metric). Each run's evaluation: "
+          f"{_which(found[0].evaluation.selected_by)} (each listed in aggregate.csv). Test "
+          f"split; peak lr after the config's lr scaling.\n",
           tables.aggregate_markdown(rows, keys, view.title)]
     if notes:
         md += ["\nScores defined differently in different runs, kept apart:\n"]
@@ -126,7 +131,10 @@ def write_outputs(run_root, out_dir=None, *, x: str | None = None,
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog="python -m jaxhybrid.tools.aggregate",
+        description=("Mean ± std over seeds of every finished run under a sweep "
+                     "directory: tables (md, csv, json) and figures."))
     p.add_argument("run_root", help="sweep directory (searched recursively for runs)")
     p.add_argument("--out", default="", help="output directory (default RUN_ROOT/aggregate)")
     p.add_argument("--x", default="", help="grouping key on the x axis of the figures "

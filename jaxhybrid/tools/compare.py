@@ -166,7 +166,11 @@ def compare(run_dirs: list[str], names: list[str] | None = None, *, checkpoint="
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog="python -m jaxhybrid.tools.compare",
+        description=("One table of the headline metrics of several runs, a column per "
+                     "run (the evaluation its final_metrics.json names, unless "
+                     "--checkpoint says otherwise)."))
     p.add_argument("runs", nargs="+", help="run directories (--workdir of each run)")
     p.add_argument("--names", default="", help="comma-separated column names, one per run")
     p.add_argument("--checkpoint", default="best", help="which evaluation of each run: best "
