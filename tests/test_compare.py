@@ -15,6 +15,7 @@ import pytest
 from etils import epath
 from etils.epath import testing as epath_testing
 
+from configs import gffn
 from jaxhybrid.checkpointing import run_path
 from jaxhybrid.evaluators.calibration import calibration_metrics
 from jaxhybrid.tools import aggregate, compare, grid, identity, runs
@@ -280,7 +281,6 @@ def test_paths_keep_their_scheme():
 
 
 def test_compare_aggregate_and_sweep_points_on_gs(bucket, tmp_path):
-    from configs import gffn
     _run(bucket / "sweep", "joint_weight=0,seed=0", {208: _metrics(0.9)}, selected=208)
     _run(bucket / "sweep", "joint_weight=1,seed=0", {336: _metrics(0.8)}, selected=336)
     for name, lam in (("joint_weight=0,seed=0", 0.0), ("joint_weight=1,seed=0", 1.0)):

@@ -1,6 +1,7 @@
 """Sweeps and their aggregation: grid, names, values parsed by ml_collections, skipping,
 failures, lr rules, means/stds, declared and command-line presentation over fabricated
 runs, and one real two-point sweep through subprocesses."""
+import csv
 import json
 import math
 import os
@@ -12,13 +13,13 @@ import warnings
 import numpy as np
 import pytest
 
-from configs import gffn
-from jaxhybrid.tools import aggregate as agg
-from jaxhybrid.tools import compare, configfile, figures, grid, overrides, presentation, runs
-from jaxhybrid.tools import sweep
-from jaxhybrid.evaluators import names
+from configs import dhm, gffn
+from jaxhybrid.evaluators import names, plots
 from jaxhybrid.evaluators.calibration import calibration_metrics
 from jaxhybrid.optim import scaled_learning_rate
+from jaxhybrid.tools import aggregate as agg
+from jaxhybrid.tools import (compare, configfile, figures, grid, overrides, presentation, runs,
+                             sweep)
 from tests.helpers import REPO, apply_overrides
 
 
@@ -413,7 +414,6 @@ def test_aggregate_fabricated_runs_means_stds_tables_and_figures(tmp_path, drawn
     assert f"{first['mean']:.4f} ± {first['std']:.4f}" in md and "± n/a" not in md
     assert "| batch | λ | n | peak lr | test accuracy |" in md
     assert "heldout / log_px" in md and "FGSM ε=0.03137 (8/255)" in md
-    import csv
     table = list(csv.DictReader(open(out["csv"])))
     assert len(table) == 4 and table[0]["n"] == "3"
     assert float(table[0]["accuracy_mean"]) == pytest.approx(first["mean"])
@@ -500,7 +500,6 @@ def test_command_line_x_and_metrics_choose_the_figures(tmp_path, drawn_lines, ca
 
 
 def test_every_line_has_its_own_colour_and_every_panel_a_legend(tmp_path, monkeypatch):
-    from jaxhybrid.evaluators import plots
     saved, save = {}, plots.save_figure
 
     def inspect(fig, path):
@@ -539,7 +538,6 @@ def test_single_seed_has_no_std(tmp_path):
     assert [list(r["group"]) for r in rows] == [["joint_weight"]] * 2
     acc = rows[0]["metrics"]["accuracy"]["mean"]
     assert f"| {acc:.4f} ± n/a |" in out["text"]["md"] and "± 0.0000" not in out["text"]["md"]
-    import csv
     table = list(csv.DictReader(open(out["csv"])))
     assert table[0]["accuracy_std"] == "" and float(table[0]["accuracy_mean"]) == acc
     assert json.load(open(out["json"]))["rows"][0]["metrics"]["accuracy"]["std"] is None
@@ -605,7 +603,6 @@ def test_command_line_dry_run_bad_inputs_and_the_readme_example(tmp_path):
         assert not (tmp_path / name).exists(), name                  # nothing written
     assert sorted(os.listdir(tmp_path / "changed")) == [changed.name]  # no sweep_status.json
     # the README's presentation names config keys of configs/dhm.py
-    from configs import dhm
     declared = configfile.declared_sweep(configfile.load_config_module(str(readme)), "digits")
     configfile.check_presentation_keys(dhm.get_config("digits"), declared.presentation)
     assert declared.grid == {"model.beta": [0.1, 1.0, 10.0]} and declared.seeds == 3
@@ -645,7 +642,6 @@ def test_real_two_point_sweep_then_aggregate(tmp_path):
                         "--names", "B16,B32", "--format", "csv"], cwd=REPO,
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-3000:]
-    import csv
     table = {row[0]: row for row in csv.reader(r.stdout.splitlines())}
     for i, name in ((2, "batch_size=16,seed=0"), (3, "batch_size=32,seed=0")):
         final = json.load(open(root / name / "final_metrics.json"))

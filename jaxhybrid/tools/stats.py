@@ -10,9 +10,11 @@ from __future__ import annotations
 import json
 import math
 
+import ml_collections
 import numpy as np
 
 from jaxhybrid.evaluators import names
+from jaxhybrid.optim import scaled_learning_rate
 from jaxhybrid.tools import identity
 from jaxhybrid.tools.runs import Run
 
@@ -115,9 +117,6 @@ def metric_order(found: list[str]) -> list[str]:
 
 def learning_rate(raw_config: dict) -> float | None:
     """The peak learning rate after the config's lr scaling; None when it cannot say."""
-    import ml_collections
-
-    from jaxhybrid.optim import scaled_learning_rate
     try:
         return scaled_learning_rate(ml_collections.ConfigDict(raw_config["optimizer"]),
                                     int(raw_config["batch_size"]))
