@@ -26,7 +26,7 @@ _rng = np.random.default_rng(0)
 CALIBRATION = calibration_metrics(_rng.dirichlet(np.ones(4), size=100), _rng.integers(0, 4, 100),
                                   num_bins=15)
 LOG_Z = "log Z(x) = logsumexp_y f_y(x), the classifier's unnormalised log-density"
-DHM_LOG_PX = "-(reconstruction + c·KL): the β-VAE's bound on log p(x) with c = 1"
+DHM_LOG_PX = "-(reconstruction + c·KL(q(z|x) || p(z))): the β-VAE's bound on log p(x), c = 1"
 
 
 def _metrics(accuracy, *, eps=(0.0, 8 / 255), adv=(0.98, 0.6), log_px=0.984,
@@ -76,7 +76,8 @@ def _rows(text_md: str) -> dict[str, list[str]]:
     out = {}
     for line in text_md.splitlines():
         if line.startswith("| ") and not line.startswith("| metric"):
-            cells = [c.strip() for c in line.strip("|").split("|")]
+            cells = [c.strip().replace("\\|", "|")
+                     for c in re.split(r"(?<!\\)\|", line.strip()[1:-1])]
             out[re.sub(r"( \[\d+\])+$", "", cells[0])] = cells[1:]    # without note marks
     return out
 

@@ -59,9 +59,14 @@ def column_title(name: str) -> str:
     return f"{METRIC_TITLES.get(base, base)} ({k})" if k else name
 
 
+def _md_row(cells: list[str]) -> str:
+    """One markdown table row; a '|' inside a cell (p(y|x)) is escaped."""
+    return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
+
+
 def _md_table(header: list[str], lines: list[list[str]]) -> str:
-    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join(out + ["| " + " | ".join(cells) + " |" for cells in lines])
+    out = [_md_row(header), "|" + "---|" * len(header)]
+    return "\n".join(out + [_md_row(cells) for cells in lines])
 
 
 # -- the aggregate of a sweep -------------------------------------------------------------
