@@ -46,7 +46,7 @@ demo: install
 	$(PY) -m jaxhybrid.main --config=configs/gffn.py:digits --workdir=$(RUNS)/gffn --config.joint_weight=1 --log_file=$(RUNS)/gffn.log
 	$(PY) -m jaxhybrid.main --config=configs/gffn.py:digits --workdir=$(RUNS)/ffn --config.joint_weight=0 --mode=eval --checkpoint=latest --log_file=$(RUNS)/ffn.log
 	$(PY) -m jaxhybrid.main --config=configs/gffn.py:digits --workdir=$(RUNS)/gffn --config.joint_weight=1 --mode=eval --checkpoint=latest --log_file=$(RUNS)/gffn.log
-	$(PY) -m jaxhybrid.compare $(RUNS)/ffn $(RUNS)/gffn --names FFN,GFFN --out $(RUNS)/comparison.md
+	$(PY) -m jaxhybrid.tools.compare $(RUNS)/ffn $(RUNS)/gffn --names FFN,GFFN --out $(RUNS)/comparison.md
 	@echo
 	@echo "Run directories: $(RUNS)/ffn  $(RUNS)/gffn  (logs: $(RUNS)/ffn.log  $(RUNS)/gffn.log)"
 	@echo "Reports:         $(RUNS)/ffn/eval/<step>/<eval_id>/report.md (final_metrics.json's eval_dir: the selected checkpoint's)"

@@ -96,7 +96,7 @@ def family_config(dataset: str, npz: dict, batch: int):
     """The paired family's config on ``dataset``, on one device, no validation split."""
     import importlib
 
-    from jaxhybrid.sweep import apply_overrides
+    from jaxhybrid.tools.overrides import apply_overrides
     path, overrides = FAMILIES[dataset][0], FAMILIES[dataset][2]
     file, variant = path.split(":")
     module = file.removesuffix(".py").replace("/", ".")

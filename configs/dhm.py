@@ -35,7 +35,7 @@ the generative term −ELBO: ``--config.model.kl_coef=1``), and the IWAE-K train
 
 The β sweep (the original went up to 1e5; ``get_sweep``)::
 
-    python -m jaxhybrid.sweep --config=configs/dhm.py:digits --workdir=runs/dhm_beta
+    python -m jaxhybrid.tools.sweep --config=configs/dhm.py:digits --workdir=runs/dhm_beta
 """
 from __future__ import annotations
 
@@ -111,7 +111,7 @@ def get_config(variant: str = "digits"):
 
 def get_sweep(variant: str = "digits"):
     """The β sweep (docs/methods/dhm.md: the original went up to 1e5), one seed per β by default;
-    ``jaxhybrid.aggregate`` plots accuracy, ECE, OOD AUROC and FGSM accuracy against β."""
+    ``jaxhybrid.tools.aggregate`` plots accuracy, ECE, OOD AUROC and FGSM accuracy against β."""
     betas = {"digits": [0.1, 1.0, 10.0, 100.0]}.get(      # > 0: the x axis is log10
         variant, [0.1, 1.0, 10.0, 100.0, 1000.0, 10000.0, 100000.0])
     return {

@@ -25,7 +25,7 @@ Any variant can be shrunk for a CPU check with ``--config.num_steps=20``.
 
 The batch-size study (FFN vs GFFN over ≥ 256× of batch size, 3 seeds; ``get_sweep``)::
 
-    python -m jaxhybrid.sweep --config=configs/gffn.py:digits --workdir=runs/bs
+    python -m jaxhybrid.tools.sweep --config=configs/gffn.py:digits --workdir=runs/bs
 """
 from __future__ import annotations
 
@@ -86,7 +86,7 @@ def get_config(variant: str = "digits"):
 
 def get_sweep(variant: str = "digits"):
     """The batch-size study (docs/results/run_study.sh): FFN vs GFFN, ≥ 256× of batch,
-    and how ``jaxhybrid.aggregate`` presents it (the figures of docs/results/)."""
+    and how ``jaxhybrid.tools.aggregate`` presents it (the figures of docs/results/)."""
     batch = {"digits": [4, 16, 64, 256, 1024], "smoke": [8, 16]}.get(
         variant, [16, 64, 256, 1024, 4096])
     return {
@@ -106,7 +106,7 @@ def get_sweep(variant: str = "digits"):
             {"file": "ood_auroc_vs_batch_size.png", "title": "OOD: {}",
              "metrics": ["ood/*/max_softmax/auroc", "ood/*/log_px/auroc"],
              "ylabel": "AUROC", "ylim": [0, 1.02], "hline": {"y": 0.5, "label": "chance"},
-             "panel_size": [4.4, 3.6], "legend_panels": "first",
+             "panel_size": [4.4, 3.6], "legend_panels": "shared",
              "legend": {"fontsize": 6, "frameon": True, "framealpha": 0.8, "loc": "best"}},
             {"kind": "reliability", "file": "reliability_largest_batch.png",
              "title": "Reliability at the largest global batch, {x}"},

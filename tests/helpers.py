@@ -15,8 +15,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def apply_overrides(config, overrides: dict):
     """Set dotted keys ("model.width": 8) on a ConfigDict, parsed as ``--config.KEY=VALUE``
-    would be (the one mechanism, :func:`jaxhybrid.sweep.apply_overrides`); returns it."""
-    from jaxhybrid.sweep import apply_overrides as apply
+    would be (the one mechanism, :func:`jaxhybrid.tools.overrides.apply_overrides`); returns it."""
+    from jaxhybrid.tools.overrides import apply_overrides as apply
     return apply(config, overrides)
 
 

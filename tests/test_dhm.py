@@ -284,16 +284,16 @@ def test_bf16_digits_run_is_within_one_point_of_fp32(tmp_path, fp32_digits):
 
 
 def test_beta_sweep_runs_and_aggregates_the_original_plots(tmp_path):
-    """configs/dhm.py's get_sweep through jaxhybrid.sweep (2 of its βs, tiny, 2 steps each)
-    and jaxhybrid.aggregate: one row per β and its plots against β."""
+    """configs/dhm.py's get_sweep through jaxhybrid.tools.sweep (2 of its βs, tiny, 2 steps each)
+    and jaxhybrid.tools.aggregate: one row per β and its plots against β."""
     import subprocess
     import sys
 
-    from jaxhybrid import aggregate
+    from jaxhybrid.tools import aggregate
     from tests.helpers import REPO
     root = tmp_path / "beta"
     r = subprocess.run(
-        [sys.executable, "-m", "jaxhybrid.sweep", "--config=configs/dhm.py:digits",
+        [sys.executable, "-m", "jaxhybrid.tools.sweep", "--config=configs/dhm.py:digits",
          f"--workdir={root}", "--sweep", "model.beta=0.1,100", "--config.num_steps=2",
          "--config.model.width=2", "--config.model.latent=4", "--config.model.iwae_samples=2",
          "--config.evals.names=classification,calibration,ood",

@@ -1,9 +1,11 @@
 """Sweeps and their aggregation: grid, names, values parsed by ml_collections, skipping,
 failures, lr rules, means/stds, declared and command-line presentation over fabricated
 runs, and one real two-point sweep through subprocesses."""
+import csv
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import warnings
@@ -11,13 +13,13 @@ import warnings
 import numpy as np
 import pytest
 
-from configs import gffn
-from jaxhybrid import aggregate as agg
-from jaxhybrid import sweep
-from jaxhybrid import compare
-from jaxhybrid.evaluators import names
+from configs import dhm, gffn
+from jaxhybrid.evaluators import names, plots
 from jaxhybrid.evaluators.calibration import calibration_metrics
 from jaxhybrid.optim import scaled_learning_rate
+from jaxhybrid.tools import aggregate as agg
+from jaxhybrid.tools import (compare, configfile, figures, grid, overrides, presentation, runs,
+                             sweep)
 from tests.helpers import REPO, apply_overrides
 
 
@@ -28,16 +30,16 @@ def _config():
 # -- grid and names ----------------------------------------------------------------------
 def test_grid_expands_to_the_product_with_stable_names(tmp_path):
     c = _config()
-    grid = sweep.parse_sweep(c, ["joint_weight=0,1", "batch_size=16,64,256"])
-    points = sweep.expand_grid(c, grid, [0, 1, 2], str(tmp_path))
+    swept = grid.parse_sweep(c, ["joint_weight=0,1", "batch_size=16,64,256"])
+    points = grid.expand_grid(c, swept, [0, 1, 2], str(tmp_path))
     assert len(points) == 2 * 3 * 3
     names = [p.name for p in points]
     assert len(set(names)) == len(names)
     assert "batch_size=16,joint_weight=0,seed=0" in names
     assert "batch_size=256,joint_weight=1,seed=2" in names
     # the order of --sweep flags and the spelling of a value do not change the names
-    again = sweep.expand_grid(
-        c, sweep.parse_sweep(c, ["batch_size=16,64,256", "joint_weight=0.0,1.0"]), [0, 1, 2],
+    again = grid.expand_grid(
+        c, grid.parse_sweep(c, ["batch_size=16,64,256", "joint_weight=0.0,1.0"]), [0, 1, 2],
         str(tmp_path))
     assert sorted(p.name for p in again) == sorted(names)
     p = next(p for p in points if p.name == "batch_size=64,joint_weight=1,seed=2")
@@ -46,36 +48,36 @@ def test_grid_expands_to_the_product_with_stable_names(tmp_path):
     assert p.config.joint_weight == 1.0 and isinstance(p.config.joint_weight, float)
     assert c.batch_size == 64 and c.seed == 0        # the base config is untouched
     # the command: the config file plus exactly the fields that differ from it
-    argv = sweep.point_argv("configs/gffn.py:smoke", p, _config())
+    argv = grid.point_argv("configs/gffn.py:smoke", p, _config())
     assert argv[1:3] == ["-m", "jaxhybrid.main"]
     assert argv[3] == f"--config={os.path.abspath('configs/gffn.py')}:smoke"
     assert argv[4] == f"--workdir={p.workdir}"
     assert argv[5:] == ["--config.batch_size=64", "--config.joint_weight=1.0", "--config.seed=2"]
     c.num_steps = 7                                  # a fixed override (--set / --config.*)
-    (p,) = sweep.expand_grid(c, sweep.parse_sweep(c, ["batch_size=16"]), [0], str(tmp_path))
-    assert sweep.point_argv("configs/gffn.py:smoke", p, _config())[5:] == [
+    (p,) = grid.expand_grid(c, grid.parse_sweep(c, ["batch_size=16"]), [0], str(tmp_path))
+    assert grid.point_argv("configs/gffn.py:smoke", p, _config())[5:] == [
         "--config.batch_size=16", "--config.num_steps=7", "--config.seed=0"]
 
 
 def test_explicit_seed_axis_and_errors(tmp_path):
     c = _config()
-    pts = sweep.expand_grid(c, sweep.parse_sweep(c, ["seed=3,5", "model.hidden=(16,),(8, 4)"]),
+    pts = grid.expand_grid(c, grid.parse_sweep(c, ["seed=3,5", "model.hidden=(16,),(8, 4)"]),
                             None, str(tmp_path))
     assert sorted(p.name for p in pts) == sorted([
         "model.hidden=(16),seed=3", "model.hidden=(16),seed=5",
         "model.hidden=(8-4),seed=3", "model.hidden=(8-4),seed=5"])
     assert {p.config.model.hidden for p in pts} == {(16,), (8, 4)}
     c.seed = 7                                   # no --seeds: the config's own seed
-    (p,) = sweep.expand_grid(c, sweep.parse_sweep(c, ["batch_size=16"]), None, str(tmp_path))
+    (p,) = grid.expand_grid(c, grid.parse_sweep(c, ["batch_size=16"]), None, str(tmp_path))
     assert p.name == "batch_size=16,seed=7" and p.config.seed == 7
     with pytest.raises(ValueError, match="not both"):
-        sweep.expand_grid(c, sweep.parse_sweep(c, ["seed=0,1"]), [0], str(tmp_path))
+        grid.expand_grid(c, grid.parse_sweep(c, ["seed=0,1"]), [0], str(tmp_path))
     with pytest.raises(ValueError, match="repeats"):
-        sweep.expand_grid(c, sweep.parse_sweep(c, ["joint_weight=0,0.0"]), [0], str(tmp_path))
+        grid.expand_grid(c, grid.parse_sweep(c, ["joint_weight=0,0.0"]), [0], str(tmp_path))
     with pytest.raises(KeyError, match="batch_size"):
-        sweep.parse_sweep(c, ["batchsize=16"])
+        grid.parse_sweep(c, ["batchsize=16"])
     with pytest.raises(KeyError, match="section"):
-        sweep.parse_sweep(c, ["optimizer=1"])
+        grid.parse_sweep(c, ["optimizer=1"])
 
 
 def _main_config(assignments):
@@ -98,14 +100,14 @@ def _main_config(assignments):
     "evals.pgd_random_start=False", "optimizer.lr_scaling=linear", "batch_size=16"])
 def test_values_are_parsed_exactly_as_config_flags_parses_them(assignment):
     key, text = assignment.split("=", 1)
-    want = sweep.get_field(_main_config([f"--config.{assignment}"]), key)
-    got = sweep.parse_value(_config(), key, text)
+    want = overrides.get_field(_main_config([f"--config.{assignment}"]), key)
+    got = overrides.parse_value(_config(), key, text)
     assert got == want and type(got) is type(want), (got, want)
     # --sweep and --set go through the same parser; so do the tests' apply_overrides
-    (values,) = sweep.parse_sweep(_config(), [assignment]).values()
+    (values,) = grid.parse_sweep(_config(), [assignment]).values()
     assert values == [want] and type(values[0]) is type(want)
     c = apply_overrides(_config(), {key: text})
-    assert sweep.get_field(c, key) == want and type(sweep.get_field(c, key)) is type(want)
+    assert overrides.get_field(c, key) == want and type(overrides.get_field(c, key)) is type(want)
 
 
 @pytest.mark.parametrize("assignment", [
@@ -116,44 +118,44 @@ def test_values_config_flags_rejects_are_rejected_naming_the_key(assignment):
     with pytest.raises(Exception):
         _main_config([f"--config.{assignment}"])
     with pytest.raises(ValueError, match=f"{key}.*{text}|{text}.*{key}"):
-        sweep.parse_value(_config(), key, text)
+        overrides.parse_value(_config(), key, text)
 
 
 def test_python_values_and_point_commands_round_trip_through_config_flags(tmp_path):
     c = _config()
     # Python values (a get_sweep's) are written as flag text, then parsed the same way
-    assert sweep.parse_value(c, "joint_weight", 1) == 1.0
-    assert sweep.parse_value(c, "model.hidden", [8]) == (8,)
-    assert sweep.parse_value(c, "evals.pgd_random_start", True) is True
+    assert overrides.parse_value(c, "joint_weight", 1) == 1.0
+    assert overrides.parse_value(c, "model.hidden", [8]) == (8,)
+    assert overrides.parse_value(c, "evals.pgd_random_start", True) is True
     assert c.joint_weight == 1.0 and c.model.hidden == (128,)      # c is unchanged
     with pytest.raises(ValueError, match="batch_size"):
-        sweep.parse_value(c, "batch_size", 16.5)
-    assert sweep.format_value(0.0) == "0" and sweep.format_value(1e-3) == "0.001"
-    assert sweep.format_value(True) == "true"
-    assert sweep.flag_value((16,)) == "(16,)" and sweep.flag_value(0.0) == "0.0"
-    assert sweep.split_values("(16,),(32, 8),4") == ["(16,)", "(32, 8)", "4"]
+        overrides.parse_value(c, "batch_size", 16.5)
+    assert overrides.format_value(0.0) == "0" and overrides.format_value(1e-3) == "0.001"
+    assert overrides.format_value(True) == "true"
+    assert overrides.flag_value((16,)) == "(16,)" and overrides.flag_value(0.0) == "0.0"
+    assert overrides.split_values("(16,),(32, 8),4") == ["(16,)", "(32, 8)", "4"]
     # every point's command line gives jaxhybrid.main exactly the point's config
     apply_overrides(c, {"evals.pgd_random_start": "true", "data.ood_classes": (7, 8, 9),
                         "evals.attack": "pgd"})          # fixed overrides (--set)
-    grid = sweep.parse_sweep(c, ["optimizer.learning_rate=1e-3,3e-3", "model.hidden=(16,),(8, 4)"])
-    points = sweep.expand_grid(c, grid, [1], str(tmp_path))
+    swept = grid.parse_sweep(c, ["optimizer.learning_rate=1e-3,3e-3", "model.hidden=(16,),(8, 4)"])
+    points = grid.expand_grid(c, swept, [1], str(tmp_path))
     assert len(points) == 4
     assert "model.hidden=(8-4),optimizer.learning_rate=0.003,seed=1" in [p.name for p in points]
     for p in points:
-        argv = sweep.point_argv("configs/gffn.py:smoke", p, _config())
+        argv = grid.point_argv("configs/gffn.py:smoke", p, _config())
         parsed = _main_config([a for a in argv if a.startswith("--config.")])
-        assert sweep.flatten(parsed) == sweep.flatten(p.config), p.name
+        assert overrides.flatten(parsed) == overrides.flatten(p.config), p.name
 
 
 def test_bad_keys_name_the_valid_ones():
     c = _config()
     with pytest.raises(KeyError, match=r"Did you mean optimizer.learning_rate.*Valid keys: "
                                        r".*batch_size"):
-        sweep.parse_sweep(c, ["optimizer.learning_rat=1e-3"])
+        grid.parse_sweep(c, ["optimizer.learning_rat=1e-3"])
     with pytest.raises(KeyError, match="Valid keys: .*model.width"):
         apply_overrides(c, {"model.widht": 8})
     with pytest.raises(KeyError, match="section.*learning_rate"):
-        sweep.parse_value(c, "optimizer", "1")
+        overrides.parse_value(c, "optimizer", "1")
 
 
 def test_config_module_can_declare_its_sweep_and_presentation(tmp_path):
@@ -167,8 +169,8 @@ def test_config_module_can_declare_its_sweep_and_presentation(tmp_path):
         "            'titles': {'optimizer.learning_rate': 'lr'},\n"
         "            'labels': {'model.width': {4: 'narrow', 8: 'wide'}},\n"
         "            'plots': [{'metrics': 'accuracy'}, {'kind': 'reliability'}]}\n")
-    module = sweep.load_config_module(str(path))
-    declared = sweep.declared_sweep(module, "smoke")
+    module = configfile.load_config_module(str(path))
+    declared = configfile.declared_sweep(module, "smoke")
     assert declared.grid == {"optimizer.learning_rate": [1e-3, 3e-3], "model.width": [4, 8]}
     assert declared.seeds == 2
     assert declared.presentation["x"] == "optimizer.learning_rate"
@@ -176,23 +178,23 @@ def test_config_module_can_declare_its_sweep_and_presentation(tmp_path):
     assert [p["kind"] for p in declared.presentation["plots"]] == ["curve", "reliability"]
     assert declared.presentation["plots"][0]["metrics"] == ["accuracy"]
     json.dumps(declared.presentation)                  # recorded in sweep_status.json
-    sweep.check_presentation_keys(_config(), declared.presentation)
-    points = sweep.expand_grid(_config(), declared.grid, list(range(declared.seeds)),
+    configfile.check_presentation_keys(_config(), declared.presentation)
+    points = grid.expand_grid(_config(), declared.grid, list(range(declared.seeds)),
                                str(tmp_path))
     assert len(points) == 8 and all(isinstance(p.config.model.width, int) for p in points)
-    assert sweep.declared_sweep(gffn, "smoke").grid == {"batch_size": [8, 16],
+    assert configfile.declared_sweep(gffn, "smoke").grid == {"batch_size": [8, 16],
                                                         "joint_weight": [0.0, 1.0]}
-    assert sweep.split_config_arg("configs/gffn.py:smoke") == ("configs/gffn.py", "smoke")
-    assert sweep.split_config_arg("configs/gffn.py") == ("configs/gffn.py", None)
+    assert configfile.split_config_arg("configs/gffn.py:smoke") == ("configs/gffn.py", "smoke")
+    assert configfile.split_config_arg("configs/gffn.py") == ("configs/gffn.py", None)
     # mistakes are errors that name the valid choices
     with pytest.raises(KeyError, match="Valid keys"):
-        sweep.check_presentation_keys(_config(), {"x": "optimizer.lr"})
+        configfile.check_presentation_keys(_config(), {"x": "optimizer.lr"})
     with pytest.raises(ValueError, match="valid fields: kind, metrics"):
-        agg.check_presentation({"plots": [{"metric": ["accuracy"]}]})
+        presentation.check_presentation({"plots": [{"metric": ["accuracy"]}]})
     with pytest.raises(ValueError, match="valid choices: linear, log2, log10"):
-        agg.check_presentation({"x_scale": "log"})
+        presentation.check_presentation({"x_scale": "log"})
     with pytest.raises(ValueError, match="valid: x, x_label"):
-        agg.check_presentation({"xlabel": "lr"})
+        presentation.check_presentation({"xlabel": "lr"})
 
 
 # -- running: skip finished, survive failures ----------------------------------------------
@@ -204,10 +206,10 @@ def _fake_finish(point):
 
 def test_finished_points_are_skipped_and_failures_do_not_stop_the_sweep(tmp_path):
     c = _config()
-    points = sweep.expand_grid(c, sweep.parse_sweep(c, ["batch_size=16,32,64"]), [0],
+    points = grid.expand_grid(c, grid.parse_sweep(c, ["batch_size=16,32,64"]), [0],
                                str(tmp_path))
     for p in points:
-        p.argv = sweep.point_argv("configs/gffn.py:smoke", p, _config())
+        p.argv = grid.point_argv("configs/gffn.py:smoke", p, _config())
     done, failing = points[0], points[1]
     _fake_finish(done)
     calls = []
@@ -251,7 +253,7 @@ def test_finished_points_are_skipped_and_failures_do_not_stop_the_sweep(tmp_path
 
 def test_parallel_jobs_run_every_point_once(tmp_path):
     c = _config()
-    points = sweep.expand_grid(c, sweep.parse_sweep(c, ["batch_size=16,32,64"]), [0, 1],
+    points = grid.expand_grid(c, grid.parse_sweep(c, ["batch_size=16,32,64"]), [0, 1],
                                str(tmp_path))
     calls = []
     result = sweep.run_sweep(points, str(tmp_path), jobs=3,
@@ -262,15 +264,15 @@ def test_parallel_jobs_run_every_point_once(tmp_path):
 
 def test_a_point_dir_with_another_config_is_refused(tmp_path):
     c = _config()
-    (p,) = sweep.expand_grid(c, sweep.parse_sweep(c, ["batch_size=16"]), [0], str(tmp_path))
+    (p,) = grid.expand_grid(c, grid.parse_sweep(c, ["batch_size=16"]), [0], str(tmp_path))
     _fake_finish(p)
-    other = sweep.copy_config(p.config)
+    other = overrides.copy_config(p.config)
     other.num_steps = 99
     with open(os.path.join(p.workdir, "config.json"), "w") as f:
         f.write(other.to_json_best_effort())
-    result = sweep.run_sweep([p], str(tmp_path), runner=lambda q: pytest.fail("ran"))
-    assert result["points"][p.name]["status"] == "failed"
-    assert "num_steps" in result["points"][p.name]["error"]
+    with pytest.raises(ValueError, match=f"{p.name}: config differs: num_steps"):
+        sweep.run_sweep([p], str(tmp_path), runner=lambda q: pytest.fail("ran"))
+    assert not (tmp_path / sweep.STATUS_FILE).exists()            # nothing written
 
 
 # -- learning-rate rules -------------------------------------------------------------------
@@ -298,10 +300,13 @@ def _known(bs, lam, seed):
             "fgsm0": 0.9, "fgsm8": 0.4 + 0.1 * lam + 0.02 * seed}
 
 
-def _fabricate(root, overrides: dict, known: dict, seed: int):
-    """A finished run directory as the trainer leaves it, with ``known`` metrics."""
+def _fabricate(root, overrides: dict, known: dict, seed: int, layout: str = "old"):
+    """A finished run directory as the trainer leaves it, with ``known`` metrics at step 40
+    (the selected checkpoint, named by final_metrics.json), a stale evaluation at step 5
+    and a later one at step 60 that was not selected; ``layout``: old (eval/<step>/,
+    absolute eval_dir) or new (eval/<step>/<eval_id>/, relative eval_dir)."""
     c = apply_overrides(gffn.get_config("smoke"), {**overrides, "seed": seed})
-    d = root / sweep.point_name({**overrides, "seed": seed})
+    d = root / grid.point_name({**overrides, "seed": seed})
     rng = np.random.default_rng(seed)
     probs = rng.dirichlet(np.ones(4), size=200)
     cal = calibration_metrics(probs, rng.integers(0, 4, 200), num_bins=15)
@@ -316,23 +321,27 @@ def _fabricate(root, overrides: dict, known: dict, seed: int):
                "ood": {"sets": ood},
                "adversarial": {"attack": "fgsm", "epsilons": [0.0, 8 / 255],
                                "accuracy": [known["fgsm0"], known["fgsm8"]]}}
-    stale = {"classification": {"accuracy": -1.0, "nll": 99.0}}   # an earlier eval step
-    for step, m in ((5, stale), (40, metrics)):
-        os.makedirs(d / "eval" / str(step))
-        (d / "eval" / str(step) / "metrics.json").write_text(json.dumps(m))
+    stale = {"classification": {"accuracy": -1.0, "nll": 99.0}}   # not the selected step
+    for step, m in ((5, stale), (40, metrics), (60, stale)):
+        sub = d / "eval" / str(step) / ("0badcafe" if layout == "new" else "")
+        os.makedirs(sub)
+        (sub / "metrics.json").write_text(json.dumps(m))
     (d / "config.json").write_text(c.to_json_best_effort())
-    (d / "final_metrics.json").write_text(json.dumps({"step": 40, "train_seconds": 2.0 + seed}))
+    eval_dir = "eval/40/0badcafe" if layout == "new" else str(d / "eval" / "40")
+    (d / "final_metrics.json").write_text(json.dumps(
+        {"step": 60, "evaluated_step": 40, "eval_dir": eval_dir, "train_seconds": 2.0 + seed}))
     return d
 
 
 def _fabricate_run(root, bs, lam, seed):
-    return _fabricate(root, {"batch_size": bs, "joint_weight": lam}, _known(bs, lam, seed), seed)
+    return _fabricate(root, {"batch_size": bs, "joint_weight": lam}, _known(bs, lam, seed), seed,
+                      layout=("old", "new")[seed % 2])
 
 
-def _write_status(root, swept: dict, presentation: dict):
-    """sweep_status.json as jaxhybrid.sweep writes it (the parts aggregate reads)."""
+def _write_status(root, swept: dict, declared: dict):
+    """sweep_status.json as jaxhybrid.tools.sweep writes it (the parts aggregate reads)."""
     (root / sweep.STATUS_FILE).write_text(json.dumps(
-        {"spec": {"sweep": swept, "aggregate": agg.check_presentation(presentation)}}))
+        {"spec": {"sweep": swept, "aggregate": presentation.check_presentation(declared)}}))
 
 
 @pytest.fixture
@@ -362,7 +371,7 @@ def test_aggregate_fabricated_runs_means_stds_tables_and_figures(tmp_path, drawn
     (tmp_path / "unfinished").mkdir()                    # no final_metrics.json: ignored
     # the GFFN study's presentation, declared by configs/gffn.py's get_sweep
     _write_status(tmp_path, {"batch_size": list(BATCHES), "joint_weight": list(LAMBDAS)},
-                  sweep.declared_sweep(gffn, "smoke").presentation)
+                  configfile.declared_sweep(gffn, "smoke").presentation)
     rows = agg.aggregate(str(tmp_path))
     assert len(rows) == 4
     assert [tuple(r["group"].items()) for r in rows] == [
@@ -386,7 +395,7 @@ def test_aggregate_fabricated_runs_means_stds_tables_and_figures(tmp_path, drawn
         assert m["accuracy"]["mean"] == pytest.approx(0.9 - 0.0001 * bs + 0.02 * lam + 0.01)
         assert m["accuracy"]["std"] == pytest.approx(0.01)
         assert m["ood/heldout/log_px/auroc"]["std"] == pytest.approx(0.0, abs=1e-12)
-        assert m["steps"]["mean"] == 40
+        assert m["steps"]["mean"] == 60     # trained; evaluated at the selected step 40
         assert r["learning_rate"] == pytest.approx(1e-3 * math.sqrt(bs / 128))
 
     out = agg.write_outputs(str(tmp_path), str(tmp_path / "out"))
@@ -402,19 +411,19 @@ def test_aggregate_fabricated_runs_means_stds_tables_and_figures(tmp_path, drawn
     assert ("ticks", ("16", "256")) in drawn_lines
     md = open(out["markdown"]).read()
     first = rows[0]["metrics"]["accuracy"]
-    assert f"{first['mean']:.4f} ± {first['std']:.4f}" in md
+    assert f"{first['mean']:.4f} ± {first['std']:.4f}" in md and "± n/a" not in md
     assert "| batch | λ | n | peak lr | test accuracy |" in md
-    assert "heldout / log_px" in md and "FGSM ε=8/255" in md
-    import csv
+    assert "heldout / log_px" in md and "FGSM ε=0.03137 (8/255)" in md
     table = list(csv.DictReader(open(out["csv"])))
     assert len(table) == 4 and table[0]["n"] == "3"
     assert float(table[0]["accuracy_mean"]) == pytest.approx(first["mean"])
     assert float(table[0]["accuracy_std"]) == pytest.approx(first["std"])
     assert float(table[0]["ece_after_ts_mean"]) == pytest.approx(0.021)
-    # jaxhybrid.compare reads the same headline names
+    # jaxhybrid.tools.compare reads the same headline names
     table = compare.compare([str(_fabricate_run(tmp_path / "c", 16, 1.0, 0))], ["GFFN"])
     assert "| accuracy | 0.9184 |" in table and "| ece after TS | 0.0200 |" in table
-    assert "| AUROC heldout / log_px | 0.4000 |" in table and "FGSM acc ε=8/255" in table
+    assert "| AUROC heldout / log_px | 0.4000 |" in table
+    assert "| FGSM acc ε=0.03137 (8/255) | 0.5000 |" in table and "GFFN (step 40" in table
 
 
 def _fabricate_lr_width_sweep(root):
@@ -449,8 +458,8 @@ def test_a_non_gffn_sweep_aggregates_with_its_declared_x_labels_and_plots(tmp_pa
     md = open(out["markdown"]).read()
     assert "| lr | model.width | n | peak lr | test accuracy |" in md
     assert "| 0.003 | 16 | 2 |" in md
-    assert agg.series_label({"model.width": 8}, out["view"]) == "model.width=8"
-    assert agg.series_label({"optimizer.learning_rate": 0.01}, out["view"]) == "lr=0.01"
+    assert figures.series_label({"model.width": 8}, out["view"]) == "model.width=8"
+    assert figures.series_label({"optimizer.learning_rate": 0.01}, out["view"]) == "lr=0.01"
 
 
 def test_command_line_x_and_metrics_choose_the_figures(tmp_path, drawn_lines, capsys):
@@ -478,34 +487,131 @@ def test_command_line_x_and_metrics_choose_the_figures(tmp_path, drawn_lines, ca
     assert agg.main([str(tmp_path), "--out", str(out_dir), "--metrics", "ood/*/nope/auroc"]) == 1
     err = capsys.readouterr().err
     assert "ood/*/nope/auroc" in err and "valid names: accuracy, nll, ece" in err
+    # --checkpoint latest: the step-60 evaluation of every run, not the selected one (40);
+    # --format json prints what aggregate.json holds
+    assert agg.main([str(tmp_path), "--out", str(tmp_path / "latest"), "--checkpoint", "latest",
+                     "--format", "json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == json.load(open(tmp_path / "latest" / "aggregate.json"))
+    assert {r["metrics"]["accuracy"]["mean"] for r in printed["rows"]} == {-1.0}
+    assert {e for r in printed["rows"] for e in r["evaluations"]} == {"eval/60"}
+    assert agg.main([str(tmp_path), "--checkpoint", "newest"]) == 1
+    assert "valid choices: best, latest or a step number" in capsys.readouterr().err
 
 
-def test_single_seed_std_is_zero(tmp_path):
+def test_every_line_has_its_own_colour_and_every_panel_a_legend(tmp_path, monkeypatch):
+    saved, save = {}, plots.save_figure
+
+    def inspect(fig, path):
+        panels = [ax for ax in fig.axes if ax.get_visible()]
+        lines = {}
+        for ax in panels:
+            for handle, label in zip(*ax.get_legend_handles_labels()):
+                if hasattr(handle, "lines"):                  # an errorbar's container
+                    lines.setdefault(label, set()).add(handle.lines[0].get_color())
+        saved[os.path.basename(path)] = {
+            "colours": lines, "shared": len(fig.legends),
+            "in_panels": [ax.get_legend() is not None for ax in panels]}
+        return save(fig, path)
+    monkeypatch.setattr(plots, "save_figure", inspect)
+    _fabricate_lr_width_sweep(tmp_path)
+    agg.write_outputs(str(tmp_path), str(tmp_path / "out"), metrics=["ood/*/*/auroc"])
+    agg.write_outputs(str(tmp_path), str(tmp_path / "out2"))
+    ood = saved["ood_auroc_vs_optimizer.learning_rate.png"]
+    # a panel per OOD set; 2 widths × 2 scores = 4 lines, 4 colours, one shared legend
+    assert sorted(ood["colours"]) == ["narrow: log_px", "narrow: max_softmax",
+                                      "wide: log_px", "wide: max_softmax"]
+    assert all(len(c) == 1 for c in ood["colours"].values())        # the same in each panel
+    assert len(set().union(*ood["colours"].values())) == 4
+    assert ood["shared"] == 1 and len(ood["in_panels"]) == 2
+    acc = saved["acc.png"]                                           # declared: legend in panel
+    assert len(set().union(*acc["colours"].values())) == 2 and acc["in_panels"] == [True]
+
+
+def test_single_seed_has_no_std(tmp_path):
     _fabricate_run(tmp_path, 16, 0.0, 0)
     _fabricate_run(tmp_path, 16, 1.0, 0)
-    rows = agg.aggregate(str(tmp_path))
+    out = agg.write_outputs(str(tmp_path))
+    rows = out["rows"]
     assert [r["n"] for r in rows] == [1, 1]
-    assert all(r["metrics"]["accuracy"]["std"] == 0.0 for r in rows)
+    assert all(r["metrics"]["accuracy"]["std"] is None for r in rows)
     assert [list(r["group"]) for r in rows] == [["joint_weight"]] * 2
+    acc = rows[0]["metrics"]["accuracy"]["mean"]
+    assert f"| {acc:.4f} ± n/a |" in out["text"]["md"] and "± 0.0000" not in out["text"]["md"]
+    table = list(csv.DictReader(open(out["csv"])))
+    assert table[0]["accuracy_std"] == "" and float(table[0]["accuracy_mean"]) == acc
+    assert json.load(open(out["json"]))["rows"][0]["metrics"]["accuracy"]["std"] is None
 
 
 # -- the command line ---------------------------------------------------------------------------
-def test_dry_run_lists_points_and_runs_nothing(tmp_path):
-    r = subprocess.run(
-        [sys.executable, "-m", "jaxhybrid.sweep", "--config=configs/gffn.py:smoke",
-         f"--workdir={tmp_path / 'dry'}", "--sweep", "batch_size=16,32",
-         "--sweep", "joint_weight=0,1", "--seeds", "2", "--set", "model.hidden=(16,)",
-         "--dry_run"], cwd=REPO, capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert "[8/8] batch_size=32,joint_weight=1,seed=1 (new, peak lr 0.0005)" in r.stdout
-    assert "'--config.model.hidden=(16,)'" in r.stdout         # shell-quoted commands
-    assert not (tmp_path / "dry").exists()
+def _readme_get_sweep() -> str:
+    """The get_sweep example of README.md, as written there."""
+    text = open(os.path.join(REPO, "README.md")).read()
+    (block,) = re.findall(r"```python\n(def get_sweep\(variant\):\n.*?)```", text, re.S)
+    return block
+
+
+def _changed_point(root):
+    """A finished point of 'batch_size=16' made with num_steps=3, the sweep now fixing 5."""
+    c = _config()
+    c.num_steps = 3
+    (p,) = grid.expand_grid(c, grid.parse_sweep(c, ["batch_size=16"]), [0], str(root))
+    _fake_finish(p)
+    with open(os.path.join(p.workdir, "config.json"), "w") as f:
+        f.write(p.config.to_json_best_effort())
+    return p
+
+
+def test_command_line_dry_run_bad_inputs_and_the_readme_example(tmp_path):
+    """Each case through ``python -m jaxhybrid.tools.sweep`` (run side by side): the dry run
+    lists the points; bad input is ``error: ...`` naming the thing, with nothing written."""
+    readme = tmp_path / "readme_config.py"
+    readme.write_text("from configs.dhm import get_config\n\n" + _readme_get_sweep())
+    changed = _changed_point(tmp_path / "changed")
+    fixed5 = ["--config=configs/gffn.py:smoke", f"--workdir={tmp_path / 'changed'}",
+              "--sweep", "batch_size=16", "--config.num_steps=5"]
+    cases = {   # name: (arguments, exit status, what stdout or stderr says)
+        "dry": (["--config=configs/gffn.py:smoke", f"--workdir={tmp_path / 'dry'}", "--sweep",
+                 "batch_size=16,32", "--sweep", "joint_weight=0,1", "--seeds", "2", "--set",
+                 "model.hidden=(16,)", "--dry_run"], 0,
+                "[8/8] batch_size=32,joint_weight=1,seed=1 (new, peak lr 0.0005)"),
+        "key": (["--config=configs/dhm.py:digits", f"--workdir={tmp_path / 'key'}",
+                 "--sweep", "objective.beta=0.1,1"], 1,
+                "error: ConfigKeyError: Unknown config key 'objective.beta'. Did you mean "
+                "model.beta"),
+        "value": (["--config=configs/dhm.py:digits", f"--workdir={tmp_path / 'value'}",
+                   "--sweep", "model.beta=0.1,abc"], 1,
+                  "error: ValueError: Bad value 'abc' for config key 'model.beta'"),
+        "changed_dry": (fixed5 + ["--dry_run"], 0,
+                        "[1/1] batch_size=16,seed=0 (config differs: num_steps, peak lr"),
+        "changed": (fixed5, 1, "batch_size=16,seed=0: config differs: num_steps"),
+        "readme": ([f"--config={readme}:digits", f"--workdir={tmp_path / 'readme'}",
+                    "--dry_run"], 0, "[9/9] model.beta=10,seed=2 (new, peak lr"),
+    }
+    procs = {name: subprocess.Popen([sys.executable, "-m", "jaxhybrid.tools.sweep", *args],
+                                    cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    text=True) for name, (args, _, _) in cases.items()}
+    out = {name: p.communicate(timeout=180) for name, p in procs.items()}
+    for name, (args, code, says) in cases.items():
+        stdout, stderr = out[name]
+        assert procs[name].returncode == code, (name, stdout[-2000:], stderr[-2000:])
+        assert says in (stdout if code == 0 else stderr), (name, stdout[-2000:], stderr[-2000:])
+        assert "Traceback" not in stderr, (name, stderr[-3000:])
+    assert "'--config.model.hidden=(16,)'" in out["dry"][0]          # shell-quoted commands
+    assert "model.beta=0.1,seed=0 (new" in out["readme"][0]
+    for name in ("dry", "key", "value", "readme"):
+        assert not (tmp_path / name).exists(), name                  # nothing written
+    assert sorted(os.listdir(tmp_path / "changed")) == [changed.name]  # no sweep_status.json
+    # the README's presentation names config keys of configs/dhm.py
+    declared = configfile.declared_sweep(configfile.load_config_module(str(readme)), "digits")
+    configfile.check_presentation_keys(dhm.get_config("digits"), declared.presentation)
+    assert declared.grid == {"model.beta": [0.1, 1.0, 10.0]} and declared.seeds == 3
 
 
 # -- one real sweep --------------------------------------------------------------------------
 def test_real_two_point_sweep_then_aggregate(tmp_path):
     root = tmp_path / "sweep"
-    args = [sys.executable, "-m", "jaxhybrid.sweep", "--config=configs/gffn.py:smoke",
+    args = [sys.executable, "-m", "jaxhybrid.tools.sweep", "--config=configs/gffn.py:smoke",
             f"--workdir={root}", "--sweep", "batch_size=16,32", "--config.num_steps=3",
             "--config.model.width=4", "--config.evals.names=classification",
             "--set", "model.hidden=(16,)", "--config.model.stages=1"]
@@ -517,12 +623,12 @@ def test_real_two_point_sweep_then_aggregate(tmp_path):
     assert status["spec"]["aggregate"]["x"] == "batch_size"
     for name in ("batch_size=16,seed=0", "batch_size=32,seed=0"):
         assert (root / name / "final_metrics.json").exists()
-        assert "FINAL METRICS" in (root / name / "train.log").read_text()
+        assert "jaxhybrid.main --config=" in (root / name / "train.log").read_text()
         saved = json.load(open(root / name / "config.json"))
         assert saved["model"]["width"] == 4 and saved["model"]["hidden"] == [16]
         # names.headline rebuilds from metrics.json exactly the plug-ins' headline
         final = json.load(open(root / name / "final_metrics.json"))
-        rebuilt = names.headline(compare.latest_eval(str(root / name))[1])
+        rebuilt = names.headline(runs.select_evaluation(str(root / name)).metrics)
         assert set(rebuilt) >= {names.ACCURACY, names.NLL, names.BRIER}
         assert {k: final[k] for k in rebuilt} == rebuilt
     assert "peak lr 0.0003536" in r.stdout      # 1e-3·sqrt(16/128), logged per point
@@ -530,6 +636,17 @@ def test_real_two_point_sweep_then_aggregate(tmp_path):
     assert [(r["group"], r["n"]) for r in rows] == [({"batch_size": 16}, 1),
                                                     ({"batch_size": 32}, 1)]
     assert os.path.getsize(root / "aggregate" / "accuracy_vs_batch_size.png") > 1000
+    # the two real runs side by side: each column the evaluation final_metrics.json names
+    r = subprocess.run([sys.executable, "-m", "jaxhybrid.tools.compare",
+                        str(root / "batch_size=16,seed=0"), str(root / "batch_size=32,seed=0"),
+                        "--names", "B16,B32", "--format", "csv"], cwd=REPO,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-3000:]
+    table = {row[0]: row for row in csv.reader(r.stdout.splitlines())}
+    for i, name in ((2, "batch_size=16,seed=0"), (3, "batch_size=32,seed=0")):
+        final = json.load(open(root / name / "final_metrics.json"))
+        assert table["evaluation"][i].startswith(f"eval/{final['evaluated_step']}")
+        assert float(table["accuracy"][i]) == final["accuracy"]
 
     # resume: finished points are skipped; a point that fails (12 is not divisible by the
     # 8 devices) is reported, and the exit status says so

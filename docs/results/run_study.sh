@@ -42,12 +42,12 @@ RUNS=${RUNS:-runs/study}
 export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-$PWD/.jax_cache}
 status=0
 
-"$PY" -m jaxhybrid.sweep --config=configs/gffn.py:digits --workdir="$RUNS/digits" \
+"$PY" -m jaxhybrid.tools.sweep --config=configs/gffn.py:digits --workdir="$RUNS/digits" \
     --sweep batch_size=4,16,64,256,1024 --sweep joint_weight=0,1 --seeds 3 \
     --config.num_epochs=150 --config.early_stopping_patience=10 \
     || status=1
 
-"$PY" -m jaxhybrid.sweep --config=configs/gffn.py:mnist_npz --workdir="$RUNS/mnist" \
+"$PY" -m jaxhybrid.tools.sweep --config=configs/gffn.py:mnist_npz --workdir="$RUNS/mnist" \
     --sweep batch_size=16,64,256,1024,4096 --sweep joint_weight=0,1 --seeds 3 \
     --config.num_epochs=5 --config.data.train_subset=10000 \
     --config.data.validation_size=0.0833333333 "--config.data.ood_classes=(8, 9)" \
@@ -57,7 +57,7 @@ status=0
     || status=1
 
 for dataset in digits mnist; do
-    "$PY" -m jaxhybrid.aggregate "$RUNS/$dataset" --out "docs/results/$dataset" > /dev/null \
+    "$PY" -m jaxhybrid.tools.aggregate "$RUNS/$dataset" --out "docs/results/$dataset" > /dev/null \
         || status=1
 done
 exit $status

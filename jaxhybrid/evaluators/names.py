@@ -1,7 +1,7 @@
 """Headline metric names: the flat keys the evaluator plug-ins emit (``Section.headline``).
 
-They are built here and nowhere else; the plug-ins, :mod:`jaxhybrid.compare` and
-:mod:`jaxhybrid.aggregate` all use these::
+They are built here and nowhere else; the plug-ins, :mod:`jaxhybrid.tools.compare` and
+:mod:`jaxhybrid.tools.aggregate` all use these::
 
     accuracy, nll, brier                          classification
     ece, mce, rms_ce                              calibration (equal-width bins)

@@ -192,3 +192,53 @@ def accuracy_vs_epsilon(curves: dict, path, title: str = "") -> str:
     ax.legend(fontsize=7, frameon=False)
     fig.tight_layout()
     return _save(fig, path)
+
+
+# -- generic helpers for figures drawn elsewhere (jaxhybrid.tools.figures) ------------------
+def new_figure(width: float, height: float) -> Figure:
+    """A Figure on the Agg canvas, ``width`` × ``height`` inches at :data:`DPI`."""
+    return _new_figure(width, height)
+
+
+def save_figure(fig: Figure, path) -> str:
+    """Write ``fig`` as PNG to ``path`` (local or epath; process 0 only); returns path."""
+    return _save(fig, path)
+
+
+def distinct_colours(labels: list) -> dict:
+    """{label: colour}, a different colour for each label: tab10 up to 10 labels, tab20
+    up to 20, else evenly spaced hues."""
+    from matplotlib import colormaps
+    n = len(labels)
+    if n <= 10:
+        colours = [f"C{i}" for i in range(n)]
+    elif n <= 20:
+        colours = [colormaps["tab20"](i) for i in range(n)]
+    else:
+        colours = [colormaps["hsv"](i / n) for i in range(n)]
+    return dict(zip(labels, colours))
+
+
+def add_legends(fig: Figure, axes, *, shared: bool = False, **legend_kwargs) -> None:
+    """A legend in each of ``axes`` that has labelled artists or, ``shared``, one legend
+    of every label (each once) below the panels; then lays the figure out."""
+    if not shared:
+        for ax in axes:
+            if ax.get_legend_handles_labels()[1]:
+                ax.legend(**legend_kwargs)
+        fig.tight_layout()
+        return
+    entries: dict = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            entries.setdefault(label, handle)
+    if not entries:
+        fig.tight_layout()
+        return
+    kwargs = {k: v for k, v in legend_kwargs.items() if k not in ("loc", "bbox_to_anchor")}
+    ncol = min(4, len(entries))
+    rows = -(-len(entries) // ncol)
+    bottom = min(0.5, (0.18 * rows + 0.12) / fig.get_figheight())
+    fig.legend(list(entries.values()), list(entries), loc="lower center", ncol=ncol,
+               **kwargs)
+    fig.tight_layout(rect=(0, bottom, 1, 1))
