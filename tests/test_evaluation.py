@@ -48,8 +48,17 @@ def test_report_and_figures_written(trained):
     m = _load(os.path.join(out, "metrics.json"))
     assert set(m) >= {"classification", "calibration", "temperature", "ood", "adversarial"}
     report = open(os.path.join(out, "report.md")).read()
-    for needle in ("Calibration", "ECE", "AUROC", "FPR@95", "ε", "heldout", "held-out classes"):
+    for needle in ("Calibration", "ECE", "AUROC", "FPR@95", "ε", "heldout", "held-out classes",
+                   "equal-width bins", "per-bin statistics", "clipped to [0.0, 1.0]"):
         assert needle in report, needle
+    # every OOD score and the logits are defined beside their numbers
+    defs = m["ood"]["definitions"]
+    assert set(defs) == {"max_softmax", "log_px", "max_logit"}
+    assert defs["log_px"].startswith("log Z(x) = log Σ_k exp f_k(x)")
+    for score, text in defs.items():
+        assert f"### {score}\n\n{score} = {text}" in report, score
+    assert m["classification"]["definitions"]["logits"] in report
+    assert "binarised" not in report and "bits/dim" not in report
     figs = [f for f in os.listdir(out) if f.endswith(".png")]
     assert {"reliability.png", "robustness.png", "ood_roc_max_softmax.png",
             "ood_hist_log_px.png"} <= set(figs)

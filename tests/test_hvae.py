@@ -381,6 +381,25 @@ def test_digits_trains_and_evaluates_through_the_cli(tmp_path):
     assert l1["log_likelihood_nats"] == pytest.approx(float(np.mean(saved["test/L>1"])))
     out = tmp_path / "eval" / str(final["evaluated_step"])
     assert (out / "ood_hist__LLRgt1.png").exists() and (out / "ood_roc_Lgt1.png").exists()
+    _check_report(out, m)
+
+
+def _check_report(out, m):
+    """The report defines L, L>1 and LLR>1 with their S, says the evaluated images were
+    binarised with evals.seed, what bits/dim of a Bernoulli mean, and describes no
+    evaluator that did not run (no calibration bins, no ε)."""
+    report = (out / "report.md").read_text()
+    assert m["ood"]["definitions"]["-LLR>1"].startswith("−LLR>1(x) = L>1(x) − L(x)")
+    for score in ("L", "L>1", "-LLR>1"):
+        text = m["ood"]["definitions"][score]
+        assert "S = 4 posterior samples" in text and f"{score} = {text}" in report, score
+    assert "S = 4 posterior samples" in m["likelihood"]["bounds"]["L>1"]["definition"]
+    assert "binarised once" in report and "evals.seed = 0" in report
+    assert m["likelihood"]["likelihood"] == "bernoulli"
+    assert "{0, 1}^D" in m["likelihood"]["bits_per_dim_meaning"]
+    assert m["likelihood"]["bits_per_dim_meaning"] in report
+    assert "256 levels" not in report and "bins" not in report and "ε" not in report
+    assert "per-bin" not in report and "ood_scores.npz" in report
 
 
 @pytest.mark.parametrize("kernel,size", [(5, 14), (3, 7), (3, 4), (1, 5)])

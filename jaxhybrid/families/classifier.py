@@ -59,7 +59,7 @@ def definitions(label_model: str) -> dict:
         "max_softmax": "max_k p(k|x), the top-label probability (softmax of the logits)",
         "log_px": f"log Z(x) = {log_z} ({label_model} label model): log p(x) up to a "
                   f"constant under the GFFN reading of the logits as log p(x, y) (nats)",
-        "max_logit": "max_k f_k(x), the largest class score (nats)",
+        "max_logit": "max_k f_k(x), the largest class score",
     }
 
 

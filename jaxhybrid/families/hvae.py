@@ -248,9 +248,9 @@ def definitions(n_latents: int, samples: int, likelihood: str) -> dict:
     for k in range(1, n_latents):
         out[f"L>{k}"] = lgtk(k)
     for k in range(1, n_latents):
-        out[f"-LLR>{k}"] = (f"−LLR>{k}(x) = L>{k}(x) − L(x), both with the same {s}; "
-                            f"LLR>{k} = L − L>{k} is high for OOD data, so it is negated "
-                            f"(higher = in-distribution)")
+        out[f"-LLR>{k}"] = (f"−LLR>{k}(x) = L>{k}(x) − L(x), both with the same {s} "
+                            f"(nats); LLR>{k} = L − L>{k} is high for OOD data, so it is "
+                            f"negated (higher = in-distribution)")
     return out
 
 
