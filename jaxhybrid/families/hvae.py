@@ -20,7 +20,9 @@ with the original's Fashion-MNIST settings)::
     free_nats              λ₀; free_nats_constant_epochs, free_nats_cooldown_epochs:
                            λ_t = λ₀, then linearly to 0 (objectives/elbo.py)
     free_nats_mode         per_element (the original) | per_layer
-    train_samples          S posterior samples per example in training
+    train_samples          S posterior samples per example in training (the
+                           data-dependent initialisation sees the B rows of the first
+                           batch once; the original's sees its S·B rows)
     train_importance_weighted   the IW training bound over them (else their mean)
     iwae_samples           S of the importance-weighted scores (log_likelihood, l_gt_k)
     score_chunk            samples evaluated at once (memory ∝ score_chunk, any S): the
