@@ -91,13 +91,18 @@ def _draw_reliability(ax_top, ax_bottom, cal: dict, title: str) -> None:
     ax_bottom.set_ylabel("count (log)")
 
 
-def reliability_diagram(cal_metrics: dict, path, title: str = "") -> str:
-    """cal_metrics: `calibration_metrics(...)` output -> PNG at path; returns path."""
+def reliability_figure(cal_metrics: dict, title: str = "") -> Figure:
+    """cal_metrics: `calibration_metrics(...)` output -> the reliability diagram's Figure."""
     fig = _new_figure(4.5, 5.5)
     ax_top, ax_bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     _draw_reliability(ax_top, ax_bottom, cal_metrics, title)
     fig.tight_layout()
-    return _save(fig, path)
+    return fig
+
+
+def reliability_diagram(cal_metrics: dict, path, title: str = "") -> str:
+    """cal_metrics: `calibration_metrics(...)` output -> PNG at path; returns path."""
+    return _save(reliability_figure(cal_metrics, title), path)
 
 
 def reliability_side_by_side(cal_dict: dict, path, title: str = "") -> str:
@@ -117,6 +122,13 @@ def reliability_side_by_side(cal_dict: dict, path, title: str = "") -> str:
 
 def score_histograms(score_in, scores_out: dict, path, score_name: str, *, title: str = "",
                      unit: str = "") -> str:
+    """:func:`score_histogram_figure` as a PNG at ``path``; returns path."""
+    return _save(score_histogram_figure(score_in, scores_out, score_name, title=title,
+                                        unit=unit), path)
+
+
+def score_histogram_figure(score_in, scores_out: dict, score_name: str, *, title: str = "",
+                           unit: str = "") -> Figure:
     """Overlaid density histograms of an OOD score.
 
     score_in: [N_in]; scores_out: {OOD set name -> [N_j]}; score_name and ``unit`` (e.g.
@@ -163,7 +175,7 @@ def score_histograms(score_in, scores_out: dict, path, score_name: str, *, title
     ax.set_title(title or f"OOD score: {score_name}", fontsize=10)
     ax.legend(fontsize=7, frameon=False)
     fig.tight_layout()
-    return _save(fig, path)
+    return fig
 
 
 def _thin_curve(fpr, tpr):
