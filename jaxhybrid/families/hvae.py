@@ -9,8 +9,9 @@ with the original's Fashion-MNIST settings)::
                            "weightnorm": True are accepted, as in the original's JSON
     config_stochastic      one per stage: {block: GaussianConv2d | GaussianDense,
                            latent_features, kernel_size (3, conv only)}
-    likelihood             bernoulli (on [0, 1] pixels; binarise them with
-                           data.train_transforms=binarize) | discretized_logistic |
+    likelihood             bernoulli (binary pixels: needs data.train_transforms=
+                           binarize unless the data are binary already; refused
+                           otherwise) | discretized_logistic |
                            discretized_mix_logistic (on 2x − 1, 256 levels)
     num_mix                mixture components (discretized_mix_logistic)
     likelihood_kernel      kernel of the conv to the likelihood's parameters
