@@ -401,6 +401,8 @@ def _check_report(out, m):
     assert m["likelihood"]["bits_per_dim_meaning"] in report
     assert "256 levels" not in report and "bins" not in report and "ε" not in report
     assert "per-bin" not in report and "ood_scores.npz" in report
+    row = next(l for l in report.splitlines() if l.startswith("| log_likelihood |"))
+    assert row.count(" | ") == 5 and "q(z_s\\|x)" in row      # '|' escaped in a cell
 
 
 @pytest.mark.parametrize("kernel,size", [(5, 14), (3, 7), (3, 4), (1, 5)])

@@ -34,7 +34,7 @@ def _table(rows: list[list], header: list[str]) -> str:
     def fmt(v):
         if isinstance(v, float):
             return f"{v:.4f}"
-        return str(v)
+        return str(v).replace("|", "\\|")   # a '|' inside a cell (q(z|x)) would split it
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(fmt(v) for v in r) + " |" for r in rows]
     return "\n".join(lines)
