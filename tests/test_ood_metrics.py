@@ -162,7 +162,8 @@ def test_plots(tmp_path):
     assert ax.get_title() == "HVAE: L>1"
     assert ax.get_xlabel() == "L>1 (nats); higher = in-distribution"
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
-    assert labels[-1].startswith("in-distribution (n=2000)") and labels[1].startswith("ood_b (n=101")
+    assert labels[-1].startswith("in-distribution (n=2000)")
+    assert labels[1].startswith("ood_b (n=101")
     top = max(ax.patches, key=lambda a: a.get_zorder())
     assert top.get_label().startswith("in-distribution") and not top.get_fill()
     curves = {}

@@ -18,6 +18,9 @@ Config fields read (missing ones fall back to the defaults in brackets):
   digits_test_fraction   test fraction of sklearn digits            [0.2]
   label_key         TFDS label feature (e.g. "coarse_label")        ["label"]
 
+An npz file must hold at least one image in each of x_train and x_test, and, when it has
+labels, exactly one label per image; otherwise the error names the file and the split.
+
 Splitting rules:
   * Validation: `validation_size` examples are drawn from train, stratified by class
     (per-class counts proportional to the class frequencies, largest-remainder
