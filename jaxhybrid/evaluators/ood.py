@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-# Stated in reports next to the numbers (docs/metrics.md: "Say which one is used").
+# Stated in reports next to the numbers (docs/metrics.md, "Out-of-distribution detection").
 FPR95_CONVENTION = (
     "FPR@95 (in-distribution positive, Hendrycks & Gimpel / Liu et al.): fraction of OOD "
     "samples with score >= t, at the largest t that keeps >= 95% of in-distribution samples"
