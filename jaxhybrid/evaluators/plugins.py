@@ -19,7 +19,8 @@ from jaxhybrid.evaluators import EvalContext, Section, names, plots
 from jaxhybrid.evaluators import ood_sets as ood_sets_lib
 from jaxhybrid.evaluators.adversarial import epsilon_grid, fgsm, pgd
 from jaxhybrid.evaluators.calibration import calibration_metrics
-from jaxhybrid.evaluators.ood import ood_metrics, roc_curve
+from jaxhybrid.evaluators.ood import (FPR80_OOD_CONVENTION, FPR95_CONVENTION, ood_metrics,
+                                       roc_curve)
 from jaxhybrid.evaluators.temperature import (T_MAX, T_MIN, apply_temperature, log_softmax,
                                                nll, temperature_fit)
 from jaxhybrid.models import likelihoods
@@ -193,7 +194,7 @@ def _score_unit(family, score_name: str) -> str:
 def _ood_markdown(ctx: EvalContext, m: dict, sets) -> str:
     """The OOD section: the conventions, the sets, then per score its definition and a
     table of every set."""
-    fam, split = ctx.family, ctx.config.evals.split
+    split = ctx.config.evals.split
     desc = "\n".join(f"- **{s.name}**: {s.description} ({len(s.source)} examples)"
                       for s in sets)
     header = ["OOD set", "AUROC", "AUPR-In", "AUPR-Out", "FPR@95", "FPR@80 (OOD+)", "# in",
@@ -201,10 +202,8 @@ def _ood_markdown(ctx: EvalContext, m: dict, sets) -> str:
     parts = [f"In-distribution: the {split} split ({m['in_distribution']['num_examples']} "
              f"examples). Every score is higher = more in-distribution. AUROC, AUPR-In "
              f"(in-distribution positive) and AUPR-Out (OOD positive) as scikit-learn "
-             f"computes them; **FPR@95**: fraction of OOD accepted at the threshold that "
-             f"keeps 95% of in-distribution (in-distribution positive); **FPR@80 (OOD+)**: "
-             f"fraction of in-distribution flagged as OOD at the threshold catching 80% of "
-             f"OOD (OOD positive).", desc]
+             f"computes them.\n\n- {FPR95_CONVENTION};\n- {FPR80_OOD_CONVENTION} "
+             f"(the column FPR@80 (OOD+)).", desc]
     for score, text in m["definitions"].items():
         rows = [[n, *(r[k] for k in ("auroc", "aupr_in", "aupr_out", "fpr95", "fpr80_ood",
                                      "num_in", "num_out"))]
@@ -219,12 +218,8 @@ def ood(ctx: EvalContext) -> Section:
     in_scores = ctx.ood_scores(ctx.outputs(names=fam.ood_outputs))
     sets = ood_sets_lib.build_ood_sets(ctx.exp, ctx.config.evals.ood_sets,
                                        max_examples=ctx.config.evals.ood_max_examples)
-    m: dict = {"convention": {
-        "score": "higher = more in-distribution",
-        "fpr95": "fraction of OOD accepted at the threshold keeping 95% of in-dist "
-                 "(in-distribution positive; Hendrycks & Gimpel)",
-        "fpr80_ood": "fraction of in-dist flagged OOD at the threshold catching 80% of OOD "
-                     "(OOD positive; hvae-oodd FPR80)"},
+    m: dict = {"convention": {"score": "higher = more in-distribution",
+                              "fpr95": FPR95_CONVENTION, "fpr80_ood": FPR80_OOD_CONVENTION},
         "definitions": {name: definition(fam, name) for name in in_scores},
         "in_distribution": {"split": ctx.config.evals.split,
                             "num_examples": int(len(next(iter(in_scores.values()))))},
