@@ -2,18 +2,18 @@
 
 Variants (``--config=configs/gffn.py:VARIANT``):
 
-* ``digits`` (default) — sklearn digits 8×8, offline, CPU, about a minute::
+* ``digits`` (default) — sklearn digits 8×8, offline, CPU::
 
       python -m jaxhybrid.main --config=configs/gffn.py:digits --workdir=runs/gffn_digits
       python -m jaxhybrid.main --config=configs/gffn.py:digits --workdir=runs/ffn_digits \\
           --config.joint_weight=0
 
   Classes 8 and 9 are held out as a near-OOD set. Expect ≥ 95% test accuracy on
-  the 8 remaining classes for both λ = 0 and λ = 1 (2-core CPU, ~30–60 s each).
+  the 8 remaining classes for both λ = 0 and λ = 1.
 * ``mnist_npz`` — the shared MNIST file (../shared/data/mnist.npz or
   $JAXHYBRID_MNIST_NPZ), 28×28 padded to 32×32, thesis CNN, Adam, batch 128,
-  10 epochs: ≈ 99% test accuracy; about an hour per run on a 2-core CPU (≈ 0.8 s
-  per step at batch 128), minutes on one GPU.
+  10 epochs: ≈ 99% test accuracy; meant for a GPU (benchmarks/gffn_overhead.py times
+  a step on the machine at hand).
 * ``mnist``, ``fashion_mnist``, ``cifar10``, ``svhn`` — TFDS (prepared offline with
   ``python -m jaxhybrid.data.tfds_prepare`` or by ``tfds build``), thesis settings:
   32×32 frame, Adam lr 1e-3 at batch 128 with square-root scaling. Expected

@@ -21,8 +21,10 @@ Checked elsewhere, also before any training:
   know (a new family's) is left to its family. Only a model of the library's registry
   (``model.name`` in :data:`jaxhybrid.models.MODELS`) has its options checked here
   (:func:`_library_model`); a family's own model (tests/configs/toy_vae.py) is not;
-- what needs the data: :func:`check_against_data` (``data.frame`` >= the image size),
-  called in build_experiment right after the data are loaded; ``data.ood_classes``
+- what needs the data: :func:`check_against_data` (``data.frame`` >= the image size,
+  ``data.mean``/``data.std`` one entry per channel), called in build_experiment right
+  after the data are loaded; :func:`check_family_data` (a likelihood that needs binary
+  pixels gets binary data), once the family is built; ``data.ood_classes``
   within the label set and ``data.validation_size`` <= the training examples by the
   data loader (:mod:`jaxhybrid.data.loading`); ``num_devices`` and the global batch
   sizes against the devices by :mod:`jaxhybrid.parallel`.
@@ -40,6 +42,8 @@ import numbers
 import os
 import re
 from typing import Any, Callable, Iterable, Optional, Sequence
+
+import numpy as np
 
 Check = Callable[[Any], Optional[str]]   # value -> None (valid) or what is valid
 
@@ -121,7 +125,7 @@ def _numbers(positive: bool) -> Check:
         ok = isinstance(v, (tuple, list)) and all(
             _is_number(x) and (x > 0 or not positive) for x in v)
         return None if ok else ("must be a tuple of numbers" + (" > 0" if positive else "")
-                                + ", one per channel or one for all, or () for none")
+                                + ", one per channel, or () for none")
     return check
 
 
@@ -334,12 +338,71 @@ def check_config(config) -> None:
 
 
 def check_against_data(config, splits) -> None:
-    """The fields that need the loaded data: ``data.frame`` >= the images' height and width."""
+    """The fields that need the loaded data: ``data.frame`` >= the images' height and
+    width; ``data.mean`` and ``data.std`` one entry per channel (or ``()``). Every problem
+    at once, in one ValueError."""
+    out = []
     frame = _get(config, "data.frame", 0)
-    h, w = splits.image_shape[:2]
+    h, w, channels = splits.image_shape
     if frame and (frame < h or frame < w):
-        raise ValueError(f"config field data.frame = {frame!r}: smaller than the {h}x{w} "
-                         f"images of {splits.name}; must be 0 (keep the size) or >= {max(h, w)}")
+        out.append(f"config field data.frame = {frame!r}: smaller than the {h}x{w} images "
+                   f"of {splits.name}; must be 0 (keep the size) or >= {max(h, w)}")
+    for name in ("mean", "std"):
+        value = tuple(_get(config, f"data.{name}", ()))
+        if value and len(value) != channels:
+            out.append(f"config field data.{name} = {value!r}: {len(value)} "
+                       f"entr{'y' if len(value) == 1 else 'ies'} for the {channels}-channel "
+                       f"images of {splits.name}; must have one entry per channel "
+                       f"({channels}), or be () for no normalisation")
+    if out:
+        raise ValueError("\n".join(out))
+
+
+BINARY_CHECK_EXAMPLES = 2048   # images of each split whose pixels check_family_data reads
+
+
+def _grey_pixel(source, limit: int = BINARY_CHECK_EXAMPLES) -> tuple[int, int] | None:
+    """(index, value) of the first of the first ``limit`` images of ``source`` with a
+    pixel other than 0 or 255; None when they are all binary."""
+    n = min(len(source), limit)
+    if n == 0:
+        return None
+    images = np.asarray(source.get(np.arange(n))["image"]).reshape(n, -1)
+    grey = (images != 0) & (images != 255)
+    rows = np.flatnonzero(grey.any(axis=1))
+    if rows.size == 0:
+        return None
+    i = int(rows[0])
+    return i, int(images[i][grey[i]][0])
+
+
+def check_family_data(family, config, splits) -> None:
+    """A likelihood that does not fit the data: a family whose ``likelihood`` models
+    binary pixels (support ``binary``, e.g. Bernoulli) needs ``binarize`` in
+    ``data.train_transforms`` (evaluation then binarises every split once, seeded by
+    ``evals.seed``), or data that are binary already (every pixel 0 or 255 in the first
+    :data:`BINARY_CHECK_EXAMPLES` images of train and test). Called in build_experiment
+    once the family is built, before anything is written."""
+    from jaxhybrid.data.transforms import parse_transforms
+    from jaxhybrid.models.likelihoods import get_likelihood
+    if not family.likelihood or get_likelihood(family.likelihood).support != "binary":
+        return
+    transforms = parse_transforms(_get(config, "data.train_transforms", ""))
+    if "binarize" in transforms:
+        return
+    field = f"config field data.train_transforms = {_get(config, 'data.train_transforms', '')!r}"
+    want = (f"family {family.name!r} models the pixels with the {family.likelihood!r} "
+            f"likelihood, which needs binary data: add binarize to data.train_transforms "
+            f"(--config.data.train_transforms=binarize), or choose a likelihood for 8-bit "
+            f"data (discretized_logistic, discretized_mix_logistic)")
+    if "dequantize" in transforms:
+        raise ValueError(f"{field}: dequantize makes the pixels continuous, but {want}")
+    for split in ("train", "test"):
+        grey = _grey_pixel(getattr(splits, split))
+        if grey is not None:
+            raise ValueError(f"{field}: the {split} images of {splits.name} are not binary "
+                             f"({split} image {grey[0]} has the pixel value {grey[1]}/255), "
+                             f"but {want}")
 
 
 # -- flag parsing errors (jaxhybrid.main) -------------------------------------------------

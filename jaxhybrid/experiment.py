@@ -48,6 +48,7 @@ def build_experiment(config) -> Experiment:
             raise ValueError(f"data.{name} has {len(v)} entries but images have "
                              f"{input_shape[-1]} channel(s)")
     family = make_family(config, splits.num_classes, mean=mean, std=std)
+    config_check.check_family_data(family, config, splits)   # its likelihood fits the data
     if family.supervised and splits.num_classes == 0:
         raise ValueError(f"family {family.name!r} needs labels, but data "
                          f"{config.data.source!r} has none")

@@ -196,6 +196,24 @@ def test_reliability_plots(tmp_path):
     assert any(c == 0 for c in m["bin_counts"])
     json.dumps(m)  # clean JSON: None for empty bins, Python scalars elsewhere
     assert _is_png(plots.reliability_diagram(m, tmp_path / "rel.png", title="test"))
+    _check_reliability_figure()
     m2 = calibration.calibration_metrics(_random_probs(rng, 2000, 10), labels, binning="equal_mass")
     p = plots.reliability_side_by_side({"FFN": m, "GFFN": m2}, tmp_path / "sub" / "side.png")
     assert _is_png(p)
+
+
+def _check_reliability_figure():
+    """Both gap colours are in the legend, and every non-empty bin's count is printed on a
+    log axis, so a bin of one example (here the one that sets the MCE) is visible."""
+    probs = np.array([[0.95, 0.05]] * 300 + [[0.55, 0.45]] * 40 + [[0.25, 0.75]])
+    labels = np.array([0] * 300 + [1] * 40 + [0])        # last: confidence 0.75, wrong
+    m = calibration.calibration_metrics(probs, labels, num_bins=10)
+    assert m["mce"] == pytest.approx(0.75) and 1 in m["bin_counts"]
+    fig = plots.reliability_figure(m)
+    top, bottom = fig.axes
+    legend = [t.get_text() for t in top.get_legend().get_texts()]
+    assert {"gap: confidence > accuracy", "gap: accuracy > confidence", "accuracy",
+            "mean confidence"} <= set(legend)
+    assert bottom.get_yscale() == "log"
+    printed = sorted(int(t.get_text()) for t in bottom.texts)
+    assert printed == sorted(c for c in m["bin_counts"] if c)      # 1, 40, 300

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 
 from tests.helpers import REPO, run_cli
@@ -102,6 +103,32 @@ CASES = [
     ("joint_weight_above_1", ["--config.joint_weight=1.5"], ["joint_weight", "[0, 1]"]),
     ("unknown_label_model", ["--config.label_model=probit"], ["softmax, binary"]),
     ("unknown_model", ["--config.model.name=vit"], ["Unknown model 'vit'", "cnn, resnet18"]),
+    # npz files that cannot be split: named with the file and the split
+    ("npz_labels_and_images_differ",
+     ["--config.data.source=npz", "--config.data.npz_path={tmp}/mismatch.npz"],
+     ["npz file '{tmp}/mismatch.npz'", "the train split has 20 images (x_train) but 15 "
+      "labels (y_train)"]),
+    ("npz_split_without_examples",
+     ["--config.data.source=npz", "--config.data.npz_path={tmp}/empty_train.npz"],
+     ["npz file '{tmp}/empty_train.npz'", "the train split has no examples"]),
+    # normalisation with one entry for three channels (the reverse is refused too)
+    ("one_mean_for_three_channels",
+     ["--config.data.source=npz", "--config.data.npz_path={tmp}/rgb.npz",
+      "--config.data.mean=(0.5,)"],
+     ["config field data.mean = (0.5,): 1 entry for the 3-channel images",
+      "one entry per channel (3)"]),
+    ("three_stds_for_one_channel", ["--config.data.mean=(0.5, 0.5, 0.5)",
+                                    "--config.data.std=(0.5, 0.5, 0.5)"],
+     ["config field data.mean = (0.5, 0.5, 0.5): 3 entries for the 1-channel images",
+      "config field data.std = (0.5, 0.5, 0.5)"]),
+    # a likelihood that does not fit the data: Bernoulli on grey levels
+    ("bernoulli_on_grey_pixels", ["--config=configs/hvae.py:digits",
+                                  "--config.data.train_transforms="],
+     ["config field data.train_transforms = ''", "images of digits are not binary",
+      "'bernoulli' likelihood, which needs binary data", "binarize"]),
+    ("bernoulli_on_dequantized_pixels", ["--config=configs/hvae.py:digits",
+                                         "--config.data.train_transforms=dequantize"],
+     ["data.train_transforms = 'dequantize'", "makes the pixels continuous", "binarize"]),
 ]
 
 # Forks a child per case after the heavy imports; the child runs the real entry point.
@@ -141,10 +168,27 @@ DRIVER = textwrap.dedent("""
 
 
 def _argv(extra: list[str], workdir: str, tmp: str) -> list[str]:
+    """BASE's config and overrides, or a case's own config file with num_steps=1 only
+    (another family's config has no model.width)."""
     extra = [a.replace("{tmp}", tmp) for a in extra]
-    config = [a for a in extra if a.startswith("--config=")] or BASE[:1]
-    rest = [a for a in BASE[1:] + extra if not a.startswith("--config=")]
-    return [*config, *rest, f"--workdir={workdir}"]
+    config = [a for a in extra if a.startswith("--config=")]
+    base = BASE[1:2] if config and not config[-1].startswith(BASE[0].split(":")[0]) else BASE[1:]
+    rest = [a for a in base + extra if not a.startswith("--config=")]
+    return [*(config or BASE[:1]), *rest, f"--workdir={workdir}"]
+
+
+def _npz_files(root: str) -> None:
+    """The bad npz files of the cases: labels that do not match the images, a split
+    without examples, and 3-channel images (for a 1-entry data.mean)."""
+    rng = np.random.default_rng(0)
+    img = lambda n, *c: rng.integers(0, 256, (n, 8, 8, *c), dtype=np.uint8)  # noqa: E731
+    labels = lambda n: np.arange(n) % 10                                      # noqa: E731
+    files = {"mismatch": (img(20), labels(15), img(10), labels(10)),
+             "empty_train": (img(0), labels(0), img(10), labels(10)),
+             "rgb": (img(40, 3), labels(40), img(20, 3), labels(20))}
+    for name, (xtr, ytr, xte, yte) in files.items():
+        np.savez(os.path.join(root, f"{name}.npz"), x_train=xtr, y_train=ytr, x_test=xte,
+                 y_test=yte)
 
 
 def _workdir(root, case_id: str) -> str:
@@ -161,6 +205,7 @@ def results(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("cli_errors"))
     with open(os.path.join(root, "notes.npz"), "w") as f:
         f.write("not an npz: plain text\n")
+    _npz_files(root)
     cases = [{"id": cid, "argv": _argv(extra, _workdir(root, cid), root),
               "stdout": os.path.join(root, cid, "stdout"),
               "stderr": os.path.join(root, cid, "stderr")} for cid, extra, _ in CASES]

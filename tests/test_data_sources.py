@@ -593,6 +593,79 @@ def test_npz_missing_images_names_the_keys_found(tmp_path):
     assert "no arrays ['x_train']" in message and "keys found: ['images', 'x_test']" in message
 
 
+def _save_npz(path, n_train=12, n_test=6, y_train=None, channels=(), values=(0, 255)):
+    rng = np.random.default_rng(0)
+    img = lambda n: rng.choice(np.asarray(values, np.uint8), (n, 4, 4, *channels))  # noqa: E731
+    np.savez(path, x_train=img(n_train), x_test=img(n_test),
+             y_train=np.arange(n_train) % 3 if y_train is None else y_train,
+             y_test=np.arange(n_test) % 3)
+    return path
+
+
+def test_npz_labels_that_do_not_match_the_images_name_the_file_and_split(tmp_path):
+    path = _save_npz(tmp_path / "mismatch.npz", y_train=np.arange(9) % 3)
+    message = _npz_error(path)
+    assert "the train split has 12 images (x_train) but 9 labels (y_train)" in message
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_npz_split_without_examples_names_the_file_and_split(tmp_path, split):
+    sizes = {"train": 4, "test": 4, split: 0}
+    path = tmp_path / "empty.npz"
+    np.savez(path, **{f"x_{s}": np.zeros((n, 4, 4), np.uint8) for s, n in sizes.items()},
+             **{f"y_{s}": np.arange(n) % 2 for s, n in sizes.items()})
+    message = _npz_error(path)
+    assert f"the {split} split has no examples (x_{split} has shape (0, 4, 4, 1))" in message
+
+
+def _splits(tmp_path, **kw):
+    return loading.load_splits(make_cfg(source="npz", npz_path=str(_save_npz(
+        tmp_path / "d.npz", **kw))))
+
+
+def test_normalisation_needs_one_entry_per_channel(tmp_path):
+    """data.mean/std: one entry per channel or () (no broadcasting of one entry)."""
+    from jaxhybrid import config_check
+    rgb = _splits(tmp_path, channels=(3,))
+    cfg = ml_collections.ConfigDict({"data": {"frame": 0, "mean": (0.5,), "std": (0.2,) * 3}})
+    with pytest.raises(ValueError) as err:
+        config_check.check_against_data(cfg, rgb)
+    assert str(err.value) == ("config field data.mean = (0.5,): 1 entry for the 3-channel "
+                              "images of npz:d; must have one entry per channel (3), or be () "
+                              "for no normalisation")
+    cfg.data.mean = (0.5,) * 3
+    config_check.check_against_data(cfg, rgb)                     # one per channel
+    cfg.data.mean, cfg.data.std = (), ()
+    config_check.check_against_data(cfg, rgb)                     # none
+
+
+def test_bernoulli_likelihood_needs_binary_pixels(tmp_path):
+    """check_family_data: a family with a binary-support likelihood is refused on grey
+    pixels unless training binarises them, and accepted on data that are binary."""
+    from configs import hvae
+    from jaxhybrid import config_check
+    from jaxhybrid.families.hvae import make_hvae
+    config = hvae.get_config("digits")
+    family = make_hvae(config, 0)
+    assert family.likelihood == "bernoulli"
+    (tmp_path / "binary").mkdir()
+    binary = _splits(tmp_path / "binary")                      # every pixel 0 or 255
+    grey = _splits(tmp_path, values=(0, 37, 255))
+    for transforms in ("binarize", "binarize,flip"):
+        config.data.train_transforms = transforms
+        config_check.check_family_data(family, config, grey)
+    config.data.train_transforms = ""
+    config_check.check_family_data(family, config, binary)        # binary already: 0/255
+    with pytest.raises(ValueError, match=r"the train images of npz:d are not binary "
+                                         r"\(train image \d+ has the pixel value 37/255\)"):
+        config_check.check_family_data(family, config, grey)
+    config.data.train_transforms = "dequantize"
+    with pytest.raises(ValueError, match="dequantize makes the pixels continuous"):
+        config_check.check_family_data(family, config, binary)
+    config.model.likelihood = "discretized_logistic"                  # a mass over 256 levels
+    config_check.check_family_data(make_hvae(config, 0), config, grey)
+
+
 # --------------------------------------------------------------------------------
 # preprocess
 # --------------------------------------------------------------------------------

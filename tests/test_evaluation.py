@@ -45,12 +45,21 @@ def _load(path):
 
 def test_report_and_figures_written(trained):
     c, wd, final = trained
-    out = os.path.join(wd, final["eval_dir"])
+    out = os.path.join(wd, final["eval_dir"])   # the directory final_metrics.json names
     m = _load(os.path.join(out, "metrics.json"))
     assert set(m) >= {"classification", "calibration", "temperature", "ood", "adversarial"}
     report = open(os.path.join(out, "report.md")).read()
-    for needle in ("Calibration", "ECE", "AUROC", "FPR@95", "ε", "heldout", "held-out classes"):
+    for needle in ("Calibration", "ECE", "AUROC", "FPR@95", "ε", "heldout", "held-out classes",
+                   "equal-width bins", "per-bin statistics", "clipped to [0.0, 1.0]"):
         assert needle in report, needle
+    # every OOD score and the logits are defined beside their numbers
+    defs = m["ood"]["definitions"]
+    assert set(defs) == {"max_softmax", "log_px", "max_logit"}
+    assert defs["log_px"].startswith("log Z(x) = log Σ_k exp f_k(x)")
+    for score, text in defs.items():
+        assert f"### {score}\n\n{score} = {text}" in report, score
+    assert m["classification"]["definitions"]["logits"] in report
+    assert "binarised" not in report and "bits/dim" not in report
     figs = [f for f in os.listdir(out) if f.endswith(".png")]
     assert {"reliability.png", "robustness.png", "ood_roc_max_softmax.png",
             "ood_hist_log_px.png"} <= set(figs)
@@ -155,3 +164,27 @@ def test_pgd_random_starts_do_not_depend_on_the_device_count(trained):
         accs.append([m[names.attack_accuracy("pgd", e)] for e in (0.0, 0.03, 0.1)])
     assert accs[0][2] < accs[0][0]
     np.testing.assert_array_equal(accs[0], accs[1])
+
+
+def test_conventions_and_closing_describe_only_the_evaluators_that_ran():
+    """No calibration bins, ε or per-bin statistics for evaluators that were skipped or
+    not asked for; the attack's units and clipping as its section recorded them."""
+    from jaxhybrid.evaluators import Results, Section
+    from jaxhybrid.evaluators.report import closing, conventions
+    config = tiny_config()
+    sections = [Section("calibration", {"skipped": "needs logits"}),
+                Section("likelihood", {"bits_per_dim": 0.5})]
+    results = Results(sections, {s.name: s.metrics for s in sections}, {})
+    lines = conventions(config, results)
+    assert len(lines) == 1 and lines[0].startswith("bits/dim = −log p(x) bound / (D·ln 2)")
+    assert closing(results) == "All numbers are in `metrics.json` beside this file."
+    adv = {"attack": "fgsm", "epsilon_units": "normalised input units", "clip": None}
+    sections = [Section("classification", {}), Section("calibration", {}),
+                Section("adversarial", adv), Section("ood", {})]
+    results = Results(sections, {s.name: s.metrics for s in sections}, {})
+    text = "; ".join(conventions(config, results))
+    assert "15 equal-width bins (lo, hi], confidence 1.0 in the last bin" in text
+    assert "FGSM ε in normalised input units, no clipping" in text
+    assert "FPR@95 with in-distribution positive, FPR@80 with OOD positive" in text
+    assert "temperature" not in text and "bits/dim" not in text
+    assert "per-bin statistics" in closing(results) and "ood_scores.npz" in closing(results)

@@ -4,6 +4,7 @@ ELBO, chunking changes nothing, LLR>0 = 0, S = 1000 runs), device-count invarian
 data-dependent init, loss and gradients on a padded batch, finite gradients on extreme
 inputs, config errors, and one tiny digits train + eval run through the CLI."""
 import json
+import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -365,12 +366,13 @@ def test_digits_trains_and_evaluates_through_the_cli(tmp_path):
     val = [l["val_elbo"] for l in lines if l["kind"] == "validation"]
     assert len(val) == 2 and val[1] > val[0], val
     final = json.load(open(tmp_path / "final_metrics.json"))
-    m = json.load(open(tmp_path / "eval" / str(final["evaluated_step"]) / "metrics.json"))
+    out = pathlib.Path(final["eval_dir"])          # the evaluation final_metrics.json names
+    m = json.load(open(out / "metrics.json"))
     for name in ("inverted", "uniform_noise"):
         scores = m["ood"]["sets"][name]["scores"]
         assert set(scores) == {"L", "L>1", "-LLR>1"}
         assert all(0.0 <= s["auroc"] <= 1.0 for s in scores.values())
-    saved = np.load(tmp_path / "eval" / str(final["evaluated_step"]) / "ood_scores.npz")
+    saved = np.load(out / "ood_scores.npz")
     assert saved["test/-LLR>1"].shape == saved["inverted/L>1"].shape == (359,)
     like = m["likelihood"]
     assert like["dims"] == 64 and 0 < like["bits_per_dim"] < 10
@@ -379,8 +381,28 @@ def test_digits_trains_and_evaluates_through_the_cli(tmp_path):
     l1 = like["bounds"]["L>1"]                                      # L>1 in nats and bits/dim
     assert l1["bits_per_dim"] == pytest.approx(-l1["log_likelihood_nats"] / (64 * np.log(2)))
     assert l1["log_likelihood_nats"] == pytest.approx(float(np.mean(saved["test/L>1"])))
-    out = tmp_path / "eval" / str(final["evaluated_step"])
     assert (out / "ood_hist__LLRgt1.png").exists() and (out / "ood_roc_Lgt1.png").exists()
+    _check_report(out, m)
+
+
+def _check_report(out, m):
+    """The report defines L, L>1 and LLR>1 with their S, says the evaluated images were
+    binarised with evals.seed, what bits/dim of a Bernoulli mean, and describes no
+    evaluator that did not run (no calibration bins, no ε)."""
+    report = (out / "report.md").read_text()
+    assert m["ood"]["definitions"]["-LLR>1"].startswith("−LLR>1(x) = L>1(x) − L(x)")
+    for score in ("L", "L>1", "-LLR>1"):
+        text = m["ood"]["definitions"][score]
+        assert "S = 4 posterior samples" in text and f"{score} = {text}" in report, score
+    assert "S = 4 posterior samples" in m["likelihood"]["bounds"]["L>1"]["definition"]
+    assert "binarised once" in report and "evals.seed = 0" in report
+    assert m["likelihood"]["likelihood"] == "bernoulli"
+    assert "{0, 1}^D" in m["likelihood"]["bits_per_dim_meaning"]
+    assert m["likelihood"]["bits_per_dim_meaning"] in report
+    assert "256 levels" not in report and "bins" not in report and "ε" not in report
+    assert "per-bin" not in report and "ood_scores.npz" in report
+    row = next(l for l in report.splitlines() if l.startswith("| log_likelihood |"))
+    assert row.count(" | ") == 5 and "q(z_s\\|x)" in row      # '|' escaped in a cell
 
 
 @pytest.mark.parametrize("kernel,size", [(5, 14), (3, 7), (3, 4), (1, 5)])
@@ -400,3 +422,23 @@ def test_transposed_conv_equals_lax_conv_transpose_values_and_gradients(kernel, 
     g = jnp.asarray(rng.normal(size=(2, 2 * size, 2 * size, 4)), jnp.float32)
     for a, b in zip(jax.vjp(ours, x, w)[1](g), jax.vjp(ref, x, w)[1](g)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_every_output_and_score_is_defined_with_its_samples():
+    """Family.definitions covers every output and every OOD score, and each bound states
+    the S it was computed with (the report prints these beside the numbers)."""
+    config = _config(iwae_samples=250, config_deterministic=(
+        ({"out_channels": 8, "kernel_size": 3},),) * 3, config_stochastic=(
+        {"block": "GaussianConv2d", "latent_features": 2},
+        {"block": "GaussianDense", "latent_features": 4},
+        {"block": "GaussianDense", "latent_features": 2}))
+    fam = famlib.make_hvae(config, 0)
+    n = 4
+    out = {"log_likelihood": np.zeros(n), "l_gt_k": np.zeros((n, 3))}
+    scores = fam.ood_score_fn(out)
+    assert set(scores) == {"L", "L>1", "L>2", "-LLR>1", "-LLR>2"}
+    assert set(fam.definitions) == set(scores) | set(fam.outputs)
+    for name in ("L", "L>1", "L>2", "-LLR>1", "-LLR>2", "log_likelihood"):
+        assert "S = 250 posterior samples" in fam.definitions[name], name
+    assert fam.definitions["L>2"].startswith("L>2(x): the bound L with z_1..z_2 at the posterior")
+    assert fam.likelihood == "bernoulli"

@@ -153,8 +153,19 @@ def test_plots(tmp_path):
     s_in, s_out = _random_case(6, 2000, 3000, None)
     s_out2 = np.concatenate([s_out[:100], [-np.inf]])
     p = plots.score_histograms(s_in, {"ood_a": s_out, "ood_b": s_out2}, tmp_path / "h.png",
-                               "log p(x) (higher = in-distribution)")
+                               "log p(x)", unit="nats")
     assert _is_png(p)
+    # a title, the score's unit on the axis, and in-distribution drawn last, on top
+    fig = plots.score_histogram_figure(s_in, {"ood_a": s_out, "ood_b": s_out2}, "L>1",
+                                       title="HVAE: L>1", unit="nats")
+    (ax,) = fig.axes
+    assert ax.get_title() == "HVAE: L>1"
+    assert ax.get_xlabel() == "L>1 (nats); higher = in-distribution"
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels[-1].startswith("in-distribution (n=2000)")
+    assert labels[1].startswith("ood_b (n=101")
+    top = max(ax.patches, key=lambda a: a.get_zorder())
+    assert top.get_label().startswith("in-distribution") and not top.get_fill()
     curves = {}
     for name, so in {"a": s_out, "b": s_out + 1.0}.items():
         fpr, tpr = ood.roc_curve(s_in, so)

@@ -18,6 +18,9 @@ Config fields read (missing ones fall back to the defaults in brackets):
   digits_test_fraction   test fraction of sklearn digits            [0.2]
   label_key         TFDS label feature (e.g. "coarse_label")        ["label"]
 
+An npz file must hold at least one image in each of x_train and x_test, and, when it has
+labels, exactly one label per image; otherwise the error names the file and the split.
+
 Splitting rules:
   * Validation: `validation_size` examples are drawn from train, stratified by class
     (per-class counts proportional to the class frequencies, largest-remainder
@@ -154,17 +157,23 @@ def npz_arrays(path: str) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
     images: uint8 [n, H, W, C]; labels: int32 [n], or None for an npz without y_*.
     """
     arrays = _read_npz(path)
-    out = {
-        s: (
-            _as_nhwc_uint8(arrays[f"x_{s}"], f"{path}:x_{s}"),
-            np.asarray(arrays[f"y_{s}"]).reshape(-1).astype(np.int32)
-            if f"y_{s}" in arrays
-            else None,
-        )
-        for s in ("train", "test")
-    }
+    out = {}
+    for s in ("train", "test"):
+        x = _as_nhwc_uint8(arrays[f"x_{s}"], f"{path}:x_{s}")
+        y = arrays.get(f"y_{s}")
+        if x.shape[0] == 0:
+            raise ValueError(f"npz file {path!r} (data.npz_path): the {s} split has no "
+                             f"examples (x_{s} has shape {x.shape}); train and test need "
+                             f"at least one image each")
+        if y is not None and np.asarray(y).size != x.shape[0]:
+            raise ValueError(f"npz file {path!r} (data.npz_path): the {s} split has "
+                             f"{x.shape[0]} images (x_{s}) but {np.asarray(y).size} labels "
+                             f"(y_{s}); it needs one label per image")
+        out[s] = (x, None if y is None else np.asarray(y).reshape(-1).astype(np.int32))
     if out["train"][0].shape[1:] != out["test"][0].shape[1:]:
-        raise ValueError(f"{path}: train and test image shapes differ")
+        raise ValueError(f"npz file {path!r} (data.npz_path): train and test image shapes "
+                         f"differ ({out['train'][0].shape[1:]} and "
+                         f"{out['test'][0].shape[1:]})")
     return out
 
 

@@ -8,14 +8,14 @@ Conventions follow docs/metrics.md ("Out-of-distribution detection"):
   trapezoidal one, i.e. a tie between an in- and an OOD example counts 1/2.
 
 Everything is computed from one sort of the pooled scores, in vectorised numpy
-(about 0.1 s for 10^6 scores); scikit-learn is only the test oracle.
+(benchmarks/metrics_speed.py times it on 10^6 scores); scikit-learn is only the test oracle.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-# Stated in reports next to the numbers (docs/metrics.md: "Say which one is used").
+# Stated in reports next to the numbers (docs/metrics.md, "Out-of-distribution detection").
 FPR95_CONVENTION = (
     "FPR@95 (in-distribution positive, Hendrycks & Gimpel / Liu et al.): fraction of OOD "
     "samples with score >= t, at the largest t that keeps >= 95% of in-distribution samples"

@@ -44,7 +44,11 @@ def _save(fig: Figure, path) -> str:
 def _draw_reliability(ax_top, ax_bottom, cal: dict, title: str) -> None:
     """Reliability bars (accuracy per bin) + gap to mean confidence + count histogram.
 
-    cal: output of `calibration.calibration_metrics`. Empty bins get no bar at all.
+    cal: output of `calibration.calibration_metrics`. Empty bins get no bar at all. The
+    gap has two colours, each in the legend: above the accuracy bar where the bin is
+    overconfident, drawn over the bar where it is underconfident. The counts are on a log
+    axis and printed above each bar, so bins of 1-3 examples (which can carry the MCE)
+    are visible.
     """
     lower = np.asarray(cal["bin_lower"], dtype=float)
     upper = np.asarray(cal["bin_upper"], dtype=float)
@@ -57,9 +61,13 @@ def _draw_reliability(ax_top, ax_bottom, cal: dict, title: str) -> None:
     ax_top.plot([0, 1], [0, 1], ls="--", color="0.4", lw=1, label="perfect calibration")
     ax_top.bar(left, acc, width=width, align="edge", color="tab:blue", edgecolor="black",
                lw=0.5, label="accuracy")
-    # Gap between accuracy and mean confidence of the bin, shaded.
-    ax_top.bar(left, conf - acc, bottom=acc, width=width, align="edge", color="tab:red",
-               alpha=0.3, edgecolor="tab:red", hatch="//", lw=0.5, label="gap to confidence")
+    over = conf > acc
+    ax_top.bar(left[over], (conf - acc)[over], bottom=acc[over], width=width[over],
+               align="edge", color="tab:red", alpha=0.3, edgecolor="tab:red", hatch="//",
+               lw=0.5, label="gap: confidence > accuracy")
+    ax_top.bar(left[~over], (acc - conf)[~over], bottom=conf[~over], width=width[~over],
+               align="edge", color="tab:orange", edgecolor="black", hatch="\\\\", lw=0.5,
+               label="gap: accuracy > confidence")
     ax_top.hlines(conf, left, left + width, color="black", lw=1.5, label="mean confidence")
     ax_top.set_xlim(0, 1)
     ax_top.set_ylim(0, 1)
@@ -74,18 +82,27 @@ def _draw_reliability(ax_top, ax_bottom, cal: dict, title: str) -> None:
 
     ax_bottom.bar(left, counts[nonempty], width=width, align="edge", color="0.5",
                   edgecolor="black", lw=0.5)
+    for x, w, n in zip(left, width, counts[nonempty]):
+        ax_bottom.text(x + w / 2, n, f"{int(n)}", ha="center", va="bottom", fontsize=6)
+    ax_bottom.set_yscale("log")
+    ax_bottom.set_ylim(0.5, max(counts.max(initial=1.0), 1.0) * 4)
     ax_bottom.set_xlim(0, 1)
     ax_bottom.set_xlabel("confidence (top-label)")
-    ax_bottom.set_ylabel("count")
+    ax_bottom.set_ylabel("count (log)")
 
 
-def reliability_diagram(cal_metrics: dict, path, title: str = "") -> str:
-    """cal_metrics: `calibration_metrics(...)` output -> PNG at path; returns path."""
+def reliability_figure(cal_metrics: dict, title: str = "") -> Figure:
+    """cal_metrics: `calibration_metrics(...)` output -> the reliability diagram's Figure."""
     fig = _new_figure(4.5, 5.5)
     ax_top, ax_bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     _draw_reliability(ax_top, ax_bottom, cal_metrics, title)
     fig.tight_layout()
-    return _save(fig, path)
+    return fig
+
+
+def reliability_diagram(cal_metrics: dict, path, title: str = "") -> str:
+    """cal_metrics: `calibration_metrics(...)` output -> PNG at path; returns path."""
+    return _save(reliability_figure(cal_metrics, title), path)
 
 
 def reliability_side_by_side(cal_dict: dict, path, title: str = "") -> str:
@@ -103,15 +120,25 @@ def reliability_side_by_side(cal_dict: dict, path, title: str = "") -> str:
     return _save(fig, path)
 
 
-def score_histograms(score_in, scores_out: dict, path, score_name: str) -> str:
+def score_histograms(score_in, scores_out: dict, path, score_name: str, *, title: str = "",
+                     unit: str = "") -> str:
+    """:func:`score_histogram_figure` as a PNG at ``path``; returns path."""
+    return _save(score_histogram_figure(score_in, scores_out, score_name, title=title,
+                                        unit=unit), path)
+
+
+def score_histogram_figure(score_in, scores_out: dict, score_name: str, *, title: str = "",
+                           unit: str = "") -> Figure:
     """Overlaid density histograms of an OOD score.
 
-    score_in: [N_in]; scores_out: {OOD set name -> [N_j]}; score_name labels the x axis
-    (say its direction, e.g. "log p(x) (higher = in-distribution)"). The common bins span
-    from the lowest 0.5th to the highest 99.5th percentile of the sets' finite scores, so
-    a small, far-off set is still shown. Each density is normalised by the set's number of
-    finite scores; scores outside the range and non-finite scores are counted in the
-    legend, not drawn.
+    score_in: [N_in]; scores_out: {OOD set name -> [N_j]}; score_name and ``unit`` (e.g.
+    "nats"; "" for a unitless score) label the x axis, with the direction (higher =
+    in-distribution). The common bins span from the lowest 0.5th to the highest 99.5th
+    percentile of the sets' finite scores, so a small, far-off set is still shown. Each
+    density is normalised by the set's number of finite scores; scores outside the range
+    and non-finite scores are counted in the legend, not drawn. The OOD sets are filled;
+    the in-distribution histogram is drawn last, as a thick black outline, so it stays
+    visible above them.
     """
     sets = {"in-distribution": np.asarray(score_in, dtype=np.float64).ravel()}
     for name, s in scores_out.items():
@@ -126,9 +153,9 @@ def score_histograms(score_in, scores_out: dict, path, score_name: str) -> str:
 
     fig = _new_figure(5.5, 3.8)
     ax = fig.subplots()
-    colors = [f"C{i}" for i in range(10)]
-    for i, (name, s) in enumerate(sets.items()):
-        f = finite[name]
+    order = [n for n in sets if n != "in-distribution"] + ["in-distribution"]
+    for i, name in enumerate(order):
+        s, f = sets[name], finite[name]
         counts, _ = np.histogram(f, bins=edges)
         dens = counts / (max(f.size, 1) * np.diff(edges))
         label = f"{name} (n={s.size})"
@@ -137,14 +164,18 @@ def score_histograms(score_in, scores_out: dict, path, score_name: str) -> str:
             label += f", {hidden} out of range"
         if f.size < s.size:
             label += f", {s.size - f.size} non-finite"
-        color = colors[i % len(colors)]
-        ax.stairs(dens, edges, fill=True, alpha=0.3, color=color, label=label)
-        ax.stairs(dens, edges, lw=1, color=color)
-    ax.set_xlabel(score_name)
-    ax.set_ylabel("density")
+        if name == "in-distribution":
+            ax.stairs(dens, edges, lw=2, color="black", label=label, zorder=3)
+        else:
+            color = f"C{i % 10}"
+            ax.stairs(dens, edges, fill=True, alpha=0.3, color=color, label=label)
+            ax.stairs(dens, edges, lw=1, color=color)
+    ax.set_xlabel(f"{score_name}{f' ({unit})' if unit else ''}; higher = in-distribution")
+    ax.set_ylabel(f"density (per {unit})" if unit else "density")
+    ax.set_title(title or f"OOD score: {score_name}", fontsize=10)
     ax.legend(fontsize=7, frameon=False)
     fig.tight_layout()
-    return _save(fig, path)
+    return fig
 
 
 def _thin_curve(fpr, tpr):

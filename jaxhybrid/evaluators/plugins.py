@@ -14,13 +14,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxhybrid import parallel, rng as rnglib
+from jaxhybrid.data.transforms import parse_transforms
 from jaxhybrid.evaluators import EvalContext, Section, names, plots
 from jaxhybrid.evaluators import ood_sets as ood_sets_lib
 from jaxhybrid.evaluators.adversarial import epsilon_grid, fgsm, pgd
 from jaxhybrid.evaluators.calibration import calibration_metrics
-from jaxhybrid.evaluators.ood import ood_metrics, roc_curve
+from jaxhybrid.evaluators.ood import (FPR80_OOD_CONVENTION, FPR95_CONVENTION, ood_metrics,
+                                       roc_curve)
 from jaxhybrid.evaluators.temperature import (T_MAX, T_MIN, apply_temperature, log_softmax,
                                                nll, temperature_fit)
+from jaxhybrid.models import likelihoods
 
 
 def _probs(logits) -> np.ndarray:
@@ -32,7 +35,7 @@ def _table(rows: list[list], header: list[str]) -> str:
     def fmt(v):
         if isinstance(v, float):
             return f"{v:.4f}"
-        return str(v)
+        return str(v).replace("|", "\\|")   # a '|' inside a cell (q(z|x)) would split it
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(fmt(v) for v in r) + " |" for r in rows]
     return "\n".join(lines)
@@ -49,8 +52,11 @@ def classification(ctx: EvalContext) -> Section:
          "nll": nll(logits, labels),
          "brier": float(np.mean(np.sum((p - onehot) ** 2, -1))),
          "num_examples": int(len(labels)), "split": ctx.config.evals.split}
-    md = _table([[m["split"], m["num_examples"], m["accuracy"], m["nll"], m["brier"]]],
-                ["split", "examples", "accuracy", "NLL (nats)", "Brier"])
+    m["definitions"] = {"logits": definition(ctx.family, "logits")}
+    md = (f"Predictions from logits = {m['definitions']['logits']}. NLL = mean −log p(y|x) "
+          f"(nats); Brier = mean Σ_k (p_k − y_k)².\n\n"
+          + _table([[m["split"], m["num_examples"], m["accuracy"], m["nll"], m["brier"]]],
+                   ["split", "examples", "accuracy", "NLL (nats)", "Brier"]))
     return Section("classification", m, {names.ACCURACY: m["accuracy"], names.NLL: m["nll"],
                                          names.BRIER: m["brier"]}, md)
 
@@ -153,22 +159,72 @@ def save_scores(path: str, split: str, in_scores: dict, out_scores: dict) -> Non
     np.savez_compressed(path, **arrays)
 
 
+def definition(family, name: str) -> str:
+    """The family's one-line definition of output or score ``name`` (or says it has none)."""
+    return family.definitions.get(name, f"(family {family.name!r} gives no definition)")
+
+
+def _ood_figures(ctx: EvalContext, in_scores: dict, out_scores: dict, m: dict) -> list:
+    """Per score: the histograms of every set and the ROC curves; -> [(title, file)]."""
+    figures = []
+    for score_name, s_in in in_scores.items():
+        if not out_scores:
+            break
+        hist = f"ood_hist_{file_safe(score_name)}.png"
+        plots.score_histograms(s_in, {n: v[score_name] for n, v in out_scores.items()},
+                               os.path.join(ctx.out_dir, hist), score_name,
+                               title=f"{ctx.family.label or ctx.family.name}: {score_name} "
+                                     f"({ctx.config.evals.split} split vs OOD sets)",
+                               unit=_score_unit(ctx.family, score_name))
+        curves = {}
+        for n, v in out_scores.items():
+            fpr, tpr = roc_curve(s_in, v[score_name])
+            curves[n] = (fpr, tpr, m["sets"][n]["scores"][score_name]["auroc"])
+        roc = f"ood_roc_{file_safe(score_name)}.png"
+        plots.roc_curves(curves, os.path.join(ctx.out_dir, roc), title=f"ROC: {score_name}")
+        figures += [(f"Score histograms: {score_name}", hist), (f"ROC curves: {score_name}", roc)]
+    return figures
+
+
+def _score_unit(family, score_name: str) -> str:
+    """The unit of a score, read from its definition: 'nats' when it says so, else ''."""
+    return "nats" if "nats" in family.definitions.get(score_name, "") else ""
+
+
+def _ood_markdown(ctx: EvalContext, m: dict, sets) -> str:
+    """The OOD section: the conventions, the sets, then per score its definition and a
+    table of every set."""
+    split = ctx.config.evals.split
+    desc = "\n".join(f"- **{s.name}**: {s.description} ({len(s.source)} examples)"
+                      for s in sets)
+    header = ["OOD set", "AUROC", "AUPR-In", "AUPR-Out", "FPR@95", "FPR@80 (OOD+)", "# in",
+              "# OOD"]
+    parts = [f"In-distribution: the {split} split ({m['in_distribution']['num_examples']} "
+             f"examples). Every score is higher = more in-distribution. AUROC, AUPR-In "
+             f"(in-distribution positive) and AUPR-Out (OOD positive) as scikit-learn "
+             f"computes them.\n\n- {FPR95_CONVENTION};\n- {FPR80_OOD_CONVENTION} "
+             f"(the column FPR@80 (OOD+)).", desc]
+    for score, text in m["definitions"].items():
+        rows = [[n, *(r[k] for k in ("auroc", "aupr_in", "aupr_out", "fpr95", "fpr80_ood",
+                                     "num_in", "num_out"))]
+                for n, r in ((n, v["scores"][score]) for n, v in m["sets"].items())]
+        parts += [f"### {score}\n\n{score} = {text}", _table(rows, header)]
+    return "\n\n".join(parts)
+
+
 def ood(ctx: EvalContext) -> Section:
     """Every OOD set of evals.ood_sets × every score of the family (higher = in-dist)."""
     fam = ctx.family
     in_scores = ctx.ood_scores(ctx.outputs(names=fam.ood_outputs))
     sets = ood_sets_lib.build_ood_sets(ctx.exp, ctx.config.evals.ood_sets,
                                        max_examples=ctx.config.evals.ood_max_examples)
-    m: dict = {"convention": {
-        "score": "higher = more in-distribution",
-        "fpr95": "fraction of OOD accepted at the threshold keeping 95% of in-dist "
-                 "(in-distribution positive; Hendrycks & Gimpel)",
-        "fpr80_ood": "fraction of in-dist flagged OOD at the threshold catching 80% of OOD "
-                     "(OOD positive; hvae-oodd FPR80)"},
+    m: dict = {"convention": {"score": "higher = more in-distribution",
+                              "fpr95": FPR95_CONVENTION, "fpr80_ood": FPR80_OOD_CONVENTION},
+        "definitions": {name: definition(fam, name) for name in in_scores},
         "in_distribution": {"split": ctx.config.evals.split,
                             "num_examples": int(len(next(iter(in_scores.values()))))},
         "sets": {}}
-    headline, rows = {}, []
+    headline = {}
     out_scores: dict[str, dict[str, np.ndarray]] = {}
     for s in sets:
         scores = ctx.ood_scores(ctx.predictor.outputs(ctx.variables, s.source, fam.ood_outputs))
@@ -179,35 +235,11 @@ def ood(ctx: EvalContext) -> Section:
             r = ood_metrics(s_in, scores[score_name])
             m["sets"][s.name]["scores"][score_name] = r
             headline[names.ood_auroc(s.name, score_name)] = r["auroc"]
-            rows.append([s.name, score_name, r["auroc"], r["aupr_in"], r["aupr_out"],
-                         r["fpr95"], r["fpr80_ood"], r["num_in"], r["num_out"]])
     save_scores(os.path.join(ctx.out_dir, OOD_SCORES_FILE), ctx.config.evals.split,
                 in_scores, out_scores)
     m["per_example_scores"] = OOD_SCORES_FILE
-    figures = []
-    for score_name, s_in in in_scores.items():
-        if not sets:
-            break
-        hist = f"ood_hist_{file_safe(score_name)}.png"
-        plots.score_histograms(s_in, {n: v[score_name] for n, v in out_scores.items()},
-                               os.path.join(ctx.out_dir, hist), score_name)
-        curves = {}
-        for n, v in out_scores.items():
-            fpr, tpr = roc_curve(s_in, v[score_name])
-            curves[n] = (fpr, tpr, m["sets"][n]["scores"][score_name]["auroc"])
-        roc = f"ood_roc_{file_safe(score_name)}.png"
-        plots.roc_curves(curves, os.path.join(ctx.out_dir, roc), title=f"ROC: {score_name}")
-        figures += [(f"Score histograms: {score_name}", hist), (f"ROC curves: {score_name}", roc)]
-    desc = "\n".join(f"- **{s.name}**: {s.description} ({len(s.source)} examples)" for s in sets)
-    md = (f"In-distribution: the {ctx.config.evals.split} split "
-          f"({m['in_distribution']['num_examples']} examples). Scores: higher = more "
-          f"in-distribution ({', '.join(in_scores)}; family {fam.name!r}). AUROC/AUPR-In/AUPR-Out as sklearn; **FPR@95**: "
-          f"fraction of OOD accepted at the threshold that keeps 95% of in-distribution "
-          f"(in-distribution positive); **FPR@80 (OOD+)**: fraction of in-distribution "
-          f"flagged as OOD at the threshold catching 80% of OOD (hvae-oodd).\n\n{desc}\n\n"
-          + _table(rows, ["OOD set", "score", "AUROC", "AUPR-In", "AUPR-Out", "FPR@95",
-                          "FPR@80 (OOD+)", "# in", "# OOD"]))
-    return Section("ood", m, headline, md, figures)
+    figures = _ood_figures(ctx, in_scores, out_scores, m)
+    return Section("ood", m, headline, _ood_markdown(ctx, m, sets), figures)
 
 
 # -- adversarial robustness --------------------------------------------------------------
@@ -278,32 +310,53 @@ def _bound_stats(ll, dims: int) -> dict:
             "bits_per_dim": -mean / (dims * np.log(2.0)), "std_nats": float(np.std(ll))}
 
 
+def bits_per_dim_meaning(family) -> str:
+    """What a bits/dim of the family's likelihood means (its registry entry's own text)."""
+    if not family.likelihood:
+        return (f"family {family.name!r} does not name its likelihood, so whether this is "
+                f"a probability mass or a density is not stated")
+    return likelihoods.get_likelihood(family.likelihood).bits_per_dim
+
+
 def likelihood(ctx: EvalContext) -> Section:
     """The family's bound on log p(x): nats per example and bits per dimension, and the
-    further bounds of its ``bound_fn`` (e.g. the HVAE's L>k) likewise.
+    further bounds of its ``bound_fn`` (e.g. the HVAE's L>k) likewise, each with its
+    definition and what its bits/dim mean for the family's likelihood.
 
-    bpd = −L / (D·ln 2), D = H·W·C of the model input (docs/metrics.md §Likelihoods). For
-    discretized likelihoods on dequantized 8-bit data the bound is already a mass over
-    the 256 levels, so no 8-bit correction is added.
+    bpd = −L / (D·ln 2), D = H·W·C of the model input (docs/metrics.md §Likelihoods).
     """
     fam = ctx.family
     ll = ctx.outputs(names=("log_likelihood",))["log_likelihood"]
     dims = int(np.prod(ctx.exp.input_shape))
     m = {**_bound_stats(ll, dims), "dims": dims, "num_examples": int(len(ll)),
          "split": ctx.config.evals.split,
-         "bound": fam.describe.get("log_likelihood", "the family's log_likelihood output")}
-    rows = [["log_likelihood", m["log_likelihood_nats"], m["nll_nats"], m["bits_per_dim"],
-             m["std_nats"]]]
+         "bound": fam.describe.get("log_likelihood", "the family's log_likelihood output"),
+         "definition": definition(fam, "log_likelihood"),
+         "likelihood": fam.likelihood or None, "bits_per_dim_meaning": bits_per_dim_meaning(fam)}
+    cols = ("log_likelihood_nats", "nll_nats", "bits_per_dim", "std_nats")
+    rows = [["log_likelihood", *(m[k] for k in cols), m["definition"]]]
     if fam.bound_fn is not None:
         extra = fam.bound_fn(ctx.outputs(names=fam.bound_outputs))
-        m["bounds"] = {name: _bound_stats(v, dims) for name, v in extra.items()}
-        rows += [[name, b["log_likelihood_nats"], b["nll_nats"], b["bits_per_dim"],
-                  b["std_nats"]] for name, b in m["bounds"].items()]
-    md = (f"Mean over the {m['split']} split ({m['num_examples']} examples) of "
-          f"{m['bound']}, in nats per example and bits per dimension (D = {dims}, "
-          f"bpd = −L/(D·ln 2); no 8-bit correction: a discretized likelihood is already a "
-          f"mass over the 256 levels).\n\n"
+        m["bounds"] = {name: {**_bound_stats(v, dims), "definition": definition(fam, name)}
+                       for name, v in extra.items()}
+        rows += [[name, *(b[k] for k in cols), b["definition"]] for name, b in m["bounds"].items()]
+    lik = f"the {fam.likelihood!r} likelihood" if fam.likelihood else "the likelihood"
+    md = (f"Mean over the {m['split']} split ({m['num_examples']} examples), in nats per "
+          f"example and bits per dimension (D = {dims}, bpd = −L/(D·ln 2)). Bits/dim of "
+          f"{lik}: {m['bits_per_dim_meaning']}.{_binarised_note(ctx)}\n\n"
           + _table(rows, ["bound", "log p(x) bound (nats)", "NLL (nats)", "bits/dim",
-                          "std (nats)"]))
+                          "std (nats)", "definition"]))
     return Section("likelihood", m, {names.LOG_LIKELIHOOD: m["log_likelihood_nats"],
                                      names.BITS_PER_DIM: m["bits_per_dim"]}, md)
+
+
+def _binarised_note(ctx: EvalContext) -> str:
+    if not binarised(ctx.config):
+        return ""
+    return (f" The evaluated images were binarised once (a Bernoulli draw per pixel, seed "
+            f"evals.seed = {ctx.config.evals.seed}), as training binarises them.")
+
+
+def binarised(config) -> bool:
+    """Whether training binarises the images (so evaluation binarises them once, seeded)."""
+    return "binarize" in parse_transforms(config.data.train_transforms)

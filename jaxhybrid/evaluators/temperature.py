@@ -1,6 +1,6 @@
 """Temperature scaling (Guo et al., 2017): one scalar T > 0 for softmax(logits / T).
 
-docs/metrics.md ("Calibration"): fit T on a held-out split by minimising NLL, then report ECE
+docs/metrics.md ("Temperature scaling"): fit T on a held-out split by minimising NLL, then report ECE
 before and after. Host-side numpy in float64; no jax import.
 
 :func:`fit_temperature` returns the minimiser clamped to [T_MIN, T_MAX];

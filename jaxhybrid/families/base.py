@@ -53,6 +53,10 @@ class Family:
                                               # log p(x) in nats (the likelihood evaluator
                                               # reports them beside log_likelihood)
     label: str = ""           # short human label for figures and reports
+    likelihood: str = ""      # the observation model of log_likelihood, a name of
+                              # models.likelihoods.LIKELIHOODS ('' if none): reports say
+                              # what its bits/dim mean, and a 'binary' one is refused on
+                              # data that are not binary (config_check.check_family_data)
     definitions: dict = dataclasses.field(default_factory=dict)
                               # {output or OOD score name: one-line definition}; reports print
                               # it beside the number, and results tools never put two scores

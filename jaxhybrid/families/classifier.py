@@ -50,6 +50,19 @@ def validate_classifier(outputs) -> dict:
             "nll": softmax_nll(logits, labels)}
 
 
+def definitions(label_model: str) -> dict:
+    """{output or OOD score: one-line definition}, as reports print them."""
+    log_z = ("log Σ_k exp f_k(x)" if label_model == "softmax" else
+             "Σ_k softplus(f_k(x))")
+    return {
+        "logits": "f(x) [K], the network's class scores; p(k|x) = softmax_k f(x)",
+        "max_softmax": "max_k p(k|x), the top-label probability (softmax of the logits)",
+        "log_px": f"log Z(x) = {log_z} ({label_model} label model): log p(x) up to a "
+                  f"constant under the GFFN reading of the logits as log p(x, y) (nats)",
+        "max_logit": "max_k f_k(x), the largest class score",
+    }
+
+
 def make_classifier(config, num_classes: int, mean=None, std=None) -> Family:
     if num_classes < 2:
         raise ValueError(f"family 'classifier' needs labelled data with >= 2 classes; "
@@ -98,5 +111,6 @@ def make_classifier(config, num_classes: int, mean=None, std=None) -> Family:
                   validate=validate_classifier, select=("accuracy", "max"),
                   ood_outputs=("logits",), ood_score_fn=ood_scores,
                   label=f"classifier λ={joint_weight:g}",
+                  definitions=definitions(label_model),
                   describe={"joint_weight": joint_weight, "label_model": label_model,
                             "model": config.model.name})

@@ -9,8 +9,9 @@ with the original's Fashion-MNIST settings)::
                            "weightnorm": True are accepted, as in the original's JSON
     config_stochastic      one per stage: {block: GaussianConv2d | GaussianDense,
                            latent_features, kernel_size (3, conv only)}
-    likelihood             bernoulli (on [0, 1] pixels; binarise them with
-                           data.train_transforms=binarize) | discretized_logistic |
+    likelihood             bernoulli (binary pixels: needs data.train_transforms=
+                           binarize unless the data are binary already; refused
+                           otherwise) | discretized_logistic |
                            discretized_mix_logistic (on 2x − 1, 256 levels)
     num_mix                mixture components (discretized_mix_logistic)
     likelihood_kernel      kernel of the conv to the likelihood's parameters
@@ -20,7 +21,9 @@ with the original's Fashion-MNIST settings)::
     free_nats              λ₀; free_nats_constant_epochs, free_nats_cooldown_epochs:
                            λ_t = λ₀, then linearly to 0 (objectives/elbo.py)
     free_nats_mode         per_element (the original) | per_layer
-    train_samples          S posterior samples per example in training
+    train_samples          S posterior samples per example in training (the
+                           data-dependent initialisation sees the B rows of the first
+                           batch once; the original's sees its S·B rows)
     train_importance_weighted   the IW training bound over them (else their mean)
     iwae_samples           S of the importance-weighted scores (log_likelihood, l_gt_k)
     score_chunk            samples evaluated at once (memory ∝ score_chunk, any S): the
@@ -42,9 +45,9 @@ sample index, so nothing depends on the device count or the chunking):
 
 OOD scores (higher = in-distribution): ``L``; ``L>k`` and ``-LLR>k`` = L>k − L for
 k = 1..L−1 (LLR>k = L − L>k is high for OOD; negated here). The L>k bound keeps the KL
-terms of ITS OWN pass for the layers above k; the original's scripts/ood-llr.py adds
-the regular pass's KLs of every layer instead (it reads ``stage_datas``, not
-``stage_datas_k``), so its LLR>k with S = 1 is log p(x|z) − log p(x|z^{>k}) alone.
+terms of ITS OWN pass for the layers above k, as the original's scripts/ood-llr.py does
+since upstream commit 5726fa4 (it reads ``stage_datas_k``). :func:`definitions` gives
+the one-line definition of each output and score that reports print beside the number.
 The best checkpoint is the one with the highest validation ELBO (``val_elbo``);
 validation is carved from train.
 """
@@ -226,6 +229,34 @@ def importance_weighted_bounds(o, module, variables, image, ids, rng, skips, sam
     return obj.iwae(log_w[:samples])
 
 
+def definitions(n_latents: int, samples: int, likelihood: str) -> dict:
+    """{output or OOD score: one-line definition} for ``n_latents`` layers, the S =
+    ``samples`` of the importance-weighted scores and the ``likelihood``'s name."""
+    pixels = "binary pixels" if likelihood == "bernoulli" else "256-level pixels"
+    s = f"S = {samples} posterior sample{'s' if samples > 1 else ''}"
+    def lgtk(k):
+        low = "z_1" if k == 1 else f"z_1..z_{k}"
+        return (f"L>{k}(x): the bound L with {low} at the posterior mean in inference and "
+                f"the conditional prior's mean in generation, their KL terms dropped, the "
+                f"layers above sampled ({s}, the same as L's; nats)")
+    out = {
+        "elbo": f"log p(x|z) − Σ_i KL_i with one posterior sample z ~ q(z|x): the "
+                f"one-sample ELBO (nats of the {pixels}; validation selects on it)",
+        "log_likelihood": f"L(x) = log (1/S) Σ_s p(x, z_s)/q(z_s|x), the "
+                          f"importance-weighted bound on log p(x) with {s} (nats of the "
+                          f"{pixels})",
+        "l_gt_k": f"[{n_latents}] column k: L>k(x), column 0: L(x)",
+        "L": f"L(x), the importance-weighted bound on log p(x) with {s} (nats)",
+    }
+    for k in range(1, n_latents):
+        out[f"L>{k}"] = lgtk(k)
+    for k in range(1, n_latents):
+        out[f"-LLR>{k}"] = (f"−LLR>{k}(x) = L>{k}(x) − L(x), both with the same {s} "
+                            f"(nats); LLR>{k} = L − L>{k} is high for OOD data, so it is "
+                            f"negated (higher = in-distribution)")
+    return out
+
+
 def make_hvae(config, num_classes: int, mean=None, std=None) -> Family:
     del num_classes                       # unsupervised: labels, if any, are not used
     if mean is not None or std is not None:
@@ -297,7 +328,8 @@ def make_hvae(config, num_classes: int, mean=None, std=None) -> Family:
                   validation_outputs=("elbo",), validate=validate, select=("elbo", "max"),
                   ood_outputs=("log_likelihood", "l_gt_k"), ood_score_fn=ood_scores,
                   bound_outputs=("l_gt_k",), bound_fn=bounds,
-                  label=f"HVAE (L={n_latents})",
+                  label=f"HVAE (L={n_latents})", likelihood=o["likelihood"],
+                  definitions=definitions(n_latents, s, o["likelihood"]),
                   describe={"model": "hvae", "latents": n_latents,
                             "likelihood": o["likelihood"], "free_nats_mode": o["free_nats_mode"],
                             "log_likelihood": f"the importance-weighted bound L(x) with {s} "

@@ -21,6 +21,11 @@ which nothing reads: 31,360 of its 2.62 M Fashion-MNIST parameters. It is left o
 Every linear map is weight-normalised with data-dependent initialisation
 (:class:`WNLinear`): the statistics come from the GLOBAL first batch (valid rows only,
 ``psum`` over ``axis_name``), so initialisation does not depend on the device count.
+It differs from the original's in two places, both on purpose (docs/methods/hvae.md):
+the biased variance for dense layers (the original's unbiased one gives scales about 3 %
+smaller at batch 16, 0.4 % at 128), and transposed convs take their statistics AFTER the
+same-padding crop (the original's, before it, differ by 3–8 % and carry into the layers
+after). Only where training starts changes.
 
 Skip inputs whose shape already equals the block's (conv1 output) shape are DROPPED, as
 in the original: its ``y = y + aux_op(act(aux)) if aux_op is not None else y`` parses as
@@ -28,6 +33,13 @@ in the original: its ``y = y + aux_op(act(aux)) if aux_op is not None else y`` p
 the paper's configurations this removes every inference skip (so q(z_i | z_{i−1}) as
 docs/methods/hvae.md writes it) and keeps the generative skips of the upsampling blocks.
 ``same_shape_skips=True`` adds them (ReLU(aux)) instead.
+
+Which generative skips exist is decided from the shape that actually arrives at each
+block. The original sizes each generative skip from the stage's INFERENCE output shape
+instead. The two agree in the paper's configurations (checked against the original),
+but not in general: with a stride-2 block first in each stage, this module builds two
+upsampling skip convs that the original does not have, and log p(x|z) differs from the
+original's by 7.7 % in the case measured (docs/methods/hvae.md, "Differences").
 
 Samples travel flattened, sample-major: S samples of B examples are [S·B, ...]. The
 first stage's inference (h_1 and q(z_1|x)) depends on x only and runs once on [B].
@@ -96,8 +108,9 @@ def conv_transpose_same(x, w, stride: int):
     On XLA:CPU it is computed by output phase (sub-pixel): output rows s·q + p are a
     stride-1 convolution of the undilated input with the kernel rows t ≡ (lo − p) mod s,
     and likewise for columns; the s² phases are interleaved. No work on inserted zeros,
-    and no input-dilated convolution, whose filter gradient XLA:CPU runs at ~4 GFLOP/s
-    (it was 40 % of the Fashion-MNIST step). GPUs and TPUs keep the native form.
+    and no input-dilated convolution, whose filter gradient is slow on XLA:CPU
+    (benchmarks/hvae_step.py times the step and its convolutions). GPUs and TPUs keep
+    the native form.
     """
     if jax.default_backend() != "cpu" or stride == 1:
         return lax.conv_transpose(x, w, (stride, stride), "SAME", dimension_numbers=_DN)

@@ -28,7 +28,16 @@ gradients are finite too.
 
 Registry: ``LIKELIHOODS[name]`` with ``out_channels``, ``log_prob``, ``mean`` and
 ``sample`` entries, reached through the functions of the same names, so a family's
-config says ``likelihood="discretized_mix_logistic"``.
+config says ``likelihood="discretized_mix_logistic"``. Each entry also states what data
+it models (``support``) and what a bits/dim of it means (``bits_per_dim``, printed in
+reports beside the number; docs/metrics.md §Likelihoods):
+
+- ``bernoulli``: a mass over binary images {0, 1}^D, so the data must be binary
+  (binarised pixels): not a mass over 256 grey levels;
+- ``discretized_logistic``, ``discretized_mix_logistic``: a mass over the 256 levels of
+  8-bit pixels; no 8-bit correction is added (none is needed);
+- ``gaussian``: a density, not a mass: its bits/dim depend on the pixel scale, can be
+  negative, and are not comparable with the bits/dim of a mass.
 """
 from __future__ import annotations
 
@@ -396,35 +405,53 @@ class Likelihood:
     mean(decoder_output, channels, **options) -> [..., C] point estimate of x
     sample(rng, decoder_output, channels, **options) -> [..., C] a draw of x
     options: the keyword options it accepts (each has a default).
+    support: what x it models: ``binary`` ({0, 1}), ``levels`` (the 256 levels of 8-bit
+      pixels) or ``real`` (a density over real values).
+    bits_per_dim: what −log p(x)/(D·ln 2) of it means, in one line for reports.
     """
     out_channels: Callable[..., int]
     log_prob: Callable[..., jax.Array]
     mean: Callable[..., jax.Array]
     sample: Callable[..., jax.Array]
     options: tuple[str, ...]
+    support: str
+    bits_per_dim: str
+
+
+SUPPORTS = ("binary", "levels", "real")
+_LEVELS_BPD = ("a probability mass over the 256 levels of 8-bit pixels; no 8-bit "
+               "correction is added, since the likelihood is already discrete")
 
 
 LIKELIHOODS: dict[str, Likelihood] = {
     "bernoulli": Likelihood(
         out_channels=lambda channels: channels,
         log_prob=_bernoulli_log_prob, mean=_bernoulli_mean, sample=_bernoulli_sample,
-        options=()),
+        options=(), support="binary",
+        bits_per_dim="a probability mass over binary images {0, 1}^D (the binarised "
+                     "pixels), not over 256 grey levels: not comparable with bits/dim of "
+                     "8-bit data"),
     "gaussian": Likelihood(
         out_channels=lambda channels, per_pixel_scale=True, log_scale=None:
             2 * channels if per_pixel_scale else channels,
         log_prob=_gaussian_log_prob, mean=_gaussian_mean, sample=_gaussian_sample,
-        options=("per_pixel_scale", "log_scale")),
+        options=("per_pixel_scale", "log_scale"), support="real",
+        bits_per_dim="a density, not a probability mass: it depends on the pixel scale, "
+                     "can be negative, and is not comparable with bits/dim of a "
+                     "discrete likelihood"),
     "discretized_logistic": Likelihood(
         out_channels=lambda channels, per_pixel_scale=True, log_scale=None, num_bins=256,
         log_scale_min=-7.0: 2 * channels if per_pixel_scale else channels,
         log_prob=_dl_log_prob, mean=_dl_mean, sample=_dl_sample,
-        options=("per_pixel_scale", "log_scale", "num_bins", "log_scale_min")),
+        options=("per_pixel_scale", "log_scale", "num_bins", "log_scale_min"),
+        support="levels", bits_per_dim=_LEVELS_BPD),
     "discretized_mix_logistic": Likelihood(
         out_channels=lambda channels, num_mix=10, num_bins=256, log_scale_min=-7.0:
             mix_out_channels(channels, num_mix),
         log_prob=discretized_mix_logistic_log_prob, mean=_dml_mean,
         sample=discretized_mix_logistic_sample,
-        options=("num_mix", "num_bins", "log_scale_min")),
+        options=("num_mix", "num_bins", "log_scale_min"), support="levels",
+        bits_per_dim=_LEVELS_BPD),
 }
 
 
