@@ -43,10 +43,6 @@ def build_experiment(config) -> Experiment:
     input_shape = preprocess.output_shape(splits.image_shape)
     mean = tuple(config.data.mean) or None
     std = tuple(config.data.std) or None
-    for name, v in (("mean", mean), ("std", std)):
-        if v is not None and len(v) not in (1, input_shape[-1]):
-            raise ValueError(f"data.{name} has {len(v)} entries but images have "
-                             f"{input_shape[-1]} channel(s)")
     family = make_family(config, splits.num_classes, mean=mean, std=std)
     config_check.check_family_data(family, config, splits)   # its likelihood fits the data
     if family.supervised and splits.num_classes == 0:
