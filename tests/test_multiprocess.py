@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
 import re
 import signal
 import socket
@@ -187,10 +188,6 @@ class TwoProcesses:
                                  f"{codes}, expected {expected}\n{tails}")
         return self
 
-    def final_metrics(self, i: int) -> dict:
-        line = [l for l in self.output(i).splitlines() if l.startswith("FINAL METRICS ")][-1]
-        return json.loads(line[len("FINAL METRICS "):])
-
     def written(self, i: int, under) -> list[str]:
         """Paths under ``under`` that process ``i`` opened for writing, created, renamed
         or removed (from Python)."""
@@ -258,7 +255,10 @@ def runs(tmp_path_factory):
         ckpt.close()
         resumed = launch("resumed", _cli_args(tmp / "crashed"))
         straight.wait()
-        evaluated = launch("eval", _cli_args(tmp / "straight", "--mode=eval"))
+        # other evaluation settings than the end of training's: a new evaluation (the same
+        # settings would be found done and not recomputed)
+        evaluated = launch("eval", _cli_args(tmp / "straight", "--mode=eval",
+                                             "--config.evals.seed=1"))
         host_data = launch("host_data", _cli_args(tmp / "host_data",
                                                   "--config.data.placement=host"))
         resumed.wait()
@@ -275,6 +275,10 @@ def runs(tmp_path_factory):
                 evaluated=evaluated, resumable=resumable, host_data=host_data)
 
 
+def _final(workdir) -> dict:
+    return json.loads((pathlib.Path(workdir) / "final_metrics.json").read_text())
+
+
 def test_two_processes_match_one_process_on_eight_devices(runs):
     tmp, straight = runs["tmp"], runs["straight"]
     one_dir = tmp / "one_process"
@@ -283,16 +287,16 @@ def test_two_processes_match_one_process_on_eight_devices(runs):
     one = _train_records(one_dir)
     assert [r["step"] for r in two] == [r["step"] for r in one] == list(range(2, STEPS + 1, 2))
     np.testing.assert_allclose([r["loss"] for r in two], [r["loss"] for r in one], rtol=1e-5)
-    finals = [straight.final_metrics(i) for i in (0, 1)]
-    assert finals[0]["step"] == finals[1]["step"] == STEPS
-    # process 1's fast clock did not stop it early (process 0's clock decides)
-    assert finals[0]["stopped"] == finals[1]["stopped"] == "completed"
+    final = _final(tmp / "straight")
+    assert final["step"] == STEPS
+    # process 1's fast clock did not stop it early (process 0's clock decides; a process
+    # that stopped alone would have hung or failed the others, and both exited 0)
+    assert final["stopped"] == "completed"
     assert "2 host(s)" in straight.output(0)
     for key, value in runs["one"].items():
         if isinstance(value, float) and key != "train_seconds":
-            assert finals[0][key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
-            assert finals[1][key] == finals[0][key], key     # every process, the same result
-    assert finals[0]["checkpoint"] == runs["one"]["checkpoint"]
+            assert final[key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
+    assert final["checkpoint"] == runs["one"]["checkpoint"]
 
 
 def test_resume_after_both_processes_were_killed_is_bit_identical(runs):
@@ -332,13 +336,19 @@ def test_device_resident_data_equal_host_data_in_two_processes(runs):
 
 
 def test_eval_mode_in_two_processes(runs):
-    trained = runs["straight"].final_metrics(0)
-    for i in (0, 1):
-        m = runs["evaluated"].final_metrics(i)
-        assert f"evaluation at step {STEPS} written to" in runs["evaluated"].output(i)
-        for key in ("accuracy", "nll", "ece", "brier"):
-            assert m[key] == pytest.approx(trained[key], rel=1e-6), key
-    assert (runs["tmp"] / "straight" / "eval" / str(STEPS) / "metrics.json").exists()
+    straight = runs["tmp"] / "straight"
+    trained = _final(straight)
+    assert f"evaluation at step {STEPS} written to" in runs["evaluated"].output(0)
+    assert "evaluation at step" not in runs["evaluated"].output(1)   # logs: process 0 only
+    found = [p.parent for p in (straight / "eval" / str(STEPS)).glob("*/metrics.json")
+             if p.parent.name != pathlib.Path(trained["eval_dir"]).name]
+    assert len(found) == 1, found                  # a new evaluation beside the training's
+    m = json.loads((found[0] / "metrics.json").read_text())
+    assert m["evals"]["seed"] == 1
+    for section, key in (("classification", "accuracy"), ("classification", "nll"),
+                         ("calibration", "ece"), ("classification", "brier")):
+        assert m[section][key] == pytest.approx(trained[key], rel=1e-6), key
+    assert _final(straight) == trained             # re-evaluating never changes it
 
 
 def test_every_file_is_written_by_process_0_only(runs):
@@ -353,7 +363,7 @@ def test_every_file_is_written_by_process_0_only(runs):
         runs["evaluated"].written(0, tmp / "straight"))
     files = {str(p) for p in (tmp / "straight").rglob("*")
              if p.is_file() and "checkpoints" not in p.relative_to(tmp / "straight").parts}
-    eval_dir = tmp / "straight" / "eval" / str(STEPS)
+    eval_dir = tmp / "straight" / _final(tmp / "straight")["eval_dir"]
     assert {str(eval_dir / f) for f in ("metrics.json", "report.md", "reliability.png")} <= files
     assert {str(tmp / "straight" / f) for f in ("config.json", "data.json", "metrics.jsonl",
                                                  "final_metrics.json")} <= files
