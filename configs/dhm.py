@@ -13,7 +13,8 @@ Variants (``--config=configs/dhm.py:VARIANT``):
   validation checkpoint), ECE 0.027, FGSM accuracy 0.79 at ε = 0.08, IWAE-8 bound
   −67.2 nats (1.51 bits/dim, a Gaussian of scale 1 on the pixels: ``recon_scale``).
 * ``mnist_npz`` — the shared MNIST file (../shared/data/mnist.npz or
-  $JAXHYBRID_MNIST_NPZ), 28×28×1 at its own size, the default-size DHM, 10 epochs.
+  $JAXHYBRID_MNIST_NPZ), 28×28×1 zero-padded to 32×32 (the decoder's sizes are
+  multiples of 8), the default-size DHM, 10 epochs.
   Hours on a 2-core CPU; minutes on one GPU.
 * ``svhn``, ``cifar10`` — TFDS (prepared offline with ``python -m
   jaxhybrid.data.tfds_prepare`` or ``tfds build``), the original's settings: two
@@ -78,6 +79,7 @@ def get_config(variant: str = "digits"):
     elif variant == "mnist_npz":
         c.data.source = "npz"
         c.data.npz_path = MNIST_NPZ
+        c.data.frame = 32                           # the decoder needs multiples of 8
         c.data.validation_size = 5000
         c.batch_size = 128
         c.num_epochs = 10.0

@@ -2,6 +2,8 @@
 original's loss formula, device-count invariance on a padded batch, decoder shapes for
 any input and split layer, and one tiny train + eval run through the CLI."""
 import json
+import os
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -12,8 +14,9 @@ import pytest
 from jaxhybrid import parallel
 from jaxhybrid import rng as rnglib
 from jaxhybrid.families import dhm as famlib
+from jaxhybrid.models.dhm import DHM
 from jaxhybrid.objectives import dhm as obj
-from tests.helpers import fake_variables, run_cli
+from tests.helpers import REPO, fake_variables, run_cli
 
 K = 3
 TINY = {"name": "dhm", "width": 2, "blocks": (1, 1, 1, 1), "latent": 3, "head_hidden": 8}
@@ -175,7 +178,7 @@ def test_loss_grads_and_batch_stats_are_device_count_invariant_on_a_padded_batch
         np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)
 
 
-@pytest.mark.parametrize("shape", [(28, 28, 1), (32, 32, 3), (8, 8, 1)])
+@pytest.mark.parametrize("shape", [(32, 32, 3), (8, 8, 1), (16, 24, 1)])
 def test_decoder_reconstructs_any_input_shape_at_every_split_layer(shape):
     for k in famlib.SPLIT_LAYERS:
         o = famlib.read_options(_config(vae_split_layer=k).model)
@@ -197,6 +200,13 @@ def test_decoder_reconstructs_any_input_shape_at_every_split_layer(shape):
         jax.random.PRNGKey(0), jnp.zeros((2, *shape)), train=False))
     assert out["decoded"].shape == (1, 2, *shape[:2], 10 * (1 + (3 if shape[-1] == 3 else 2)
                                                             * shape[-1]))
+
+
+def test_decoder_refuses_sizes_that_are_not_multiples_of_8():
+    o = famlib.read_options(_config().model)
+    with pytest.raises(ValueError, match="divisible by 8; got 28×28.*data.frame = 32"):
+        famlib.build_module(o, K, 1).init(jax.random.PRNGKey(0), jnp.zeros((2, 28, 28, 1)),
+                                          train=False)
 
 
 def test_learned_gaussian_scale_is_the_closed_form_with_its_floor():
@@ -312,3 +322,126 @@ def test_upsampling_is_nearest_neighbour_resize():
     from jaxhybrid.models.dhm import upsample_2x
     x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 3, 5, 4)), jnp.float32)
     np.testing.assert_array_equal(upsample_2x(x), jax.image.resize(x, (2, 6, 10, 4), "nearest"))
+
+
+# --- The original's numbers (tests/fixtures/dhm_original/README.md) -----------------------
+ORIGINAL = os.path.join(REPO, "tests", "fixtures", "dhm_original")
+ORIGINAL_SEED = 20261203
+ORIGINAL_MEAN, ORIGINAL_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
+
+
+def original_module(k: int) -> DHM:
+    """The original's settings: 3×32×32, width 64, latent 256, 10 classes, BatchNorm."""
+    return DHM(10, width=64, latent=256, vae_split_layer=k, mean=ORIGINAL_MEAN,
+               std=ORIGINAL_STD)
+
+
+def seeded_variables(shapes, seed: int):
+    """Every leaf of ``shapes`` (a DHM's variables, shapes only) drawn from numpy's
+    ``default_rng([seed, i])``, i its index in the sorted order of the '/'-joined paths:
+    kernels N(0, 1/fan_in), biases N(0, 0.1²), BatchNorm scales 1 + N(0, 0.1²), running
+    means N(0, 0.1²), running variances U(0.5, 1.5). Returns {path: float32 array}."""
+    flat = {"/".join(str(getattr(p, "key", p)) for p in path): leaf.shape
+            for path, leaf in jax.tree_util.tree_flatten_with_path(shapes)[0]}
+    out = {}
+    for i, name in enumerate(sorted(flat)):
+        rng, shape, leaf = np.random.default_rng([seed, i]), flat[name], name.split("/")[-1]
+        if leaf == "kernel":
+            v = rng.normal(size=shape) / np.sqrt(np.prod(shape[:-1]))
+        elif leaf == "scale":
+            v = 1.0 + 0.1 * rng.normal(size=shape)
+        elif leaf == "var":
+            v = rng.uniform(0.5, 1.5, size=shape)
+        else:                                   # bias, running mean
+            v = 0.1 * rng.normal(size=shape)
+        out[name] = v.astype(np.float32)
+    return out
+
+
+def unflatten(flat: dict) -> dict:
+    tree = {}
+    for name, v in flat.items():
+        *parents, leaf = name.split("/")
+        node = tree
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = jnp.asarray(v)
+    return tree
+
+
+def _original_case(k: int):
+    """(fixture, our module, variables regenerated from the fixture's seed)."""
+    ref = dict(np.load(os.path.join(ORIGINAL, f"original_k{k}.npz")))
+    module = original_module(k)
+    shapes = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), jnp.zeros(
+        ref["x"].shape), train=False, eps=jnp.zeros((ref["x"].shape[0], 1, 256))))
+    return ref, module, unflatten(seeded_variables(shapes, ORIGINAL_SEED + k))
+
+
+def _close(ours, ref, what, rtol=1e-5):
+    """Largest |difference| within rtol of the reference's largest |value| (float32)."""
+    ours, ref = np.asarray(ours), np.asarray(ref)
+    assert ours.shape == ref.shape, (what, ours.shape, ref.shape)
+    err = float(np.max(np.abs(ours - ref)) / np.max(np.abs(ref)))
+    assert err <= rtol, (what, err)
+
+
+@pytest.mark.parametrize("k", [0, 2])
+def test_the_original_computes_our_numbers(k):
+    """Parameters regenerated from the fixture's seed, ported into b-turan/hybrid_robustness
+    with pl_bolts (tests/fixtures/dhm_original/README.md): eval-mode logits, μ, log σ²,
+    the reconstruction and the original's sampled score −(recon + 0.1·KL); the train-mode
+    (batch statistics, dropout off) outputs, loss and its parts, all at the same ε; and one
+    BatchNorm running-statistics update (the unbiased variance)."""
+    ref, module, variables = _original_case(k)
+    x = jnp.asarray(ref["x"])
+    labels = jnp.asarray(ref["labels"])
+    mask = jnp.ones(x.shape[:1], bool)
+
+    def terms(out):
+        recon, kl = obj.generative_terms("mse_mean", out["decoded"], out["target"], out["mu"],
+                                         out["log_var"])
+        loss, aux = obj.dhm_objective(out["logits"], labels, mask, recon, kl, alpha=1.0,
+                                      beta=1.0, kl_coef=0.1)
+        return {**out, "score": -(recon + 0.1 * kl), "loss": loss, "ce": aux["ce"],
+                "recon_loss": aux["recon"], "kl": aux["kl"]}
+
+    @jax.jit
+    def run(v, eps_eval, eps_train):
+        evaluated = module.apply(v, x, train=False, eps=eps_eval[:, None])
+        trained, state = module.apply(v, x, train=True, eps=eps_train[:, None],
+                                      mutable=["batch_stats"])
+        return {"eval": terms(evaluated), "train": terms(trained)}, state
+
+    outs, state = run(variables, jnp.asarray(ref["eval/eps"]), jnp.asarray(ref["train/eps"]))
+    for mode, out in outs.items():
+        out["recon"] = out["decoded"][0][..., :ref[f"{mode}/recon"].shape[-1]]
+        for name in ("logits", "mu", "log_var", "score", "recon", "loss", "ce", "recon_loss",
+                     "kl"):
+            _close(out[name], ref[f"{mode}/{name}"], f"{mode}/{name}", 1e-5)
+    stats = [n for n in ref if n.startswith("batch_stats/")]
+    assert len(stats) >= 10
+    flat = {"/".join(str(getattr(p, "key", p)) for p in path): leaf for path, leaf in
+            jax.tree_util.tree_flatten_with_path({"batch_stats": state["batch_stats"]})[0]}
+    for name in stats:
+        _close(flat[name], ref[name], name, 1e-5)
+
+
+def test_batchnorm_running_variance_conventions():
+    """Train-mode output normalised by the biased variance under both conventions; the running
+    variance updated with it (flax) or with n/(n − 1) times it (PyTorch), n the global count
+    of valid values per feature (padding rows excluded)."""
+    from jaxhybrid.models.layers import BatchNorm
+    rng = np.random.default_rng(0)
+    x = rng.normal(2.0, 3.0, size=(5, 2, 3, 4)).astype(np.float32)
+    mask = np.array([1, 1, 0, 1, 1], bool)
+    valid = x[mask].reshape(-1, 4)
+    n, mean, var = valid.shape[0], valid.mean(0), valid.var(0)
+    for unbiased, factor in ((False, 1.0), (True, n / (n - 1))):
+        bn = BatchNorm(unbiased_running_var=unbiased)
+        v = bn.init(jax.random.PRNGKey(0), x, train=False)
+        y, st = bn.apply(v, x, train=True, mask=jnp.asarray(mask), mutable=["batch_stats"])
+        np.testing.assert_allclose(np.asarray(y)[mask], ((x - mean) / np.sqrt(var + 1e-5))[mask],
+                                   rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(st["batch_stats"]["var"], 0.9 + 0.1 * var * factor, rtol=1e-5)
+        np.testing.assert_allclose(st["batch_stats"]["mean"], 0.1 * mean, rtol=1e-5, atol=1e-6)
