@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from jaxhybrid.config_defaults import (CIFAR_MEAN, CIFAR_STD, MNIST_NPZ,
+from jaxhybrid.config_defaults import (CIFAR_MEAN, DHM_CIFAR_STD, MNIST_NPZ,
                                       base_config, check_variant, family_model_config)
 from jaxhybrid.families.dhm import DEFAULTS
 
@@ -106,7 +106,7 @@ def get_config(variant: str = "digits"):
             c.data.validation_size = 8000           # 50,000 = 42,000 + 8,000
             c.data.train_transforms = "crop,flip"
             c.data.crop_padding = 4
-            c.data.mean, c.data.std = CIFAR_MEAN, CIFAR_STD
+            c.data.mean, c.data.std = CIFAR_MEAN, DHM_CIFAR_STD
             c.evals.ood_sets = "tfds:svhn_cropped,tfds:cifar100"
     return c
 
@@ -127,7 +127,7 @@ def get_sweep(variant: str = "digits"):
              "ylim": [0, None]},
             {"file": "ood_auroc_vs_beta.png", "title": "OOD: {}",
              "metrics": ["ood/*/max_softmax/auroc", "ood/*/elbo/auroc",
-                         "ood/*/log_px/auroc"],
+                         "ood/*/neg_loss_sampled/auroc"],
              "ylabel": "AUROC", "ylim": [0, 1.02], "hline": {"y": 0.5, "label": "chance"}},
         ],
     }

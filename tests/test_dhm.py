@@ -84,7 +84,8 @@ def test_elbo_and_iwae_equal_direct_computations_from_the_parts():
     kl = np.sum(0.5 * (mu ** 2 + np.exp(log_var) - 1 - log_var), -1)
     predict = jax.jit(fam.predict, static_argnums=3)
     pred = jax.tree.map(np.asarray, predict(variables, _jnp(batch), key,
-                                            ("elbo", "log_likelihood", "log_px")))
+                                            ("elbo", "log_likelihood", "neg_loss_at_mean",
+                                             "neg_loss_sampled")))
     np.testing.assert_allclose(pred["elbo"], log_px_z.mean(0) - kl, rtol=1e-5, atol=1e-3)
     z = mu + np.exp(0.5 * log_var) * np.moveaxis(eps, 1, 0)            # [S, B, L]
     norm = lambda v, m, lv: -0.5 * ((v - m) ** 2 / np.exp(lv) + lv + np.log(2 * np.pi))  # noqa
@@ -101,12 +102,16 @@ def test_elbo_and_iwae_equal_direct_computations_from_the_parts():
         variables, _jnp(batch), key, ("log_likelihood",))["log_likelihood"])
     np.testing.assert_allclose(one, log_w[0], rtol=1e-5, atol=1e-3)
     np.testing.assert_allclose(obj.iwae(jnp.asarray(log_w[:1])), log_w[0], rtol=1e-6)
-    # the original's score: −(recon + c·KL) at z = μ, summed nats for a proper likelihood
-    at_mu = np.asarray(jax.jit(lambda v, x: famlib.build_module(
-        famlib.read_options(cfg.model), K, 1).apply(v, x, train=False)["decoded"][0])(
+    # −(recon + c·KL) at z = μ and at the one z = μ + σ·ε of the example's evaluation key
+    # (the original's score), summed nats for a proper likelihood
+    module = famlib.build_module(famlib.read_options(cfg.model), K, 1)
+    one_eps = famlib.reparameterisation_noise(key, jnp.asarray(batch["id"]), 1, 3)
+    for name, e in (("neg_loss_at_mean", None), ("neg_loss_sampled", one_eps)):
+        d = np.asarray(jax.jit(lambda v, x: module.apply(v, x, train=False, eps=e)["decoded"][0])(
             variables, jnp.asarray(x)))
-    rec = -np.sum(x * -np.logaddexp(0, -at_mu) + (1 - x) * -np.logaddexp(0, at_mu), (1, 2, 3))
-    np.testing.assert_allclose(pred["log_px"], -(rec + 0.1 * kl), rtol=1e-5, atol=1e-3)
+        rec = -np.sum(x * -np.logaddexp(0, -d) + (1 - x) * -np.logaddexp(0, d), (1, 2, 3))
+        np.testing.assert_allclose(pred[name], -(rec + 0.1 * kl), rtol=1e-5, atol=1e-3)
+    assert np.all(np.abs(pred["neg_loss_sampled"] - pred["neg_loss_at_mean"]) > 1e-4)
 
 
 def test_mse_mean_loss_is_the_original_formula():
@@ -274,7 +279,7 @@ def test_digits_reaches_90_percent_improves_the_elbo_and_evaluates_the_best_chec
     assert m["classification"]["accuracy"] >= 0.90, m["classification"]
     assert 0.0 <= m["calibration"]["equal_width"]["ece"] <= 0.2
     scores = m["ood"]["sets"]["uniform_noise"]["scores"]
-    assert {"max_softmax", "log_z", "log_px", "elbo"} <= set(scores)
+    assert {"max_softmax", "log_z", "neg_loss_sampled", "neg_loss_at_mean", "elbo"} <= set(scores)
     assert all(0.0 <= s["auroc"] <= 1.0 for s in scores.values())
     fgsm = m["adversarial"]["accuracy"]
     assert m["adversarial"]["attack"] == "fgsm" and len(fgsm) == 8, m["adversarial"]
@@ -295,7 +300,8 @@ def test_bf16_digits_run_is_within_one_point_of_fp32(tmp_path, fp32_digits):
 
 def test_beta_sweep_runs_and_aggregates_the_original_plots(tmp_path):
     """configs/dhm.py's get_sweep through jaxhybrid.sweep (2 of its βs, tiny, 2 steps each)
-    and jaxhybrid.aggregate: one row per β and its plots against β."""
+    and jaxhybrid.aggregate: one row per β and its plots against β; the runs use the
+    original's OOD normalisation and ε space (evals.ood_normalization, evals.epsilon_space)."""
     import subprocess
     import sys
 
@@ -306,9 +312,11 @@ def test_beta_sweep_runs_and_aggregates_the_original_plots(tmp_path):
         [sys.executable, "-m", "jaxhybrid.sweep", "--config=configs/dhm.py:digits",
          f"--workdir={root}", "--sweep", "model.beta=0.1,100", "--config.num_steps=2",
          "--config.model.width=2", "--config.model.latent=4", "--config.model.iwae_samples=2",
-         "--config.evals.names=classification,calibration,ood",
-         "--config.evals.ood_sets=heldout"], cwd=REPO, capture_output=True, text=True,
-        timeout=300)
+         "--config.evals.names=classification,calibration,ood,adversarial",
+         "--config.evals.ood_sets=heldout", "--config.evals.ood_normalization=own",
+         "--config.evals.epsilon_space=normalized",
+         "--config.evals.adversarial_max_examples=16"], cwd=REPO, capture_output=True,
+        text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     rows = aggregate.aggregate(str(root))
     assert [row["group"] for row in rows] == [{"model.beta": 0.1}, {"model.beta": 100.0}]
@@ -316,6 +324,12 @@ def test_beta_sweep_runs_and_aggregates_the_original_plots(tmp_path):
         assert (root / "aggregate" / plot).stat().st_size > 1000, plot
     table = (root / "aggregate" / "aggregate.csv").read_text()
     assert "ood/heldout/elbo/auroc" in table and "ood/heldout/max_softmax/auroc" in table
+    # the original's OOD protocol and ε units, as asked and recorded
+    m = json.load(open(sorted(root.glob("**/eval/*/metrics.json"))[0]))
+    heldout = m["ood"]["sets"]["heldout"]
+    assert heldout["ood_normalization"] == "own" and len(heldout["own_std"]) == 1
+    assert {"neg_loss_sampled", "neg_loss_at_mean"} <= set(heldout["scores"])
+    assert m["adversarial"]["epsilon_space"] == "normalized" and m["adversarial"]["clip"] is None
 
 
 def test_upsampling_is_nearest_neighbour_resize():
@@ -445,3 +459,22 @@ def test_batchnorm_running_variance_conventions():
                                    rtol=1e-4, atol=1e-5)
         np.testing.assert_allclose(st["batch_stats"]["var"], 0.9 + 0.1 * var * factor, rtol=1e-5)
         np.testing.assert_allclose(st["batch_stats"]["mean"], 0.1 * mean, rtol=1e-5, atol=1e-6)
+
+
+def test_own_ood_normalisation_is_a_pixel_transform_the_model_undoes():
+    """evals.ood_normalization = own: the model's (x' − m_train)/s_train equals the set's own
+    standardisation (x − m_own)/s_own, with m_own, s_own its per-channel pixel statistics."""
+    from jaxhybrid.data.sources import ArraySource
+    from jaxhybrid.evaluators.ood_sets import channel_stats, own_normalization_transform
+    from jaxhybrid.models.layers import Normalize
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(37, 4, 5, 3), dtype=np.uint8)
+    mean, std = channel_stats(ArraySource(images, None), chunk=10)
+    x = images.astype(np.float64) / 255.0
+    np.testing.assert_allclose(mean, x.mean((0, 1, 2)), rtol=1e-6)   # from float32 pixels
+    np.testing.assert_allclose(std, x.std((0, 1, 2)), rtol=1e-6)
+    for m_train, s_train in ((ORIGINAL_MEAN, ORIGINAL_STD), ((), ())):
+        scale, shift = own_normalization_transform(m_train, s_train, mean, std)
+        seen = Normalize(m_train or None, s_train or None).apply({}, jnp.asarray(
+            x * scale + shift, jnp.float32))
+        np.testing.assert_allclose(seen, (x - mean) / std, rtol=1e-5, atol=1e-5)
