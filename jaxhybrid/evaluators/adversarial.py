@@ -3,8 +3,9 @@
 Conventions follow docs/metrics.md ("Adversarial robustness"):
 - eps is in units of the [0, 1] pixel scale (``evals.epsilon_space = pixel``, clipped to
   [0, 1]), or of the normalised input (x − mean)/std (``normalized``: the original DHM's
-  attack, eps·std per channel in pixel units, no clipping; :func:`epsilon_space`); `logits_fn` takes pixel-space inputs and
-  normalises inside, so attacks never see normalised inputs;
+  attack, eps·std per channel in pixel units, no clipping; :func:`epsilon_space`);
+  `logits_fn` takes pixel-space inputs and normalises inside, so attacks never see
+  normalised inputs;
 - the loss is the SUMMED cross-entropy over the batch, so each example's input gradient
   depends on that example only;
 - sign(0) = 0; results are clipped to the valid data range [clip_min, clip_max];

@@ -253,8 +253,8 @@ class _DHM:
                       "BatchNorm running statistics)",
             "max_softmax": "max_k softmax(logits)_k",
             "log_z": "log Σ_k exp(logits_k)",
-            "neg_loss_sampled": f"the original DHM's 'log p(x)' score −(recon + {c:g}·KL) at ONE "
-                                f"sampled z = μ + σ·ε (ε from the fixed evaluation key, per "
+            "neg_loss_sampled": f"the original DHM's 'log p(x)' score −(recon + {c:g}·KL) at "
+                                f"ONE sampled z = μ + σ·ε (ε from the fixed evaluation key, per "
                                 f"example); {recon}",
             "neg_loss_at_mean": f"−(recon + {c:g}·KL) decoded at z = μ (deterministic; not the "
                                 f"original's score); {recon}",
