@@ -246,8 +246,10 @@ FIELDS: dict[str, Check] = {
     "evals.num_bins": integer(1),
     "evals.ood_sets": _ood_sets,
     "evals.ood_max_examples": integer(0),
+    "evals.ood_normalization": one_of(lambda: ("train", "own")),   # evaluators/ood_sets.py
     "evals.attack": one_of(_attacks),
     "evals.epsilons": parsed_by(_epsilons),
+    "evals.epsilon_space": one_of(lambda: ("pixel", "normalized")),  # evaluators/adversarial.py
     "evals.pgd_steps": integer(1),
     "evals.pgd_step_size": number(0),
     "evals.pgd_random_start": boolean,

@@ -169,3 +169,36 @@ def test_pgd_example_keys_make_each_start_independent_of_the_batch():
     part = np.asarray(adversarial.pgd(logits_fn, x[3:5], y[3:5], 0.05, example_keys=keys[3:5], **kw))
     np.testing.assert_allclose(full[3:5], part, atol=1e-6)
     assert not np.array_equal(full, np.asarray(x))
+
+
+def test_normalized_epsilon_space_is_the_original_dhm_attack():
+    """epsilon_space = normalized: x'_n = x_n + ε·sign(∇_{x_n} CE) in the normalised input
+    x_n = (x − m)/s per channel, unclipped (b-turan/hybrid_robustness' FGSM); pixel: scale 1,
+    clipped to [0, 1]."""
+    m, s = np.array([0.3, 0.5, 0.6]), np.array([0.2, 0.1, 0.4])
+    r = np.random.default_rng(3)
+    w = r.normal(size=(2 * 2 * 3, K))
+
+    def f(x):                                # a linear softmax model on normalised pixels
+        xn = (x - jnp.asarray(m, jnp.float32)) / jnp.asarray(s, jnp.float32)
+        return xn.reshape(x.shape[0], -1) @ jnp.asarray(w, jnp.float32)
+
+    x = r.uniform(0.0, 1.0, size=(5, 2, 2, 3)).astype(np.float32)
+    x[0, 0, 0] = [0.999, 0.001, 0.5]        # at the range's edges: no clipping in this space
+    y = r.integers(0, K, 5)
+    scale, clip, units = adversarial.epsilon_space("normalized", tuple(s), 3)
+    assert clip == (-np.inf, np.inf) and "no clipping" in units
+    eps = 0.08
+    x_adv = np.asarray(adversarial.fgsm(f, x, y, eps * jnp.asarray(scale), *clip))
+    xn = (x - m) / s                         # the gradient w.r.t. x_n, independently:
+    logits = xn.reshape(5, -1) @ w           # Wᵀ(softmax − onehot)
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    g = ((p - np.eye(K)[y]) @ w.T).reshape(x.shape)
+    np.testing.assert_allclose((x_adv - m) / s, xn + eps * np.sign(g), rtol=1e-5, atol=1e-5)
+    assert x_adv.max() > 1.0 or x_adv.min() < 0.0
+    scale, clip, _ = adversarial.epsilon_space("pixel", tuple(s), 3)
+    assert np.all(scale == 1.0) and clip == (0.0, 1.0)
+    assert np.all(adversarial.epsilon_space("normalized", (), 3)[0] == 1.0)   # no data.std
+    with pytest.raises(ValueError, match="epsilon_space 'raw'.*pixel, normalized"):
+        adversarial.epsilon_space("raw", (), 3)

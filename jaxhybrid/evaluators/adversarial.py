@@ -1,8 +1,11 @@
 """Untargeted FGSM and PGD on the true label, in pixel space.
 
 Conventions follow docs/metrics.md ("Adversarial robustness"):
-- eps is in units of the [0, 1] pixel scale; `logits_fn` takes pixel-space inputs and
-  normalises inside, so attacks never see normalised inputs;
+- eps is in units of the [0, 1] pixel scale (``evals.epsilon_space = pixel``, clipped to
+  [0, 1]), or of the normalised input (x − mean)/std (``normalized``: the original DHM's
+  attack, eps·std per channel in pixel units, no clipping; :func:`epsilon_space`);
+  `logits_fn` takes pixel-space inputs and normalises inside, so attacks never see
+  normalised inputs;
 - the loss is the SUMMED cross-entropy over the batch, so each example's input gradient
   depends on that example only;
 - sign(0) = 0; results are clipped to the valid data range [clip_min, clip_max];
@@ -19,12 +22,31 @@ from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 DEFAULT_EPSILONS = (0.0, 1 / 255, 2 / 255, 4 / 255, 8 / 255, 16 / 255)  # docs/metrics.md default grid
 DHM_EPSILONS = (0.0, 0.02, 0.03, 0.04, 0.05, 0.06, 0.07, 0.08)  # DHM paper grid, plus clean
 EPSILON_GRIDS = {"default": DEFAULT_EPSILONS, "dhm": DHM_EPSILONS}
 
+EPSILON_SPACES = ("pixel", "normalized")
+
 LogitsFn = Callable[[jax.Array], jax.Array]
+
+
+def epsilon_space(space: str, std, channels: int):
+    """(scale [C], (clip_min, clip_max), description) of ``evals.epsilon_space``: the pixel
+    step is ε·scale per channel. ``pixel``: scale 1, clipped to [0, 1]. ``normalized``: ε in
+    units of the model's normalised input (x − mean)/std, scale = std (``data.std``; 1 if
+    none), no clipping (x' = x + ε·sign(g) in normalised units, the original DHM's FGSM)."""
+    if space not in EPSILON_SPACES:
+        raise ValueError(f"Unknown evals.epsilon_space {space!r}; valid choices: "
+                         f"{', '.join(EPSILON_SPACES)}")
+    if space == "pixel":
+        return np.ones(channels, np.float32), (0.0, 1.0), "pixel scale [0, 1]"
+    s = np.broadcast_to(np.asarray(tuple(std) or (1.0,), np.float32), (channels,))
+    return (s.copy(), (-np.inf, np.inf),
+            f"normalised input (x − mean)/std: ε·std per channel in pixels, std = "
+            f"{tuple(round(float(v), 4) for v in s)}; no clipping")
 
 
 def epsilon_grid(name_or_values) -> tuple[float, ...]:
@@ -78,7 +100,7 @@ def fgsm(logits_fn: LogitsFn, x, y, eps, clip_min=0.0, clip_max=1.0) -> jax.Arra
       logits_fn: pixel-space inputs [B, H, W, C] -> logits [B, K]; deterministic.
       x: [B, H, W, C] clean inputs in [clip_min, clip_max] (pixel scale).
       y: [B] int true labels.
-      eps: scalar >= 0 (may be traced).
+      eps: scalar >= 0 (may be traced), or per channel [C] (:func:`epsilon_space`).
     Returns:
       x_adv: [B, H, W, C] = clip(x + eps * sign(grad_x sum_i CE_i), clip_min, clip_max);
       eps == 0 returns x unchanged (not even clipped).

@@ -10,6 +10,14 @@
   of the in-distribution evaluation split (noise drawn per example from a hash of
   (seed, example id), so identical on any device count and batch size).
 
+``evals.ood_normalization`` (:func:`normalized_predict_fn`): ``train`` (default), each
+OOD set goes through the model's own normalisation (``data.mean``/``data.std``, the
+training set's); ``own``, each OOD set is standardised with its own per-channel pixel
+mean and std (:func:`channel_stats`, over every pixel of the set), as the original DHM
+normalises CIFAR-100 with CIFAR-100's statistics and SVHN with its own. It is applied as
+the pixel transform x' = m_train + s_train·(x − m_own)/s_own, so that the model's
+(x' − m_train)/s_train is (x − m_own)/s_own.
+
 Foreign images are adapted to the in-distribution stored shape (H, W, C) by
 :func:`jaxhybrid.data.preprocess.adapt_to` (zero-pad if they fit, else bilinear
 resize; channels repeated 1→3 or luminance 3→1) and re-quantised to 8 bits; then the
@@ -20,14 +28,19 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
+
+from jaxhybrid import parallel
 
 from jaxhybrid.data.preprocess import adapt_to, to_float
 from jaxhybrid.data.loading import load_source_split
 from jaxhybrid.data.sources import SubsetSource
 
 TRANSFORMS = ("uniform_noise", "gaussian_noise", "constant", "inverted")
+OOD_NORMALIZATIONS = ("train", "own")
 NAMED = ("heldout", "digits", "digits_resized") + TRANSFORMS
 
 
@@ -178,3 +191,53 @@ def build_ood_sets(exp, spec: str, *, max_examples: int = 0) -> list[OODSet]:
             desc += f"; first {max_examples} examples"
         sets.append(OODSet(item, src, desc))
     return sets
+
+
+def channel_stats(source, chunk: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and (population) std [C] of every pixel of ``source``, in [0, 1]."""
+    total = total_sq = 0.0
+    count = 0
+    for start in range(0, len(source), chunk):
+        x = to_float(source.get(np.arange(start, min(start + chunk, len(source))))["image"])
+        x = x.astype(np.float64).reshape(-1, x.shape[-1])
+        total, total_sq, count = total + x.sum(0), total_sq + np.square(x).sum(0), count + len(x)
+    mean = total / count
+    return mean, np.sqrt(np.maximum(total_sq / count - np.square(mean), 0.0))
+
+
+def own_normalization_transform(train_mean, train_std, own_mean, own_std):
+    """(scale, shift) [C] float32 of x' = x·scale + shift = m_train + s_train·(x − m_own)/s_own
+    (``train_*``: ``data.mean``/``data.std``, () for none: 0 and 1)."""
+    own_mean, own_std = np.asarray(own_mean, np.float64), np.asarray(own_std, np.float64)
+    c = len(own_mean)
+    m_train = np.broadcast_to(np.asarray(tuple(train_mean) or (0.0,), np.float64), (c,))
+    s_train = np.broadcast_to(np.asarray(tuple(train_std) or (1.0,), np.float64), (c,))
+    scale = s_train / np.maximum(own_std, 1e-12)
+    return scale.astype(np.float32), (m_train - own_mean * scale).astype(np.float32)
+
+
+def normalized_predict_fn(ctx, source, names: tuple):
+    """(fn, record) for the OOD set ``source`` under ``evals.ood_normalization``: fn is None
+    for ``train`` (the predictor's own), else a jitted, sharded (variables, batch) ->
+    {name: [B, ...]} that predicts on x' = m_train + s_train·(x − m_own)/s_own; record
+    says what was done (for metrics.json)."""
+    kind = ctx.config.evals.ood_normalization
+    if kind not in OOD_NORMALIZATIONS:
+        raise ValueError(f"Unknown evals.ood_normalization {kind!r}; valid choices: "
+                         f"{', '.join(OOD_NORMALIZATIONS)}")
+    if kind == "train":
+        return None, {"ood_normalization": "train"}
+    mean, std = channel_stats(source)
+    scale, shift = own_normalization_transform(ctx.config.data.mean, ctx.config.data.std,
+                                               mean, std)
+    scale, shift = jnp.asarray(scale), jnp.asarray(shift)
+    predictor, family = ctx.predictor, ctx.family
+
+    def per_device(variables, batch):
+        batch = predictor.eval_view(batch)
+        batch = {**batch, "image": batch["image"] * scale + shift}
+        out = family.predict(variables, batch, predictor.model_key(), names)
+        return {k: out[k] for k in names}
+    record = {"ood_normalization": "own", "own_mean": mean.round(6).tolist(),
+              "own_std": std.round(6).tolist()}
+    return jax.jit(parallel.shard_outputs(per_device, ctx.exp.mesh)), record

@@ -17,7 +17,7 @@ from jaxhybrid import parallel, rng as rnglib
 from jaxhybrid.data.transforms import parse_transforms
 from jaxhybrid.evaluators import EvalContext, Section, names, plots
 from jaxhybrid.evaluators import ood_sets as ood_sets_lib
-from jaxhybrid.evaluators.adversarial import epsilon_grid, fgsm, pgd
+from jaxhybrid.evaluators.adversarial import epsilon_grid, epsilon_space, fgsm, pgd
 from jaxhybrid.evaluators.calibration import calibration_metrics
 from jaxhybrid.evaluators.ood import (FPR80_OOD_CONVENTION, FPR95_CONVENTION, ood_metrics,
                                        roc_curve)
@@ -227,10 +227,12 @@ def ood(ctx: EvalContext) -> Section:
     headline = {}
     out_scores: dict[str, dict[str, np.ndarray]] = {}
     for s in sets:
-        scores = ctx.ood_scores(ctx.predictor.outputs(ctx.variables, s.source, fam.ood_outputs))
+        fn, normalization = ood_sets_lib.normalized_predict_fn(ctx, s.source, fam.ood_outputs)
+        scores = ctx.ood_scores(ctx.predictor.outputs(ctx.variables, s.source, fam.ood_outputs,
+                                                      fn=fn))
         out_scores[s.name] = scores
         m["sets"][s.name] = {"description": s.description, "num_examples": int(len(s.source)),
-                             "scores": {}}
+                             **normalization, "scores": {}}
         for score_name, s_in in in_scores.items():
             r = ood_metrics(s_in, scores[score_name])
             m["sets"][s.name]["scores"][score_name] = r
@@ -243,8 +245,9 @@ def ood(ctx: EvalContext) -> Section:
 
 
 # -- adversarial robustness --------------------------------------------------------------
-def _attack_fn(ctx: EvalContext, epsilons):
-    """Jitted, sharded: batch -> {'correct_<i>': [B] bool} for each ε of the grid.
+def _attack_fn(ctx: EvalContext, epsilons, scale, clip):
+    """Jitted, sharded: batch -> {'correct_<i>': [B] bool} for each ε of the grid (pixel
+    step ε·scale per channel, clipped to ``clip``).
 
     The family's ``logits`` output in eval mode is attacked (dropout off, batch norm on
     its running averages, no sampling). PGD's random starts are drawn per example from
@@ -262,14 +265,16 @@ def _attack_fn(ctx: EvalContext, epsilons):
         x, y = batch["image"], batch["label"]
         out = {}
         for i, eps in enumerate(epsilons):
+            step = (ev.pgd_step_size or 2.5 * eps / max(ev.pgd_steps, 1)) * jnp.asarray(scale)
+            eps = eps * jnp.asarray(scale)
             if attack == "fgsm":
-                x_adv = fgsm(f, x, y, eps)
+                x_adv = fgsm(f, x, y, eps, *clip)
             else:
-                step = ev.pgd_step_size or 2.5 * eps / max(ev.pgd_steps, 1)
                 keys = rnglib.example_keys(jax.random.fold_in(predictor.key, 1000 + i),
                                            batch["id"])
                 x_adv = pgd(f, x, y, eps, steps=int(ev.pgd_steps), step_size=step,
-                            example_keys=keys, random_start=bool(ev.pgd_random_start))
+                            example_keys=keys, random_start=bool(ev.pgd_random_start),
+                            clip_min=clip[0], clip_max=clip[1])
             out[f"correct_{i}"] = jnp.argmax(f(x_adv), -1) == y
         return out
 
@@ -277,10 +282,13 @@ def _attack_fn(ctx: EvalContext, epsilons):
 
 
 def adversarial(ctx: EvalContext) -> Section:
-    """Accuracy under FGSM (or PGD) at each ε (pixel scale [0, 1]; clipped to [0, 1])."""
+    """Accuracy under FGSM (or PGD) at each ε, in ``evals.epsilon_space`` units (pixel: the
+    [0, 1] scale, clipped to [0, 1]; normalized: the model's normalised input, unclipped)."""
     ev = ctx.config.evals
     epsilons = epsilon_grid(ev.epsilons)
-    fn = _attack_fn(ctx, epsilons)
+    scale, clip, units = epsilon_space(ev.epsilon_space, ctx.config.data.std,
+                                       ctx.exp.input_shape[-1])
+    fn = _attack_fn(ctx, epsilons, scale, clip)
     out = ctx.predictor.outputs(ctx.variables, ctx.split_source(), fn=fn,
                                 max_examples=int(ev.adversarial_max_examples))
     acc = [float(np.mean(out[f"correct_{i}"])) for i in range(len(epsilons))]
@@ -289,16 +297,19 @@ def adversarial(ctx: EvalContext) -> Section:
     plots.accuracy_vs_epsilon({ctx.family.label or ctx.family.name: (list(epsilons), acc)}, os.path.join(ctx.out_dir, fig),
                               title=f"{ev.attack.upper()} accuracy")
     m = {"attack": ev.attack, "epsilons": list(epsilons), "accuracy": acc, "num_examples": n,
-         "epsilon_units": "pixel scale [0, 1]", "clip": [0.0, 1.0]}
+         "epsilon_space": ev.epsilon_space, "epsilon_units": units,
+         "clip": [float(c) for c in clip] if np.isfinite(clip[0]) else None}
     if ev.attack == "pgd":
         m.update(pgd_steps=int(ev.pgd_steps), pgd_step_size=ev.pgd_step_size or "2.5·ε/steps",
                  pgd_random_start=bool(ev.pgd_random_start))
     headline = {names.attack_accuracy(ev.attack, e): a for e, a in zip(epsilons, acc)}
-    md = (f"Untargeted {ev.attack.upper()} on the true label, ε in units of the [0, 1] pixel "
-          f"scale (normalisation happens inside the model), x' clipped to [0, 1], sign(0) = 0, "
-          f"per-example gradients; {n} examples of the {ev.split} split.\n\n"
-          + _table([[f"{e:.4f} ({e * 255:.1f}/255)", a] for e, a in zip(epsilons, acc)],
-                   ["ε", "accuracy"]))
+    clipped = "x' clipped to [0, 1]" if m["clip"] else "x' not clipped"
+    md = (f"Untargeted {ev.attack.upper()} on the true label, ε in units of the {units} "
+          f"(evals.epsilon_space = {ev.epsilon_space}; normalisation happens inside the "
+          f"model), {clipped}, sign(0) = 0, per-example gradients; {n} examples of the "
+          f"{ev.split} split.\n\n"
+          + _table([[f"{e:.4f} ({e * 255:.1f}/255)" if m["clip"] else f"{e:.4f}", a]
+                    for e, a in zip(epsilons, acc)], ["ε", "accuracy"]))
     return Section("adversarial", m, headline, md, [(f"Accuracy vs ε ({ev.attack})", fig)])
 
 

@@ -17,16 +17,21 @@ Outputs, all in eval mode (dropout off, BatchNorm running statistics):
 
 - ``logits`` [B, K] from the trunk and μ: classification, calibration, temperature
   scaling and the attacks (computed without the decoder);
-- ``log_px`` [B]: the original's score −(recon + c·KL), decoded at z = μ;
+- ``neg_loss_sampled`` [B]: the original's "log p(x)" score −(recon + c·KL), decoded at
+  ONE sampled z = μ + σ·ε (ε from the fixed evaluation key and the example's id, so the
+  same on any device count);
+- ``neg_loss_at_mean`` [B]: the same, decoded at z = μ (deterministic);
 - ``elbo`` [B]: E_q[log p(x|z)] − KL in nats (Monte Carlo over ``iwae_samples`` draws
-  of the fixed evaluation key, the KL in closed form);
+  of the fixed evaluation key, the KL in closed form with weight 1): a bound under the
+  likelihood below, not the original's score;
 - ``log_likelihood`` [B]: the IWAE bound with ``iwae_samples`` samples, in nats of the
   [0, 1] pixels (for ``mse_mean``, the Gaussian of scale ``recon_scale`` on the
   normalised input, with the normalisation's log-Jacobian). Served for
   ``vae_split_layer = 0`` only: with k ≥ 1 the VAE models trunk features, not pixels.
 
-OOD scores (higher = in-distribution): max_softmax, log_z (log Σ exp logits), log_px,
-elbo. The best checkpoint is the one with the highest validation accuracy.
+OOD scores (higher = in-distribution): max_softmax, log_z (log Σ exp logits),
+neg_loss_sampled, neg_loss_at_mean, elbo; ``Family.definitions`` defines each one. The
+best checkpoint is the one with the highest validation accuracy.
 """
 from __future__ import annotations
 
@@ -179,15 +184,17 @@ class _DHM:
             self.elbo_nats(out, target, image), mask, axis_name))
         return value, (dict(state), aux)
 
-    def bounds(self, m, variables, batch, rng, target) -> dict:
-        """``elbo`` and ``log_likelihood`` (IWAE) [B] with ``iwae_samples`` draws, in nats."""
+    def bounds(self, m, variables, batch, rng) -> dict:
+        """``logits``, ``elbo`` and ``log_likelihood`` (IWAE) [B] with ``iwae_samples`` draws,
+        in nats."""
         image = batch["image"]
         eps = self.noise(rng, batch["id"], self.o["iwae_samples"])
         sampled = m.apply(variables, image, train=False, eps=eps)
+        target = self.target_of(sampled, image)
         z = sampled["mu"] + jnp.exp(0.5 * sampled["log_var"]) * jnp.moveaxis(eps, 1, 0)
         lp = obj.log_px_given_z(self.recon, sampled["decoded"], target, **self.lik)  # [S, B]
         log_w = lp + obj.log_normal_std(z) - obj.log_q(z, sampled["mu"], sampled["log_var"])
-        return {"elbo": self.elbo_nats(sampled, target, image, lp=lp),
+        return {"logits": sampled["logits"], "elbo": self.elbo_nats(sampled, target, image, lp=lp),
                 "log_likelihood": obj.iwae(log_w) + self.log_jacobian(image)}
 
     def predict(self, variables, batch, rng, outputs=("logits",)):
@@ -195,15 +202,26 @@ class _DHM:
         m = self.module(None, image.shape[-1])
         if set(outputs) <= {"logits"}:
             return {"logits": m.apply(variables, image, train=False, decode=False)["logits"]}
-        out = m.apply(variables, image, train=False)              # decoded at z = μ
-        res = {"logits": out["logits"]}
-        target = self.target_of(out, image)
-        if "log_px" in outputs:
-            recon_term, kl_term = obj.generative_terms(self.recon, out["decoded"], target,
-                                                       out["mu"], out["log_var"], **self.lik)
-            res["log_px"] = -(recon_term + self.o["kl_coef"] * kl_term)
+        res = {}
+        if {"neg_loss_sampled", "neg_loss_at_mean"} & set(outputs):
+            res.update(self.neg_losses(m, variables, batch, rng))
         if {"elbo", "log_likelihood"} & set(outputs):
-            res.update(self.bounds(m, variables, batch, rng, target))
+            res.update(self.bounds(m, variables, batch, rng))
+        return {k: res[k] for k in outputs}
+
+    def neg_losses(self, m, variables, batch, rng) -> dict:
+        """``logits`` and −(recon + c·KL) [B] decoded at z = μ (``neg_loss_at_mean``) and at one
+        z = μ + σ·ε (``neg_loss_sampled``, the original's score; ε from the example's key)."""
+        image = batch["image"]
+        eps = self.noise(rng, batch["id"], 1)
+        eps = jnp.concatenate([jnp.zeros_like(eps), eps], axis=1)      # z = μ exactly, then
+        out = m.apply(variables, image, train=False, eps=eps)          # one sample: [2, B, ...]
+        target = self.target_of(out, image)
+        res = {"logits": out["logits"]}
+        for i, name in enumerate(("neg_loss_at_mean", "neg_loss_sampled")):
+            recon, kl = obj.generative_terms(self.recon, out["decoded"][i:i + 1], target,
+                                             out["mu"], out["log_var"], **self.lik)
+            res[name] = -(recon + self.o["kl_coef"] * kl)
         return res
 
     @staticmethod
@@ -211,7 +229,41 @@ class _DHM:
         logits = jnp.asarray(out["logits"], jnp.float32)
         return {"max_softmax": jnp.max(jax.nn.softmax(logits), axis=-1),
                 "log_z": jax.nn.logsumexp(logits, axis=-1),
-                "log_px": out["log_px"], "elbo": out["elbo"]}
+                **{k: out[k] for k in ("neg_loss_sampled", "neg_loss_at_mean", "elbo")}}
+
+    def definitions(self) -> dict:
+        """{output or OOD score: one-line definition} (Family.definitions)."""
+        o, c = self.o, self.o["kl_coef"]
+        if self.recon == "mse_mean":
+            recon = ("recon = mean over the target's elements of (x̂ − x)² (normalised pixels"
+                     + (")" if self.k == 0 else f", or trunk features at stage {self.k})")
+                     + f", KL = mean over the {o['latent']} latent dims")
+            lik = (f"a Gaussian of scale {o['recon_scale']:g} on the normalised input, with the "
+                   "normalisation's log-Jacobian")
+        else:
+            recon = (f"recon = −log p(x|z) under {self.recon}, summed nats; KL summed over the "
+                     f"{o['latent']} latent dims")
+            lik = f"the {self.recon} likelihood"
+        density = self.recon in ("mse_mean", "gaussian", "gaussian_learned")
+        what = ("a log-DENSITY of the continuous [0, 1] pixels (can exceed 0; its bits/dim "
+                "−ll/(D·ln 2) is not a code length and not comparable with a discrete "
+                "likelihood's)") if density else "a log-probability (mass) of the pixels"
+        return {
+            "logits": "class logits from concat(trunk features, μ), eval mode (dropout off, "
+                      "BatchNorm running statistics)",
+            "max_softmax": "max_k softmax(logits)_k",
+            "log_z": "log Σ_k exp(logits_k)",
+            "neg_loss_sampled": f"the original DHM's 'log p(x)' score −(recon + {c:g}·KL) at "
+                                f"ONE sampled z = μ + σ·ε (ε from the fixed evaluation key, per "
+                                f"example); {recon}",
+            "neg_loss_at_mean": f"−(recon + {c:g}·KL) decoded at z = μ (deterministic; not the "
+                                f"original's score); {recon}",
+            "elbo": f"E_q[log p(x|z)] − KL(q‖p) in nats under {lik}, Monte Carlo over "
+                    f"{o['iwae_samples']} draws, KL in closed form (weight 1; not the "
+                    f"original's score)",
+            "log_likelihood": f"the IWAE bound with {o['iwae_samples']} samples under {lik}: "
+                              + what,
+        }
 
 
 def make_dhm(config, num_classes: int, mean=None, std=None) -> Family:
@@ -223,12 +275,16 @@ def make_dhm(config, num_classes: int, mean=None, std=None) -> Family:
                          f"{config.model.name!r}: set it to 'dhm'")
     o = read_options(config.model)
     d = _DHM(o, num_classes, precision.compute_dtype(config), mean=mean, std=std)
-    names = ("logits", "log_px", "elbo") + (("log_likelihood",) if d.k == 0 else ())
+    names = ("logits", "neg_loss_sampled", "neg_loss_at_mean", "elbo") + (
+        ("log_likelihood",) if d.k == 0 else ())
+    definitions = {k: v for k, v in d.definitions().items()
+                   if k in names or k in ("max_softmax", "log_z")}
     return Family(name="dhm", init=d.init, loss=d.loss, predict=d.predict, outputs=names,
                   supervised=True, validation_outputs=("logits",), validate=validate_classifier,
-                  select=("accuracy", "max"), ood_outputs=("logits", "log_px", "elbo"),
+                  select=("accuracy", "max"),
+                  ood_outputs=("logits", "neg_loss_sampled", "neg_loss_at_mean", "elbo"),
                   ood_score_fn=d.ood_scores,
-                  label=f"DHM β={o['beta']:g}",
+                  label=f"DHM β={o['beta']:g}", definitions=definitions,
                   describe={"model": "dhm", **{f: o[f] for f in ("width", "latent", "norm",
                             "vae_split_layer", "alpha", "beta", "kl_coef", "recon")},
                             "log_likelihood": f"the IWAE bound with {o['iwae_samples']} samples"})

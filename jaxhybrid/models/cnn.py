@@ -12,6 +12,8 @@ from typing import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from jaxhybrid.models.layers import Normalize
+
 
 def max_pool_2x2(x):
     """2×2 max-pool, stride 2, 'SAME' padding: x [B, H, W, C] -> [B, ⌈H/2⌉, ⌈W/2⌉, C].
@@ -26,20 +28,6 @@ def max_pool_2x2(x):
         x = jnp.pad(x, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), constant_values=-jnp.inf)
         b, h, w, c = x.shape
     return jnp.max(x.reshape(b, h // 2, 2, w // 2, 2, c), axis=(2, 4))
-
-
-class Normalize(nn.Module):
-    """(x − mean) / std per channel; identity when mean/std are None."""
-    mean: Sequence[float] | None = None
-    std: Sequence[float] | None = None
-
-    @nn.compact
-    def __call__(self, x):
-        if self.mean is None and self.std is None:
-            return x
-        mean = jnp.asarray(self.mean if self.mean is not None else 0.0, x.dtype)
-        std = jnp.asarray(self.std if self.std is not None else 1.0, x.dtype)
-        return (x - mean) / std
 
 
 class ThesisCNN(nn.Module):

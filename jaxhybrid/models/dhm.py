@@ -1,12 +1,12 @@
 """Deep hybrid model (docs/methods/dhm.md): a ResNet-18 classifier and a β-VAE, trained jointly.
 
-- **Trunk:** CIFAR-style ResNet-18 (3×3 stem, no max-pool), features [B, 8w]
-  (512 at the default width w = 64).
+The original's network (b-turan/hybrid_robustness with pl_bolts' components):
+
+- **Trunk:** CIFAR-style ResNet-18 (:class:`jaxhybrid.models.resnet.ResNet`: 3×3 stem,
+  no max-pool, PyTorch's padding), features [B, 8w] (512 at the default width w = 64).
 - **VAE encoder:** a second ResNet-18 -> μ, log σ² [B, L] (latent L = 256).
-- **Decoder:** Dense -> 8w × ⌈h/2ⁿ⌉ × ⌈w/2ⁿ⌉ -> a BasicBlock per resolution, nearest ×2
-  upsampling between them (widths 8w, 4w, 2w, w) -> 3×3 conv to the target's channels,
-  cropped to the target's exact size, so any input shape works (28×28×1, 32×32×3,
-  8×8×1, ...).
+- **Decoder:** pl_bolts' ``resnet18_decoder`` (:class:`Decoder`); input height and
+  width multiples of 8 (32×32 is the original exactly).
 - **Head** on concat(trunk features, μ): Dropout 0.5 -> Dense 256 -> Dropout 0.25 ->
   Dense K, as the original (no activation between). The head sees μ, never a sample.
 - ``vae_split_layer`` k ∈ {0..4}: k = 0, the VAE encodes and reconstructs pixels; k ≥ 1,
@@ -15,8 +15,10 @@
   detached, as in the original (its forward hooks keep the autograd graph): the VAE's
   loss also trains the trunk's stages below k, through the encoder's input and through
   the reconstruction target.
+  The decoder's output is then the input of its layer 6 − k (a ReLU output).
 - ``norm``: ``batch`` (:class:`jaxhybrid.models.layers.BatchNorm`, statistics over the
-  valid rows of the global batch; running averages in eval mode), ``group`` or ``none``.
+  valid rows of the global batch; running averages in eval mode, the running variance
+  updated with the unbiased batch variance as PyTorch does), ``group`` or ``none``.
 
 Dropout masks and the reparameterisation noise are keyed per example (the caller
 passes ``keys`` [B, *key] and ``eps`` [B, S, L]), so they do not depend on the device
@@ -25,110 +27,99 @@ inside (attacks work in pixel space).
 """
 from __future__ import annotations
 
-import math
 from functools import partial
 from typing import Optional, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxhybrid.models.cnn import Normalize
-from jaxhybrid.models.layers import BatchNorm, ExampleDropout
+from jaxhybrid.models.layers import ExampleDropout, Normalize
+from jaxhybrid.models.resnet import NORMS, Norm, ResNet, conv3x3
 
-NORMS = ("batch", "group", "none")
 SPLIT_LAYERS = (0, 1, 2, 3, 4)
+__all__ = ["DHM", "Decoder", "NORMS", "SPLIT_LAYERS", "upsample_2x"]
 
 
-class Norm(nn.Module):
-    """The configured normalisation; BatchNorm over the global batch with the padding mask."""
-    kind: str = "batch"
-    groups: int = 8
-    axis_name: Optional[str] = None
-
-    @nn.compact
-    def __call__(self, x, *, train: bool, mask=None):
-        if self.kind == "none":
-            return x
-        if self.kind == "group":   # statistics in float32 whatever x's dtype (flax)
-            return nn.GroupNorm(num_groups=math.gcd(self.groups, x.shape[-1]), dtype=x.dtype)(x)
-        if self.kind == "batch":
-            return BatchNorm(axis_name=self.axis_name)(x, train=train, mask=mask)
-        raise ValueError(f"Unknown norm {self.kind!r}; valid choices: {', '.join(NORMS)}")
-
-
-class Block(nn.Module):
-    """ResNet BasicBlock with the configured normalisation (projection when the shape changes)."""
+class DecoderBlock(nn.Module):
+    """pl_bolts' ``DecoderBlock``: conv1 (3×3, keeps the ``inplanes`` channels at the
+    input resolution)-norm1-ReLU-[nearest ×scale]-conv2 (3×3 to ``features``)-norm2 +
+    shortcut ([nearest ×scale]-up_conv 1×1-up_norm, when the shape changes), ReLU."""
     features: int
-    stride: int = 1
+    scale: int = 1
     norm: str = "batch"
     axis_name: Optional[str] = None
+    unbiased_running_var: bool = False
     dtype: str = "float32"
+
+    def make_norm(self, name: str) -> Norm:
+        return Norm(self.norm, axis_name=self.axis_name,
+                    unbiased_running_var=self.unbiased_running_var, name=name)
 
     @nn.compact
     def __call__(self, x, *, train: bool, mask=None):
-        conv = partial(nn.Conv, use_bias=self.norm == "none", dtype=self.dtype)
-        norm = lambda: Norm(self.norm, axis_name=self.axis_name)  # noqa: E731
-        s = (self.stride, self.stride)
-        y = conv(self.features, (3, 3), s, padding="SAME")(x)
-        y = nn.relu(norm()(y, train=train, mask=mask))
-        y = conv(self.features, (3, 3), padding="SAME")(y)
-        y = norm()(y, train=train, mask=mask)
-        if x.shape != y.shape:
-            x = conv(self.features, (1, 1), s)(x)
-            x = norm()(x, train=train, mask=mask)
+        bias = self.norm == "none"
+        up = upsample_2x if self.scale == 2 else (lambda v: v)
+        y = conv3x3(x.shape[-1], use_bias=bias, dtype=self.dtype, name="conv1")(x)
+        y = nn.relu(self.make_norm("norm1")(y, train=train, mask=mask))
+        y = conv3x3(self.features, use_bias=bias, dtype=self.dtype, name="conv2")(up(y))
+        y = self.make_norm("norm2")(y, train=train, mask=mask)
+        if self.scale != 1 or x.shape[-1] != self.features:
+            x = nn.Conv(self.features, (1, 1), use_bias=bias, dtype=self.dtype,
+                        name="up_conv")(up(x))
+            x = self.make_norm("up_norm")(x, train=train, mask=mask)
         return nn.relu(y + x)
 
 
-class ResNetStages(nn.Module):
-    """Stem (when ``first == 0``) and stages ``first+1 .. 4`` of a CIFAR ResNet-18.
+class Decoder(nn.Module):
+    """pl_bolts' ``resnet18_decoder`` (``first_conv=False, maxpool1=False``).
 
-    ``__call__(x, stop)`` runs up to the input of stage ``stop`` (5: the end, pooled
-    features [B, 8w]); returns (output, {k: input of stage k}) for the stages it ran.
+    z [N, L] -> ``linear`` -> (8w, H/8, W/8) channel-major (PyTorch's ``view``), as NHWC ->
+    ``layer1..layer4`` (``blocks[i]`` DecoderBlocks each; widths 4w, 2w, w, w; ×2 in the
+    first block of layers 1-3) -> ``conv1`` 3×3 without bias to ``out_channels``:
+    [N, H, W, out_channels]. At 32×32 the start is pl_bolts' 4×4; other sizes must be
+    multiples of 8.
+
+    ``read_at`` = 6 − k for ``vae_split_layer`` k ≥ 1: the output is the input of layer
+    ``read_at`` (5: of ``conv1``), a ReLU output, as the original's forward hook reads it;
+    the later layers are not built. With ``head_channels`` > 0 a 3×3 conv (bias) maps it
+    to that many channels (the parameters of a likelihood at feature level; not in the
+    original).
     """
     width: int = 64
     blocks: Sequence[int] = (2, 2, 2, 2)
     norm: str = "batch"
     axis_name: Optional[str] = None
-    first: int = 0
+    unbiased_running_var: bool = False
+    read_at: int = 0
+    head_channels: int = 0
     dtype: str = "float32"
 
     @nn.compact
-    def __call__(self, x, *, train: bool, mask=None):
-        inputs = {}
-        if self.first == 0:
-            x = nn.Conv(self.width, (3, 3), padding="SAME", use_bias=self.norm == "none",
-                        dtype=self.dtype)(x)
-            x = nn.relu(Norm(self.norm, axis_name=self.axis_name)(x, train=train, mask=mask))
-        for stage in range(max(self.first, 1), 5):
-            inputs[stage] = x
-            w = self.width * 2 ** (stage - 1)
-            for b in range(self.blocks[stage - 1]):
-                x = Block(w, stride=2 if (b == 0 and stage > 1) else 1, norm=self.norm,
-                          axis_name=self.axis_name, dtype=self.dtype)(x, train=train, mask=mask)
-        return jnp.mean(x.astype(jnp.float32), axis=(1, 2)), inputs
-
-
-class Decoder(nn.Module):
-    """z [N, L] -> [N, *target_shape[:2], out_channels] with ``upsamplings`` ×2 steps."""
-    width: int = 64
-    upsamplings: int = 3
-    norm: str = "batch"
-    axis_name: Optional[str] = None
-    dtype: str = "float32"
-
-    @nn.compact
-    def __call__(self, z, target_hw, out_channels: int, *, train: bool, mask=None):
-        n = self.upsamplings
-        h0, w0 = (-(-target_hw[0] // 2 ** n), -(-target_hw[1] // 2 ** n))
+    def __call__(self, z, image_hw, out_channels: int, *, train: bool, mask=None):
+        h, w = image_hw
+        if h % 8 or w % 8:
+            raise ValueError(f"the DHM decoder (pl_bolts' resnet18_decoder) needs an input "
+                             f"height and width divisible by 8; got {h}×{w} (pad the images, "
+                             f"e.g. config field data.frame = {-(-max(h, w) // 8) * 8})")
         c0 = self.width * 8
-        block = partial(Block, norm=self.norm, axis_name=self.axis_name, dtype=self.dtype)
-        x = nn.Dense(h0 * w0 * c0, dtype=self.dtype)(z).reshape((z.shape[0], h0, w0, c0))
-        x = block(c0)(x, train=train, mask=mask)
-        for i in range(n):
-            x = upsample_2x(x)
-            x = block(self.width * 2 ** (2 - i))(x, train=train, mask=mask)
-        x = x[:, :target_hw[0], :target_hw[1]]
-        return nn.Conv(out_channels, (3, 3), padding="SAME", dtype=self.dtype)(x)
+        x = nn.Dense(c0 * (h // 8) * (w // 8), dtype=self.dtype, name="linear")(z)
+        x = jnp.transpose(x.reshape((z.shape[0], c0, h // 8, w // 8)), (0, 2, 3, 1))
+        widths = (4 * self.width, 2 * self.width, self.width, self.width)
+        for layer in range(1, 5):
+            if layer == self.read_at:
+                return self.head(x)
+            for b in range(self.blocks[layer - 1]):
+                x = DecoderBlock(widths[layer - 1], 2 if (b == 0 and layer < 4) else 1,
+                                 self.norm, self.axis_name, self.unbiased_running_var,
+                                 self.dtype, name=f"layer{layer}_{b}")(x, train=train, mask=mask)
+        if self.read_at == 5:
+            return self.head(x)
+        return conv3x3(out_channels, use_bias=False, dtype=self.dtype, name="conv1")(x)
+
+    def head(self, x):
+        if not self.head_channels:
+            return x
+        return conv3x3(self.head_channels, dtype=self.dtype, name="head")(x)
 
 
 def upsample_2x(x):
@@ -138,11 +129,6 @@ def upsample_2x(x):
     b, h, w, c = x.shape
     x = jnp.broadcast_to(x[:, :, None, :, None, :], (b, h, 2, w, 2, c))
     return x.reshape((b, 2 * h, 2 * w, c))
-
-
-def _upsamplings(split_layer: int) -> int:
-    """Resolution of stage k's input relative to the first stage: k ≤ 2 full, 3 half, 4 quarter."""
-    return 3 - max(split_layer - 2, 0)
 
 
 class DHM(nn.Module):
@@ -156,6 +142,7 @@ class DHM(nn.Module):
     latent: int = 256
     head_hidden: int = 256
     norm: str = "batch"
+    unbiased_running_var: bool = True   # PyTorch's BatchNorm2d rule, as the original
     vae_split_layer: int = 0
     out_channels: int = 0          # decoder channels (0: the target's channels)
     axis_name: Optional[str] = None
@@ -167,17 +154,18 @@ class DHM(nn.Module):
     def __call__(self, x, *, train: bool, mask=None, keys=None, eps=None,
                  decode: bool = True):
         k = self.vae_split_layer
-        common = dict(width=self.width, blocks=tuple(self.blocks), norm=self.norm,
-                      axis_name=self.axis_name, dtype=self.dtype)
+        common = dict(norm=self.norm, axis_name=self.axis_name,
+                      unbiased_running_var=self.unbiased_running_var, dtype=self.dtype)
+        widths = tuple(self.width * 2 ** i for i in range(4))
         dense = partial(nn.Dense, dtype=self.dtype)
         x = Normalize(self.mean, self.std)(x.astype(jnp.float32))
         if mask is not None:   # padding rows: zeros, so any pad value stays finite everywhere
             x = jnp.where(mask.reshape((-1,) + (1,) * (x.ndim - 1)), x, 0.0)
-        features, inputs = ResNetStages(**common, name="trunk")(x.astype(self.dtype),
-                                                                train=train, mask=mask)
+        features, inputs = ResNet(widths, tuple(self.blocks), **common, name="trunk")(
+            x.astype(self.dtype), train=train, mask=mask)
         target = x if k == 0 else inputs[k]
-        enc, _ = ResNetStages(**common, first=k, name="encoder")(target.astype(self.dtype),
-                                                                 train=train, mask=mask)
+        enc, _ = ResNet(widths, tuple(self.blocks), **common, first=k, name="encoder")(
+            target.astype(self.dtype), train=train, mask=mask)
         mu = dense(self.latent, name="mu")(enc).astype(jnp.float32)
         log_var = dense(self.latent, name="log_var")(enc).astype(jnp.float32)
 
@@ -195,10 +183,11 @@ class DHM(nn.Module):
         z = mu[:, None] if eps is None else mu[:, None] + jnp.exp(0.5 * log_var)[:, None] * eps
         b, s = z.shape[:2]
         rows = None if mask is None else jnp.repeat(mask, s)
-        decoded = Decoder(self.width, _upsamplings(k), self.norm, self.axis_name, self.dtype,
-                          name="decoder")(z.reshape((b * s, -1)), target.shape[1:3],
-                                          self.out_channels or target.shape[-1],
-                                          train=train, mask=rows)
+        head = self.out_channels if k > 0 and self.out_channels else 0
+        decoded = Decoder(self.width, tuple(self.blocks), read_at=6 - k if k else 0,
+                          head_channels=head, **common, name="decoder")(
+            z.reshape((b * s, -1)), x.shape[1:3], self.out_channels or x.shape[-1],
+            train=train, mask=rows)
         decoded = decoded.astype(jnp.float32)
         out["decoded"] = jnp.moveaxis(decoded.reshape((b, s) + decoded.shape[1:]), 1, 0)
         return out

@@ -1,5 +1,8 @@
-"""Layers whose statistics and randomness are those of the GLOBAL batch.
+"""Layers whose statistics and randomness are those of the GLOBAL batch, and the input
+normalisation.
 
+- :class:`Normalize`: (x − mean) / std per channel inside a model, so that attacks and
+  OOD transforms work in pixel space.
 - :class:`BatchNorm`: batch statistics over every valid row of every device
   (``psum`` of masked sums and counts over ``axis_name``), padding rows excluded.
   flax's ``nn.BatchNorm`` with a mask takes the ``pmean`` of per-device masked means,
@@ -12,12 +15,26 @@
 from __future__ import annotations
 
 import zlib
-from typing import Optional
+from typing import Optional, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+
+class Normalize(nn.Module):
+    """(x − mean) / std per channel; identity when mean/std are None. x: [..., C]."""
+    mean: Sequence[float] | None = None
+    std: Sequence[float] | None = None
+
+    @nn.compact
+    def __call__(self, x):
+        if self.mean is None and self.std is None:
+            return x
+        mean = jnp.asarray(self.mean if self.mean is not None else 0.0, x.dtype)
+        std = jnp.asarray(self.std if self.std is not None else 1.0, x.dtype)
+        return (x - mean) / std
 
 
 def masked_moments(x: jax.Array, mask: Optional[jax.Array], axis_name: Optional[str]):
@@ -26,6 +43,13 @@ def masked_moments(x: jax.Array, mask: Optional[jax.Array], axis_name: Optional[
     x: [B, ..., F]; mask: [B] bool or None. Two passes (mean, then centred squares) for
     accuracy; both sums and the count are psum'd over ``axis_name``.
     """
+    mean, var, _ = masked_moments_and_count(x, mask, axis_name)
+    return mean, var
+
+
+def masked_moments_and_count(x: jax.Array, mask: Optional[jax.Array],
+                             axis_name: Optional[str]):
+    """:func:`masked_moments` and n, the global number of valid values per feature."""
     x = x.astype(jnp.float32)
     w = jnp.ones(x.shape[:1], jnp.float32) if mask is None else mask.astype(jnp.float32)
     w = w.reshape((-1,) + (1,) * (x.ndim - 1))
@@ -40,18 +64,23 @@ def masked_moments(x: jax.Array, mask: Optional[jax.Array], axis_name: Optional[
     sq = jnp.sum(w * jnp.square(x - mean), axis=axes)
     if axis_name is not None:
         sq = lax.psum(sq, axis_name)
-    return mean, sq / count
+    return mean, sq / count, count
 
 
 class BatchNorm(nn.Module):
     """BatchNorm over the global batch (train) or its running averages (eval).
 
     Variables: params ``scale``, ``bias``; ``batch_stats`` ``mean``, ``var``.
-    Running averages: ra ← momentum·ra + (1 − momentum)·batch statistic (flax's rule).
+    Running averages: ra ← momentum·ra + (1 − momentum)·batch statistic (flax's rule;
+    PyTorch's momentum 0.1 is this momentum 0.9). The batch variance used to normalise in
+    training is the biased one on both conventions; the running variance is updated with
+    the biased one (flax) or, with ``unbiased_running_var``, with n/(n − 1) times it
+    (PyTorch's ``BatchNorm2d``), n the global count of valid values per feature.
     """
     momentum: float = 0.9
     epsilon: float = 1e-5
     axis_name: Optional[str] = None
+    unbiased_running_var: bool = False
 
     @nn.compact
     def __call__(self, x, *, train: bool, mask: Optional[jax.Array] = None):
@@ -61,11 +90,13 @@ class BatchNorm(nn.Module):
         scale = self.param("scale", nn.initializers.ones, (features,), jnp.float32)
         bias = self.param("bias", nn.initializers.zeros, (features,), jnp.float32)
         if train:
-            mean, var = masked_moments(x, mask, self.axis_name)
+            mean, var, n = masked_moments_and_count(x, mask, self.axis_name)
             if not self.is_initializing():
                 m = self.momentum
+                running = var * (n / jnp.maximum(n - 1.0, 1.0)) if self.unbiased_running_var \
+                    else var
                 ra_mean.value = m * ra_mean.value + (1.0 - m) * mean
-                ra_var.value = m * ra_var.value + (1.0 - m) * var
+                ra_var.value = m * ra_var.value + (1.0 - m) * running
         else:
             mean, var = ra_mean.value, ra_var.value
         y = (x - mean) * lax.rsqrt(var + self.epsilon) * scale + bias
