@@ -129,6 +129,9 @@ CASES = [
     ("bernoulli_on_dequantized_pixels", ["--config=configs/hvae.py:digits",
                                          "--config.data.train_transforms=dequantize"],
      ["data.train_transforms = 'dequantize'", "makes the pixels continuous", "binarize"]),
+    ("dhm_bernoulli_on_grey_pixels", ["--config=configs/dhm.py:digits",
+                                      "--config.model.recon=bernoulli"],
+     ["family 'dhm'", "'bernoulli' likelihood, which needs binary data", "binarize"]),
 ]
 
 # Forks a child per case after the heavy imports; the child runs the real entry point.

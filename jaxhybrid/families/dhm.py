@@ -285,6 +285,8 @@ def make_dhm(config, num_classes: int, mean=None, std=None) -> Family:
                   ood_outputs=("logits", "neg_loss_sampled", "neg_loss_at_mean", "elbo"),
                   ood_score_fn=d.ood_scores,
                   label=f"DHM β={o['beta']:g}", definitions=definitions,
+                  likelihood=obj.recon_likelihood(o["recon"], o["recon_scale"])[0]
+                  if d.k == 0 else "",
                   describe={"model": "dhm", **{f: o[f] for f in ("width", "latent", "norm",
                             "vae_split_layer", "alpha", "beta", "kl_coef", "recon")},
                             "log_likelihood": f"the IWAE bound with {o['iwae_samples']} samples"})
