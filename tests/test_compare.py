@@ -17,6 +17,7 @@ from etils.epath import testing as epath_testing
 
 from configs import gffn
 from jaxhybrid.checkpointing import run_path
+from jaxhybrid.evaluators import names
 from jaxhybrid.evaluators.calibration import calibration_metrics
 from jaxhybrid.tools import aggregate, compare, grid, identity, runs
 from tests.helpers import REPO
@@ -306,3 +307,17 @@ def test_compare_aggregate_and_sweep_points_on_gs(bucket, tmp_path):
     assert f"--workdir={a}" in grid.point_argv("configs/gffn.py:smoke", points[0], c)
     assert [grid.point_state(p) for p in points] == ["finished", "finished"]
     assert isinstance(points[0].path, epath.Path)
+
+
+def test_an_epsilon_in_normalised_units_never_shares_a_row_with_a_pixel_one(tmp_path):
+    """The same ε in evals.epsilon_space = normalized (the original DHM's attack) is another
+    attack than in pixel units: its own rows, and its own headline names."""
+    pixel = _run(tmp_path, "pixel", {5: _metrics(0.9, eps=(0.0, 0.03), adv=(0.98, 0.7))},
+                 selected=5)
+    m = _metrics(0.9, eps=(0.0, 0.03), adv=(0.98, 0.5))
+    m["adversarial"]["epsilon_space"] = "normalized"
+    normalised = _run(tmp_path, "normalised", {5: m}, selected=5)
+    rows = _rows(compare.compare([pixel, normalised], ["P", "N"]))
+    assert rows["FGSM acc ε=0.03"] == ["0.7000", "–"]
+    assert rows["FGSM (normalised units) acc ε=0.03"] == ["–", "0.5000"]
+    assert "fgsm_normalized/eps=0.03/accuracy" in names.headline(m)

@@ -50,6 +50,13 @@ def ood_auroc(set_name: str, score: str) -> str:
     return f"ood/{set_name}/{score}/auroc"
 
 
+def attack_name(attack: str, epsilon_space: str = "pixel") -> str:
+    """The attack's name in metric names: ``fgsm``/``pgd`` in pixel units, and
+    ``fgsm_normalized``/``pgd_normalized`` for ε in normalised units
+    (``evals.epsilon_space``), so that the two never share a name or a table row."""
+    return attack if epsilon_space in ("", "pixel") else f"{attack}_{epsilon_space}"
+
+
 def attack_accuracy(attack: str, epsilon: float) -> str:
     """Accuracy under ``attack`` (fgsm, pgd) at ``epsilon`` (pixel scale [0, 1])."""
     return f"{attack}/eps={epsilon:.4g}/accuracy"
@@ -89,7 +96,8 @@ def headline(metrics: dict) -> dict:
             out[ood_auroc(set_name, score)] = r["auroc"]
     adv = metrics.get("adversarial", {})
     for eps, acc in zip(adv.get("epsilons", []), adv.get("accuracy", [])):
-        out[attack_accuracy(adv.get("attack", "attack"), eps)] = acc
+        out[attack_accuracy(attack_name(adv.get("attack", "attack"),
+                                        adv.get("epsilon_space", "pixel")), eps)] = acc
     return out
 
 

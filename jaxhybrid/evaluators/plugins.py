@@ -302,7 +302,8 @@ def adversarial(ctx: EvalContext) -> Section:
     if ev.attack == "pgd":
         m.update(pgd_steps=int(ev.pgd_steps), pgd_step_size=ev.pgd_step_size or "2.5·ε/steps",
                  pgd_random_start=bool(ev.pgd_random_start))
-    headline = {names.attack_accuracy(ev.attack, e): a for e, a in zip(epsilons, acc)}
+    attack = names.attack_name(ev.attack, ev.epsilon_space)
+    headline = {names.attack_accuracy(attack, e): a for e, a in zip(epsilons, acc)}
     clipped = "x' clipped to [0, 1]" if m["clip"] else "x' not clipped"
     md = (f"Untargeted {ev.attack.upper()} on the true label, ε in units of the {units} "
           f"(evals.epsilon_space = {ev.epsilon_space}; normalisation happens inside the "

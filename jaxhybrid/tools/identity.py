@@ -85,12 +85,13 @@ def _ood(metrics: dict, name: str, value, config: dict | None) -> Entry:
 def _attacks(metrics: dict) -> list[Entry]:
     """Attack accuracies at the exact ε saved in metrics.json."""
     adv = metrics.get("adversarial", {})
-    attack = adv.get("attack", "attack")
+    attack = names.attack_name(adv.get("attack", "attack"), adv.get("epsilon_space", "pixel"))
     out = []
     for eps, acc in zip(adv.get("epsilons", []), adv.get("accuracy", [])):
         eps = float(eps)
         out.append(Entry((attack, eps, None), names.attack_accuracy(attack, eps),
-                         f"{attack.upper()} acc ε={epsilon_text(eps)}", "adversarial", "", "",
+                         f"{attack.upper().replace('_NORMALIZED', ' (normalised units)')} acc "
+                         f"ε={epsilon_text(eps)}", "adversarial", "", "",
                          acc))
     return out
 
