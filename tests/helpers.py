@@ -78,3 +78,15 @@ def fake_variables(init, batch, seed=1):
         fan_in = int(np.prod(s.shape[:-1]))
         return jnp.asarray(rng.normal(size=s.shape) / np.sqrt(fan_in), s.dtype)
     return dict(jax.tree_util.tree_map_with_path(fill, shapes))
+
+
+def evaluation_metrics(workdir, step: int, **evals) -> dict:
+    """metrics.json of the one evaluation at ``step`` of ``workdir`` whose settings
+    (metrics.json's ``evals``) include ``evals``."""
+    import json
+    import pathlib
+    found = [json.loads(p.read_text())
+             for p in sorted((pathlib.Path(workdir) / "eval" / str(step)).glob("*/metrics.json"))]
+    found = [m for m in found if all(m["evals"].get(k) == v for k, v in evals.items())]
+    assert len(found) == 1, f"{len(found)} evaluations at step {step} with {evals}"
+    return found[0]
