@@ -77,11 +77,14 @@ def _slurm_problem() -> str | None:
     """Why no job can run here, or None when a node is up."""
     if not shutil.which("sbatch") or not shutil.which("sinfo"):
         return "no SLURM client commands (sbatch, sinfo) on PATH"
+    conf = _slurm_env().get("SLURM_CONF")
+    if conf and not os.path.exists(conf):
+        return f"SLURM_CONF={conf} does not exist"
     try:
         r = subprocess.run(["sinfo", "-h", "-o", "%T"], env=_slurm_env(), capture_output=True,
-                           text=True, timeout=30)
+                           text=True, timeout=15)
     except subprocess.TimeoutExpired:
-        return "sinfo did not answer within 30 s"
+        return "sinfo did not answer within 15 s"
     if r.returncode:
         return f"sinfo failed: {r.stderr.strip()[-300:]}"
     states = r.stdout.split()
@@ -108,7 +111,8 @@ class Job:
     def __init__(self, name: str, tmp, workdir, *extra: str, sbatch_options=()):
         self.name, self.out = name, tmp / f"{name}.out"
         env = dict(_slurm_env(), PYTHON=sys.executable, PYTHONPATH=REPO,
-                   JAXHYBRID_DISTRIBUTED_TIMEOUT="60", JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+                   JAXHYBRID_DISTRIBUTED_TIMEOUT="60",
+                   JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
                    JAX_COMPILATION_CACHE_DIR=os.environ.get("JAX_COMPILATION_CACHE_DIR")
                    or str(tmp / "jax_cache"))
         overrides = {**OVERRIDES, "data.npz_path": str(tmp / "digits.npz")}
@@ -283,8 +287,10 @@ def test_sigterm_preemption_saves_and_resumes(chain):
             _slurm("scancel", job.id, check=False)
     assert f"resumed from checkpoint step {m}" in again.output()
     steps, losses = _train_steps_and_losses(tmp / "preempted")
-    assert steps == list(range(2, STEPS + 1, 2))
-    assert losses == _train_steps_and_losses(tmp / "run")[1]
+    grid = list(range(2, STEPS + 1, 2))                        # each step once, in order;
+    assert steps in (grid, sorted({*grid, n})), steps          # the interrupted one may be logged
+    straight = dict(zip(*_train_steps_and_losses(tmp / "run")))
+    assert {s: l for s, l in zip(steps, losses) if s in straight} == straight
     c = _config(tmp)
     step_a, straight = restore_params(c, str(tmp / "run"))
     step_b, preempted_params = restore_params(c, str(tmp / "preempted"))

@@ -26,16 +26,19 @@ WAIT_S=${JAXHYBRID_SLURM_WAIT:-60}
 die() { echo "error: $*" >&2; exit 1; }
 say() { echo "slurm_local: $*"; }
 
-running() {  # running PIDFILE: the daemon whose pid the file holds is alive
-  [[ -s "$1" ]] && kill -0 "$(cat "$1")" 2>/dev/null
+running() {  # running PIDFILE NAME: the file holds the pid of a live NAME (not a reused pid)
+  [[ -s "$1" ]] && [[ "$(cat "/proc/$(cat "$1")/comm" 2>/dev/null)" == "$2" ]]
 }
 
 stop() {  # stop PIDFILE NAME: SIGTERM, then wait up to 10 s
   local pid
-  running "$1" || return 0
+  running "$1" "$2" || return 0
   pid=$(cat "$1")
   kill "$pid"
-  for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || { say "stopped $2"; return 0; }; sleep 0.1; done
+  for _ in $(seq 100); do
+    kill -0 "$pid" 2>/dev/null || { say "stopped $2"; return 0; }
+    sleep 0.1
+  done
   die "$2 (pid $pid) did not stop within 10 s after SIGTERM"
 }
 
@@ -46,7 +49,9 @@ install_packages() {
   command -v slurmd >/dev/null || missing+=(slurmd)
   command -v sbatch >/dev/null || missing+=(slurm-client)
   (( ${#missing[@]} )) || return 0
-  command -v apt-get >/dev/null || die "missing ${missing[*]} and no apt-get to install them; install SLURM (slurmctld, slurmd, client commands) and munge with this system's package manager"
+  command -v apt-get >/dev/null || die "missing ${missing[*]} and no apt-get to install them;" \
+    "install SLURM (slurmctld, slurmd, the client commands) and munge with this system's" \
+    "package manager"
   say "installing ${missing[*]}"
   # no package index yet (a fresh machine): fetch it first
   apt-cache show slurmd >/dev/null 2>&1 || apt-get update -q
@@ -77,17 +82,17 @@ start_daemons() {
     stop "$DIR/run/slurmctld.pid" slurmctld
     stop "$DIR/run/munged.pid" munged
   fi
-  if ! running "$DIR/run/munged.pid"; then
+  if ! running "$DIR/run/munged.pid" munged; then
     munged --force --key-file="$DIR/munge/munge.key" --socket="$DIR/munge/munge.socket" \
       --pid-file="$DIR/run/munged.pid" --log-file="$DIR/log/munged.log" \
       --seed-file="$DIR/munge/munged.seed"
     say "started munged"
   fi
-  if ! running "$DIR/run/slurmctld.pid"; then
+  if ! running "$DIR/run/slurmctld.pid" slurmctld; then
     slurmctld -f "$CONF"
     say "started slurmctld"
   fi
-  if ! running "$DIR/run/slurmd.pid"; then
+  if ! running "$DIR/run/slurmd.pid" slurmd; then
     slurmd -f "$CONF" -N localhost
     say "started slurmd"
   fi
@@ -104,11 +109,13 @@ wait_idle() {
     sleep 0.25
   done
   tail -n 20 "$DIR"/log/*.log >&2 || true
-  die "the node did not become idle within $WAIT_S s (sinfo says '${state:-nothing}'); logs above, in $DIR/log"
+  die "the node did not become idle within $WAIT_S s (sinfo says '${state:-nothing}');" \
+    "logs above, in $DIR/log"
 }
 
 up() {
-  [[ $(id -u) == 0 ]] || die "run as root: it installs packages and starts munged, slurmctld and slurmd"
+  [[ $(id -u) == 0 ]] || die "run as root: it installs packages and starts munged," \
+    "slurmctld and slurmd"
   install_packages
   CHANGED=0
   write_config
