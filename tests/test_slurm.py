@@ -49,7 +49,7 @@ STEPS = 40              # enough steps after checkpoint 8 for scancel to land mi
 OVERRIDES = {"model.width": 4, "num_steps": STEPS, "checkpoint_every": 4, "log_every": 2,
              "evals.names": "classification,calibration", "max_train_seconds": 600.0,
              "data.source": "npz"}
-LIMIT_S = 240           # per job; each takes 15-40 s on 2 shared cores
+LIMIT_S = 240           # per job, from submission to its end
 # where launch/slurm_local/setup.sh writes its config
 DEFAULT_CONF = os.path.join(os.environ.get("JAXHYBRID_SLURM_DIR", "/var/tmp/jaxhybrid-slurm"),
                             "slurm.conf")

@@ -17,6 +17,7 @@
 # state, spool and logs, so the machine's /etc/slurm, /etc/munge and any running munged
 # are left alone. Ports: JAXHYBRID_SLURMCTLD_PORT (6817), JAXHYBRID_SLURMD_PORT (6818).
 set -euo pipefail
+export PATH="$PATH:/usr/sbin:/sbin"   # the daemons, for shells whose PATH lacks them
 HERE=$(cd "$(dirname "$0")" && pwd)
 DIR=${JAXHYBRID_SLURM_DIR:-/var/tmp/jaxhybrid-slurm}
 CONF=$DIR/slurm.conf
@@ -53,9 +54,13 @@ install_packages() {
     "install SLURM (slurmctld, slurmd, the client commands) and munge with this system's" \
     "package manager"
   say "installing ${missing[*]}"
-  # no package index yet (a fresh machine): fetch it first
+  # no package index yet (a fresh machine), or a stale one: fetch it, then try again
   apt-cache show slurmd >/dev/null 2>&1 || apt-get update -q
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+  apt_install "${missing[@]}" || { apt-get update -q && apt_install "${missing[@]}"; }
+}
+
+apt_install() {
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@"
 }
 
 write_config() {  # sets CHANGED=1 when slurm.conf or the munge key is new or different
