@@ -5,6 +5,9 @@
 #   make test-newest   the suite on Python 3.12 in .venv312 with the newest jax/flax/orbax,
 #                      pinned exactly in .ci/constraints-newest.txt, less the minute-long
 #                      training runs (marker training_run; `make test` runs them)
+#   make test-slurm    a real one-node SLURM cluster on localhost (launch/slurm_local/setup.sh,
+#                      as root: installs SLURM and munge with apt-get if missing), then
+#                      tests/test_slurm.py against it; fails, never skips, without SLURM
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -17,7 +20,7 @@ PYTHON_NEWEST ?= $(shell for p in python3.12 "$$(pyenv root 2>/dev/null)/version
 RUNS   ?= runs/demo
 export JAX_COMPILATION_CACHE_DIR ?= $(CURDIR)/.jax_cache
 
-.PHONY: demo test install test-newest install-newest benchmarks clean
+.PHONY: demo test install test-newest install-newest test-slurm benchmarks clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -59,6 +62,11 @@ test: install
 test-newest: install-newest
 	@$(PY_NEWEST) $(VERSIONS)
 	$(PY_NEWEST) -m pytest -q -m "not training_run"
+
+test-slurm: install
+	launch/slurm_local/setup.sh
+	SLURM_CONF=$${JAXHYBRID_SLURM_DIR:-/var/tmp/jaxhybrid-slurm}/slurm.conf JAXHYBRID_REQUIRE_SLURM=1 \
+	  $(PY) -m pytest -q tests/test_slurm.py
 
 benchmarks: install
 	$(PY) benchmarks/gffn_overhead.py
