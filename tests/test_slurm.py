@@ -40,8 +40,9 @@ import pytest
 from configs import gffn
 from jaxhybrid.checkpointing import Checkpointer, run_path
 from jaxhybrid.data.loading import digits_arrays
+from jaxhybrid.evaluators import names
 from jaxhybrid.train import train_and_evaluate
-from tests.helpers import REPO, apply_overrides, restore_params
+from tests.helpers import REPO, apply_overrides, evaluation_metrics, restore_params
 
 SCRIPT = "launch/slurm_cpu.sbatch"
 CONFIG = "configs/gffn.py:smoke"
@@ -161,15 +162,6 @@ class Job:
             self._fail(f"ended {state}, expected {expected}")
         return self
 
-    def final_metrics(self) -> dict:
-        """The final metrics both tasks printed: the same, the training time aside."""
-        found = [json.loads(l[len("FINAL METRICS "):]) for l in self.output().splitlines()
-                 if l.startswith("FINAL METRICS ")]
-        assert len(found) == 2, f"job {self.name}: {len(found)} FINAL METRICS lines, expected 2"
-        for m in found:
-            m.pop("train_seconds", None)
-        assert found[0] == found[1], f"job {self.name}: the tasks differ: {found}"
-        return found[0]
 
 
 def _config(tmp):
@@ -206,7 +198,9 @@ def chain(slurm, tmp_path_factory):
         killed.wait("FAILED")
         resumable = _checkpoints(tmp / "run")
         jobs.append(resumed := Job("resumed", tmp, tmp / "run"))
+        # other evaluation settings than the training's end: a new evaluation, computed
         jobs.append(evaluated := Job("eval", tmp, tmp / "run", "--mode=eval",
+                                     "--config.evals.seed=1",
                                      sbatch_options=[f"--dependency=afterok:{resumed.id}"]))
         one = train_and_evaluate(_config(tmp), str(tmp / "one_process"))
         resumed.wait("COMPLETED")
@@ -244,7 +238,6 @@ def test_resubmitted_job_resumes_after_scancel_and_matches_one_process(chain):
     np.testing.assert_allclose(losses, one_losses, rtol=1e-5)
     final = json.loads((tmp / "run" / "final_metrics.json").read_text())
     assert final["step"] == STEPS and final["stopped"] == "completed"
-    assert resumed.final_metrics()["step"] == STEPS
     for key, value in chain["one"].items():
         if isinstance(value, float) and key != "train_seconds":
             assert final[key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
@@ -252,20 +245,22 @@ def test_resubmitted_job_resumes_after_scancel_and_matches_one_process(chain):
 
 
 def test_eval_job_writes_the_report(chain):
-    tmp, trained = chain["tmp"], chain["resumed"].final_metrics()
-    evaluated = chain["evaluated"].final_metrics()
+    tmp = chain["tmp"]
+    trained = json.loads((tmp / "run" / "final_metrics.json").read_text())
     step = trained["evaluated_step"]                       # the best checkpoint's
-    report = tmp / "run" / "eval" / str(step)
-    assert evaluated["eval_dir"] == trained["eval_dir"] == str(report)
-    assert f"evaluation at step {step} written to" in chain["evaluated"].output()
+    saved = evaluation_metrics(tmp / "run", step, seed=1)
+    report = tmp / "run" / "eval" / str(step) / saved["eval_id"]
+    assert re.search(rf"evaluation at step {step} \(.*\) written to {re.escape(str(report))}",
+                     chain["evaluated"].output())
+    assert saved["step"] == step and saved["checkpoint"].startswith(f"best (step {step},")
+    headline = names.headline(saved)
     for key in ("accuracy", "nll", "ece", "brier"):
-        assert evaluated[key] == pytest.approx(trained[key], rel=1e-6), key
-    saved = json.loads((report / "metrics.json").read_text())
-    assert saved["step"] == step and saved["checkpoint"] == f"best (step {step})"
-    for key in ("accuracy", "nll", "brier"):
-        assert saved["classification"][key] == evaluated[key], key
-    assert (f"| test | 288 | {evaluated['accuracy']:.4f} | {evaluated['nll']:.4f} |"
+        assert headline[key] == pytest.approx(trained[key], rel=1e-6), key
+    c = saved["classification"]
+    assert (f"| test | 288 | {c['accuracy']:.4f} | {c['nll']:.4f} |"
             in (report / "report.md").read_text())
+    # re-evaluating never changes the run's result
+    assert json.loads((tmp / "run" / "final_metrics.json").read_text()) == trained
 
 
 def test_sigterm_preemption_saves_and_resumes(chain):
