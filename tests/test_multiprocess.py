@@ -322,10 +322,9 @@ def test_device_resident_data_equal_host_data_in_two_processes(runs):
     read on the host: each process's log says so, and the losses and final parameters
     are the same, bit for bit."""
     tmp = runs["tmp"]
-    for i in (0, 1):
-        assert "data placement: device (auto: the training split fits" in \
-            runs["straight"].output(i)
-        assert "data placement: host (data.placement=host" in runs["host_data"].output(i)
+    # (logged by process 0: every process decides the same, from the same budget rule)
+    assert "data placement: device (auto: the training split fits" in runs["straight"].output(0)
+    assert "data placement: host (data.placement=host" in runs["host_data"].output(0)
     def losses(workdir):
         return [(r["step"], r["loss"], r["grad_norm"]) for r in _train_records(workdir)]
     assert losses(tmp / "host_data") == losses(tmp / "straight") != []
@@ -339,7 +338,7 @@ def test_device_resident_data_equal_host_data_in_two_processes(runs):
 def test_eval_mode_in_two_processes(runs):
     straight = runs["tmp"] / "straight"
     trained = _final(straight)
-    assert f"evaluation at step {STEPS} written to" in runs["evaluated"].output(0)
+    assert re.search(rf"evaluation at step {STEPS} .*written to", runs["evaluated"].output(0))
     assert "evaluation at step" not in runs["evaluated"].output(1)   # logs: process 0 only
     found = [p.parent for p in (straight / "eval" / str(STEPS)).glob("*/metrics.json")
              if p.parent.name != pathlib.Path(trained["eval_dir"]).name]
@@ -368,7 +367,10 @@ def test_every_file_is_written_by_process_0_only(runs):
     assert {str(eval_dir / f) for f in ("metrics.json", "report.md", "reliability.png")} <= files
     assert {str(tmp / "straight" / f) for f in ("config.json", "data.json", "metrics.jsonl",
                                                  "final_metrics.json")} <= files
-    assert files <= written_0, sorted(files - written_0)
+    # an evaluation is written into a temporary directory, renamed into place whole
+    unwritten = {f for f in files
+                 if not any(str(p) in written_0 for p in (pathlib.Path(f), *pathlib.Path(f).parents))}
+    assert not unwritten, sorted(unwritten)
 
 
 def test_a_device_subset_is_refused_with_several_processes(monkeypatch):
