@@ -25,7 +25,7 @@ One script trains (``--train``), evaluates and writes the page from the numbers:
    cannot be capped: no config field limits the evaluation split (``evals.ood_max_examples``
    caps the OOD sets only; ``evals.split=validation`` would swap in the checkpoint-selection
    split), so the test split is scored in full.
-3. The page: tables and text from ``<workdir>/eval/<best step>/metrics.json`` and
+3. The page: tables and text from ``<workdir>/eval/<best step>/<eval_id>/metrics.json`` and
    ``ood_scores.npz``, ``metrics.jsonl``, ``config.json`` and the checkpoint's metadata.
 
 Why S = 16 and 1,000 examples per OOD set. Scoring costs 3·S forward passes per example
@@ -41,8 +41,8 @@ examples per set ≈ 11–12 min (no margin). The paper uses S = 250 (Fashion-MN
 (CIFAR-10). Check: the smoke evaluation below (S = 2, 200 per set: 72,000 passes, the
 whole command including start-up and figures) took 65 s wall clock at load average ≈ 6.
 
-The evaluation writes into ``<workdir>/eval/<best step>/``, replacing the training run's own
-end-of-training report there (its S = 8 numbers stay in final_metrics.json and metrics.jsonl).
+The evaluation writes into its own ``<workdir>/eval/<best step>/<eval_id>/`` beside the
+training run's end-of-training evaluation (S = 8), which it never replaces.
 
 ``--smoke`` shrinks everything (20 training steps with S = 1 at the end of training,
 evaluation S = 2 and 200 examples per OOD set; ≈ 3 min on the loaded CPU) and writes into
@@ -56,6 +56,7 @@ import json
 import math
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
@@ -125,8 +126,9 @@ def shown(cmd: list[str]) -> str:
 
 
 def run(cmd: list[str], log_path: Path) -> tuple[float, dict]:
-    """Run from the repository root, tee stdout+stderr to ``log_path``; -> (seconds, the
-    FINAL METRICS json). Exits with the command's status if it fails."""
+    """Run from the repository root, tee stdout+stderr to ``log_path``; -> (seconds,
+    {"eval_dir": the evaluation directory the command's summary names}). Exits with the
+    command's status if it fails."""
     print("+", shown(cmd), flush=True)
     env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": os.environ.get(
         "JAX_COMPILATION_CACHE_DIR", str(ROOT / ".jax_cache"))}
@@ -137,8 +139,9 @@ def run(cmd: list[str], log_path: Path) -> tuple[float, dict]:
         for line in p.stdout:
             sys.stdout.write(line)
             log.write(line)
-            if line.startswith("FINAL METRICS "):
-                final = json.loads(line[len("FINAL METRICS "):])
+            found = re.match(r"^evaluated .*?: (\S+)/report\.md$", line.strip())
+            if found:
+                final = {"eval_dir": found.group(1)}
     if p.returncode:
         sys.exit(f"command failed (exit {p.returncode}); log: {log_path}")
     return time.time() - t0, final
