@@ -282,10 +282,10 @@ def test_init_loss_and_grads_are_device_count_invariant_on_a_padded_batch():
     assert np.all(g > 0) and not np.allclose(g, g[0])      # gains came from the data
     for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(eight)):
         assert np.all(np.isfinite(a))
-        np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
     padded = _sharded(8, _batch(pad_value=1e3))   # what padding rows hold changes nothing
     for a, b in zip(jax.tree.leaves(eight), jax.tree.leaves(padded)):
-        np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
 
 
 def test_gradients_are_finite_on_extreme_inputs():
