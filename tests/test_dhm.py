@@ -326,7 +326,7 @@ def test_beta_sweep_runs_and_aggregates_the_original_plots(tmp_path):
     table = (root / "aggregate" / "aggregate.csv").read_text()
     assert "ood/heldout/elbo/auroc" in table and "ood/heldout/max_softmax/auroc" in table
     # the original's OOD protocol and ε units, as asked and recorded
-    m = json.load(open(sorted(root.glob("**/eval/*/metrics.json"))[0]))
+    m = json.load(open(sorted(root.glob("**/eval/*/*/metrics.json"))[0]))
     heldout = m["ood"]["sets"]["heldout"]
     assert heldout["ood_normalization"] == "own" and len(heldout["own_std"]) == 1
     assert {"neg_loss_sampled", "neg_loss_at_mean"} <= set(heldout["scores"])

@@ -366,7 +366,7 @@ def test_digits_trains_and_evaluates_through_the_cli(tmp_path):
     val = [l["val_elbo"] for l in lines if l["kind"] == "validation"]
     assert len(val) == 2 and val[1] > val[0], val
     final = json.load(open(tmp_path / "final_metrics.json"))
-    out = pathlib.Path(final["eval_dir"])          # the evaluation final_metrics.json names
+    out = tmp_path / final["eval_dir"]             # the evaluation final_metrics.json names
     m = json.load(open(out / "metrics.json"))
     for name in ("inverted", "uniform_noise"):
         scores = m["ood"]["sets"][name]["scores"]

@@ -63,7 +63,8 @@ def test_event_files_equal_metrics_jsonl_across_resumes_and_off_writes_none(tmp_
 
     for removed, total in ((4, 6), (6, 6)):
         shutil.rmtree(os.path.join(wd, "checkpoints", str(removed)))
-        final = train_and_evaluate(tiny_config(num_steps=total, **overrides), wd)
+        final = train_and_evaluate(tiny_config(num_steps=total, **overrides), wd,
+                                   allow_config_change=True)      # a budget change
         assert final["step"] == 6
         assert len(_event_files(wd)) == 1
         got = assert_tb_matches_jsonl(wd)
