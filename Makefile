@@ -57,11 +57,11 @@ demo: install
 
 test: install
 	@$(PY) $(VERSIONS)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadfile
 
 test-newest: install-newest
 	@$(PY_NEWEST) $(VERSIONS)
-	$(PY_NEWEST) -m pytest -q -m "not training_run"
+	$(PY_NEWEST) -m pytest -q -n 2 --dist loadfile -m "not training_run"
 
 test-slurm: install
 	launch/slurm_local/setup.sh

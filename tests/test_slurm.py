@@ -44,6 +44,8 @@ from jaxhybrid.evaluators import names
 from jaxhybrid.train import train_and_evaluate
 from tests.helpers import REPO, apply_overrides, evaluation_metrics, restore_params
 
+pytestmark = pytest.mark.slurm
+
 SCRIPT = "launch/slurm_cpu.sbatch"
 CONFIG = "configs/gffn.py:smoke"
 STEPS = 40              # enough steps after checkpoint 8 for scancel to land mid-run
