@@ -85,7 +85,8 @@ def global_logsumexp(values, mask, axis_name=None):
 # -- Gaussians ------------------------------------------------------------------------
 
 def normal_log_prob(x, mean, *, scale=None, log_scale=None):
-    """log N(x; μ, σ²) = −½((x − μ)/σ)² − log σ − ½ log 2π, elementwise (broadcasting).
+    """log N(x; μ, σ²) = −½((x − μ)/σ)² − log σ − ½ log 2π (the log of Bishop 2006, eq. 1.46),
+    elementwise (broadcasting).
 
     Give σ as ``scale`` or as ``log_scale`` (log σ), whichever the caller holds, so that
     neither is recomputed from the other.
