@@ -24,6 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxhybrid.mathops import softmax_cross_entropy
+
 DEFAULT_EPSILONS = (0.0, 1 / 255, 2 / 255, 4 / 255, 8 / 255, 16 / 255)  # docs/metrics.md default grid
 DHM_EPSILONS = (0.0, 0.02, 0.03, 0.04, 0.05, 0.06, 0.07, 0.08)  # DHM paper grid, plus clean
 EPSILON_GRIDS = {"default": DEFAULT_EPSILONS, "dhm": DHM_EPSILONS}
@@ -86,9 +88,7 @@ def _summed_ce_grad(logits_fn: LogitsFn, x: jax.Array, y: jax.Array) -> jax.Arra
     """
 
     def summed_ce(x):
-        logits = logits_fn(x).astype(jnp.float32)
-        logp = jax.nn.log_softmax(logits, axis=-1)
-        return -jnp.sum(jnp.take_along_axis(logp, y[:, None].astype(jnp.int32), axis=-1))
+        return jnp.sum(softmax_cross_entropy(logits_fn(x), y))
 
     return jax.grad(summed_ce)(x)
 

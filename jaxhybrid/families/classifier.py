@@ -15,6 +15,7 @@ from jax import lax
 from jaxhybrid import precision
 from jaxhybrid.evaluators.temperature import nll as softmax_nll
 from jaxhybrid.families.base import Family, split_variables
+from jaxhybrid.mathops import global_mean
 from jaxhybrid.models import build_model
 from jaxhybrid.objectives.conditional import class_probabilities, conditional_nll
 from jaxhybrid.objectives.joint import LABEL_MODELS, joint_nll, log_partition
@@ -34,12 +35,9 @@ def classifier_objective(logits, labels, mask, *, joint_weight: float, label_mod
         cond = lax.stop_gradient(cond)
     else:
         loss = (1.0 - joint_weight) * cond + joint_weight * joint
-    correct = jnp.sum(jnp.where(mask, jnp.argmax(logits, -1) == labels, False).astype(jnp.float32))
-    count = jnp.sum(mask.astype(jnp.float32))
-    if axis_name is not None:
-        correct, count = lax.psum((correct, count), axis_name)
+    accuracy = global_mean(jnp.argmax(logits, -1) == labels, mask, axis_name)
     aux = {"conditional_nll": cond, "joint_nll": joint,
-           "accuracy": lax.stop_gradient(correct / count)}
+           "accuracy": lax.stop_gradient(accuracy)}
     return loss, aux
 
 

@@ -45,6 +45,7 @@ from jaxhybrid import rng as rnglib
 from jaxhybrid.families.base import Family, split_variables
 from jaxhybrid.families.classifier import validate_classifier
 from jaxhybrid.families.options import Options, is_int
+from jaxhybrid.mathops import global_mean, kl_normal_std, log_mean_exp
 from jaxhybrid.models.dhm import DHM, NORMS, SPLIT_LAYERS
 from jaxhybrid.models import likelihoods
 from jaxhybrid.objectives import dhm as obj
@@ -141,7 +142,7 @@ class _DHM:
         samples, the KL in closed form), with mse_mean's log-Jacobian."""
         if lp is None:
             lp = obj.log_px_given_z(self.recon, out["decoded"], target, **self.lik)
-        kl = jnp.sum(obj.kl_per_dim(out["mu"], out["log_var"]), axis=-1)
+        kl = jnp.sum(kl_normal_std(out["mu"], out["log_var"]), axis=-1)
         return jnp.mean(lp, axis=0) - kl + self.log_jacobian(image)
 
     def init(self, rng, batch, axis_name=None):
@@ -161,12 +162,10 @@ class _DHM:
             return out, state
         return m.apply(variables, batch["image"], **kwargs), state
 
-    def iwae_term(self, out, target, eps, c):
+    def iwae_term(self, out, target, c):
         """−IWAE_K per example [B], the weights' KL part scaled by the (warm-up) c."""
-        z = out["mu"] + jnp.exp(0.5 * out["log_var"]) * jnp.moveaxis(eps, 1, 0)
-        log_w = obj.log_weights(self.recon, out["decoded"], target, z, out["mu"],
-                                out["log_var"], kl_coef=c, **self.lik)
-        return -obj.iwae(log_w)
+        lp = obj.log_px_given_z(self.recon, out["decoded"], target, **self.lik)   # [S, B]
+        return -log_mean_exp(obj.log_weights(lp, out["z"], out["mu"], out["log_var"], kl_coef=c))
 
     def loss(self, variables, batch, rng, progress, axis_name=None):
         image, mask, o = batch["image"], batch["mask"], self.o
@@ -176,11 +175,11 @@ class _DHM:
         target = self.target_of(out, image)
         recon_term, kl_term = obj.generative_terms(self.recon, out["decoded"], target, out["mu"],
                                                    out["log_var"], **self.lik)
-        generative = self.iwae_term(out, target, eps, c) if o["train_samples"] > 1 else None
+        generative = self.iwae_term(out, target, c) if o["train_samples"] > 1 else None
         value, aux = obj.dhm_objective(out["logits"], batch["label"], mask, recon_term, kl_term,
                                        alpha=o["alpha"], beta=o["beta"], kl_coef=c,
                                        axis_name=axis_name, generative=generative)
-        aux["elbo"] = lax.stop_gradient(obj.global_mean(
+        aux["elbo"] = lax.stop_gradient(global_mean(
             self.elbo_nats(out, target, image), mask, axis_name))
         return value, (dict(state), aux)
 
@@ -191,11 +190,10 @@ class _DHM:
         eps = self.noise(rng, batch["id"], self.o["iwae_samples"])
         sampled = m.apply(variables, image, train=False, eps=eps)
         target = self.target_of(sampled, image)
-        z = sampled["mu"] + jnp.exp(0.5 * sampled["log_var"]) * jnp.moveaxis(eps, 1, 0)
         lp = obj.log_px_given_z(self.recon, sampled["decoded"], target, **self.lik)  # [S, B]
-        log_w = lp + obj.log_normal_std(z) - obj.log_q(z, sampled["mu"], sampled["log_var"])
+        log_w = obj.log_weights(lp, sampled["z"], sampled["mu"], sampled["log_var"])
         return {"logits": sampled["logits"], "elbo": self.elbo_nats(sampled, target, image, lp=lp),
-                "log_likelihood": obj.iwae(log_w) + self.log_jacobian(image)}
+                "log_likelihood": log_mean_exp(log_w) + self.log_jacobian(image)}
 
     def predict(self, variables, batch, rng, outputs=("logits",)):
         image = batch["image"]

@@ -64,6 +64,7 @@ from jax import lax
 from jaxhybrid import rng as rnglib
 from jaxhybrid.families.options import Options, is_int
 from jaxhybrid.families.base import Family
+from jaxhybrid.mathops import log_mean_exp
 from jaxhybrid.models import likelihoods
 from jaxhybrid.models.hvae import HVAE, Block, Latent, init_from_directions
 from jaxhybrid.objectives import elbo as obj
@@ -226,7 +227,7 @@ def importance_weighted_bounds(o, module, variables, image, ids, rng, skips, sam
         log_w = obj.log_weights(log_px(o, out["decoded"], image), out["layers"], skip)
         return jnp.moveaxis(log_w.reshape((k, chunk, -1)), 0, -1)           # [chunk, B, K]
     log_w = lax.map(one, jnp.arange(n)).reshape((n * chunk, image.shape[0], k))
-    return obj.iwae(log_w[:samples])
+    return log_mean_exp(log_w[:samples])
 
 
 def definitions(n_latents: int, samples: int, likelihood: str) -> dict:

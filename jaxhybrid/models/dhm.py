@@ -33,6 +33,7 @@ from typing import Optional, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from jaxhybrid.mathops import reparameterise
 from jaxhybrid.models.layers import ExampleDropout, Normalize
 from jaxhybrid.models.resnet import NORMS, Norm, ResNet, conv3x3
 
@@ -133,8 +134,8 @@ def upsample_2x(x):
 
 class DHM(nn.Module):
     """Returns a dict: ``logits`` [B, K], ``mu``/``log_var`` [B, L], ``decoded``
-    [S, B, h, w, C'] (the decoder output at z = μ + σ·eps, or at z = μ if ``eps`` is None,
-    then S = 1), ``target`` [B, h, w, c] (normalised pixels for k = 0, else the trunk's
+    [S, B, h, w, C'] (the decoder output at ``z`` [S, B, L] = μ + σ·eps, or z = μ if ``eps``
+    is None, then S = 1), ``target`` [B, h, w, c] (normalised pixels for k = 0, else the trunk's
     stage-k input; C' = ``out_channels`` or c when 0)."""
     num_classes: int
     width: int = 64
@@ -180,7 +181,8 @@ class DHM(nn.Module):
         if not decode and not self.is_initializing():
             return out
 
-        z = mu[:, None] if eps is None else mu[:, None] + jnp.exp(0.5 * log_var)[:, None] * eps
+        z = mu[:, None] if eps is None else reparameterise(
+            mu[:, None], jnp.exp(0.5 * log_var)[:, None], eps)               # [B, S, L]
         b, s = z.shape[:2]
         rows = None if mask is None else jnp.repeat(mask, s)
         head = self.out_channels if k > 0 and self.out_channels else 0
@@ -190,4 +192,5 @@ class DHM(nn.Module):
             train=train, mask=rows)
         decoded = decoded.astype(jnp.float32)
         out["decoded"] = jnp.moveaxis(decoded.reshape((b, s) + decoded.shape[1:]), 1, 0)
+        out["z"] = jnp.moveaxis(z, 1, 0)
         return out

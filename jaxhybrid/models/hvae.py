@@ -59,6 +59,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxhybrid.mathops import reparameterise
 from jaxhybrid.models.layers import masked_moments
 
 SCALE_BETA = math.log(2.0)   # softplus(β = ln 2)(0) = 1: N(0, 1) at s = 0 (the original's)
@@ -332,7 +333,7 @@ class HVAE(nn.Module):
             z = mean
             if eps is not None:
                 noise = eps[i].reshape(mean.shape).astype(jnp.float32)
-                z = jnp.where(use_mode(i, mean), mean, mean + scale * noise)
+                z = jnp.where(use_mode(i, mean), mean, reparameterise(mean, scale, noise))
             q.append((z, mean, scale))
             hs.append(h)
             if i + 1 < n_latents:

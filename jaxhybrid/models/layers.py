@@ -22,6 +22,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxhybrid.mathops import masked_sum_and_count
+
 
 class Normalize(nn.Module):
     """(x − mean) / std per channel; identity when mean/std are None. x: [..., C]."""
@@ -51,19 +53,10 @@ def masked_moments_and_count(x: jax.Array, mask: Optional[jax.Array],
                              axis_name: Optional[str]):
     """:func:`masked_moments` and n, the global number of valid values per feature."""
     x = x.astype(jnp.float32)
-    w = jnp.ones(x.shape[:1], jnp.float32) if mask is None else mask.astype(jnp.float32)
-    w = w.reshape((-1,) + (1,) * (x.ndim - 1))
-    axes = tuple(range(x.ndim - 1))
-    per_row = float(x[0, ..., 0].size)
-    count = jnp.sum(w) * per_row
-    total = jnp.sum(w * x, axis=axes)
-    if axis_name is not None:
-        count, total = lax.psum((count, total), axis_name)
-    count = jnp.maximum(count, 1.0)
+    total, rows = masked_sum_and_count(x, mask, axis_name, keep_last=True)
+    count = jnp.maximum(rows * float(x[0, ..., 0].size), 1.0)
     mean = total / count
-    sq = jnp.sum(w * jnp.square(x - mean), axis=axes)
-    if axis_name is not None:
-        sq = lax.psum(sq, axis_name)
+    sq, _ = masked_sum_and_count(jnp.square(x - mean), mask, axis_name, keep_last=True)
     return mean, sq / count, count
 
 

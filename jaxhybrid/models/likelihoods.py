@@ -48,8 +48,9 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from jaxhybrid.mathops import normal_log_prob, reparameterise
+
 _LN2 = math.log(2.0)
-_HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 
 
 def _f32(a):
@@ -120,9 +121,8 @@ def gaussian_log_prob(mean, x, log_scale):
     ``log_scale`` broadcasts against ``mean``: a scalar (fixed or one learned σ), per
     channel ``[C]``, or per pixel ``[..., B, H, W, C]`` (decoder-predicted).
     """
-    mean, x, log_scale = _f32(mean), _f32(x), _f32(log_scale)
-    z = (x - mean) * jnp.exp(-log_scale)
-    lp = -0.5 * jnp.square(z) - log_scale - _HALF_LOG_2PI  # log N(x; μ, σ²)
+    x = _f32(x)
+    lp = normal_log_prob(x, mean, log_scale=log_scale)
     lp = jnp.broadcast_to(lp, jnp.broadcast_shapes(lp.shape, x.shape))
     return _sum_event(lp, x.ndim - 1)
 
@@ -131,7 +131,7 @@ def gaussian_sample(rng, mean, log_scale):
     """x = μ + σ·ε, ε ~ N(0, I): [..., C] -> [..., C] (float32)."""
     mean, log_scale = _f32(mean), _f32(log_scale)
     shape = jnp.broadcast_shapes(mean.shape, log_scale.shape)
-    return mean + jnp.exp(log_scale) * jax.random.normal(rng, shape, jnp.float32)
+    return reparameterise(mean, jnp.exp(log_scale), jax.random.normal(rng, shape, jnp.float32))
 
 
 # --------------------------------------------------------------------------------------

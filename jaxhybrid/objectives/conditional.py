@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 
+from jaxhybrid.mathops import global_mean
 from jaxhybrid.objectives.joint import label_score, log_partition
 
 
@@ -28,12 +28,8 @@ def conditional_nll(logits: jax.Array, labels: jax.Array, *, label_model: str = 
     # padding rows may hold anything (inf, NaN): zero them so that their (zero)
     # gradient cannot become 0·NaN
     logits = jnp.where(mask[:, None], logits, 0.0)
-    per_example = conditional_nll_per_example(logits, labels, label_model)
-    total = jnp.sum(jnp.where(mask, per_example, 0.0))
-    count = jnp.sum(mask.astype(jnp.float32))
-    if axis_name is not None:
-        total, count = lax.psum((total, count), axis_name)
-    return total / count
+    return global_mean(conditional_nll_per_example(logits, labels, label_model), mask,
+                       axis_name)
 
 
 def class_probabilities(logits: jax.Array, label_model: str = "softmax") -> jax.Array:

@@ -25,43 +25,17 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxhybrid.mathops import global_mean, kl_normal_std, normal_log_prob, softmax_cross_entropy
 from jaxhybrid.models import likelihoods
 
 RECONS = ("mse_mean", "gaussian", "gaussian_learned", "bernoulli", "discretized_logistic",
           "discretized_mix_logistic")
-_HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
-
-
-def global_mean(values, mask, axis_name=None):
-    """Mean of ``values`` [B] over the valid rows of the global batch."""
-    values = jnp.asarray(values, jnp.float32)
-    w = mask.astype(jnp.float32)
-    total, count = jnp.sum(jnp.where(mask, values, 0.0)), jnp.sum(w)
-    if axis_name is not None:
-        total, count = lax.psum((total, count), axis_name)
-    return total / jnp.maximum(count, 1.0)
-
-
-def kl_per_dim(mu, log_var):
-    """KL(N(μ, σ²) ‖ N(0, 1)) per latent dimension: [..., L] -> [..., L]."""
-    mu, log_var = jnp.asarray(mu, jnp.float32), jnp.asarray(log_var, jnp.float32)
-    return 0.5 * (jnp.square(mu) + jnp.exp(log_var) - 1.0 - log_var)
-
-
-def log_normal_std(z):
-    """Σ_j log N(z_j; 0, 1): [..., L] -> [...]."""
-    return jnp.sum(-0.5 * jnp.square(z) - _HALF_LOG_2PI, axis=-1)
 
 
 def log_q(z, mu, log_var):
     """Σ_j log N(z_j; μ_j, σ_j²): z [S, B, L], μ, log σ² [B, L] -> [S, B]."""
-    return jnp.sum(-0.5 * jnp.square(z - mu) * jnp.exp(-log_var) - 0.5 * log_var
-                   - _HALF_LOG_2PI, axis=-1)
-
-
-def iwae(log_w):
-    """log-mean-exp over the K samples: log_w [K, B] -> [B]."""
-    return jax.nn.logsumexp(log_w, axis=0) - jnp.log(log_w.shape[0])
+    return jnp.sum(normal_log_prob(z, mu, log_scale=0.5 * jnp.asarray(log_var, jnp.float32)),
+                   axis=-1)
 
 
 def recon_likelihood(recon: str, scale: float):
@@ -109,7 +83,7 @@ def generative_terms(recon: str, decoded, target, mu, log_var, *, scale: float =
                      scale_min: float = 0.01):
     """(recon [B], KL [B]) as the objective weighs them: mean-reduced for mse_mean, summed
     nats otherwise; recon averaged over the S decoded samples."""
-    kl = kl_per_dim(mu, log_var)
+    kl = kl_normal_std(mu, log_var)
     if recon == "mse_mean":
         return jnp.mean(mse_mean(decoded, target), axis=0), jnp.mean(kl, axis=-1)
     return (-jnp.mean(log_px_given_z(recon, decoded, target, scale=scale,
@@ -117,11 +91,12 @@ def generative_terms(recon: str, decoded, target, mu, log_var, *, scale: float =
             jnp.sum(kl, axis=-1))
 
 
-def log_weights(recon: str, decoded, target, z, mu, log_var, *, scale: float = 1.0,
-                scale_min: float = 0.01, kl_coef: float = 1.0):
-    """log p(x|z_k) + c·(log p(z_k) − log q(z_k|x)) [K, B] (c = 1: the importance weights)."""
-    lp = log_px_given_z(recon, decoded, target, scale=scale, scale_min=scale_min)
-    return lp + kl_coef * (log_normal_std(z) - log_q(z, mu, log_var))
+def log_weights(log_px, z, mu, log_var, *, kl_coef=1.0):
+    """log p(x|z_k) + c·(log p(z_k) − log q(z_k|x)): log_px [K, B] (:func:`log_px_given_z`),
+    z [K, B, L], μ, log σ² [B, L] -> [K, B] (c = 1: the importance weights, Burda et al.
+    2016, eq. 8)."""
+    log_p_z = jnp.sum(normal_log_prob(z, 0.0, log_scale=0.0), axis=-1)        # p(z) = N(0, I)
+    return log_px + kl_coef * (log_p_z - log_q(z, mu, log_var))
 
 
 def dhm_objective(logits, labels, mask, recon_term, kl_term, *, alpha: float, beta: float,
@@ -129,8 +104,7 @@ def dhm_objective(logits, labels, mask, recon_term, kl_term, *, alpha: float, be
     """α·CE + β·(recon + c·KL) averaged over the global batch's valid rows; (loss, aux).
 
     ``generative`` [B] replaces recon + c·KL when given (the negative IWAE bound)."""
-    ce = -jnp.take_along_axis(jax.nn.log_softmax(jnp.asarray(logits, jnp.float32)),
-                              labels[:, None], -1)[:, 0]
+    ce = softmax_cross_entropy(logits, labels)
     gen = recon_term + kl_coef * kl_term if generative is None else generative
     value = global_mean(alpha * ce + beta * gen, mask, axis_name)
     sg = lax.stop_gradient

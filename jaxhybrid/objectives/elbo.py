@@ -38,42 +38,24 @@ over the valid rows of the global batch; an estimate, logged as ``active_z<i>``.
 """
 from __future__ import annotations
 
-import math
-
 import jax.numpy as jnp
 from jax import lax
 
+from jaxhybrid.mathops import global_mean, log_mean_exp, normal_log_prob
 from jaxhybrid.models.layers import masked_moments
-from jaxhybrid.objectives.dhm import global_mean, iwae
 
 FREE_NATS_MODES = ("per_element", "per_layer")
 ACTIVE_THRESHOLD = 0.01
-_HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 
 
 def _f32(a):
     return jnp.asarray(a, jnp.float32)
 
 
-def log_normal(z, mean, scale):
-    """log N(z; μ, σ²), elementwise, float32."""
-    z, mean, scale = _f32(z), _f32(mean), _f32(scale)
-    return -0.5 * jnp.square((z - mean) / scale) - jnp.log(scale) - _HALF_LOG_2PI
-
-
-def gaussian_kl(q_mean, q_scale, p_mean, p_scale):
-    """KL(N(μq, σq²) ‖ N(μp, σp²)) elementwise, closed form:
-    log(σp/σq) + (σq² + (μq − μp)²)/(2σp²) − 1/2."""
-    q_mean, q_scale, p_mean, p_scale = map(_f32, (q_mean, q_scale, p_mean, p_scale))
-    return (jnp.log(p_scale / q_scale)
-            + (jnp.square(q_scale) + jnp.square(q_mean - p_mean)) / (2 * jnp.square(p_scale))
-            - 0.5)
-
-
 def kl_elements(layer: dict):
     """The single-sample KL estimate log q(z|·) − log p(z|·) per element: [S, B, *z]."""
-    return (log_normal(layer["z"], layer["q_mean"], layer["q_scale"])
-            - log_normal(layer["z"], layer["p_mean"], layer["p_scale"]))
+    return (normal_log_prob(layer["z"], layer["q_mean"], scale=layer["q_scale"])
+            - normal_log_prob(layer["z"], layer["p_mean"], scale=layer["p_scale"]))
 
 
 def _sum_event(a):
@@ -143,7 +125,7 @@ def hvae_objective(log_px, layers, mask, *, beta, free_nats, free_nats_mode="per
     per_sample = -log_px + beta * sum(free_nats_kl(k, free_nats, free_nats_mode) for k in kls)
     log_w = log_px - sum(kl_layers)
     if importance_weighted:
-        per_example, bound = -iwae(-per_sample), iwae(log_w)
+        per_example, bound = -log_mean_exp(-per_sample), log_mean_exp(log_w)
     else:
         per_example, bound = jnp.mean(per_sample, 0), jnp.mean(log_w, 0)
     value = global_mean(per_example, mask, axis_name)

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-from jax import lax
+
+from jaxhybrid.mathops import global_logsumexp, masked_sum_and_count
 
 LABEL_MODELS = ("softmax", "binary")
 
@@ -46,30 +47,6 @@ def label_score(logits: jax.Array, labels: jax.Array) -> jax.Array:
     return jnp.take_along_axis(logits, labels[:, None].astype(jnp.int32), axis=-1)[:, 0]
 
 
-def _psum(x, axis_name):
-    return x if axis_name is None else lax.psum(x, axis_name)
-
-
-def _global_logsumexp(values: jax.Array, mask: jax.Array, axis_name) -> jax.Array:
-    """logsumexp over every valid entry of ``values`` on every device of ``axis_name``.
-
-    values, mask: [B_local]. The shift is the global max; pmax has no
-    differentiation rule, so its *input* is stop_gradient'ed (the shift cancels
-    analytically, so the gradient is exact).
-
-    Padding entries are set to −inf *before* the exp: exp(−inf) = 0 and its
-    derivative is 0, so they get an exactly zero, finite gradient. (Masking after
-    the exp would leave exp(values − shift) = inf for a padding entry more than ~88
-    above the valid maximum, and 0·inf = NaN in the backward pass.)
-    """
-    masked = jnp.where(mask, values, -jnp.inf)
-    local_max = jnp.max(lax.stop_gradient(masked))
-    shift = local_max if axis_name is None else lax.pmax(local_max, axis_name)
-    shift = jnp.where(jnp.isfinite(shift), shift, 0.0)
-    total = _psum(jnp.sum(jnp.exp(masked - shift)), axis_name)
-    return jnp.log(total) + shift
-
-
 def joint_nll(logits: jax.Array, labels: jax.Array, *, label_model: str = "softmax",
               axis_name: str | None = None, mask: jax.Array | None = None) -> jax.Array:
     """GFFN batch joint negative log-likelihood over the GLOBAL batch.
@@ -94,8 +71,7 @@ def joint_nll(logits: jax.Array, labels: jax.Array, *, label_model: str = "softm
     # no term below can send a NaN into their (zero) gradient.
     logits = jnp.where(mask[:, None], logits, 0.0)
     fit = label_score(logits, labels)  # <y_l, f(x_l)>, same for both label models
-    count = _psum(jnp.sum(mask.astype(jnp.float32)), axis_name)
-    fit_sum = _psum(jnp.sum(jnp.where(mask, fit, 0.0)), axis_name)
+    fit_sum, count = masked_sum_and_count(fit, mask, axis_name)
     log_z = log_partition(logits, label_model)
-    log_batch_partition = _global_logsumexp(log_z, mask, axis_name)
+    log_batch_partition = global_logsumexp(log_z, mask, axis_name)
     return -fit_sum / count + log_batch_partition - jnp.log(count)
