@@ -44,6 +44,20 @@ import re
 from typing import Any, Callable, Iterable, Optional, Sequence
 
 import numpy as np
+from absl import flags
+from ml_collections import config_flags
+
+from jaxhybrid import optim
+from jaxhybrid.data.loading import VALID_SOURCES
+from jaxhybrid.data.resident import PLACEMENTS
+from jaxhybrid.data.transforms import parse_transforms
+from jaxhybrid.evaluators.suite import evaluator_names
+from jaxhybrid.evaluators.adversarial import ATTACKS, EPSILON_SPACES, epsilon_grid
+from jaxhybrid.evaluators.ood_sets import NAMED, OOD_NORMALIZATIONS
+from jaxhybrid.families import FAMILIES
+from jaxhybrid.models import MODELS, build_model
+from jaxhybrid.models.likelihoods import get_likelihood
+from jaxhybrid.precision import COMPUTE_DTYPES
 
 Check = Callable[[Any], Optional[str]]   # value -> None (valid) or what is valid
 
@@ -85,19 +99,20 @@ def boolean(v) -> str | None:
     return None if isinstance(v, bool) else "must be True or False"
 
 
-def one_of(choices: Callable[[], Iterable[str]]) -> Check:
-    """One of the names a registry lists (``choices`` is called when the check runs)."""
+def one_of(choices: Iterable[str]) -> Check:
+    """One of the names a registry lists."""
+    valid = list(choices)
+
     def check(v):
-        valid = list(choices())
         return None if v in valid else f"must be one of {', '.join(map(str, valid))}"
     return check
 
 
-def parsed_by(parser: Callable[[], Callable[[Any], Any]]) -> Check:
+def parsed_by(parser: Callable[[Any], Any]) -> Check:
     """Valid when the library's own parser of the field accepts it; else its message."""
     def check(v):
         try:
-            parser()(v)
+            parser(v)
         except (ValueError, TypeError) as e:
             return str(e)
         return None
@@ -130,14 +145,12 @@ def _numbers(positive: bool) -> Check:
 
 
 def _family(v) -> str | None:
-    from jaxhybrid.families import FAMILIES
     if isinstance(v, str) and (v in FAMILIES or ":" in v):
         return None
     return f"must be one of {', '.join(sorted(FAMILIES))} or 'package.module:factory'"
 
 
 def _ood_sets(v) -> str | None:
-    from jaxhybrid.evaluators.ood_sets import NAMED
     bad = []
     for item in (s.strip() for s in str(v).split(",") if s.strip()):
         kind, _, rest = item.partition(":")
@@ -152,47 +165,6 @@ def _ood_sets(v) -> str | None:
         return (f"unknown OOD set(s) {', '.join(map(repr, bad))}; valid: "
                 f"{', '.join(NAMED)}, tfds:NAME[:SPLIT], npz:PATH (comma-separated)")
     return None
-
-
-def _optim(name: str):
-    def registry():
-        from jaxhybrid import optim
-        return getattr(optim, name)
-    return registry
-
-
-def _transforms():
-    from jaxhybrid.data.transforms import parse_transforms
-    return parse_transforms
-
-
-def _evaluators():
-    from jaxhybrid.evaluators import evaluator_names
-    return evaluator_names
-
-
-def _epsilons():
-    from jaxhybrid.evaluators.adversarial import epsilon_grid
-    return epsilon_grid
-
-
-def _sources():
-    from jaxhybrid.data.loading import VALID_SOURCES
-    return VALID_SOURCES
-
-
-def _placements():
-    from jaxhybrid.data.resident import PLACEMENTS
-    return PLACEMENTS
-
-
-def _compute_dtypes():
-    from jaxhybrid.precision import COMPUTE_DTYPES
-    return COMPUTE_DTYPES
-
-
-def _attacks():
-    return ("fgsm", "pgd")   # evaluators/plugins.py: the attacks of evals.attack
 
 
 # Field -> check. A field missing from a config is skipped (a family may drop it).
@@ -212,9 +184,9 @@ FIELDS: dict[str, Check] = {
     "keep_checkpoints": integer(1),
     "eval_every": integer(0),
     "num_devices": integer(0),
-    "compute_dtype": one_of(_compute_dtypes),
-    "data.source": one_of(_sources),
-    "data.placement": one_of(_placements),
+    "compute_dtype": one_of(COMPUTE_DTYPES),
+    "data.source": one_of(VALID_SOURCES),
+    "data.placement": one_of(PLACEMENTS),
     "data.validation_size": _validation_size,
     "data.seed": integer(0),
     "data.ood_classes": _class_ids,
@@ -222,13 +194,13 @@ FIELDS: dict[str, Check] = {
     "data.frame": integer(0),
     "data.mean": _numbers(positive=False),
     "data.std": _numbers(positive=True),
-    "data.train_transforms": parsed_by(_transforms),
+    "data.train_transforms": parsed_by(parse_transforms),
     "data.crop_padding": integer(0),
-    "optimizer.name": one_of(_optim("OPTIMIZERS")),
+    "optimizer.name": one_of(optim.OPTIMIZERS),
     "optimizer.learning_rate": number(0, low_open=True),
-    "optimizer.lr_scaling": one_of(_optim("LR_SCALINGS")),
+    "optimizer.lr_scaling": one_of(optim.LR_SCALINGS),
     "optimizer.base_batch_size": integer(1),
-    "optimizer.schedule": one_of(_optim("SCHEDULES")),
+    "optimizer.schedule": one_of(optim.SCHEDULES),
     "optimizer.warmup_steps": integer(0),
     "optimizer.decay_factor": number(0, 1, low_open=True),
     "optimizer.decay_every_epochs": number(0),
@@ -239,17 +211,17 @@ FIELDS: dict[str, Check] = {
     "optimizer.skip_nonfinite": boolean,
     "optimizer.skip_grad_norm": number(0),
     "optimizer.max_consecutive_skips": integer(1),
-    "evals.names": parsed_by(_evaluators),
-    "evals.checkpoint": one_of(lambda: EVAL_CHECKPOINTS),
+    "evals.names": parsed_by(evaluator_names),
+    "evals.checkpoint": one_of(EVAL_CHECKPOINTS),
     "evals.seed": integer(0),
-    "evals.split": one_of(lambda: EVAL_SPLITS),
+    "evals.split": one_of(EVAL_SPLITS),
     "evals.num_bins": integer(1),
     "evals.ood_sets": _ood_sets,
     "evals.ood_max_examples": integer(0),
-    "evals.ood_normalization": one_of(lambda: ("train", "own")),   # evaluators/ood_sets.py
-    "evals.attack": one_of(_attacks),
-    "evals.epsilons": parsed_by(_epsilons),
-    "evals.epsilon_space": one_of(lambda: ("pixel", "normalized")),  # evaluators/adversarial.py
+    "evals.ood_normalization": one_of(OOD_NORMALIZATIONS),
+    "evals.attack": one_of(ATTACKS),
+    "evals.epsilons": parsed_by(epsilon_grid),
+    "evals.epsilon_space": one_of(EPSILON_SPACES),
     "evals.pgd_steps": integer(1),
     "evals.pgd_step_size": number(0),
     "evals.pgd_random_start": boolean,
@@ -269,7 +241,6 @@ def _library_model(c) -> list[tuple[str, str]]:
     model = _get(c, "model", None)
     if not hasattr(model, "keys"):
         return []
-    from jaxhybrid.models import MODELS, build_model
     if model.get("name") not in MODELS:
         return []
     try:
@@ -385,8 +356,6 @@ def check_family_data(family, config, splits) -> None:
     ``evals.seed``), or data that are binary already (every pixel 0 or 255 in the first
     :data:`BINARY_CHECK_EXAMPLES` images of train and test). Called in build_experiment
     once the family is built, before anything is written."""
-    from jaxhybrid.data.transforms import parse_transforms
-    from jaxhybrid.models.likelihoods import get_likelihood
     if not family.likelihood or get_likelihood(family.likelihood).support != "binary":
         return
     transforms = parse_transforms(_get(config, "data.train_transforms", ""))
@@ -435,8 +404,6 @@ def load_config(argv: Sequence[str]):
     if not value:
         return None
     try:
-        from absl import flags
-        from ml_collections import config_flags
         args = ["jaxhybrid", f"--config={value}"]
         flag_values = flags.FlagValues()
         config_flags.DEFINE_config_file("config", flag_values=flag_values, lock_config=False,

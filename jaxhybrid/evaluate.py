@@ -30,8 +30,9 @@ from jax.experimental import multihost_utils
 
 from jaxhybrid import selection
 from jaxhybrid.checkpointing import Checkpointer, is_remote, run_path
-from jaxhybrid.evaluators import names, run_evaluators
+from jaxhybrid.evaluators import names
 from jaxhybrid.evaluators.report import write_report
+from jaxhybrid.evaluators.suite import run_evaluators
 from jaxhybrid.experiment import Experiment, abstract_model, build_experiment
 from jaxhybrid.families.base import variables_of
 from jaxhybrid.interrupts import Interrupted, StopSignals

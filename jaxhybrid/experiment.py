@@ -53,7 +53,7 @@ def build_experiment(config) -> Experiment:
 
 def augment(exp: Experiment, batch: dict, key: jax.Array) -> dict:
     """Per device: the train transforms of ``batch`` with per-example keys of step ``key``."""
-    keys = rnglib.example_keys(rnglib.purpose_key(key, rnglib.AUGMENT), batch["id"])
+    keys = rnglib.example_keys(rnglib.stream(key, rnglib.AUGMENT), batch["id"])
     return {**batch, "image": exp.transforms.train(batch["image"], keys)}
 
 

@@ -12,11 +12,16 @@ import logging
 import os
 import sys
 
+import jax
 from absl import app, flags
 from ml_collections import config_flags
 
+from jaxhybrid.config_check import flag_error_message
+from jaxhybrid.evaluate import evaluate
 from jaxhybrid.evaluators import names
 from jaxhybrid.interrupts import Interrupted
+from jaxhybrid.parallel import maybe_initialize_distributed
+from jaxhybrid.train import train_and_evaluate
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/gffn.py:digits.",
@@ -52,7 +57,6 @@ SUMMARY = (names.ACCURACY, names.NLL, names.ECE, names.ECE_AFTER_TS, names.LOG_L
 def setup_logging(log_file: str | None) -> None:
     """INFO log lines to stdout (or ``log_file``), from process 0 only: with several
     processes every other one logs warnings and errors only, prefixed with its rank."""
-    import jax
     rank, many = jax.process_index(), jax.process_count() > 1
     prefix = f"[process {rank}] " if many else ""
     handlers = [logging.StreamHandler(sys.stdout)]
@@ -84,18 +88,15 @@ def main(argv):
                         format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("absl").setLevel(logging.WARNING)
     logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
-    from jaxhybrid.parallel import maybe_initialize_distributed
     try:
         # DistributedStartupError (a ValueError) for any start-up failure: error: ..., exit 1
         maybe_initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
                                      FLAGS.process_id)
         setup_logging(FLAGS.log_file)
         if FLAGS.mode == "train":
-            from jaxhybrid.train import train_and_evaluate
             metrics = train_and_evaluate(FLAGS.config, FLAGS.workdir,
                                          allow_config_change=FLAGS.allow_config_change)
         else:
-            from jaxhybrid.evaluate import evaluate
             metrics = evaluate(FLAGS.config, FLAGS.workdir, FLAGS.checkpoint,
                                overwrite=FLAGS.overwrite)
     except (ValueError, FileNotFoundError, FloatingPointError) as e:
@@ -112,7 +113,6 @@ def main(argv):
         print("interrupted before training or evaluation began; nothing was written",
               file=sys.stderr)
         sys.exit(130)
-    import jax
     if jax.process_index() == 0:
         print(summary(metrics))
 
@@ -128,7 +128,6 @@ def parse_flags(argv):
     except Exception as e:  # noqa: BLE001 - whatever fails while parsing is bad input
         if os.environ.get("JAXHYBRID_DEBUG"):
             raise
-        from jaxhybrid.config_check import flag_error_message
         print(f"error: {flag_error_message(e, argv)}", file=sys.stderr)
         sys.exit(1)
 

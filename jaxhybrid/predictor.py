@@ -52,11 +52,11 @@ class Predictor:
 
     def eval_view(self, batch: dict) -> dict:
         """Per device: the evaluation transforms of a batch (keyed by example id)."""
-        keys = rnglib.example_keys(rnglib.purpose_key(self.key, rnglib.AUGMENT), batch["id"])
+        keys = rnglib.example_keys(rnglib.stream(self.key, rnglib.AUGMENT), batch["id"])
         return {**batch, "image": self.exp.transforms.eval(batch["image"], keys)}
 
     def model_key(self) -> jax.Array:
-        return rnglib.purpose_key(self.key, rnglib.MODEL)
+        return rnglib.stream(self.key, rnglib.MODEL)
 
     def _predict_fn(self, names: tuple) -> Callable:
         unknown = set(names) - set(self.exp.family.outputs)

@@ -17,7 +17,7 @@ with the same config changes nothing. SIGINT/SIGTERM stop it cleanly after the c
 step with a committed checkpoint (:mod:`jaxhybrid.interrupts`).
 
 The state is the plain pytree ``{params, model_state, opt_state, step, rng}``; the
-step's randomness is ``fold_in(rng, step)`` split per purpose and keyed per example
+step's randomness is the step's key split into named streams and keyed per example
 (:mod:`jaxhybrid.rng`), so it is replayed exactly on resume and on any device count.
 """
 from __future__ import annotations
@@ -80,7 +80,7 @@ def make_train_step(exp: Experiment, optimizer, schedule, steps_per_epoch: int, 
     and reports ``skipped`` = 1."""
     def per_device(variables, batch, key, progress, axis_name):
         batch = augment(exp, batch, key)
-        model_key = rnglib.purpose_key(key, rnglib.MODEL)
+        model_key = rnglib.stream(key, rnglib.MODEL)
         return exp.family.loss(variables, batch, model_key, progress, axis_name)
 
     loss = parallel.shard_loss(per_device, exp.mesh)

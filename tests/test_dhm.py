@@ -129,7 +129,8 @@ def test_mse_mean_loss_is_the_original_formula():
     eps = famlib.reparameterisation_noise(key, b["id"], 1, o["latent"])
     out, _ = jax.jit(lambda v, b: module.apply(
         v, b["image"], train=True, mask=b["mask"], eps=eps,
-        keys=rnglib.example_keys(key, b["id"]), mutable=["batch_stats"]))(variables, b)
+        keys=rnglib.example_keys(rnglib.stream(key, rnglib.DROPOUT), b["id"]),
+        mutable=["batch_stats"]))(variables, b)
     out = jax.tree.map(np.asarray, out)
     m = batch["mask"]
     ce = -np.take_along_axis(_log_softmax(out["logits"]), batch["label"][:, None], 1)[:, 0]

@@ -44,7 +44,7 @@ def test_classifier_predictions_reproduce_the_report(tmp_path):
     c.evals.adversarial_max_examples = 40
     c.evals.attack, c.evals.pgd_steps, c.evals.pgd_random_start = "pgd", 2, True
     final = train_and_evaluate(c, str(tmp_path))
-    m, a = _load(os.path.join(final["workdir"], final["eval_dir"]))
+    m, a = _load(os.path.join(tmp_path, final["eval_dir"]))
     assert list(a["sources"]) == ["test", "heldout", "constant"]
     assert set(m["predictions"]["arrays"]) == set(a)              # the schema lists each array
     for k, v in a.items():
@@ -65,12 +65,12 @@ def test_classifier_predictions_reproduce_the_report(tmp_path):
     assert np.array_equal(preds[:, 0], probs[:40].argmax(1))     # ε = 0: the clean prediction
     assert acc[-1] < acc[0]                                      # the attack does something
 
-    with np.load(os.path.join(os.path.join(final["workdir"], final["eval_dir"]), "ood_scores.npz")) as ood:
+    with np.load(os.path.join(tmp_path, final["eval_dir"], "ood_scores.npz")) as ood:
         for source in ("test", "heldout", "constant"):
             for score in ("max_softmax", "log_px", "max_logit"):
                 assert np.array_equal(a[f"{source}/ood/{score}"], ood[f"{source}/{score}"])
     assert set(a["heldout/label"]) == {8, 9} and "heldout/pgd/prediction" not in a
-    report = open(os.path.join(os.path.join(final["workdir"], final["eval_dir"]), "report.md")).read()
+    report = open(os.path.join(tmp_path, final["eval_dir"], "report.md")).read()
     assert "## Predictions" in report and "| `test/pgd/prediction` | [40, 6] | int32 |" in report
 
 
@@ -89,15 +89,15 @@ def _toy_vae_config():
 
 def test_unsupervised_family_writes_likelihoods_and_ood_scores_and_no_logits(tmp_path):
     final = train_and_evaluate(_toy_vae_config(), str(tmp_path))
-    m, a = _load(os.path.join(final["workdir"], final["eval_dir"]))
+    m, a = _load(os.path.join(tmp_path, final["eval_dir"]))
     assert sorted(a) == ["sources", "test/label", "test/log_likelihood", "test/ood/elbo",
                          "uniform_noise/label", "uniform_noise/log_likelihood",
                          "uniform_noise/ood/elbo"]
     ll = a["test/log_likelihood"]
     assert float(np.mean(ll.astype(np.float64))) == m["likelihood"]["log_likelihood_nats"]
-    with np.load(os.path.join(os.path.join(final["workdir"], final["eval_dir"]), "ood_scores.npz")) as ood:
+    with np.load(os.path.join(tmp_path, final["eval_dir"], "ood_scores.npz")) as ood:
         assert np.array_equal(a["uniform_noise/ood/elbo"], ood["uniform_noise/elbo"])
-    assert "Attacked" not in open(os.path.join(os.path.join(final["workdir"], final["eval_dir"]), "report.md")).read()
+    assert "Attacked" not in open(os.path.join(tmp_path, final["eval_dir"], "report.md")).read()
 
 
 def test_cli_predictions_and_tensorboard(tmp_path):

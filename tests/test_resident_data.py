@@ -120,8 +120,8 @@ def test_training_is_bit_identical_in_both_placements_and_after_resume(tmp_path,
                            str(tmp_path / "device"))
         assert "data placement: device (data.placement=device" in caplog.text
     device = tiny_config(**small, **{"data.placement": "device"})
-    train_and_evaluate(device, str(tmp_path / "device"),        # resumes from step 20
-                       allow_config_change=True)                # (a budget change)
+    train_and_evaluate(device, str(tmp_path / "device"),       # resumes from step 20
+                       allow_config_change=True)                  # num_steps 20 -> 32
     assert len(_losses(tmp_path / "host")) == 16
     assert _losses(tmp_path / "device") == _losses(tmp_path / "host")
     step_h, params_h = restore_params(host, str(tmp_path / "host"))

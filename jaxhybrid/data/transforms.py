@@ -21,6 +21,8 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from jaxhybrid import rng as rnglib
+
 TRANSFORMS = ("binarize", "dequantize", "crop", "flip")
 
 
@@ -87,7 +89,7 @@ class Transforms:
 
         def per_example(x, key):
             for i, name in enumerate(self.names):
-                x = self._one(name, x, jax.random.fold_in(key, i))
+                x = self._one(name, x, rnglib.member(key, i))
             return x
         return jax.vmap(per_example)(images, keys)
 

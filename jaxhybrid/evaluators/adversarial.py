@@ -31,6 +31,7 @@ DHM_EPSILONS = (0.0, 0.02, 0.03, 0.04, 0.05, 0.06, 0.07, 0.08)  # DHM paper grid
 EPSILON_GRIDS = {"default": DEFAULT_EPSILONS, "dhm": DHM_EPSILONS}
 
 EPSILON_SPACES = ("pixel", "normalized")
+ATTACKS = ("fgsm", "pgd")   # the attacks of evals.attack
 
 LogitsFn = Callable[[jax.Array], jax.Array]
 

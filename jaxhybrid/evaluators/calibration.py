@@ -25,31 +25,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from jaxhybrid.metrics_core import check_scores_and_labels
+
 BINNINGS = ("equal_width", "equal_mass")
-
-
-def check_scores_and_labels(scores, labels, what: str = "probs"):
-    """Validate per-class scores [N, K] and integer labels [N] in [0, K); return both as
-    numpy arrays. Shared by the calibration and temperature-scaling metrics."""
-    scores = np.asarray(scores)
-    labels = np.asarray(labels)
-    if scores.ndim != 2:
-        raise ValueError(f"{what} must be [N, K], got shape {scores.shape}")
-    if labels.shape != (scores.shape[0],):
-        raise ValueError(
-            f"labels must be [N] with N={scores.shape[0]} to match {what}, "
-            f"got shape {labels.shape}"
-        )
-    if scores.shape[0] == 0:
-        raise ValueError("need at least one example, got N=0")
-    if not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"labels must be integers, got dtype {labels.dtype}")
-    if labels.min() < 0 or labels.max() >= scores.shape[1]:
-        raise ValueError(
-            f"labels must lie in [0, {scores.shape[1] - 1}], "
-            f"got range [{labels.min()}, {labels.max()}]"
-        )
-    return scores, labels
 
 
 def _top_label(probs, labels):

@@ -17,7 +17,7 @@ from jaxhybrid import parallel, rng as rnglib
 from jaxhybrid.data.transforms import parse_transforms
 from jaxhybrid.evaluators import EvalContext, Section, names, plots
 from jaxhybrid.evaluators import ood_sets as ood_sets_lib
-from jaxhybrid.evaluators.adversarial import epsilon_grid, epsilon_space, fgsm, pgd
+from jaxhybrid.evaluators.adversarial import ATTACKS, epsilon_grid, epsilon_space, fgsm, pgd
 from jaxhybrid.evaluators.calibration import calibration_metrics
 from jaxhybrid.evaluators.ood import (FPR80_OOD_CONVENTION, FPR95_CONVENTION, ood_metrics,
                                        roc_curve)
@@ -245,18 +245,22 @@ def ood(ctx: EvalContext) -> Section:
 
 
 # -- adversarial robustness --------------------------------------------------------------
-def _attack_fn(ctx: EvalContext, epsilons, scale, clip):
-    """Jitted, sharded: batch -> {'correct_<i>': [B] bool} for each ε of the grid (pixel
-    step ε·scale per channel, clipped to ``clip``).
+def attacked_predictions_fn(ctx: EvalContext, epsilons, scale, clip):
+    """Jitted, sharded: batch -> {'prediction_<i>': [B] int32}, the class predicted for the
+    attacked input at each ε of the grid (pixel step ε·scale per channel, clipped to
+    ``clip``; :func:`~jaxhybrid.evaluators.adversarial.epsilon_space`). The attack of the
+    adversarial and predictions evaluators, written once.
 
     The family's ``logits`` output in eval mode is attacked (dropout off, batch norm on
     its running averages, no sampling). PGD's random starts are drawn per example from
-    the fixed evaluation key and the example's id: the same on any device count."""
+    the PGD_START stream of the fixed evaluation key, member i for the i-th ε, then the
+    example's id (:mod:`jaxhybrid.rng`): the same on any device count."""
     ev = ctx.config.evals
     predictor, family = ctx.predictor, ctx.family
     attack = ev.attack
-    if attack not in ("fgsm", "pgd"):
-        raise ValueError(f"Unknown evals.attack {attack!r}; valid choices: fgsm, pgd")
+    if attack not in ATTACKS:
+        raise ValueError(f"Unknown evals.attack {attack!r}; valid choices: "
+                         f"{', '.join(ATTACKS)}")
 
     def per_device(variables, batch):
         batch = predictor.eval_view(batch)
@@ -270,12 +274,12 @@ def _attack_fn(ctx: EvalContext, epsilons, scale, clip):
             if attack == "fgsm":
                 x_adv = fgsm(f, x, y, eps, *clip)
             else:
-                keys = rnglib.example_keys(jax.random.fold_in(predictor.key, 1000 + i),
+                keys = rnglib.example_keys(rnglib.stream(predictor.key, rnglib.PGD_START, i),
                                            batch["id"])
                 x_adv = pgd(f, x, y, eps, steps=int(ev.pgd_steps), step_size=step,
                             example_keys=keys, random_start=bool(ev.pgd_random_start),
                             clip_min=clip[0], clip_max=clip[1])
-            out[f"correct_{i}"] = jnp.argmax(f(x_adv), -1) == y
+            out[f"prediction_{i}"] = jnp.argmax(f(x_adv), -1).astype(jnp.int32)
         return out
 
     return jax.jit(parallel.shard_outputs(per_device, ctx.exp.mesh))
@@ -288,10 +292,11 @@ def adversarial(ctx: EvalContext) -> Section:
     epsilons = epsilon_grid(ev.epsilons)
     scale, clip, units = epsilon_space(ev.epsilon_space, ctx.config.data.std,
                                        ctx.exp.input_shape[-1])
-    fn = _attack_fn(ctx, epsilons, scale, clip)
+    fn = attacked_predictions_fn(ctx, epsilons, scale, clip)
     out = ctx.predictor.outputs(ctx.variables, ctx.split_source(), fn=fn,
                                 max_examples=int(ev.adversarial_max_examples))
-    acc = [float(np.mean(out[f"correct_{i}"])) for i in range(len(epsilons))]
+    acc = [float(np.mean(out[f"prediction_{i}"] == out["label"]))
+           for i in range(len(epsilons))]
     n = int(len(out["label"]))
     fig = "robustness.png"
     plots.accuracy_vs_epsilon({ctx.family.label or ctx.family.name: (list(epsilons), acc)}, os.path.join(ctx.out_dir, fig),

@@ -24,15 +24,13 @@ import io
 import os
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from etils import epath
 
-from jaxhybrid import parallel, rng as rnglib
 from jaxhybrid.evaluators import EvalContext, Section
 from jaxhybrid.evaluators import ood_sets as ood_sets_lib
-from jaxhybrid.evaluators.adversarial import epsilon_grid, fgsm, pgd
-from jaxhybrid.evaluators.plugins import _probs, _table
+from jaxhybrid.evaluators.adversarial import epsilon_grid, epsilon_space
+from jaxhybrid.evaluators.plugins import _probs, _table, attacked_predictions_fn
 
 PREDICTIONS_FILE = "predictions.npz"
 
@@ -45,7 +43,8 @@ MEANINGS = {
     "ood": "OOD score, higher = more in-distribution",
     "prediction": "class predicted for the attacked input: rows the first M examples, "
                   "columns the ε",
-    "epsilon": "the ε of each column of prediction (pixel scale [0, 1])",
+    "epsilon": "the ε of each column of prediction, in the units of evals.epsilon_space "
+               "(the adversarial evaluator's)",
     "sources": "the source names: the evaluated split, then each OOD set",
 }
 
@@ -91,40 +90,14 @@ def per_example(family, ood_out: dict, out: dict) -> dict[str, np.ndarray]:
     return arrays
 
 
-def _attacked_predictions_fn(ctx: EvalContext, epsilons):
-    """Jitted, sharded: batch -> {'prediction_<i>': [B] int} at each ε, the attack of the
-    adversarial evaluator (FGSM, or PGD with the same per-example random-start keys)."""
-    ev, predictor, family = ctx.config.evals, ctx.predictor, ctx.family
-    if ev.attack not in ("fgsm", "pgd"):
-        raise ValueError(f"Unknown evals.attack {ev.attack!r}; valid choices: fgsm, pgd")
-
-    def per_device(variables, batch):
-        batch = predictor.eval_view(batch)
-        f = lambda z: family.predict(variables, {**batch, "image": z}, predictor.model_key(),
-                                     ("logits",))["logits"]
-        x, y = batch["image"], batch["label"]
-        out = {}
-        for i, eps in enumerate(epsilons):
-            if ev.attack == "fgsm":
-                x_adv = fgsm(f, x, y, eps)
-            else:
-                step = ev.pgd_step_size or 2.5 * eps / max(ev.pgd_steps, 1)
-                keys = rnglib.example_keys(jax.random.fold_in(predictor.key, 1000 + i),
-                                           batch["id"])
-                x_adv = pgd(f, x, y, eps, steps=int(ev.pgd_steps), step_size=step,
-                            example_keys=keys, random_start=bool(ev.pgd_random_start))
-            out[f"prediction_{i}"] = jnp.argmax(f(x_adv), -1).astype(jnp.int32)
-        return out
-
-    return jax.jit(parallel.shard_outputs(per_device, ctx.exp.mesh))
-
-
 def attacked(ctx: EvalContext) -> dict[str, np.ndarray]:
     """{'<attack>/prediction': [M, E] int32, '<attack>/epsilon': [E]} on the evaluated split."""
     ev = ctx.config.evals
     epsilons = epsilon_grid(ev.epsilons)
+    scale, clip, _ = epsilon_space(ev.epsilon_space, ctx.config.data.std,
+                                   ctx.exp.input_shape[-1])
     out = ctx.predictor.outputs(ctx.variables, ctx.split_source(),
-                                fn=_attacked_predictions_fn(ctx, epsilons),
+                                fn=attacked_predictions_fn(ctx, epsilons, scale, clip),
                                 max_examples=int(ev.adversarial_max_examples))
     preds = np.stack([out[f"prediction_{i}"] for i in range(len(epsilons))], axis=1)
     return {f"{ev.attack}/prediction": preds,

@@ -18,36 +18,13 @@ import dataclasses
 
 import numpy as np
 
-from jaxhybrid.evaluators.calibration import check_scores_and_labels
+# the softmax NLL is shared with training (model selection), so it lives below both
+from jaxhybrid.metrics_core import check_logits, log_softmax, nll  # noqa: F401
 
 # Search range for T. The optimum is clamped to it (e.g. separable training logits would
 # otherwise drive T -> 0).
 T_MIN = 0.05
 T_MAX = 20.0
-
-
-def _check(logits, labels):
-    logits, labels = check_scores_and_labels(logits, labels, "logits")
-    logits = logits.astype(np.float64)
-    if not np.all(np.isfinite(logits)):
-        raise ValueError("logits contain non-finite values")
-    return logits, labels
-
-
-def log_softmax(z):
-    """z: [N, K] -> log softmax over K, stable (max subtracted)."""
-    z = z - z.max(axis=1, keepdims=True)
-    return z - np.log(np.sum(np.exp(z), axis=1, keepdims=True))
-
-
-def nll(logits, labels) -> float:
-    """Mean negative log-likelihood -1/N sum_i log softmax(logits_i)[y_i], in nats.
-
-    logits: [N, K] (numpy or jax), labels: [N] ints -> float.
-    """
-    logits, labels = _check(logits, labels)
-    logp = log_softmax(logits)
-    return float(-np.mean(logp[np.arange(logits.shape[0]), labels]))
 
 
 def apply_temperature(logits, temperature):
@@ -90,7 +67,7 @@ def temperature_fit(logits, labels, *, init: float = 1.0) -> TemperatureFit:
     a finite minimiser exists; it is identifiable here when it lies strictly inside
     [T_MIN, T_MAX].
     """
-    logits, labels = _check(logits, labels)
+    logits, labels = check_logits(logits, labels)
     t = fit_temperature(logits, labels, init=init)
     z_true = logits[np.arange(logits.shape[0]), labels]
     at_zero, at_infinity = _nll_slopes(logits, z_true)
@@ -128,7 +105,7 @@ def fit_temperature(logits, labels, *, init: float = 1.0) -> float:
     around the root. When f' has one sign on the whole bracket the optimum lies outside it
     and the nearer end is returned.
     """
-    logits, labels = _check(logits, labels)
+    logits, labels = check_logits(logits, labels)
     if not (np.isfinite(init) and init > 0):
         raise ValueError(f"init must be a positive finite temperature, got {init!r}")
     z = logits

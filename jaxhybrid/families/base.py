@@ -9,9 +9,11 @@ A family is a Flax module, an objective and its named outputs:
 - ``loss(variables, batch, rng, progress, axis_name) -> (loss, (model_state, aux))``:
   per device, inside ``jax.shard_map``. ``batch``: ``image`` [B, H, W, C] in [0, 1]
   (train transforms applied), ``mask`` [B] bool, ``id`` [B] global example ids, and
-  ``label`` [B] when the data has labels. ``rng`` is the step's key, the same on every
-  device: per-example keys come from :func:`jaxhybrid.rng.example_keys` with
-  ``batch["id"]``. ``progress``: ``{"step": int32, "epoch": float32}`` (fractional),
+  ``label`` [B] when the data has labels. ``rng`` is the step's MODEL stream key, the
+  same on every device: a family draws from named streams of it
+  (:func:`jaxhybrid.rng.stream`), each keyed per example by
+  :func:`jaxhybrid.rng.example_keys` with ``batch["id"]``. ``progress``:
+  ``{"step": int32, "epoch": float32}`` (fractional),
   for schedules. ``model_state``: the updated non-trainable collections (e.g.
   ``batch_stats``, over the global batch); ``aux``: scalars reduced over ``axis_name``.
 - ``predict(variables, batch, rng, outputs) -> {name: [B, ...]}``: eval mode, only the

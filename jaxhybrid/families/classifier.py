@@ -13,9 +13,9 @@ import numpy as np
 from jax import lax
 
 from jaxhybrid import precision
-from jaxhybrid.evaluators.temperature import nll as softmax_nll
 from jaxhybrid.families.base import Family, split_variables
 from jaxhybrid.mathops import global_mean
+from jaxhybrid.metrics_core import nll as softmax_nll
 from jaxhybrid.models import build_model
 from jaxhybrid.objectives.conditional import class_probabilities, conditional_nll
 from jaxhybrid.objectives.joint import LABEL_MODELS, joint_nll, log_partition

@@ -50,7 +50,6 @@ from jaxhybrid.models.dhm import DHM, NORMS, SPLIT_LAYERS
 from jaxhybrid.models import likelihoods
 from jaxhybrid.objectives import dhm as obj
 
-NOISE = 17   # the per-example stream of the reparameterisation noise (dropout: the layer's)
 
 DEFAULTS = {
     "width": 64, "blocks": (2, 2, 2, 2), "latent": 256, "head_hidden": 256, "norm": "batch",
@@ -106,7 +105,7 @@ def build_module(o: dict, num_classes: int, channels: int, axis_name=None, mean=
 
 def reparameterisation_noise(rng, ids, samples: int, latent: int):
     """eps [B, S, L] ~ N(0, I), example i's drawn from its own key (device-count free)."""
-    keys = rnglib.example_keys(jax.random.fold_in(rng, NOISE), ids)
+    keys = rnglib.example_keys(rnglib.stream(rng, rnglib.NOISE), ids)
     return jax.vmap(lambda key: jax.random.normal(key, (samples, latent)))(keys)
 
 
@@ -156,7 +155,8 @@ class _DHM:
         m = self.module(axis_name, batch["image"].shape[-1])
         _, state = split_variables(variables)
         kwargs = dict(train=True, mask=batch["mask"], eps=eps,
-                      keys=rnglib.example_keys(rng, batch["id"]))
+                      keys=rnglib.example_keys(rnglib.stream(rng, rnglib.DROPOUT),
+                                                batch["id"]))
         if self.o["norm"] == "batch":
             out, state = m.apply(variables, batch["image"], mutable=["batch_stats"], **kwargs)
             return out, state

@@ -70,7 +70,6 @@ from jaxhybrid.models.hvae import HVAE, Block, Latent, init_from_directions
 from jaxhybrid.objectives import elbo as obj
 from jaxhybrid.precision import compute_dtype
 
-NOISE = 19   # the per-example stream of the posterior samples
 LIKELIHOOD_NAMES = ("bernoulli", "discretized_logistic", "discretized_mix_logistic")
 STOCHASTIC_BLOCKS = {"GaussianConv2d": "conv", "GaussianDense": "dense"}
 _BLOCK_KEYS = {"block", "out_channels", "kernel_size", "stride", "gated", "weightnorm"}
@@ -198,12 +197,13 @@ def log_px(o: dict, decoded, image):
 
 def posterior_noise(rng, ids, samples, shapes) -> tuple:
     """ε ~ N(0, I) per layer, [S, B, *shape] for each of ``shapes``. Sample s of example i
-    is one draw from fold_in(example key, s), the example key from ``rng`` and the global id,
-    so neither the device count nor the chunking changes it. samples: [S] sample indices."""
-    ex = rnglib.example_keys(jax.random.fold_in(rng, NOISE), ids)
+    is one draw from member s of its example key (the LAYER_NOISE stream of ``rng``, then
+    the global id; :mod:`jaxhybrid.rng`), so neither the device count nor the chunking
+    changes it. samples: [S] sample indices."""
+    ex = rnglib.example_keys(rnglib.stream(rng, rnglib.LAYER_NOISE), ids)
     sizes = [math.prod(sh) for sh in shapes]
     draw = lambda s: jax.vmap(lambda k: jax.random.normal(  # noqa: E731
-        jax.random.fold_in(k, s), (sum(sizes),)))(ex)
+        rnglib.member(k, s), (sum(sizes),)))(ex)
     flat = jax.vmap(draw)(samples)                                          # [S, B, Σ sizes]
     parts = jnp.split(flat, list(itertools.accumulate(sizes))[:-1], axis=-1)
     return tuple(p.reshape(p.shape[:2] + sh) for p, sh in zip(parts, shapes))

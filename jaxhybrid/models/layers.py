@@ -9,12 +9,11 @@ normalisation.
   which is wrong when devices hold different numbers of valid rows (and NaN on a
   device holding only padding).
 - :class:`ExampleDropout`: dropout whose mask for example i is drawn from example i's
-  own key (:func:`jaxhybrid.rng.example_keys`), so it does not depend on which device
-  holds the example.
+  own key (:func:`jaxhybrid.rng.example_keys` of the ``DROPOUT`` stream), then the
+  layer's member of it, so it does not depend on which device holds the example.
 """
 from __future__ import annotations
 
-import zlib
 from typing import Optional, Sequence
 
 import flax.linen as nn
@@ -22,6 +21,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxhybrid import rng as rnglib
 from jaxhybrid.mathops import masked_sum_and_count
 
 
@@ -104,10 +104,10 @@ class ExampleDropout(nn.Module):
     def __call__(self, x, keys: Optional[jax.Array]):
         if keys is None or self.rate == 0.0:
             return x
-        salt = zlib.crc32("/".join(self.path).encode()) & 0x7FFFFFFF  # one stream per layer
+        layer = "/".join(self.path)   # one member per layer of the example's key
         keep = 1.0 - self.rate
 
         def one(xi, key):
-            m = jax.random.bernoulli(jax.random.fold_in(key, salt), keep, xi.shape)
+            m = jax.random.bernoulli(rnglib.member(key, layer), keep, xi.shape)
             return jnp.where(m, xi / keep, 0.0)
         return jax.vmap(one)(x, keys)
