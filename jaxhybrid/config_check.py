@@ -119,6 +119,12 @@ def parsed_by(parser: Callable[[Any], Any]) -> Check:
     return check
 
 
+def _feature_name(v) -> str | None:
+    if isinstance(v, str) and v:
+        return None
+    return "must name a TFDS feature, e.g. 'label' or 'coarse_label'"
+
+
 def _validation_size(v) -> str | None:
     count = _is_int(v) or (_is_number(v) and v >= 1 and float(v).is_integer())
     if (count and v >= 0) or (_is_number(v) and 0 <= v < 1):
@@ -196,6 +202,8 @@ FIELDS: dict[str, Check] = {
     "data.std": _numbers(positive=True),
     "data.train_transforms": parsed_by(parse_transforms),
     "data.crop_padding": integer(0),
+    "data.label_key": _feature_name,
+    "data.digits_test_fraction": number(0, 1, low_open=True, high_open=True),
     "optimizer.name": one_of(optim.OPTIMIZERS),
     "optimizer.learning_rate": number(0, low_open=True),
     "optimizer.lr_scaling": one_of(optim.LR_SCALINGS),

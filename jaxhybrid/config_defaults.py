@@ -39,6 +39,8 @@ def data_config(**overrides) -> ml_collections.ConfigDict:
         "name": "",                  # TFDS name (tfds) e.g. mnist, cifar10, svhn_cropped
         "data_dir": "",              # TFDS data_dir ('' = $TFDS_DATA_DIR or ~/tensorflow_datasets)
         "npz_path": "",              # npz with x_train, y_train, x_test, y_test
+        "label_key": "label",        # TFDS label feature (e.g. coarse_label for cifar100)
+        "digits_test_fraction": 0.2,  # digits: the stratified test fraction (0.2: 1,438/359)
         "validation_size": 0.1,      # int count or fraction of TRAIN (never test)
         "seed": 0,                   # split seed (fixed across training seeds)
         "ood_classes": (),           # classes removed from training; their test images = near-OOD set

@@ -165,14 +165,18 @@ def test_selection_keeps_the_earliest_of_ties_and_marks_what_orbax_keeps():
 
 
 def test_batching_transform_and_checkpoint_options_through_the_cli(tmp_path):
-    """drop_remainder, data.train_transforms/crop_padding and evals.checkpoint, end to end."""
+    """drop_remainder, data.train_transforms/crop_padding, data.digits_test_fraction,
+    data.label_key and evals.checkpoint, end to end."""
     wd = str(tmp_path / "run")
     r = run_cli(["--config=configs/gffn.py:smoke", f"--workdir={wd}", "--config.model.width=8",
                  "--config.num_epochs=2", "--config.drop_remainder=True",
                  "--config.data.train_transforms=crop,flip", "--config.data.crop_padding=2",
+                 "--config.data.digits_test_fraction=0.3", "--config.data.label_key=label",
                  "--config.evals.names=classification", "--config.evals.checkpoint=latest"])
     assert r.returncode == 0, r.stderr[-3000:]
-    n_train = json.load(open(os.path.join(wd, "data.json")))["num_train"]
+    data = json.load(open(os.path.join(wd, "data.json")))
+    assert data["num_test"] + data["num_heldout_test"] == round(0.3 * 1797)   # not 359
+    n_train = data["num_train"]
     final = json.load(open(os.path.join(wd, "final_metrics.json")))
     assert final["step"] == 2 * (n_train // 64) and n_train % 64       # remainder dropped
     assert final["checkpoint"] == f"latest (step {final['step']})"
