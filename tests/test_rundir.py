@@ -8,6 +8,7 @@ library once (the driver of tests/test_cli_errors.py).
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -24,7 +25,7 @@ import pytest
 from jaxhybrid import main as cli, selection
 from jaxhybrid.checkpointing import Checkpointer, CheckpointMismatchError
 from jaxhybrid.evaluate import eval_id, evaluate
-from jaxhybrid.evaluators import plugins
+from jaxhybrid.evaluators import plugins, suite
 from jaxhybrid.experiment import build_experiment
 from jaxhybrid.interrupts import Interrupted
 from jaxhybrid.rundir import ConfigChangeError, WorkdirError
@@ -231,7 +232,8 @@ def test_interrupted_evaluation_leaves_no_directory(run, monkeypatch):
         assert "reliability.png" in os.listdir(ctx.out_dir)
         signal.raise_signal(signal.SIGINT)
         raise AssertionError("the signal did not interrupt the evaluation")
-    monkeypatch.setattr(plugins, "calibration", calibration_then_signal)
+    monkeypatch.setitem(suite.EVALUATORS, "calibration", dataclasses.replace(
+        suite.EVALUATORS["calibration"], fn=calibration_then_signal))
     c2 = tiny_config(**{"evals.names": "classification,calibration,temperature"})
     with pytest.raises(Interrupted, match="no evaluation directory was written") as e:
         evaluate(c2, wd)
