@@ -41,6 +41,7 @@ import math
 import numbers
 import os
 import re
+import sys
 from typing import Any, Callable, Iterable, Optional, Sequence
 
 import numpy as np
@@ -457,6 +458,22 @@ def _root(error: BaseException) -> BaseException:
             return error
         seen.add(id(nxt))
         error = nxt
+
+
+def parse_flags_or_exit(argv: Sequence[str]) -> list[str]:
+    """absl's flag parsing for every jaxhybrid command (main, tools.sweep): any bad flag or
+    config (an unknown ``--config.a.b`` key, a value of the wrong type, an unknown variant,
+    a config file that cannot be read) is ``error: ...`` and exit status 1, like every other
+    bad input; the traceback only with JAXHYBRID_DEBUG=1."""
+    try:
+        argv = flags.FLAGS(argv)
+        flags.FLAGS.config.keys()   # a config file that could not be read raises here
+        return argv
+    except Exception as e:  # noqa: BLE001 - whatever fails while parsing is bad input
+        if os.environ.get("JAXHYBRID_DEBUG"):
+            raise
+        print(f"error: {flag_error_message(e, argv)}", file=sys.stderr)
+        sys.exit(1)
 
 
 def flag_error_message(error: BaseException, argv: Sequence[str]) -> str:

@@ -16,7 +16,7 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from jaxhybrid.config_check import flag_error_message
+from jaxhybrid.config_check import parse_flags_or_exit
 from jaxhybrid.evaluate import evaluate
 from jaxhybrid.evaluators import names
 from jaxhybrid.interrupts import Interrupted
@@ -117,23 +117,8 @@ def main(argv):
         print(summary(metrics))
 
 
-def parse_flags(argv):
-    """absl's flag parsing, where any bad flag or config (an unknown ``--config.a.b`` key, a
-    value of the wrong type, an unknown variant) is ``error: ...`` and exit status 1, like
-    every other bad input; the traceback only with JAXHYBRID_DEBUG=1."""
-    try:
-        argv = FLAGS(argv)
-        FLAGS.config.keys()   # a config file that could not be read raises here
-        return argv
-    except Exception as e:  # noqa: BLE001 - whatever fails while parsing is bad input
-        if os.environ.get("JAXHYBRID_DEBUG"):
-            raise
-        print(f"error: {flag_error_message(e, argv)}", file=sys.stderr)
-        sys.exit(1)
-
-
 def run():
-    app.run(main, flags_parser=parse_flags)
+    app.run(main, flags_parser=parse_flags_or_exit)
 
 
 if __name__ == "__main__":

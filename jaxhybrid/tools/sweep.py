@@ -49,7 +49,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from jaxhybrid.checkpointing import is_remote, run_path
-from jaxhybrid.config_check import flag_error_message
+from jaxhybrid.config_check import parse_flags_or_exit
 from jaxhybrid.optim import scaled_learning_rate
 from jaxhybrid.tools import aggregate
 from jaxhybrid.tools.configfile import (SEED_KEY, call_with_variant, check_presentation_keys,
@@ -336,22 +336,9 @@ def main(argv) -> None:
     _finish(root, result, FLAGS.aggregate)
 
 
-def parse_flags(argv):
-    """absl's flag parsing; a bad flag or config value is ``error: ...``, exit status 1."""
-    try:
-        argv = flags.FLAGS(argv)
-        flags.FLAGS.config.keys()
-        return argv
-    except Exception as e:  # noqa: BLE001 - whatever fails while parsing is bad input
-        if os.environ.get("JAXHYBRID_DEBUG"):
-            raise
-        print(f"error: {flag_error_message(e, argv)}", file=sys.stderr)
-        sys.exit(1)
-
-
 def run() -> None:
     _define_flags()
-    app.run(main, flags_parser=parse_flags)
+    app.run(main, flags_parser=parse_flags_or_exit)
 
 
 if __name__ == "__main__":
