@@ -54,7 +54,7 @@ from jaxhybrid.data.resident import PLACEMENTS
 from jaxhybrid.data.transforms import parse_transforms
 from jaxhybrid.evaluators.suite import evaluator_names
 from jaxhybrid.evaluators.adversarial import ATTACKS, EPSILON_SPACES, epsilon_grid
-from jaxhybrid.evaluators.ood_sets import NAMED, OOD_NORMALIZATIONS
+from jaxhybrid.evaluators.ood_sets import NAMED, OOD_NORMALIZATIONS, labelled_items
 from jaxhybrid.families import FAMILIES
 from jaxhybrid.models import MODELS, build_model
 from jaxhybrid.models.likelihoods import get_likelihood
@@ -159,7 +159,11 @@ def _family(v) -> str | None:
 
 def _ood_sets(v) -> str | None:
     bad = []
-    for item in (s.strip() for s in str(v).split(",") if s.strip()):
+    try:
+        items = labelled_items(str(v))
+    except ValueError as e:
+        return str(e)
+    for _, item in items:
         kind, _, rest = item.partition(":")
         if item in NAMED or (kind == "tfds" and rest):
             continue
@@ -170,7 +174,8 @@ def _ood_sets(v) -> str | None:
         bad.append(item)
     if bad:
         return (f"unknown OOD set(s) {', '.join(map(repr, bad))}; valid: "
-                f"{', '.join(NAMED)}, tfds:NAME[:SPLIT], npz:PATH (comma-separated)")
+                f"{', '.join(NAMED)}, tfds:NAME[:SPLIT], npz:PATH, each optionally LABEL=SET "
+                f"(comma-separated)")
     return None
 
 
@@ -227,6 +232,7 @@ FIELDS: dict[str, Check] = {
     "evals.num_bins": integer(1),
     "evals.ood_sets": _ood_sets,
     "evals.ood_max_examples": integer(0),
+    "evals.max_examples": integer(0),
     "evals.ood_normalization": one_of(OOD_NORMALIZATIONS),
     "evals.attack": one_of(ATTACKS),
     "evals.epsilons": parsed_by(epsilon_grid),
@@ -275,7 +281,7 @@ RULES: list[Callable[[Any], list[tuple[str, str]]]] = [
     lambda c: [("evals.ood_sets", "'heldout' needs data.ood_classes (classes held out of "
                 "training); set them or remove 'heldout'")]
     if "ood" in _evaluator_list(c) and "heldout" in
-    [s.strip() for s in str(_get(c, "evals.ood_sets", "")).split(",")]
+    [item for _, item in labelled_items(str(_get(c, "evals.ood_sets", "")))]
     and not tuple(_get(c, "data.ood_classes", (0,))) else [],
     _library_model,
 ]

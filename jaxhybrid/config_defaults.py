@@ -9,11 +9,17 @@ import os
 
 import ml_collections
 
-# The shared MNIST file sits beside the project checkout: <checkout>/../shared/data/mnist.npz.
-MNIST_NPZ = os.environ.get(
-    "JAXHYBRID_MNIST_NPZ",
-    os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..",
-                                  "shared", "data", "mnist.npz")))
+
+
+def shared_npz(name: str, env: str) -> str:
+    """``$env`` if set, else ``<checkout>/../shared/data/<name>`` (the offline copies that
+    sit beside a project checkout; never committed, never required)."""
+    return os.environ.get(env, os.path.normpath(os.path.join(
+        os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data", name)))
+
+
+MNIST_NPZ = shared_npz("mnist.npz", "JAXHYBRID_MNIST_NPZ")
+FASHION_MNIST_NPZ = shared_npz("fashion_mnist.npz", "JAXHYBRID_FASHION_MNIST_NPZ")
 
 
 # CIFAR-10 per-channel statistics of the training set (the GFFN configs' normalisation)
@@ -98,6 +104,7 @@ def evals_config(**overrides) -> ml_collections.ConfigDict:
         # gaussian_noise, constant, inverted, and datasets "tfds:NAME[:split]" / "npz:PATH"
         "ood_sets": "uniform_noise,gaussian_noise,constant,inverted",
         "ood_max_examples": 0,       # cap per OOD set (0 = all)
+        "max_examples": 0,           # cap on each split the evaluators read: first N (0 = all)
         # train: OOD sets pass through the model's normalisation (data.mean/std) as they are;
         # own: each OOD set is standardised with its own per-channel mean/std (the original
         # DHM's protocol), as a pixel transform the model's normalisation then undoes

@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from jaxhybrid.data.sources import SubsetSource
+
 
 
 @dataclasses.dataclass
@@ -44,13 +46,18 @@ class EvalContext:
         return self.exp.family
 
     def split_source(self, split: str | None = None):
+        """The split's source; with ``evals.max_examples`` = N > 0, its first N examples
+        (e.g. equal-size in-distribution and OOD sets for an expensive S = 250 score)."""
         split = split or self.config.evals.split
         sources = {"test": self.exp.splits.test, "validation": self.exp.splits.validation,
                    "train": self.exp.splits.train}
         if split not in sources:
             raise ValueError(f"Unknown evals.split {split!r}; valid choices: "
                              f"{', '.join(sources)}")
-        return sources[split]
+        source, cap = sources[split], int(self.config.evals.max_examples)
+        if 0 < cap < len(source):
+            source = SubsetSource(source, np.arange(cap))
+        return source
 
     def outputs(self, split: str | None = None, names=("logits",)) -> dict[str, np.ndarray]:
         """Family outputs ``names`` (+ 'label' if any) on a split; each name is computed

@@ -6,6 +6,8 @@
   bilinearly to the in-distribution image size (e.g. 28×28 for MNIST, hvae-oodd style).
 * ``tfds:NAME[:SPLIT]`` (default split ``test``), ``npz:PATH`` (its test arrays):
   another dataset, adapted to the in-distribution image shape.
+* ``LABEL=SET`` names any of these ``LABEL`` in reports and metric keys (e.g.
+  ``mnist=npz:/data/mnist.npz``, rather than the path); labels are letters, digits and _.
 * ``uniform_noise``, ``gaussian_noise``, ``constant``, ``inverted``: built-in transforms
   of the in-distribution evaluation split (noise drawn per example from a hash of
   (seed, example id), so identical on any device count and batch size).
@@ -27,6 +29,7 @@ stated in the report.
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import jax
 import jax.numpy as jnp
@@ -165,7 +168,7 @@ def build_ood_sets(exp, spec: str, *, max_examples: int = 0) -> list[OODSet]:
     sets = []
     eval_source = {"test": exp.splits.test, "validation": exp.splits.validation}.get(
         exp.config.evals.split, exp.splits.test)
-    for item in [s.strip() for s in spec.split(",") if s.strip()]:
+    for label, item in labelled_items(spec):
         if item == "heldout":
             if exp.splits.heldout_test is None or len(exp.splits.heldout_test) == 0:
                 raise ValueError("OOD set 'heldout' needs data.ood_classes (classes removed "
@@ -189,8 +192,24 @@ def build_ood_sets(exp, spec: str, *, max_examples: int = 0) -> list[OODSet]:
         if max_examples and len(src) > max_examples:
             src = SubsetSource(src, np.arange(max_examples))
             desc += f"; first {max_examples} examples"
-        sets.append(OODSet(item, src, desc))
+        sets.append(OODSet(label, src, desc))
     return sets
+
+
+def labelled_items(spec: str) -> list[tuple[str, str]]:
+    """``'a,mnist=npz:/p'`` -> [('a', 'a'), ('mnist', 'npz:/p')]; a repeated label is an
+    error (two sets would share one metric key)."""
+    out = []
+    for item in [s.strip() for s in spec.split(",") if s.strip()]:
+        label, eq, rest = item.partition("=")
+        if eq and re.fullmatch(r"[A-Za-z0-9_]+", label):
+            item = rest.strip()
+        else:
+            label = item
+        if label in [lab for lab, _ in out]:
+            raise ValueError(f"OOD set {label!r} is named twice in evals.ood_sets={spec!r}")
+        out.append((label, item))
+    return out
 
 
 def channel_stats(source, chunk: int = 2048) -> tuple[np.ndarray, np.ndarray]:
