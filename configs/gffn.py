@@ -14,6 +14,10 @@ Variants (``--config=configs/gffn.py:VARIANT``):
   $JAXHYBRID_MNIST_NPZ), 28×28 padded to 32×32, thesis CNN, Adam, batch 128,
   10 epochs: ≈ 99% test accuracy; meant for a GPU (benchmarks/gffn_overhead.py times
   a step on the machine at hand).
+* ``fashion_mnist_npz`` — the same on the shared Fashion-MNIST file
+  (../shared/data/fashion_mnist.npz or $JAXHYBRID_FASHION_MNIST_NPZ); OOD sets: the
+  shared MNIST test split (``mnist``), noise, constant and inverted images. The
+  "train longer" study (docs/results/gffn_train_longer.md) runs it and mnist_npz.
 * ``mnist``, ``fashion_mnist``, ``cifar10``, ``svhn`` — TFDS (prepared offline with
   ``python -m jaxhybrid.data.tfds_prepare`` or by ``tfds build``), thesis settings:
   32×32 frame, Adam lr 1e-3 at batch 128 with square-root scaling. Expected
@@ -29,9 +33,11 @@ The batch-size study (FFN vs GFFN over ≥ 256× of batch size, 3 seeds; ``get_s
 """
 from __future__ import annotations
 
-from jaxhybrid.config_defaults import CIFAR_MEAN, CIFAR_STD, MNIST_NPZ, base_config, check_variant
+from jaxhybrid.config_defaults import (CIFAR_MEAN, CIFAR_STD, FASHION_MNIST_NPZ, MNIST_NPZ,
+                                       base_config, check_variant)
 
-VARIANTS = ("digits", "smoke", "mnist_npz", "mnist", "fashion_mnist", "cifar10", "svhn")
+VARIANTS = ("digits", "smoke", "mnist_npz", "fashion_mnist_npz", "mnist", "fashion_mnist", "cifar10",
+            "svhn")
 
 
 
@@ -56,12 +62,16 @@ def get_config(variant: str = "digits"):
             c.num_epochs = 2.0
             c.log_every = 5
             c.evals.adversarial_max_examples = 64
-    elif variant == "mnist_npz":
+    elif variant in ("mnist_npz", "fashion_mnist_npz"):
         c.data.source = "npz"
         c.data.npz_path = MNIST_NPZ
         c.data.validation_size = 5000
         c.data.frame = 32
         c.evals.ood_sets = "digits,uniform_noise,gaussian_noise,constant,inverted"
+        if variant == "fashion_mnist_npz":
+            c.data.npz_path = FASHION_MNIST_NPZ
+            c.evals.ood_sets = f"mnist=npz:{MNIST_NPZ},uniform_noise,gaussian_noise,constant," \
+                               f"inverted"
         c.num_epochs = 10.0
         c.log_every = 100
     else:
