@@ -17,6 +17,12 @@ Variants (``--config=configs/dhm.py:VARIANT``):
   $JAXHYBRID_MNIST_NPZ), 28×28×1 zero-padded to 32×32 (the decoder's sizes are
   multiples of 8), the default-size DHM, 10 epochs.
   Hours on a 2-core CPU; minutes on one GPU.
+* ``fashion_mnist_npz`` — the shared Fashion-MNIST file (../shared/data/fashion_mnist.npz
+  or $JAXHYBRID_FASHION_MNIST_NPZ), 28×28 zero-padded to 32×32, normalised with its
+  training statistics (mean 0.2860, std 0.3530), a CPU-sized DHM (width 8, latent 32,
+  head 64; the original's two-blocks-per-stage ResNet-18s), 5 epochs; OOD: the shared
+  MNIST test split (near), uniform and Gaussian noise (far). The β study of
+  docs/results/dhm_beta.md sweeps it.
 * ``svhn``, ``cifar10`` — TFDS (prepared offline with ``python -m
   jaxhybrid.data.tfds_prepare`` or ``tfds build``), the original's settings: two
   ResNet-18s (width 64, latent 256), BatchNorm, Adam 1e-3 ×0.1 every 50 epochs,
@@ -44,11 +50,16 @@ from __future__ import annotations
 
 import ml_collections
 
-from jaxhybrid.config_defaults import (CIFAR_MEAN, DHM_CIFAR_STD, MNIST_NPZ,
+from jaxhybrid.config_defaults import (CIFAR_MEAN, DHM_CIFAR_STD, FASHION_MNIST_NPZ, MNIST_NPZ,
                                       base_config, check_variant, family_model_config)
 from jaxhybrid.families.dhm import DEFAULTS
 
-VARIANTS = ("digits", "mnist_npz", "svhn", "cifar10")
+VARIANTS = ("digits", "mnist_npz", "fashion_mnist_npz", "svhn", "cifar10")
+
+
+# Fashion-MNIST training-set pixel statistics (72.94/255 and its std), the original's recipe
+# of normalising with the training set's own statistics
+FMNIST_MEAN, FMNIST_STD = 0.2860, 0.3530
 
 
 def model_config(**overrides) -> ml_collections.ConfigDict:
@@ -88,6 +99,19 @@ def get_config(variant: str = "digits"):
         c.log_every = 100
         c.evals.ood_sets = "digits,uniform_noise,gaussian_noise,constant,inverted"
         c.evals.epsilons = "dhm"
+    elif variant == "fashion_mnist_npz":
+        c.data.source = "npz"
+        c.data.npz_path = FASHION_MNIST_NPZ
+        c.data.frame = 32                           # the decoder needs multiples of 8
+        c.data.validation_size = 5000
+        c.data.mean, c.data.std = (FMNIST_MEAN,), (FMNIST_STD,)
+        c.model.update({"width": 8, "latent": 32, "head_hidden": 64})
+        c.batch_size = 128
+        c.num_epochs = 5.0
+        c.log_every = 100
+        c.evals.names = "classification,calibration,temperature,ood,adversarial"
+        c.evals.ood_sets = f"mnist=npz:{MNIST_NPZ},uniform_noise,gaussian_noise"
+        c.evals.epsilons = "dhm"
     else:   # the original's settings
         c.data.source = "tfds"
         c.batch_size = 400
@@ -116,17 +140,20 @@ def get_config(variant: str = "digits"):
 def get_sweep(variant: str = "digits"):
     """The β sweep (docs/methods/dhm.md: the original went up to 1e5), one seed per β by default;
     ``jaxhybrid.tools.aggregate`` plots accuracy, ECE, OOD AUROC and FGSM accuracy against β."""
-    betas = {"digits": [0.1, 1.0, 10.0, 100.0]}.get(      # > 0: the x axis is log10
+    betas = {"digits": [0.1, 1.0, 10.0, 100.0],            # > 0: the x axis is log10
+             "fashion_mnist_npz": [0.0, 0.01, 1.0, 100.0, 10000.0]}.get(  # 0: the plain ResNet
         variant, [0.1, 1.0, 10.0, 100.0, 1000.0, 10000.0, 100000.0])
     return {
-        "model.beta": betas, "seeds": 1,
-        "x": "model.beta", "x_label": "β (weight of the VAE term)", "x_scale": "log10",
+        "model.beta": betas, "seeds": 2 if variant == "fashion_mnist_npz" else 1,
+        "x": "model.beta", "x_label": "β (weight of the VAE term)",
+        "x_scale": "categorical" if 0.0 in betas else "log10",
         "titles": {"model.beta": "β"},
         "plots": [
             {"file": "accuracy_vs_beta.png", "metrics": ["accuracy"],
              "ylabel": "test accuracy", "title": "Test accuracy vs β"},
-            {"file": "ece_vs_beta.png", "metrics": ["ece"], "ylabel": "ECE",
-             "ylim": [0, None]},
+            {"file": "ece_vs_beta.png", "metrics": ["ece", "ece_after_ts"], "ylabel": "ECE",
+             "panels": "metric", "ylim": [0, None],
+             "panel_titles": {"ece": "ECE", "ece_after_ts": "ECE after temperature scaling"}},
             {"file": "ood_auroc_vs_beta.png", "title": "OOD: {}",
              "metrics": ["ood/*/max_softmax/auroc", "ood/*/elbo/auroc",
                          "ood/*/neg_loss_sampled/auroc"],

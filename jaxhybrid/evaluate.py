@@ -37,7 +37,7 @@ from jaxhybrid.experiment import Experiment, abstract_model, build_experiment
 from jaxhybrid.families.base import variables_of
 from jaxhybrid.interrupts import Interrupted, StopSignals
 from jaxhybrid.predictor import Predictor
-from jaxhybrid.rundir import RunDir, check_usable, config_dict
+from jaxhybrid.rundir import SCORING_FIELDS, RunDir, check_usable, config_dict
 
 log = logging.getLogger("jaxhybrid")
 
@@ -45,9 +45,16 @@ __all__ = ["evaluate", "run_suite", "eval_id", "eval_settings"]
 
 
 def eval_settings(config) -> dict:
-    """The settings that make an evaluation: ``config.evals`` less ``checkpoint``."""
-    evals = config_dict(config)["evals"]
+    """The settings that make an evaluation: ``config.evals`` less ``checkpoint``, plus the
+    scoring fields the model has (rundir.SCORING_FIELDS, e.g. ``model.iwae_samples``), so
+    that S = 1 and S = 250 evaluations of one checkpoint never share a directory."""
+    tree = config_dict(config)
+    evals = tree["evals"]
     evals.pop("checkpoint", None)
+    for key in SCORING_FIELDS:
+        section, name = key.split(".")
+        if name in tree.get(section, {}):
+            evals[key] = tree[section][name]
     return evals
 
 

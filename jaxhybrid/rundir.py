@@ -5,7 +5,8 @@ compared with it (with the budget changes recorded in ``config_changes.jsonl``
 applied) field by field:
 
 - ``FREE_FIELDS`` never change what is trained and may differ freely: the evaluation
-  settings (``evals.*``), logging and evaluation cadence, eval batch size, device count
+  settings (``evals.*``, and the scoring fields ``model.iwae_samples`` and
+  ``model.score_chunk``: S of the importance-weighted scores), logging and evaluation cadence, eval batch size, device count
   (results do not depend on it), how many checkpoints are kept, TensorBoard logging and
   where the training split lives (``data.placement``: batches are bit-identical).
 - ``BUDGET_FIELDS`` change how long a run trains or where it may stop, not what one
@@ -32,8 +33,13 @@ import jax
 from jaxhybrid.checkpointing import (is_remote, load_saved_config, run_path, save_config,
                                      write_atomic)
 
+# How a trained model is scored, by the families that sample: S of the importance-weighted
+# bounds and how many samples are evaluated at once. No family trains or validates with
+# them (validation uses one sample), so one run is scored at S = 1 and S = 250 alike; they
+# are part of an evaluation's identity (jaxhybrid.evaluate.eval_settings).
+SCORING_FIELDS = ("model.iwae_samples", "model.score_chunk")
 FREE_FIELDS = ("evals", "log_every", "eval_every", "eval_batch_size", "num_devices",
-               "keep_checkpoints", "tensorboard", "data.placement")
+               "keep_checkpoints", "tensorboard", "data.placement", *SCORING_FIELDS)
 BUDGET_FIELDS = ("num_epochs", "num_steps", "max_train_seconds", "early_stopping_patience",
                  "checkpoint_every")
 CONFIG_FILE = "config.json"

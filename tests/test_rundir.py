@@ -20,6 +20,7 @@ import sys
 import time
 
 import jax
+import numpy as np
 import pytest
 
 from jaxhybrid import main as cli, selection
@@ -347,3 +348,54 @@ def test_signal_stops_cleanly_and_the_same_command_resumes(tmp_path, caplog, sig
     train = [r["step"] for r in map(json.loads, open(os.path.join(wd, "metrics.jsonl")))
              if r["kind"] == "train"]
     assert train == sorted(set(train)) and train[-1] == 400   # each step once
+
+
+def _tiny_hvae(**overrides):
+    from configs import hvae
+    from jaxhybrid.tools.overrides import apply_overrides
+    c = hvae.get_config("digits")
+    c.num_steps, c.log_every, c.checkpoint_every = 2, 1, 2
+    c.evals.names = "ood"
+    c.evals.ood_sets = "uniform_noise"
+    c.model.update(iwae_samples=1, score_chunk=1)
+    return apply_overrides(c, overrides) if overrides else c
+
+
+def test_scoring_fields_may_differ_in_eval_and_get_their_own_directory(tmp_path):
+    """One trained HVAE scored at S = 1 and S = 3 (model.iwae_samples, a scoring field):
+    eval mode accepts it, each S gets its own eval/<step>/<eval_id>/ and its own numbers;
+    a training field (the KL warm-up) is still refused. Through the CLI, the evaluated split
+    is capped by evals.max_examples and an OOD set is named by LABEL=SET."""
+    wd = str(tmp_path / "run")
+    c1 = _tiny_hvae()
+    final = train_and_evaluate(c1, wd)
+    c3 = _tiny_hvae(**{"model.iwae_samples": 3, "model.score_chunk": 3})
+    assert eval_id(c3) != eval_id(c1)
+    evaluate(c3, wd, "latest")
+    step = final["evaluated_step"]
+    dirs = sorted(os.listdir(os.path.join(wd, "eval", str(step))))
+    assert dirs == sorted([eval_id(c1), eval_id(c3)])
+    s1, s3 = (_load(os.path.join(wd, "eval", str(step), eval_id(c), "metrics.json"))
+              for c in (c1, c3))
+    assert s3["evals"]["model.iwae_samples"] == 3 and s1["evals"]["model.iwae_samples"] == 1
+    auroc = lambda m: m["ood"]["sets"]["uniform_noise"]["scores"]["L"]["auroc"]  # noqa: E731
+    l1 = np.load(os.path.join(wd, "eval", str(step), eval_id(c1), "ood_scores.npz"))["test/L"]
+    l3 = np.load(os.path.join(wd, "eval", str(step), eval_id(c3), "ood_scores.npz"))["test/L"]
+    assert not np.allclose(l1, l3) and 0 <= auroc(s3) <= 1
+    with pytest.raises(ConfigChangeError, match="model.warmup_epochs"):
+        evaluate(_tiny_hvae(**{"model.warmup_epochs": 3.0}), wd, "latest")
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO,
+               XLA_FLAGS="--xla_force_host_platform_device_count=8")
+    proc = subprocess.run(
+        [sys.executable, "-m", "jaxhybrid.main", "--config=configs/hvae.py:digits",
+         f"--workdir={wd}", "--mode=eval", "--checkpoint=latest", "--config.num_steps=2",
+         "--config.log_every=1", "--config.checkpoint_every=2",
+         "--config.model.iwae_samples=1", "--config.model.score_chunk=1",
+         "--config.evals.names=ood", "--config.evals.ood_sets=noise=uniform_noise",
+         "--config.evals.max_examples=16", "--config.evals.ood_max_examples=8"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    eval_dir = proc.stdout.strip().splitlines()[-1].split(": ")[-1].rsplit("/", 1)[0]
+    m = _load(os.path.join(eval_dir, "metrics.json"))
+    assert m["ood"]["in_distribution"]["num_examples"] == 16
+    assert list(m["ood"]["sets"]) == ["noise"] and m["ood"]["sets"]["noise"]["num_examples"] == 8

@@ -12,7 +12,7 @@ Writes docs/results/hvae_fashion_mnist.md and docs/results/hvae_fashion_mnist/ (
 2. Evaluations (``--mode=eval``), each into its own ``eval/<step>/<eval_id>/``:
    ``S1``: the best checkpoint (highest validation ELBO), S = 1, the full test splits
    (10,000 Fashion-MNIST, 10,000 MNIST); ``S250``: the same checkpoint, S = 250, the first
-   2,000 images of each test split (``evals.max_examples`` and ``evals.ood_max_examples``);
+   1,000 images of each test split (``evals.max_examples`` and ``evals.ood_max_examples``);
    ``trend_e<N>``: the checkpoint after N epochs, S = 1, full splits.
 3. ``scores.npz``: the per-example L, L>1, L>2, −LLR>1, −LLR>2 of S1 and S250 (float32;
    keys ``S1/fashion_mnist/L``, ``S250/mnist/-LLR>1``, ...). Every number of the page's
@@ -43,9 +43,9 @@ TRAIN = ("--config.evals.names=likelihood", "--config.keep_checkpoints=30")
 OOD = f"mnist=npz:{MNIST_NPZ}"
 EVALS = {   # name: (checkpoint, S, score_chunk, max examples per split; 0 = all)
     "S1": ("best", 1, 1, 0),
-    "S250": ("best", 250, 10, 2000),
+    "S250": ("best", 250, 10, 1000),
 }
-TREND_EPOCHS = (3, 6, 12)
+TREND_EPOCHS = (4, 12)
 STEPS_PER_EPOCH = 391                           # 50,000 / 128, rounded up
 SCORES = ("L", "L>1", "L>2", "-LLR>1", "-LLR>2")
 SETS = ("fashion_mnist", "mnist")               # in-distribution test split, OOD set

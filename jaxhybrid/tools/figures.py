@@ -50,7 +50,7 @@ def _x_positions(rows: list[dict], view: View) -> tuple[dict, list, list[str]]:
     x = view.x
     values = sorted({json.dumps(r["group"][x]): r["group"][x] for r in rows}.values(),
                     key=lambda v: sort_key((v,)))
-    numeric = all(is_number(v) for v in values)
+    numeric = all(is_number(v) for v in values) and view.x_scale != "categorical"
     pos = {json.dumps(v): (v if numeric else i) for i, v in enumerate(values)}
     labels = [_declared_label(view, x, v) or fmt_value(v) for v in values]
     return pos, [pos[json.dumps(v)] for v in values], labels

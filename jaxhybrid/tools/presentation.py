@@ -5,7 +5,8 @@ The entries (checked by :func:`check_presentation`):
 
 * ``x``: the grouping key on the x axis, a dotted config key (``"model.beta"``);
   ``x_label``: its axis label (default: its title); ``x_scale``: ``linear`` (default),
-  ``log2`` or ``log10``;
+  ``log2``, ``log10`` or ``categorical`` (equally spaced values, in order: a grid with 0
+  and powers of ten, e.g. β ∈ {0, 0.01, 1, 100});
 * ``titles``: ``{key: column title}``, e.g. ``{"model.beta": "β"}``;
 * ``labels``: ``{key: {value: label}}`` for the lines (and x ticks), e.g.
   ``{"model.beta": {1.0: "VAE"}}``; other values read ``title=value``;
@@ -23,7 +24,7 @@ from jaxhybrid.tools.stats import is_number, plain
 log = logging.getLogger("jaxhybrid.tools")
 
 PRESENTATION_KEYS = ("x", "x_label", "x_scale", "titles", "labels", "plots")
-X_SCALES = ("linear", "log2", "log10")
+X_SCALES = ("linear", "log2", "log10", "categorical")
 PLOT_FIELDS = {
     "kind": "curve (default): metrics against x; reliability: reliability diagrams of "
             "every line at the largest x",
