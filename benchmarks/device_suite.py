@@ -24,9 +24,9 @@ Stages, in this order (each prints as it goes):
          --config.evals.names=likelihood,ood --config.evals.max_examples=M \\
          --config.evals.ood_max_examples=M
 
-   The training skips its own end-of-training evaluation (``evals.names=`` empty); S is a
-   model field, so the training gets the evaluation's S (a run directory refuses an eval
-   whose model fields differ). The data are the shared Fashion-MNIST and MNIST npz
+   The training skips its own end-of-training evaluation (``evals.names=`` empty); both
+   commands give the same S (``model.iwae_samples`` is a scoring field, which an
+   evaluation may also change: each S gets its own evaluation directory). The data are the shared Fashion-MNIST and MNIST npz
    files (``JAXHYBRID_FASHION_MNIST_NPZ`` / ``JAXHYBRID_MNIST_NPZ`` or the default
    paths): checked before anything runs. Run before jax starts in this process, so the
    subprocesses own the accelerator (a TPU admits one process; a GPU's memory is not
