@@ -103,7 +103,8 @@ def snapshot(metrics_path: Path) -> dict:
     """One evaluation: accuracy, NLL, ECE, mean confidence − accuracy, and the OOD AUROCs."""
     m = json.loads(metrics_path.read_text())
     cal = m["calibration"]["equal_width"]
-    conf = float(np.dot(cal["bin_counts"], cal["bin_confidence"]) / np.sum(cal["bin_counts"]))
+    bin_conf = [0.0 if c is None else c for c in cal["bin_confidence"]]   # None: an empty bin
+    conf = float(np.dot(cal["bin_counts"], bin_conf) / np.sum(cal["bin_counts"]))
     (ood_name, ood), = m["ood"]["sets"].items()
     return {"step": m["step"], "accuracy": m["classification"]["accuracy"],
             "nll": m["classification"]["nll"], "ece": cal["ece"],
