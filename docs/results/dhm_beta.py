@@ -19,7 +19,6 @@ figures, ``points.json`` with every number of the page, an FGSM figure)::
 """
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import os
@@ -328,18 +327,8 @@ def render() -> None:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--runs", default=str(ROOT / "runs" / "dhm_beta"))
-    p.add_argument("--run", action="store_true", help="run the sweep and evaluations first")
-    p.add_argument("--page", action="store_true", help="only the page, from points.json")
-    a = p.parse_args(argv)
-    runs = Path(a.runs).resolve()
-    if a.run:
-        run_all(runs)
-    if not a.page:
-        collect(runs)
-    render()
-
+    hr.sweep_page_main(__doc__, ROOT / "runs" / "dhm_beta", run_all, collect, render,
+                       "points.json", argv)
 
 if __name__ == "__main__":
     main()

@@ -20,7 +20,6 @@ the over-confident regime in minutes), the thesis CNN at width 8. Over training:
 """
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import math
@@ -324,18 +323,8 @@ def render() -> None:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--runs", default=str(ROOT / "runs" / "train_longer"))
-    p.add_argument("--run", action="store_true", help="train and evaluate first")
-    p.add_argument("--page", action="store_true", help="only the page, from curves.json")
-    a = p.parse_args(argv)
-    runs = Path(a.runs).resolve()
-    if a.run:
-        run_all(runs)
-    if not a.page:
-        collect(runs)
-    render()
-
+    hr.sweep_page_main(__doc__, ROOT / "runs" / "train_longer", run_all, collect, render,
+                       "curves.json", argv)
 
 if __name__ == "__main__":
     main()

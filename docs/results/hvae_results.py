@@ -169,6 +169,23 @@ def run_eval(workdir: Path, samples: int, max_examples: int) -> dict:
     return info
 
 
+def sweep_page_main(doc: str, default_runs: Path, run_all, collect, render, collected: str,
+                    argv=None) -> None:
+    """The command line of a page made from several runs: ``--run`` runs them first,
+    ``--page`` renders from the committed ``collected`` file alone."""
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
+    p.add_argument("--runs", default=str(default_runs), help="the runs' directory")
+    p.add_argument("--run", action="store_true", help="run the runs first")
+    p.add_argument("--page", action="store_true", help=f"only the page, from {collected}")
+    a = p.parse_args(argv)
+    runs = Path(a.runs).resolve()
+    if a.run:
+        run_all(runs)
+    if not a.page:
+        collect(runs)
+    render()
+
+
 # -- reading the run -----------------------------------------------------------------------
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
