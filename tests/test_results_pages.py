@@ -71,7 +71,7 @@ def test_hvae_page_renders_from_the_committed_files(tmp_path, monkeypatch):
     facts = {"train_command": "python -m jaxhybrid.main ...", "best_step": 9384,
              "evaluations": {"S1": ev, "S250": {**ev, "samples": 250, "max_examples": 1000}},
              "total_steps": 9384, "steps_per_epoch": 391, "val_elbo": -240.0,
-             "params": 136674, "train_minutes": 50.0, "examples_per_s": 600.0,
+             "params": 136674, "train_minutes": 50.0, "examples_per_s": 600.0, "examples_per_s_max": 700.0,
              "active_units": [[100.0, 1568], [10.0, 16], [0.0, 8]], "active_units_step": 9300,
              "trend": trend, "model": {"config_deterministic": [[{"out_channels": 16,
                                                                    "kernel_size": 3, "stride": 1}]],
