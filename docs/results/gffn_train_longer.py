@@ -258,7 +258,9 @@ def reading(curves: dict) -> str:
 
 def page(data: dict) -> str:
     curves, f = data["curves"], data["facts"]
-    cmds = "\n".join(f["commands"])
+    cmds = "\n".join(c.replace(MNIST_NPZ, "$MNIST_NPZ").replace(FASHION_MNIST_NPZ,
+                                                                 "$FASHION_MNIST_NPZ")
+                     for c in f["commands"])
     tables = "\n\n".join(f"### {ds.replace('_', '-')}\n\n{point_table(curves, ds)}\n\n"
                          f"![{ds} curves](gffn_train_longer/{ds}.png)" for ds in DATASETS)
     minutes = sum(curves[ds][str(b)][lam]["train_minutes"] for ds in DATASETS for b in BATCHES
@@ -298,7 +300,8 @@ python docs/results/gffn_train_longer.py --page    # this page from gffn_train_l
   three, two batch sizes. The thesis does not say how long "longer" is; here it is long
   enough for the validation NLL to turn up.
 
-The sweeps:
+The sweeps (`$MNIST_NPZ`, `$FASHION_MNIST_NPZ`: the files the configs name,
+`jaxhybrid.config_defaults`):
 
 ```
 {cmds}
