@@ -17,7 +17,9 @@ Variants (``--config=configs/gffn.py:VARIANT``):
 * ``fashion_mnist_npz`` — the same on the shared Fashion-MNIST file
   (../shared/data/fashion_mnist.npz or $JAXHYBRID_FASHION_MNIST_NPZ); OOD sets: the
   shared MNIST test split (``mnist``), noise, constant and inverted images. The
-  "train longer" study (docs/results/gffn_train_longer.md) runs it and mnist_npz.
+  "train longer" study (docs/results/gffn_train_longer.md) runs it and mnist_npz: with a
+  4,000-image subset, width 8 and 40 epochs, FFN 86.5 % / GFFN 87.1 % test accuracy at the
+  best validation checkpoint (batch 32), ECE 0.100 / 0.043 after 40 epochs.
 * ``mnist``, ``fashion_mnist``, ``cifar10``, ``svhn`` — TFDS (prepared offline with
   ``python -m jaxhybrid.data.tfds_prepare`` or by ``tfds build``), thesis settings:
   32×32 frame, Adam lr 1e-3 at batch 128 with square-root scaling. Expected

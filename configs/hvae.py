@@ -32,6 +32,11 @@ Variants (``--config=configs/hvae.py:VARIANT``):
   from the paper::
 
       python -m jaxhybrid.main --config=configs/hvae.py:fashion_mnist_npz --workdir=runs/hvae_fmnist
+
+  Measured (2026-12-03, 56 min on a shared 2-core CPU; the best checkpoint is the last,
+  step 9,384): test 0.462 bits/dim at S = 1 (0.453 at S = 8), MNIST 0.321; AUROC against
+  MNIST of L 0.194, L>1 0.329, L>2 0.430, LLR>1 0.904, LLR>2 0.826 at S = 1, and LLR>1
+  0.979 at S = 250 on 1,000 + 1,000 images (the paper: 0.268, 0.593, 0.712, 0.964, 0.984).
 * ``fashion_mnist`` — the original's (README: ``dvae_run.py --epochs 1000 --batch_size
   128 --free_nats 2 --free_nats_epochs 400 --warmup_epochs 200``): three stages of three
   64-channel ResBlocks (kernels 5, 3, 3; strides 1, 1, 2 | 1, 1, 2 | 1, 1, 1), z1 conv 8 @
