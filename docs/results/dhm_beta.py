@@ -44,9 +44,10 @@ SCORES = ("max_softmax", "neg_loss_sampled", "elbo")
 SETS = ("mnist", "uniform_noise", "gaussian_noise")
 
 
-def sweep_command(runs: Path) -> list[str]:
+def sweep_command(runs: Path, seeds: int | None = None) -> list[str]:
+    """The sweep (get_sweep's grid: 2 seeds); ``seeds=1``: seed 0 of every β only."""
     return [sys.executable, "-m", "jaxhybrid.tools.sweep", f"--config={CONFIG}",
-            f"--workdir={hr.rel(runs)}", *BUDGET]
+            f"--workdir={hr.rel(runs)}", *BUDGET, *([f"--seeds={seeds}"] if seeds else [])]
 
 
 def normalized_eval_command(point: Path) -> list[str]:
@@ -62,9 +63,9 @@ def points(runs: Path) -> list[Path]:
 
 
 def run_all(runs: Path) -> None:
-    cmd = sweep_command(runs)
-    print("+", hr.shown(cmd), flush=True)
-    subprocess.run(cmd, cwd=ROOT, check=False)
+    for cmd in (sweep_command(runs, seeds=1), sweep_command(runs)):  # every β first, then seed 1
+        print("+", hr.shown(cmd), flush=True)
+        subprocess.run(cmd, cwd=ROOT, check=False)
     for p in points(runs):
         hr.run(normalized_eval_command(p), p / "eval_normalized.log")
     subprocess.run([sys.executable, "-m", "jaxhybrid.tools.aggregate", hr.rel(runs),
