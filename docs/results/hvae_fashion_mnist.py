@@ -430,6 +430,9 @@ the shared data folder beside the checkout):
 
 ![Histograms of L, L>1 (bits/dim) and LLR>1](hvae_fashion_mnist/histograms.png)
 
+(The histograms span the 0.5–99.5 % quantiles of both sets together; values beyond them are
+counted in the edge bins.)
+
 ## Reading
 
 {reading(t, scores, f)}
