@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import platform
 import statistics
 import subprocess
 import time
@@ -18,6 +19,17 @@ def fmt_range(s: dict, scale: float = 1.0, spec: str = ".1f") -> str:
     """'median (min–max)' of a :func:`summary`, scaled."""
     return (f"{s['median'] * scale:{spec}} ({s['min'] * scale:{spec}}–"
             f"{s['max'] * scale:{spec}})")
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def uptime() -> str:

@@ -94,6 +94,7 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)   # measure this checkout, whatever the environment has installed
+from benchmarks.common import cpu_model  # noqa: E402  (no jax: the HVAE subprocesses come first)
 
 FAMILIES = ("gffn", "dhm", "hvae")
 DTYPES = ("float32", "bfloat16")
@@ -249,17 +250,6 @@ def _command_output(cmd: list) -> str | None:
     except subprocess.TimeoutExpired:
         return f"{cmd[0]}: no answer within 60 s"
     return (out.stdout + out.stderr).strip()
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def load_line() -> str:

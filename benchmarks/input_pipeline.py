@@ -44,7 +44,7 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)   # measure this checkout, whatever the environment has installed
-from benchmarks.common import SHARED_MNIST, fmt_range, summary, uptime  # noqa: E402
+from benchmarks.common import SHARED_MNIST, cpu_model, fmt_range, summary, uptime  # noqa: E402
 
 BATCHES = (128, 1024)
 MEASURES = ("host", "transfer", "iterate", "gather")
@@ -56,17 +56,6 @@ FAMILIES = {
     "cifar_synthetic": ("configs/dhm.py:digits", "DHM (digits variant: width 8, latent 16)",
                         {"data.train_transforms": "crop,flip"}),
 }
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def write_npz(tmpdir: str) -> dict[str, tuple[str, str]]:
