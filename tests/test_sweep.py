@@ -191,8 +191,21 @@ def test_config_module_can_declare_its_sweep_and_presentation(tmp_path):
         configfile.check_presentation_keys(_config(), {"x": "optimizer.lr"})
     with pytest.raises(ValueError, match="valid fields: kind, metrics"):
         presentation.check_presentation({"plots": [{"metric": ["accuracy"]}]})
-    with pytest.raises(ValueError, match="valid choices: linear, log2, log10"):
+    with pytest.raises(ValueError, match="valid choices: linear, log2, log10, categorical"):
         presentation.check_presentation({"x_scale": "log"})
+
+
+def test_categorical_x_places_zero_and_powers_of_ten_evenly():
+    """x_scale=categorical (a β grid with 0, which no log axis can show): the values in
+    order at 0, 1, 2, ...; linear keeps the values themselves."""
+    from jaxhybrid.tools import figures
+    rows = [{"group": {"model.beta": b}} for b in (100.0, 0.0, 1.0, 0.01, 10000.0, 1.0)]
+    view = presentation.View(x="model.beta", x_scale="categorical")
+    pos, ticks, labels = figures._x_positions(rows, view)
+    assert ticks == [0, 1, 2, 3, 4] and labels == ["0", "0.01", "1", "100", "10000"]
+    assert pos[json.dumps(100.0)] == 3
+    _, ticks, _ = figures._x_positions(rows, presentation.View(x="model.beta"))
+    assert ticks == [0.0, 0.01, 1.0, 100.0, 10000.0]
     with pytest.raises(ValueError, match="valid: x, x_label"):
         presentation.check_presentation({"xlabel": "lr"})
 
