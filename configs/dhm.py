@@ -22,7 +22,9 @@ Variants (``--config=configs/dhm.py:VARIANT``):
   training statistics (mean 0.2860, std 0.3530), a CPU-sized DHM (width 8, latent 32,
   head 64; the original's two-blocks-per-stage ResNet-18s), 5 epochs; OOD: the shared
   MNIST test split (near), uniform and Gaussian noise (far). The β study of
-  docs/results/dhm_beta.md sweeps it.
+  docs/results/dhm_beta.md sweeps it (6,000-image subset, 2 epochs, 2 seeds, about 2.5
+  min a point on an idle 2-core CPU): 79.5 ± 0.6 % test accuracy at β = 0, 79.5 ± 0.8 %
+  at β = 1, 78.1 ± 0.4 % at β = 10⁴.
 * ``svhn``, ``cifar10`` — TFDS (prepared offline with ``python -m
   jaxhybrid.data.tfds_prepare`` or ``tfds build``), the original's settings: two
   ResNet-18s (width 64, latent 256), BatchNorm, Adam 1e-3 ×0.1 every 50 epochs,
