@@ -231,8 +231,10 @@ def test_sbatch_starts_two_tasks_through_the_explicit_startup(chain):
 
 def test_resubmitted_job_resumes_after_scancel_and_matches_one_process(chain):
     tmp, resumed = chain["tmp"], chain["resumed"]
-    # checkpoint 8 survived the kill (saving 12 waited for it); 12 may be incomplete
-    assert chain["resumable"] and chain["resumable"][-1] in (8, 12), chain["resumable"]
+    # checkpoint 8 survived the kill (saving 12 waited for it); 12 may be incomplete. On a
+    # loaded machine the kill lands later (the log is polled), so a later checkpoint may be
+    # the last complete one: the run must still stop short of the end and resume from it.
+    assert chain["resumable"] and 8 <= chain["resumable"][-1] < STEPS, chain["resumable"]
     assert f"resumed from checkpoint step {chain['resumable'][-1]}" in resumed.output()
     steps, losses = _train_steps_and_losses(tmp / "run")
     one_steps, one_losses = _train_steps_and_losses(tmp / "one_process")
