@@ -61,7 +61,7 @@ test: install
 
 test-newest: install-newest
 	@$(PY_NEWEST) $(VERSIONS)
-	$(PY_NEWEST) -m pytest -q -n 2 --dist loadfile -m "not training_run"
+	$(PY_NEWEST) -m pytest -q -n 2 --dist loadfile -m "not training_run and not slow_smoke"
 
 test-slurm: install
 	launch/slurm_local/setup.sh

@@ -37,6 +37,7 @@ def smoke(tmp_path_factory):
             "stdout": proc.stdout, "workdir": tmp / "work"}
 
 
+@pytest.mark.slow_smoke
 def test_smoke_table_has_a_row_per_family_and_dtype(smoke):
     rows = ds.parse_step_table(smoke["md"])
     assert sorted((r["family"], r["dtype"]) for r in rows) == sorted(
@@ -52,6 +53,7 @@ def test_smoke_table_has_a_row_per_family_and_dtype(smoke):
         assert math.isclose(row["examples_per_s"], 8 / row["step_s"]["median"])
 
 
+@pytest.mark.slow_smoke
 def test_smoke_trained_and_evaluated_the_hvae(smoke):
     hvae = smoke["json"]["hvae"]
     assert hvae["train"]["rc"] == 0 and hvae["eval"]["rc"] == 0
@@ -68,6 +70,7 @@ def test_smoke_trained_and_evaluated_the_hvae(smoke):
     assert "## HVAE training and evaluation" in smoke["md"] and "AUROC -LLR>1" in smoke["md"]
 
 
+@pytest.mark.slow_smoke
 def test_smoke_recorded_the_device(smoke):
     import jax
     record = smoke["json"]["device"]

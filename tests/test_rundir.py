@@ -361,6 +361,7 @@ def _tiny_hvae(**overrides):
     return apply_overrides(c, overrides) if overrides else c
 
 
+@pytest.mark.slow_smoke
 def test_scoring_fields_may_differ_in_eval_and_get_their_own_directory(tmp_path):
     """One trained HVAE scored at S = 1 and S = 3 (model.iwae_samples, a scoring field):
     eval mode accepts it, each S gets its own eval/<step>/<eval_id>/ and its own numbers;
