@@ -8,6 +8,7 @@ import json
 import os
 
 import numpy as np
+import pytest
 
 from jaxhybrid.evaluators.calibration import calibration_metrics
 from jaxhybrid.train import train_and_evaluate
@@ -100,6 +101,7 @@ def test_unsupervised_family_writes_likelihoods_and_ood_scores_and_no_logits(tmp
     assert "Attacked" not in open(os.path.join(tmp_path, final["eval_dir"], "report.md")).read()
 
 
+@pytest.mark.slow_smoke
 def test_cli_predictions_and_tensorboard(tmp_path):
     """One CLI run sets both options: predictions.npz beside metrics.json, and TensorBoard
     event files equal to metrics.jsonl."""

@@ -316,7 +316,8 @@ def _resume(wd: str, caplog, through_cli: bool) -> str:
     return again.stdout
 
 
-@pytest.mark.parametrize("signum,rerun_cli", [(signal.SIGINT, True), (signal.SIGTERM, False)],
+@pytest.mark.parametrize("signum,rerun_cli", [pytest.param(signal.SIGINT, True, marks=pytest.mark.slow_smoke),
+                                             (signal.SIGTERM, False)],
                          ids=["SIGINT", "SIGTERM"])
 def test_signal_stops_cleanly_and_the_same_command_resumes(tmp_path, caplog, signum,
                                                              rerun_cli):

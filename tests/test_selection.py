@@ -78,6 +78,7 @@ def test_drop_remainder_gives_full_batches_of_changing_examples():
 
 
 # -- the trainer and evaluation --------------------------------------------------------
+@pytest.mark.slow_smoke
 def test_checkpoint_best_through_the_cli(tmp_path):
     """--checkpoint=best resolves to the highest val_accuracy (orbax stores the metrics),
     and the best checkpoint is kept beyond keep_checkpoints."""
@@ -164,6 +165,7 @@ def test_selection_keeps_the_earliest_of_ties_and_marks_what_orbax_keeps():
     assert saved[3] == {SELECTED_AT: -1.0}                  # no validation: never selected
 
 
+@pytest.mark.slow_smoke
 def test_batching_transform_and_checkpoint_options_through_the_cli(tmp_path):
     """drop_remainder, data.train_transforms/crop_padding, data.digits_test_fraction,
     data.label_key and evals.checkpoint, end to end."""
