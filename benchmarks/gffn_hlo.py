@@ -375,11 +375,11 @@ def main(argv):
     print(f"jax {jax.__version__} ({jax.default_backend()}, {FLAGS.devices} device(s)); "
           f"{os.cpu_count()} CPU(s); load average {loadavg()}")
     print(f"model {m.name} {dict(m)}; frame {config.data.frame}; optimizer "
-          f"{config.optimizer.name}; label model {config.label_model}; B={b}; data: {source}")
+          f"{config.optimizer.name}; label model {config.objective.label_model}; B={b}; data: {source}")
 
     steps, states, cursor = {}, {}, collections.Counter()
     for v in FLAGS.variants:
-        steps[v] = make_step(make_loss(v, logits_fn, config.label_model), mesh, optimizer,
+        steps[v] = make_step(make_loss(v, logits_fn, config.objective.label_model), mesh, optimizer,
                              schedule)
         states[v] = jax.tree.map(jnp.copy, state0)
 

@@ -141,11 +141,11 @@ def build_setup(base_config, batch_size: int, variant: str, devices: int,
     config = base_config.copy_and_resolve_references()
     config.batch_size = batch_size
     config.num_devices = devices
-    config.joint_weight = 0.0 if variant == "lambda0" else 1.0
+    config.objective.joint_weight = 0.0 if variant == "lambda0" else 1.0
     exp = build_experiment(config)
     if variant == "ce_only":
         family = dataclasses.replace(
-            exp.family, loss=ce_only_loss(exp.family, config.label_model),
+            exp.family, loss=ce_only_loss(exp.family, config.objective.label_model),
             describe={**exp.family.describe, "joint_weight": "none (ce_only)"})
         exp = dataclasses.replace(exp, family=family)
     batches = TrainBatches(exp.splits.train, batch_size, seed=config.seed, mesh=exp.mesh,
@@ -209,7 +209,7 @@ def main(argv):
           f"{os.cpu_count()} CPU(s)")
     print(f"model {m.name} width {m.width} stages {m.stages}x{m.convs_per_stage} conv hidden "
           f"{tuple(m.hidden)}; frame {config.data.frame}; optimizer {config.optimizer.name}; "
-          f"label model {config.label_model}")
+          f"label model {config.objective.label_model}")
 
     t0 = time.perf_counter()
     setups = []

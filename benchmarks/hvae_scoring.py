@@ -132,7 +132,7 @@ def setup():
     fams = {c: make_family(FLAGS.samples, c) for c in FLAGS.chunk}
     config = fams[FLAGS.chunk[0]][1]
     variables, batch = init_variables(fams[FLAGS.chunk[0]][0])
-    return ({c: f for c, (f, _) in fams.items()}, famlib.read_options(config.model),
+    return ({c: f for c, (f, _) in fams.items()}, famlib.HVAEFamily.options(config),
             variables, batch, jax.random.PRNGKey(1))
 
 

@@ -52,7 +52,7 @@ MEASURES = ("host", "transfer", "iterate", "gather")
 FAMILIES = {
     "digits": ("configs/hvae.py:digits", "HVAE (digits variant: 16-ch blocks)", {}),
     "mnist": ("configs/gffn.py:mnist_npz", "thesis CNN classifier, GFFN λ=1",
-              {"joint_weight": 1.0}),
+              {"objective.joint_weight": 1.0}),
     "cifar_synthetic": ("configs/dhm.py:digits", "DHM (digits variant: width 8, latent 16)",
                         {"data.train_transforms": "crop,flip"}),
 }

@@ -128,7 +128,11 @@ def build(pkg: str, version: str, base_config, batch_size: int, lam: float, devi
     m = {k: importlib.import_module(f"{pkg}.{k}")
          for k in ("experiment", "optim", "train", "data.pipeline")}
     config = base_config.copy_and_resolve_references()
-    config.batch_size, config.num_devices, config.joint_weight = batch_size, devices, lam
+    config.batch_size, config.num_devices = batch_size, devices
+    if version == "ref":    # the reference predates config.objective: λ was top-level
+        config.joint_weight = lam
+    else:
+        config.objective.joint_weight = lam
     exp = m["experiment"].build_experiment(config)
     batches = m["data.pipeline"].TrainBatches(exp.splits.train, batch_size, seed=config.seed,
                                               mesh=exp.mesh, preprocess=exp.preprocess)

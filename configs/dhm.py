@@ -41,8 +41,8 @@ parameters, optimiser state and losses); on digits it lands within 1.5 points of
 examples; one run's binomial standard error there is 0.8 points). Other likelihoods:
 ``--config.model.recon=gaussian_learned`` (a per-pixel σ ≥ ``recon_scale_min``),
 ``bernoulli``, ``discretized_logistic``, ``discretized_mix_logistic`` (nats; c = 1 makes
-the generative term −ELBO: ``--config.model.kl_coef=1``), and the IWAE-K training bound
-``--config.model.train_samples=K``.
+the generative term −ELBO: ``--config.objective.kl_coef=1``), and the IWAE-K training bound
+``--config.objective.train_samples=K``.
 
 The β sweep (the original went up to 1e5; ``get_sweep``)::
 
@@ -50,11 +50,8 @@ The β sweep (the original went up to 1e5; ``get_sweep``)::
 """
 from __future__ import annotations
 
-import ml_collections
-
 from jaxhybrid.config_defaults import (CIFAR_MEAN, DHM_CIFAR_STD, FASHION_MNIST_NPZ, MNIST_NPZ,
-                                      base_config, check_variant, family_model_config)
-from jaxhybrid.families.dhm import DEFAULTS
+                                      base_config, check_variant)
 
 VARIANTS = ("digits", "mnist_npz", "fashion_mnist_npz", "svhn", "cifar10")
 
@@ -64,16 +61,9 @@ VARIANTS = ("digits", "mnist_npz", "fashion_mnist_npz", "svhn", "cifar10")
 FMNIST_MEAN, FMNIST_STD = 0.2860, 0.3530
 
 
-def model_config(**overrides) -> ml_collections.ConfigDict:
-    """Every DHM field with the original's defaults (jaxhybrid.families.dhm.DEFAULTS)."""
-    return family_model_config("dhm", DEFAULTS, **overrides)
-
-
 def get_config(variant: str = "digits"):
     variant = check_variant(variant, VARIANTS, "configs/dhm.py")
-    c = base_config()
-    c.family = "dhm"
-    c.model = model_config()
+    c = base_config("dhm")          # model.* and objective.*: families/dhm.py's tables
     c.optimizer.name = "adam"
     c.optimizer.learning_rate = 1e-3
     c.optimizer.lr_scaling = "none"
@@ -146,10 +136,10 @@ def get_sweep(variant: str = "digits"):
              "fashion_mnist_npz": [0.0, 0.01, 1.0, 100.0, 10000.0]}.get(  # 0: the plain ResNet
         variant, [0.1, 1.0, 10.0, 100.0, 1000.0, 10000.0, 100000.0])
     return {
-        "model.beta": betas, "seeds": 2 if variant == "fashion_mnist_npz" else 1,
-        "x": "model.beta", "x_label": "β (weight of the VAE term)",
+        "objective.beta": betas, "seeds": 2 if variant == "fashion_mnist_npz" else 1,
+        "x": "objective.beta", "x_label": "β (weight of the VAE term)",
         "x_scale": "categorical" if 0.0 in betas else "log10",
-        "titles": {"model.beta": "β"},
+        "titles": {"objective.beta": "β"},
         "plots": [
             {"file": "accuracy_vs_beta.png", "metrics": ["accuracy"],
              "ylabel": "test accuracy", "title": "Test accuracy vs β"},

@@ -1,4 +1,4 @@
-"""GFFN (joint likelihood) and its FFN baseline (``--config.joint_weight=0``).
+"""GFFN (joint likelihood) and its FFN baseline (``--config.objective.joint_weight=0``).
 
 Variants (``--config=configs/gffn.py:VARIANT``):
 
@@ -6,7 +6,7 @@ Variants (``--config=configs/gffn.py:VARIANT``):
 
       python -m jaxhybrid.main --config=configs/gffn.py:digits --workdir=runs/gffn_digits
       python -m jaxhybrid.main --config=configs/gffn.py:digits --workdir=runs/ffn_digits \\
-          --config.joint_weight=0
+          --config.objective.joint_weight=0
 
   Classes 8 and 9 are held out as a near-OOD set. Expect ≥ 95% test accuracy on
   the 8 remaining classes for both λ = 0 and λ = 1.
@@ -102,10 +102,10 @@ def get_sweep(variant: str = "digits"):
     batch = {"digits": [4, 16, 64, 256, 1024], "smoke": [8, 16]}.get(
         variant, [16, 64, 256, 1024, 4096])
     return {
-        "batch_size": batch, "joint_weight": [0.0, 1.0], "seeds": 3,
+        "batch_size": batch, "objective.joint_weight": [0.0, 1.0], "seeds": 3,
         "x": "batch_size", "x_label": "global batch size", "x_scale": "log2",
-        "titles": {"batch_size": "batch", "joint_weight": "λ"},
-        "labels": {"joint_weight": {0.0: "FFN (λ=0)", 1.0: "GFFN (λ=1)"}},
+        "titles": {"batch_size": "batch", "objective.joint_weight": "λ"},
+        "labels": {"objective.joint_weight": {0.0: "FFN (λ=0)", 1.0: "GFFN (λ=1)"}},
         "plots": [
             {"file": "accuracy_vs_batch_size.png", "metrics": ["accuracy"],
              "ylabel": "test accuracy", "panel_size": [5.0, 3.8],

@@ -60,11 +60,7 @@ in-distribution); ``likelihood`` reports L in nats and bits/dim.
 """
 from __future__ import annotations
 
-import ml_collections
-
-from jaxhybrid.config_defaults import (FASHION_MNIST_NPZ, MNIST_NPZ, base_config, check_variant,
-                                       family_model_config)
-from jaxhybrid.families.hvae import DEFAULTS
+from jaxhybrid.config_defaults import FASHION_MNIST_NPZ, MNIST_NPZ, base_config, check_variant
 
 VARIANTS = ("digits", "mnist_npz", "fashion_mnist_npz", "fashion_mnist", "fashion_mnist_paper_npz",
             "cifar10")
@@ -80,16 +76,9 @@ def latent(kind: str, features: int) -> dict:
             "latent_features": features}
 
 
-def model_config(**overrides) -> ml_collections.ConfigDict:
-    """Every HVAE field with the original's Fashion-MNIST defaults (families.hvae.DEFAULTS)."""
-    return family_model_config("hvae", DEFAULTS, **overrides)
-
-
 def get_config(variant: str = "digits"):
     variant = check_variant(variant, VARIANTS, "configs/hvae.py")
-    c = base_config()
-    c.family = "hvae"
-    c.model = model_config()
+    c = base_config("hvae")         # model.* and objective.*: families/hvae.py's tables
     c.optimizer.name = "adam"
     c.optimizer.learning_rate = 3e-4
     c.optimizer.lr_scaling = "none"
@@ -104,8 +93,9 @@ def get_config(variant: str = "digits"):
                                              blocks(16, 3, (1,))),
                        config_stochastic=(latent("conv", 4), latent("dense", 8),
                                           latent("dense", 4)),
-                       warmup_epochs=10.0, free_nats_constant_epochs=10,
-                       free_nats_cooldown_epochs=10, iwae_samples=64, score_chunk=32)
+                       iwae_samples=64, score_chunk=32)
+        c.objective.update(warmup_epochs=10.0, free_nats_constant_epochs=10,
+                           free_nats_cooldown_epochs=10)
         c.optimizer.learning_rate = 2e-3
         c.batch_size = 64
         c.eval_batch_size = 256
@@ -117,8 +107,9 @@ def get_config(variant: str = "digits"):
         c.data.source = "npz"
         c.model.update(config_deterministic=(blocks(16, 3, (1, 2)), blocks(16, 3, (2,)),
                                              blocks(16, 3, (1,))),
-                       warmup_epochs=3.0, free_nats_constant_epochs=3,
-                       free_nats_cooldown_epochs=3, iwae_samples=8, score_chunk=8)
+                       iwae_samples=8, score_chunk=8)
+        c.objective.update(warmup_epochs=3.0, free_nats_constant_epochs=3,
+                           free_nats_cooldown_epochs=3)
         c.optimizer.learning_rate = 1e-3
         c.num_epochs = 10.0
         c.log_every = 100
@@ -129,8 +120,8 @@ def get_config(variant: str = "digits"):
         else:
             c.data.npz_path = FASHION_MNIST_NPZ
             c.data.validation_size = 10000
-            c.model.update(warmup_epochs=5.0, free_nats_constant_epochs=5,
-                           free_nats_cooldown_epochs=5)
+            c.objective.update(warmup_epochs=5.0, free_nats_constant_epochs=5,
+                               free_nats_cooldown_epochs=5)
             c.num_epochs = 24.0
             c.evals.ood_sets = f"mnist=npz:{MNIST_NPZ}"
     else:   # the original's settings

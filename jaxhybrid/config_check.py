@@ -14,13 +14,13 @@ line per field, in one ValueError::
 
 Checked elsewhere, also before any training:
 
-- the family's own fields (``joint_weight``, ``label_model``, the model name): by the
-  family factory (:mod:`jaxhybrid.families.classifier`, the model name by
-  :func:`jaxhybrid.models.build_model`), called in build_experiment once the data give
-  the number of classes. This table names no family's fields, and a field it does not
-  know (a new family's) is left to its family. Only a model of the library's registry
-  (``model.name`` in :data:`jaxhybrid.models.MODELS`) has its options checked here
-  (:func:`_library_model`); a family's own model (tests/configs/toy_vae.py) is not;
+- the family's own sections, ``model.*`` and ``objective.*``: by the family's tables
+  (``MODEL``, ``OBJECTIVE`` of :mod:`jaxhybrid.families`), called here too
+  (:func:`_family_sections`), so they are reported with the rest. This table names no
+  family's fields. A model of the library's registry (``model.name`` in
+  :data:`jaxhybrid.models.MODELS`, the classifier's networks) has its options checked
+  by :func:`_library_model`; a family outside the library (tests/configs/toy_vae.py)
+  checks its own sections when its factory runs;
 - what needs the data: :func:`check_against_data` (``data.frame`` >= the image size,
   ``data.mean``/``data.std`` one entry per channel), called in build_experiment right
   after the data are loaded; :func:`check_family_data` (a likelihood that needs binary
@@ -37,12 +37,10 @@ cheap: the registries are imported when a check runs.
 from __future__ import annotations
 
 import difflib
-import math
-import numbers
 import os
 import re
 import sys
-from typing import Any, Callable, Iterable, Optional, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from absl import flags
@@ -59,8 +57,8 @@ from jaxhybrid.families import FAMILIES
 from jaxhybrid.models import MODELS, build_model
 from jaxhybrid.models.likelihoods import get_likelihood
 from jaxhybrid.precision import COMPUTE_DTYPES
-
-Check = Callable[[Any], Optional[str]]   # value -> None (valid) or what is valid
+from jaxhybrid.schema import (Check, boolean, integer, is_int as _is_int, is_number as _is_number,
+                              number, one_of, parsed_by)
 
 # The splits an evaluator can report on (EvalContext.split_source) and the checkpoints
 # the final evaluation can use (train.py, evaluate.py; --checkpoint also takes a step).
@@ -68,58 +66,7 @@ EVAL_SPLITS = ("test", "validation", "train")
 EVAL_CHECKPOINTS = ("best", "latest")
 
 
-# -- the checks --------------------------------------------------------------------------
-def _is_int(v) -> bool:
-    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
-
-
-def _is_number(v) -> bool:
-    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
-
-def integer(low: int) -> Check:
-    """An int >= ``low``."""
-    return lambda v: None if _is_int(v) and v >= low else f"must be an int >= {low}"
-
-
-def number(low: float | None = None, high: float | None = None, *,
-           low_open: bool = False, high_open: bool = False) -> Check:
-    """A finite number in the interval, e.g. ``number(0, 1, high_open=True)``: [0, 1)."""
-    if high is None:
-        want = f"{'>' if low_open else '>='} {low:g}"
-    else:
-        want = f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
-
-    def check(v):
-        ok = _is_number(v) and (low is None or (v > low if low_open else v >= low)) and \
-            (high is None or (v < high if high_open else v <= high))
-        return None if ok else f"must be a number {want}"
-    return check
-
-
-def boolean(v) -> str | None:
-    return None if isinstance(v, bool) else "must be True or False"
-
-
-def one_of(choices: Iterable[str]) -> Check:
-    """One of the names a registry lists."""
-    valid = list(choices)
-
-    def check(v):
-        return None if v in valid else f"must be one of {', '.join(map(str, valid))}"
-    return check
-
-
-def parsed_by(parser: Callable[[Any], Any]) -> Check:
-    """Valid when the library's own parser of the field accepts it; else its message."""
-    def check(v):
-        try:
-            parser(v)
-        except (ValueError, TypeError) as e:
-            return str(e)
-        return None
-    return check
-
-
+# -- the checks (the shared ones: jaxhybrid/schema.py) -----------------------------------
 def _feature_name(v) -> str | None:
     if isinstance(v, str) and v:
         return None
@@ -301,6 +248,12 @@ def _get(config, dotted: str, default=_MISSING):
     return node
 
 
+def _family_sections(config) -> list[str]:
+    """The lines of a library family's ``model`` and ``objective`` tables."""
+    spec = FAMILIES.get(_get(config, "family", None))
+    return spec.problems(config) if spec else []
+
+
 def problems(config) -> list[str]:
     """One line per bad field: 'config field F = V: must be ...'."""
     out = []
@@ -315,7 +268,8 @@ def problems(config) -> list[str]:
         out += [f"config field {f} = {_get(config, f, None)!r}: {why}"
                 for f, why in rule(config) if not any(o.startswith(f"config field {f} = ")
                                                       for o in out)]
-    return out
+    return out + [line for line in _family_sections(config)
+                  if not any(line.startswith(o.split(":")[0]) for o in out)]
 
 
 def check_config(config) -> None:
@@ -431,6 +385,14 @@ def load_config(argv: Sequence[str]):
         return None
 
 
+def _elsewhere(config, name: str, path: list) -> list[str]:
+    """Where a field called ``name`` lives in another section (``model.beta`` ->
+    ``objective.beta``, ``joint_weight`` -> ``objective.joint_weight``)."""
+    out = [name] if path and name in config and not hasattr(config[name], "keys") else []
+    return out + [f"{k}.{name}" for k in config.keys() if [k] != path[:1]
+                  and hasattr(config[k], "keys") and name in config[k]]
+
+
 def unknown_key_message(config, key: str) -> str | None:
     """For an override ``--config.KEY``: the message naming its first unknown part and
     the valid keys of the sub-config it is missing from; None when ``key`` exists."""
@@ -444,8 +406,10 @@ def unknown_key_message(config, key: str) -> str | None:
         if name not in node:
             valid = sorted(node.keys())
             scope = f"of {where}" if where else "at the top level"
-            close = difflib.get_close_matches(name, valid, n=1)
-            hint = f" (did you mean {'.'.join(path + close)}?)" if close else ""
+            near = ['.'.join(path + difflib.get_close_matches(name, valid, n=1))] if \
+                difflib.get_close_matches(name, valid, n=1) else []
+            near += _elsewhere(config, name, path)
+            hint = f" (did you mean {', '.join(dict.fromkeys(near))}?)" if near else ""
             return (f"unknown config key {key!r}{hint}; valid keys {scope}: "
                     f"{', '.join(valid)}")
         node, path = node[name], path + [name]

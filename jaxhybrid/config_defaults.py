@@ -1,7 +1,10 @@
 """Shared defaults for every jaxhybrid config (configs/*.py build on these).
 
 Every field exists here, so that the locked config refuses a misspelt key
-(``--config.batchsize=...`` is an error naming the valid keys).
+(``--config.batchsize=...`` is an error naming the valid keys). The fields every family
+shares are here; a family's own sections, ``model`` and ``objective``, come from its tables
+(:class:`jaxhybrid.families.base.FamilyBase`: ``MODEL``, ``OBJECTIVE``), so that a field of
+one family is never a key of another's config.
 """
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ import os
 
 import ml_collections
 
+from jaxhybrid.families import FAMILIES
 
 
 def shared_npz(name: str, env: str) -> str:
@@ -123,23 +127,17 @@ def evals_config(**overrides) -> ml_collections.ConfigDict:
     return d
 
 
-def family_model_config(name: str, defaults: dict, **overrides) -> ml_collections.ConfigDict:
-    """``config.model`` of a family with its own model: ``name`` and every field of the
-    family's ``defaults`` (so each is listed, overridable and checked), then ``overrides``."""
-    m = ml_collections.ConfigDict({"name": name, **defaults})
-    m.update(overrides)
-    return m
-
-
-def base_config() -> ml_collections.ConfigDict:
+def base_config(family: str = "classifier") -> ml_collections.ConfigDict:
+    """Every shared field at its default, and ``family``'s ``model`` and ``objective``
+    sections at theirs (empty for a family outside the library, ``package.module:factory``:
+    its config file sets them)."""
     c = ml_collections.ConfigDict()
-    c.family = "classifier"
-    c.joint_weight = 1.0             # λ: 0 = FFN (cross-entropy), 1 = GFFN (joint), between = mix
-    c.label_model = "softmax"        # softmax | binary (thesis eq. 2.15–2.20)
+    c.family = family
+    spec = FAMILIES.get(family)
+    c.model = spec.default_model() if spec else ml_collections.ConfigDict()
+    c.objective = spec.OBJECTIVE.defaults() if spec else ml_collections.ConfigDict()
     c.seed = 0                       # init + shuffling seed
     c.data = data_config()
-    c.model = ml_collections.ConfigDict({"name": "cnn", "width": 32, "stages": 2,
-                                         "convs_per_stage": 2, "hidden": (256,)})
     c.batch_size = 128               # GLOBAL batch over all devices and hosts
     c.eval_batch_size = 512          # GLOBAL
     c.num_epochs = 10.0

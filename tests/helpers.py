@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import jax
+import ml_collections
 import numpy as np
 
 from configs import gffn
@@ -27,6 +28,15 @@ def tiny_config(**overrides):
     c.model.hidden = (32,)
     c.evals.names = "classification"
     return apply_overrides(c, overrides)
+
+
+def family_config(spec, **fields):
+    """A config of the library family ``spec`` (a FamilyBase class) on digits: each of
+    ``fields`` in the section whose table has it (``objective`` or ``model``)."""
+    objective = {k: v for k, v in fields.items() if k in spec.OBJECTIVE.fields}
+    model = {k: v for k, v in fields.items() if k not in objective}
+    return ml_collections.ConfigDict({"data": {"source": "digits"}, "model": model,
+                                      "objective": objective})
 
 
 def restore_params(config, workdir, step="latest"):

@@ -110,8 +110,24 @@ CASES = [
      ["data.frame = 4: smaller than the 8x8 images", ">= 8"]),
     ("npz_is_a_text_file", ["--config.data.source=npz", "--config.data.npz_path={tmp}/notes.npz"],
      ["{tmp}/notes.npz", "is not a valid .npz", "x_train"]),
-    ("joint_weight_above_1", ["--config.joint_weight=1.5"], ["joint_weight", "[0, 1]"]),
-    ("unknown_label_model", ["--config.label_model=probit"], ["softmax, binary"]),
+    ("joint_weight_above_1", ["--config.objective.joint_weight=1.5"],
+     ["config field objective.joint_weight = 1.5: must be a number in [0, 1]"]),
+    # a family's fields live in its sections: a loss field under model.* (or at the top
+    # level, where λ used to be) is named where it lives; the tables check their values
+    ("loss_field_under_model", ["--config=configs/dhm.py:digits", "--config.model.beta=2"],
+     ["unknown config key 'model.beta' (did you mean objective.beta?)"]),
+    ("lambda_at_the_top_level", ["--config.joint_weight=0"],
+     ["unknown config key 'joint_weight' (did you mean objective.joint_weight?)"]),
+    ("negative_beta", ["--config=configs/dhm.py:digits", "--config.objective.beta=-1"],
+     ["config field objective.beta = -1.0: must be a number >= 0"]),
+    ("hvae_free_nats_mode", ["--config=configs/hvae.py:digits",
+                             "--config.objective.free_nats_mode=global"],
+     ["config field objective.free_nats_mode = 'global': must be one of per_element, "
+      "per_layer"]),
+    ("dhm_iwae_loss_needs_a_likelihood", ["--config=configs/dhm.py:digits",
+                                          "--config.objective.train_samples=4"],
+     ["config field objective.train_samples = 4: must be 1 with model.recon='mse_mean'"]),
+    ("unknown_label_model", ["--config.objective.label_model=probit"], ["softmax, binary"]),
     ("unknown_model", ["--config.model.name=vit"], ["Unknown model 'vit'", "cnn, resnet18"]),
     # npz files that cannot be split: named with the file and the split
     ("npz_labels_and_images_differ",

@@ -283,25 +283,26 @@ def test_paths_keep_their_scheme():
 
 
 def test_compare_aggregate_and_sweep_points_on_gs(bucket, tmp_path):
-    _run(bucket / "sweep", "joint_weight=0,seed=0", {208: _metrics(0.9)}, selected=208)
-    _run(bucket / "sweep", "joint_weight=1,seed=0", {336: _metrics(0.8)}, selected=336)
-    for name, lam in (("joint_weight=0,seed=0", 0.0), ("joint_weight=1,seed=0", 1.0)):
+    _run(bucket / "sweep", "objective.joint_weight=0,seed=0", {208: _metrics(0.9)}, selected=208)
+    _run(bucket / "sweep", "objective.joint_weight=1,seed=0", {336: _metrics(0.8)}, selected=336)
+    for name, lam in (("objective.joint_weight=0,seed=0", 0.0), ("objective.joint_weight=1,seed=0", 1.0)):
         c = gffn.get_config("smoke")
-        c.joint_weight = lam
+        c.objective.joint_weight = lam
         (bucket / "sweep" / name / "config.json").write_text(c.to_json_best_effort())
-    a, b = "gs://bucket/sweep/joint_weight=0,seed=0", "gs://bucket/sweep/joint_weight=1,seed=0"
+    a, b = ("gs://bucket/sweep/objective.joint_weight=0,seed=0",
+            "gs://bucket/sweep/objective.joint_weight=1,seed=0")
     md = compare.compare([a, b], ["FFN", "GFFN"])
     assert _rows(md)["accuracy"] == ["0.9000", "0.8000"] and f"`{a}`" in md
     out = aggregate.write_outputs("gs://bucket/sweep")
     assert out["dir"] == "gs://bucket/sweep/aggregate"
-    assert [(r["group"], r["n"]) for r in out["rows"]] == [({"joint_weight": 0.0}, 1),
-                                                           ({"joint_weight": 1.0}, 1)]
+    assert [(r["group"], r["n"]) for r in out["rows"]] == [
+        ({"objective.joint_weight": 0.0}, 1), ({"objective.joint_weight": 1.0}, 1)]
     written = sorted(p.name for p in (bucket / "sweep" / "aggregate").iterdir())
     assert {"aggregate.md", "aggregate.csv", "aggregate.json",
-            "accuracy_vs_joint_weight.png"} <= set(written)
+            "accuracy_vs_objective.joint_weight.png"} <= set(written)
     # the sweep's points live under the bucket, and their state is read there
     c = gffn.get_config("smoke")
-    points = grid.expand_grid(c, grid.parse_sweep(c, ["joint_weight=0,1"]), [0],
+    points = grid.expand_grid(c, grid.parse_sweep(c, ["objective.joint_weight=0,1"]), [0],
                               "gs://bucket/sweep")
     assert [p.workdir for p in points] == [a, b]
     assert f"--workdir={a}" in grid.point_argv("configs/gffn.py:smoke", points[0], c)

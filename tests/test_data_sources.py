@@ -644,9 +644,9 @@ def test_bernoulli_likelihood_needs_binary_pixels(tmp_path):
     pixels unless training binarises them, and accepted on data that are binary."""
     from configs import hvae
     from jaxhybrid import config_check
-    from jaxhybrid.families.hvae import make_hvae
+    from jaxhybrid.families.hvae import HVAEFamily
     config = hvae.get_config("digits")
-    family = make_hvae(config, 0)
+    family = HVAEFamily.build(config, 0)
     assert family.likelihood == "bernoulli"
     (tmp_path / "binary").mkdir()
     binary = _splits(tmp_path / "binary")                      # every pixel 0 or 255
@@ -663,7 +663,7 @@ def test_bernoulli_likelihood_needs_binary_pixels(tmp_path):
     with pytest.raises(ValueError, match="dequantize makes the pixels continuous"):
         config_check.check_family_data(family, config, binary)
     config.model.likelihood = "discretized_logistic"                  # a mass over 256 levels
-    config_check.check_family_data(make_hvae(config, 0), config, grey)
+    config_check.check_family_data(HVAEFamily.build(config, 0), config, grey)
 
 
 # --------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ def _trajectory(workdir) -> dict[str, np.ndarray]:
 
 
 def _run(tmp_path, joint_weight, num_devices):
-    c = tiny_config(joint_weight=joint_weight, batch_size=GLOBAL_BATCH, num_devices=num_devices,
+    c = tiny_config(**{"objective.joint_weight": joint_weight}, batch_size=GLOBAL_BATCH, num_devices=num_devices,
                     num_steps=6, log_every=1, seed=3)
     c.model.width = 4
     c.model.hidden = (16,)

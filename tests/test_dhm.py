@@ -6,7 +6,6 @@ from functools import partial
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
@@ -15,15 +14,14 @@ from jaxhybrid import rng as rnglib
 from jaxhybrid.families import dhm as famlib
 from jaxhybrid.models.dhm import DHM
 from jaxhybrid.objectives import dhm as obj
-from tests.helpers import REPO, fake_variables
+from tests.helpers import family_config, REPO, fake_variables
 
 K = 3
 TINY = {"name": "dhm", "width": 2, "blocks": (1, 1, 1, 1), "latent": 3, "head_hidden": 8}
 
 
-def _config(**model):
-    return ml_collections.ConfigDict({"data": {"source": "digits"},
-                                      "model": {**TINY, **model}})
+def _config(**fields):
+    return family_config(famlib.DHMFamily, **{**TINY, **fields})
 
 
 def _batch(b=16, shape=(8, 8, 1), pad=3, pad_value=0.0, seed=0):
@@ -59,8 +57,8 @@ def test_kl_is_the_closed_form():
 
 def _parts(fam_cfg, batch, samples, key):
     """A tiny bernoulli DHM in eval mode: (variables, module outputs at eps, eps, family)."""
-    o = famlib.read_options(fam_cfg.model)
-    fam = famlib.make_dhm(fam_cfg, K)
+    o = famlib.DHMFamily.options(fam_cfg)
+    fam = famlib.DHMFamily.build(fam_cfg, K)
     b = _jnp(batch)
     variables = _variables(fam, batch)
     module = famlib.build_module(o, K, batch["image"].shape[-1])
@@ -96,14 +94,14 @@ def test_elbo_and_iwae_equal_direct_computations_from_the_parts():
     assert pred["log_likelihood"].mean() >= pred["elbo"].mean()
     assert np.all(iwae8 >= log_w.mean(0) - 1e-4)
     # K = 1: the IWAE bound is the single-sample ELBO, log p(x|z) + log p(z) − log q(z|x)
-    fam1 = famlib.make_dhm(_config(recon="bernoulli", iwae_samples=1, norm="none"), K)
+    fam1 = famlib.DHMFamily.build(_config(recon="bernoulli", iwae_samples=1, norm="none"), K)
     one = np.asarray(jax.jit(fam1.predict, static_argnums=3)(
         variables, _jnp(batch), key, ("log_likelihood",))["log_likelihood"])
     np.testing.assert_allclose(one, log_w[0], rtol=1e-5, atol=1e-3)
     np.testing.assert_allclose(mathops.log_mean_exp(jnp.asarray(log_w[:1])), log_w[0], rtol=1e-6)
     # −(recon + c·KL) at z = μ and at the one z = μ + σ·ε of the example's evaluation key
     # (the original's score), summed nats for a proper likelihood
-    module = famlib.build_module(famlib.read_options(cfg.model), K, 1)
+    module = famlib.build_module(famlib.DHMFamily.options(cfg), K, 1)
     one_eps = famlib.reparameterisation_noise(key, jnp.asarray(batch["id"]), 1, 3)
     for name, e in (("neg_loss_at_mean", None), ("neg_loss_sampled", one_eps)):
         d = np.asarray(jax.jit(lambda v, x: module.apply(v, x, train=False, eps=e)["decoded"][0])(
@@ -117,9 +115,9 @@ def test_mse_mean_loss_is_the_original_formula():
     """α·CE + β·(mean (x̂ − x)² + 0.1·mean KL), batch mean over the valid rows (α = β = 1)."""
     batch = _batch(b=10, pad=2)
     cfg = _config()                                          # recon=mse_mean, c = 0.1, BN
-    o = famlib.read_options(cfg.model)
+    o = famlib.DHMFamily.options(cfg)
     assert (o["recon"], o["kl_coef"], o["alpha"], o["beta"]) == ("mse_mean", 0.1, 1.0, 1.0)
-    fam = famlib.make_dhm(cfg, K)
+    fam = famlib.DHMFamily.build(cfg, K)
     b, key = _jnp(batch), jax.random.PRNGKey(3)
     variables = _variables(fam, batch)
     progress = {"step": jnp.int32(0), "epoch": jnp.float32(0.5)}
@@ -141,7 +139,7 @@ def test_mse_mean_loss_is_the_original_formula():
     np.testing.assert_allclose(float(aux["recon"]), recon[m].mean(), rtol=1e-5)
     np.testing.assert_allclose(float(aux["kl"]), kl[m].mean(), rtol=1e-5)
     # KL warm-up: c·min(1, epoch / warm-up), a pure function of progress
-    warm = famlib.make_dhm(_config(kl_warmup_epochs=2.0), K)
+    warm = famlib.DHMFamily.build(_config(kl_warmup_epochs=2.0), K)
     _, (_, aux_w) = jax.jit(warm.loss)(variables, b, key, progress)
     np.testing.assert_allclose(float(aux_w["kl_coef"]), 0.1 * 0.25, rtol=1e-6)
 
@@ -152,7 +150,7 @@ _STEPS = {}
 def _step(n_devices, batch, key=0):
     """loss, aux, grads and new batch stats of a tiny BatchNorm DHM on n devices."""
     if n_devices not in _STEPS:
-        fam = famlib.make_dhm(_config(), K)
+        fam = famlib.DHMFamily.build(_config(), K)
         mesh = parallel.make_mesh(n_devices)
         loss = parallel.shard_loss(fam.loss, mesh)
         progress = {"step": jnp.int32(0), "epoch": jnp.float32(0)}
@@ -186,7 +184,7 @@ def test_loss_grads_and_batch_stats_are_device_count_invariant_on_a_padded_batch
 @pytest.mark.parametrize("shape", [(32, 32, 3), (8, 8, 1), (16, 24, 1)])
 def test_decoder_reconstructs_any_input_shape_at_every_split_layer(shape):
     for k in famlib.SPLIT_LAYERS:
-        o = famlib.read_options(_config(vae_split_layer=k).model)
+        o = famlib.DHMFamily.options(_config(vae_split_layer=k))
         module = famlib.build_module(o, K, shape[-1])
         x = jnp.zeros((2, *shape))
         eps = jnp.zeros((2, 4, o["latent"]))
@@ -200,7 +198,7 @@ def test_decoder_reconstructs_any_input_shape_at_every_split_layer(shape):
         assert out["decoded"].shape == (4, 2, *target), k
         assert out["logits"].shape == (2, K) and out["mu"].shape == (2, o["latent"])
     # a proper likelihood's decoder outputs its parameters, e.g. the mixture's
-    o = famlib.read_options(_config(recon="discretized_mix_logistic").model)
+    o = famlib.DHMFamily.options(_config(recon="discretized_mix_logistic"))
     out, _ = jax.eval_shape(lambda: famlib.build_module(o, K, shape[-1]).init_with_output(
         jax.random.PRNGKey(0), jnp.zeros((2, *shape)), train=False))
     assert out["decoded"].shape == (1, 2, *shape[:2], 10 * (1 + (3 if shape[-1] == 3 else 2)
@@ -208,7 +206,7 @@ def test_decoder_reconstructs_any_input_shape_at_every_split_layer(shape):
 
 
 def test_decoder_refuses_sizes_that_are_not_multiples_of_8():
-    o = famlib.read_options(_config().model)
+    o = famlib.DHMFamily.options(_config())
     with pytest.raises(ValueError, match="divisible by 8; got 28×28.*data.frame = 32"):
         jax.eval_shape(partial(famlib.build_module(o, K, 1).init, train=False),
                        jax.random.PRNGKey(0), jnp.zeros((2, 28, 28, 1)))
@@ -230,7 +228,7 @@ def test_learned_gaussian_scale_is_the_closed_form_with_its_floor():
         target, jnp.float32), scale_min=0.05).sum())(decoded)
     assert np.all(np.isfinite(g))
     for k, channels in ((0, 1), (2, TINY["width"]), (4, 4 * TINY["width"])):  # [mean | scale]
-        o = famlib.read_options(_config(recon="gaussian_learned", vae_split_layer=k).model)
+        o = famlib.DHMFamily.options(_config(recon="gaussian_learned", vae_split_layer=k))
         out, _ = jax.eval_shape(lambda: famlib.build_module(o, K, 1).init_with_output(
             jax.random.PRNGKey(0), jnp.zeros((2, 8, 8, 1)), train=False))
         assert out["decoded"].shape[-1] == 2 * out["target"].shape[-1] == 2 * channels, k
@@ -238,15 +236,36 @@ def test_learned_gaussian_scale_is_the_closed_form_with_its_floor():
 
 def test_options_are_checked_with_the_valid_choices():
     with pytest.raises(ValueError, match="model.norm = 'layer'.*batch, group, none"):
-        famlib.make_dhm(_config(norm="layer"), K)
+        famlib.DHMFamily.build(_config(norm="layer"), K)
     with pytest.raises(ValueError, match="model.vae_split_layer = 5"):
-        famlib.make_dhm(_config(vae_split_layer=5), K)
+        famlib.DHMFamily.build(_config(vae_split_layer=5), K)
     with pytest.raises(ValueError, match="model.recon = 'mse'.*mse_mean, gaussian"):
-        famlib.make_dhm(_config(recon="mse"), K)
-    with pytest.raises(ValueError, match="Unknown option.*'widht'.*valid options"):
-        famlib.make_dhm(_config(widht=3), K)
+        famlib.DHMFamily.build(_config(recon="mse"), K)
+    with pytest.raises(ValueError, match=r"unknown config field\(s\) model.widht; valid "
+                                         r"fields of model: name, width"):
+        famlib.DHMFamily.build(_config(widht=3), K)
     with pytest.raises(ValueError, match="model.recon = 'bernoulli'.*vae_split_layer > 0"):
-        famlib.make_dhm(_config(recon="bernoulli", vae_split_layer=2), K)
+        famlib.DHMFamily.build(_config(recon="bernoulli", vae_split_layer=2), K)
+    # a rule across the two sections, and a loss field under model.* named where it lives
+    with pytest.raises(ValueError, match="objective.train_samples = 2: must be 1 with "
+                                         "model.recon='mse_mean'"):
+        famlib.DHMFamily.build(_config(train_samples=2), K)
+    misplaced = _config()
+    misplaced.model.beta = 2.0
+    with pytest.raises(ValueError, match=r"model.beta \(did you mean objective.beta\?\)"):
+        famlib.DHMFamily.build(misplaced, K)
+
+
+def test_the_config_sections_are_the_tables():
+    """base_config('dhm') is the two tables' defaults; nothing of another family leaks in."""
+    from jaxhybrid.config_defaults import base_config
+    c = base_config("dhm")
+    assert dict(c.objective) == {k: f.default for k, f in famlib.OBJECTIVE.fields.items()}
+    assert set(c.model) == set(famlib.MODEL.fields) and "joint_weight" not in c
+    assert not set(famlib.MODEL.fields) & set(famlib.OBJECTIVE.fields)
+    o = famlib.DHMFamily.options(c)
+    assert (o["beta"], o["kl_coef"], o["width"]) == (1.0, 0.1, 64)
+    assert "| `objective.beta` | `1.0` |" in famlib.OBJECTIVE.table()
 
 
 def test_upsampling_is_nearest_neighbour_resize():

@@ -78,7 +78,7 @@ def test_beta_sweep_runs_and_aggregates_the_original_plots(tmp_path):
     root = tmp_path / "beta"
     r = subprocess.run(
         [sys.executable, "-m", "jaxhybrid.tools.sweep", "--config=configs/dhm.py:digits",
-         f"--workdir={root}", "--sweep", "model.beta=0.1,100", "--config.num_steps=2",
+         f"--workdir={root}", "--sweep", "objective.beta=0.1,100", "--config.num_steps=2",
          "--config.model.width=2", "--config.model.latent=4", "--config.model.iwae_samples=2",
          "--config.evals.names=classification,calibration,ood,adversarial",
          "--config.evals.ood_sets=heldout", "--config.evals.ood_normalization=own",
@@ -87,7 +87,7 @@ def test_beta_sweep_runs_and_aggregates_the_original_plots(tmp_path):
         text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     rows = aggregate.aggregate(str(root))
-    assert [row["group"] for row in rows] == [{"model.beta": 0.1}, {"model.beta": 100.0}]
+    assert [row["group"] for row in rows] == [{"objective.beta": 0.1}, {"objective.beta": 100.0}]
     for plot in ("accuracy_vs_beta.png", "ece_vs_beta.png", "ood_auroc_vs_beta.png"):
         assert (root / "aggregate" / plot).stat().st_size > 1000, plot
     table = (root / "aggregate" / "aggregate.csv").read_text()

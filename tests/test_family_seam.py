@@ -160,3 +160,41 @@ def test_data_dependent_init_uses_the_first_global_batch_on_any_device_count():
     layer = states[0]["params"]["DataInitDense_0"]
     y = np.asarray(seen).reshape(len(seen), -1) @ layer["kernel"]
     np.testing.assert_allclose(layer["bias"], -y.mean(0), rtol=1e-4, atol=1e-5)
+
+
+def test_config_page_is_the_families_tables():
+    """docs/config.md is what `python -m jaxhybrid.families` writes from the tables now."""
+    from jaxhybrid.families import config_tables
+    from tests.helpers import REPO
+    page = open(os.path.join(REPO, "docs", "config.md")).read()
+    assert page == config_tables(), "rerun: python -m jaxhybrid.families > docs/config.md"
+    for field in ("objective.joint_weight", "objective.beta", "model.vae_split_layer",
+                  "objective.free_nats_mode", "model.iwae_samples"):
+        assert f"| `{field}` |" in page, field
+
+
+def test_schema_builds_checks_and_reads_a_section():
+    """A table: defaults, every bad field at once, a misplaced field named where it lives,
+    rules only once each field is valid, numbers read as floats and lists as tuples."""
+    import ml_collections
+
+    from jaxhybrid.schema import Schema, choice, count, num
+    objective = Schema("objective", {"beta": num(1.0, "weight", 0),
+                                     "mode": choice("a", ("a", "b"), "which")},
+                       rules=[lambda o: [("beta", "must be 0 in mode b")]
+                              if o["mode"] == "b" and o["beta"] else []])
+    model = Schema("model", {"width": count(8, "channels"), "hidden": count(4, "units")})
+    assert dict(objective.defaults(beta=2.0)) == {"beta": 2.0, "mode": "a"}
+    bad = ml_collections.ConfigDict({"beta": -1, "mode": "c", "width": 3})
+    found = objective.problems(bad, [model])
+    assert found[0].startswith("unknown config field(s) objective.width (did you mean "
+                               "model.width?)"), found
+    assert "config field objective.beta = -1: must be a number >= 0" in found
+    assert "config field objective.mode = 'c': must be one of a, b" in found
+    assert objective.problems({"mode": "b"}) == [
+        "config field objective.beta = 1.0: must be 0 in mode b"]
+    o = objective.read({"beta": 0})
+    assert o == {"beta": 0.0, "mode": "a"} and isinstance(o["beta"], float)
+    assert model.read({"width": 2}) == {"width": 2, "hidden": 4}
+    with pytest.raises(ValueError, match="model.hidden = 0: must be an int >= 1"):
+        model.read({"hidden": 0})

@@ -8,7 +8,6 @@ import pathlib
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 from scipy import stats
@@ -16,7 +15,7 @@ from scipy import stats
 from jaxhybrid import mathops, parallel
 from jaxhybrid.families import hvae as famlib
 from jaxhybrid.objectives import elbo as obj
-from tests.helpers import run_cli
+from tests.helpers import family_config, run_cli
 
 TINY = {"name": "hvae",
         "config_deterministic": (({"out_channels": 4, "kernel_size": 3, "stride": 2},),
@@ -27,9 +26,8 @@ TINY = {"name": "hvae",
 PROGRESS = {"step": jnp.int32(5), "epoch": jnp.float32(2.5)}   # β = 3/4, λ = 2·(1 − 0/2)
 
 
-def _config(**model):
-    return ml_collections.ConfigDict({"data": {"source": "digits"},
-                                      "model": {**TINY, **model}})
+def _config(**fields):
+    return family_config(famlib.HVAEFamily, **{**TINY, **fields})
 
 
 def _batch(b=16, pad=3, pad_value=0.0, seed=0):
@@ -116,7 +114,7 @@ _FAMS = {}
 def _family(**model):
     key = tuple(sorted(model.items()))
     if key not in _FAMS:
-        _FAMS[key] = famlib.make_hvae(_config(**model), 0)
+        _FAMS[key] = famlib.HVAEFamily.build(_config(**model), 0)
     return _FAMS[key]
 
 
@@ -163,7 +161,7 @@ def _np_objective(log_px, kls, mask, beta, lam, iw, mode="per_element"):
 def test_family_loss_is_the_original_formula_on_the_valid_rows():
     batch = _batch()
     fam = _family(train_samples=2)
-    o = famlib.read_options(_config(train_samples=2).model)
+    o = famlib.HVAEFamily.options(_config(train_samples=2))
     variables = _variables(fam, batch)
     key = jax.random.PRNGKey(3)
     value, (_, aux) = jax.jit(fam.loss)(variables, _jnp(batch), key, PROGRESS)
@@ -202,7 +200,7 @@ def test_objective_variants_are_the_formula(iw, mode):
 def test_one_sample_bound_is_the_elbo_and_lgtk_drops_the_lower_layers():
     batch, key = _batch(pad=0), jax.random.PRNGKey(7)
     fam = _family(iwae_samples=1)
-    o = famlib.read_options(_config().model)
+    o = famlib.HVAEFamily.options(_config())
     variables = _variables(fam, batch)
     pred = jax.tree.map(np.asarray, jax.jit(fam.predict, static_argnums=3)(
         variables, _jnp(batch), key, ("elbo", "log_likelihood", "l_gt_k")))
@@ -293,7 +291,7 @@ def test_gradients_are_finite_on_extreme_inputs():
 # -- module shapes, precision, config errors ---------------------------------------------
 def test_fashion_mnist_architecture_has_the_originals_parameter_count():
     from configs import hvae as configs
-    o = famlib.read_options(configs.get_config("fashion_mnist").model)
+    o = famlib.HVAEFamily.options(configs.get_config("fashion_mnist"))
     module = famlib.build_module(o, 1)
     x = jnp.zeros((2, 28, 28, 1))
     eps = tuple(jnp.zeros((1, 2) + s) for s in module.latent_shapes((28, 28, 1)))
@@ -307,7 +305,7 @@ def test_fashion_mnist_architecture_has_the_originals_parameter_count():
 def test_bfloat16_compute_keeps_float32_parameters_and_losses():
     cfg = _config()
     cfg.compute_dtype = "bfloat16"
-    fam = famlib.make_hvae(cfg, 0)
+    fam = famlib.HVAEFamily.build(cfg, 0)
     batch = _jnp(_batch())
     shapes = jax.eval_shape(fam.init, jax.random.PRNGKey(0), batch)
     assert all(a.dtype == jnp.float32 for a in jax.tree.leaves(shapes))
@@ -317,27 +315,30 @@ def test_bfloat16_compute_keeps_float32_parameters_and_losses():
 
 @pytest.mark.parametrize("model, message", [
     ({"likelihood": "gaussian"}, r"model.likelihood = 'gaussian'.*bernoulli, discretized"),
-    ({"free_nats_mode": "global"}, r"model.free_nats_mode = 'global'.*per_element, per_layer"),
+    ({"free_nats_mode": "global"},
+     r"objective.free_nats_mode = 'global': must be one of per_element, per_layer"),
     ({"iwae_samples": 0}, r"model.iwae_samples = 0: must be an int >= 1"),
-    ({"latent": 3}, r"Unknown option.*'latent'.*valid options"),
+    ({"latent": 3}, r"unknown config field\(s\) model.latent; valid fields of model: name"),
     ({"config_stochastic": ({"block": "GaussianConv", "latent_features": 2},
                             {"block": "GaussianDense", "latent_features": 3})},
-     r"model.config_stochastic\[0\]: block = 'GaussianConv'; valid choices: GaussianConv2d"),
+     r"model.config_stochastic = .*: layer \[0\]: block = 'GaussianConv'; valid choices: "
+     r"GaussianConv2d"),
     ({"config_deterministic": (({"out_channels": 4, "kernel": 3},),)},
-     r"model.config_deterministic\[0\]\[0\].*must be a dict with keys kernel_size"),
+     r"model.config_deterministic = .*: stage \[0\]\[0\] = .* must be a dict with keys "
+     r"kernel_size"),
     ({"config_deterministic": (({"out_channels": 4, "kernel_size": 3},),)},
-     r"model.config_stochastic \(2 layers\) and model.config_deterministic \(1 stages\)"),
+     r"model.config_stochastic = .*: 2 layers, but model.config_deterministic has 1 stages"),
 ])
 def test_bad_options_name_the_field_and_the_valid_choices(model, message):
     with pytest.raises(ValueError, match=message):
-        famlib.make_hvae(_config(**model), 0)
+        famlib.HVAEFamily.build(_config(**model), 0)
 
 
 def test_normalised_inputs_and_other_models_are_refused():
     with pytest.raises(ValueError, match="data.mean and data.std must be"):
-        famlib.make_hvae(_config(), 0, mean=(0.5,), std=(0.5,))
+        famlib.HVAEFamily.build(_config(), 0, mean=(0.5,), std=(0.5,))
     with pytest.raises(ValueError, match="model.name = 'dhm'"):
-        famlib.make_hvae(_config(name="dhm"), 0)
+        famlib.HVAEFamily.build(_config(name="dhm"), 0)
 
 
 # -- the CLI -----------------------------------------------------------------------------
@@ -425,7 +426,7 @@ def test_every_output_and_score_is_defined_with_its_samples():
         {"block": "GaussianConv2d", "latent_features": 2},
         {"block": "GaussianDense", "latent_features": 4},
         {"block": "GaussianDense", "latent_features": 2}))
-    fam = famlib.make_hvae(config, 0)
+    fam = famlib.HVAEFamily.build(config, 0)
     n = 4
     out = {"log_likelihood": np.zeros(n), "l_gt_k": np.zeros((n, 3))}
     scores = fam.ood_score_fn(out)

@@ -74,9 +74,9 @@ def test_hvae_page_renders_from_the_committed_files(tmp_path, monkeypatch):
              "params": 136674, "train_minutes": 50.0, "examples_per_s": 600.0, "examples_per_s_max": 700.0,
              "active_units": [[100.0, 1568], [10.0, 16], [0.0, 8]], "active_units_step": 9300,
              "trend": trend, "model": {"config_deterministic": [[{"out_channels": 16,
-                                                                   "kernel_size": 3, "stride": 1}]],
-                                       "warmup_epochs": 5, "free_nats_constant_epochs": 5,
-                                       "free_nats_cooldown_epochs": 5},
+                                                                   "kernel_size": 3, "stride": 1}]]},
+             "objective": {"warmup_epochs": 5, "free_nats_constant_epochs": 5,
+                           "free_nats_cooldown_epochs": 5},
              "num_epochs": 24.0, "lr": 1e-3, "machine": "test", "date": "2026-01-01"}
     (files / "run.json").write_text(json.dumps(facts))
     page = tmp_path / "page.md"

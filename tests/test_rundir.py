@@ -74,7 +74,7 @@ def cli_cases(run, tmp_path_factory):
     open(blocker, "w").write("not a directory\n")
     cases = [
         ("same_config", ARGS),
-        ("other_objective", ARGS + ["--config.joint_weight=0"]),
+        ("other_objective", ARGS + ["--config.objective.joint_weight=0"]),
         ("more_epochs", ARGS + ["--config.num_epochs=3"]),
         ("other_family", ["--config=configs/dhm.py:digits"]),
         ("eval_other_settings", ARGS + ["--mode=eval",
@@ -83,7 +83,7 @@ def cli_cases(run, tmp_path_factory):
                                        "--config.evals.names=classification,calibration"]),
         ("eval_overwrite", ARGS + ["--mode=eval", "--overwrite",
                                    "--config.evals.names=classification,calibration"]),
-        ("eval_other_objective", ARGS + ["--mode=eval", "--config.joint_weight=0"]),
+        ("eval_other_objective", ARGS + ["--mode=eval", "--config.objective.joint_weight=0"]),
     ]
     spec = [{"id": cid, "argv": [*argv, f"--workdir={wd}"],
              "stdout": os.path.join(root, cid + ".out"),
@@ -339,7 +339,8 @@ def test_signal_stops_cleanly_and_the_same_command_resumes(tmp_path, caplog, sig
     if signum == signal.SIGTERM:     # the unfinished run, re-run with another objective
         before = _snapshot(wd)
         other = tiny_config(**{"model.width": 4, "model.hidden": "(16,)", "num_steps": 400,
-                               "log_every": 2, "checkpoint_every": 100, "joint_weight": 0.0})
+                               "log_every": 2, "checkpoint_every": 100,
+                               "objective.joint_weight": 0.0})
         with pytest.raises(ConfigChangeError, match="joint_weight: saved 1.0, given 0.0"):
             train_and_evaluate(other, wd)
         assert _snapshot(wd) == before
@@ -384,8 +385,8 @@ def test_scoring_fields_may_differ_in_eval_and_get_their_own_directory(tmp_path)
     l1 = np.load(os.path.join(wd, "eval", str(step), eval_id(c1), "ood_scores.npz"))["test/L"]
     l3 = np.load(os.path.join(wd, "eval", str(step), eval_id(c3), "ood_scores.npz"))["test/L"]
     assert not np.allclose(l1, l3) and 0 <= auroc(s3) <= 1
-    with pytest.raises(ConfigChangeError, match="model.warmup_epochs"):
-        evaluate(_tiny_hvae(**{"model.warmup_epochs": 3.0}), wd, "latest")
+    with pytest.raises(ConfigChangeError, match="objective.warmup_epochs"):
+        evaluate(_tiny_hvae(**{"objective.warmup_epochs": 3.0}), wd, "latest")
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO,
                XLA_FLAGS="--xla_force_host_platform_device_count=8")
     proc = subprocess.run(

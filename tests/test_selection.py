@@ -134,7 +134,7 @@ def test_nan_stops_before_eval_every_evaluates_it(tmp_path):
 
 def test_binary_label_model_has_one_nll(tmp_path):
     """Validation NLL and the classification evaluator's NLL are the same quantity."""
-    c = tiny_config(label_model="binary", num_steps=6, checkpoint_every=6)
+    c = tiny_config(**{"objective.label_model": "binary"}, num_steps=6, checkpoint_every=6)
     c.evals.split = "validation"
     final = train_and_evaluate(c, str(tmp_path))
     val = _records(str(tmp_path), "validation")[-1]

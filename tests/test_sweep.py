@@ -30,29 +30,31 @@ def _config():
 # -- grid and names ----------------------------------------------------------------------
 def test_grid_expands_to_the_product_with_stable_names(tmp_path):
     c = _config()
-    swept = grid.parse_sweep(c, ["joint_weight=0,1", "batch_size=16,64,256"])
+    swept = grid.parse_sweep(c, ["objective.joint_weight=0,1", "batch_size=16,64,256"])
     points = grid.expand_grid(c, swept, [0, 1, 2], str(tmp_path))
     assert len(points) == 2 * 3 * 3
     names = [p.name for p in points]
     assert len(set(names)) == len(names)
-    assert "batch_size=16,joint_weight=0,seed=0" in names
-    assert "batch_size=256,joint_weight=1,seed=2" in names
+    assert "batch_size=16,objective.joint_weight=0,seed=0" in names
+    assert "batch_size=256,objective.joint_weight=1,seed=2" in names
     # the order of --sweep flags and the spelling of a value do not change the names
     again = grid.expand_grid(
-        c, grid.parse_sweep(c, ["batch_size=16,64,256", "joint_weight=0.0,1.0"]), [0, 1, 2],
+        c, grid.parse_sweep(c, ["batch_size=16,64,256", "objective.joint_weight=0.0,1.0"]),
+        [0, 1, 2],
         str(tmp_path))
     assert sorted(p.name for p in again) == sorted(names)
-    p = next(p for p in points if p.name == "batch_size=64,joint_weight=1,seed=2")
+    p = next(p for p in points if p.name == "batch_size=64,objective.joint_weight=1,seed=2")
     assert p.workdir == os.path.join(str(tmp_path), p.name)
     assert p.config.batch_size == 64 and p.config.seed == 2
-    assert p.config.joint_weight == 1.0 and isinstance(p.config.joint_weight, float)
+    lam = p.config.objective.joint_weight
+    assert lam == 1.0 and isinstance(lam, float)
     assert c.batch_size == 64 and c.seed == 0        # the base config is untouched
     # the command: the config file plus exactly the fields that differ from it
     argv = grid.point_argv("configs/gffn.py:smoke", p, _config())
     assert argv[1:3] == ["-m", "jaxhybrid.main"]
     assert argv[3] == f"--config={os.path.abspath('configs/gffn.py')}:smoke"
     assert argv[4] == f"--workdir={p.workdir}"
-    assert argv[5:] == ["--config.batch_size=64", "--config.joint_weight=1.0", "--config.seed=2"]
+    assert argv[5:] == ["--config.batch_size=64", "--config.objective.joint_weight=1.0", "--config.seed=2"]
     c.num_steps = 7                                  # a fixed override (--set / --config.*)
     (p,) = grid.expand_grid(c, grid.parse_sweep(c, ["batch_size=16"]), [0], str(tmp_path))
     assert grid.point_argv("configs/gffn.py:smoke", p, _config())[5:] == [
@@ -73,7 +75,7 @@ def test_explicit_seed_axis_and_errors(tmp_path):
     with pytest.raises(ValueError, match="not both"):
         grid.expand_grid(c, grid.parse_sweep(c, ["seed=0,1"]), [0], str(tmp_path))
     with pytest.raises(ValueError, match="repeats"):
-        grid.expand_grid(c, grid.parse_sweep(c, ["joint_weight=0,0.0"]), [0], str(tmp_path))
+        grid.expand_grid(c, grid.parse_sweep(c, ["objective.joint_weight=0,0.0"]), [0], str(tmp_path))
     with pytest.raises(KeyError, match="batch_size"):
         grid.parse_sweep(c, ["batchsize=16"])
     with pytest.raises(KeyError, match="section"):
@@ -94,7 +96,7 @@ def _main_config(assignments):
 
 
 @pytest.mark.parametrize("assignment", [
-    "optimizer.learning_rate=3e-4", "optimizer.learning_rate=1", "joint_weight=0",
+    "optimizer.learning_rate=3e-4", "optimizer.learning_rate=1", "objective.joint_weight=0",
     "model.hidden=16", "model.hidden=(64, 32)", "model.hidden=[8, 4]",
     "data.ood_classes=(8, 9)", "evals.pgd_random_start=true", "evals.pgd_random_start=1",
     "evals.pgd_random_start=False", "optimizer.lr_scaling=linear", "batch_size=16"])
@@ -111,7 +113,7 @@ def test_values_are_parsed_exactly_as_config_flags_parses_them(assignment):
 
 
 @pytest.mark.parametrize("assignment", [
-    "batch_size=1e3", "batch_size=1.5", "seed=2.0", "joint_weight=heavy",
+    "batch_size=1e3", "batch_size=1.5", "seed=2.0", "objective.joint_weight=heavy",
     "evals.pgd_random_start=yes", "evals.pgd_random_start=maybe"])
 def test_values_config_flags_rejects_are_rejected_naming_the_key(assignment):
     key, text = assignment.split("=", 1)
@@ -124,10 +126,10 @@ def test_values_config_flags_rejects_are_rejected_naming_the_key(assignment):
 def test_python_values_and_point_commands_round_trip_through_config_flags(tmp_path):
     c = _config()
     # Python values (a get_sweep's) are written as flag text, then parsed the same way
-    assert overrides.parse_value(c, "joint_weight", 1) == 1.0
+    assert overrides.parse_value(c, "objective.joint_weight", 1) == 1.0
     assert overrides.parse_value(c, "model.hidden", [8]) == (8,)
     assert overrides.parse_value(c, "evals.pgd_random_start", True) is True
-    assert c.joint_weight == 1.0 and c.model.hidden == (128,)      # c is unchanged
+    assert c.objective.joint_weight == 1.0 and c.model.hidden == (128,)      # c is unchanged
     with pytest.raises(ValueError, match="batch_size"):
         overrides.parse_value(c, "batch_size", 16.5)
     assert overrides.format_value(0.0) == "0" and overrides.format_value(1e-3) == "0.001"
@@ -183,7 +185,7 @@ def test_config_module_can_declare_its_sweep_and_presentation(tmp_path):
                                str(tmp_path))
     assert len(points) == 8 and all(isinstance(p.config.model.width, int) for p in points)
     assert configfile.declared_sweep(gffn, "smoke").grid == {"batch_size": [8, 16],
-                                                        "joint_weight": [0.0, 1.0]}
+                                                        "objective.joint_weight": [0.0, 1.0]}
     assert configfile.split_config_arg("configs/gffn.py:smoke") == ("configs/gffn.py", "smoke")
     assert configfile.split_config_arg("configs/gffn.py") == ("configs/gffn.py", None)
     # mistakes are errors that name the valid choices
@@ -199,12 +201,12 @@ def test_categorical_x_places_zero_and_powers_of_ten_evenly():
     """x_scale=categorical (a β grid with 0, which no log axis can show): the values in
     order at 0, 1, 2, ...; linear keeps the values themselves."""
     from jaxhybrid.tools import figures
-    rows = [{"group": {"model.beta": b}} for b in (100.0, 0.0, 1.0, 0.01, 10000.0, 1.0)]
-    view = presentation.View(x="model.beta", x_scale="categorical")
+    rows = [{"group": {"objective.beta": b}} for b in (100.0, 0.0, 1.0, 0.01, 10000.0, 1.0)]
+    view = presentation.View(x="objective.beta", x_scale="categorical")
     pos, ticks, labels = figures._x_positions(rows, view)
     assert ticks == [0, 1, 2, 3, 4] and labels == ["0", "0.01", "1", "100", "10000"]
     assert pos[json.dumps(100.0)] == 3
-    _, ticks, _ = figures._x_positions(rows, presentation.View(x="model.beta"))
+    _, ticks, _ = figures._x_positions(rows, presentation.View(x="objective.beta"))
     assert ticks == [0.0, 0.01, 1.0, 100.0, 10000.0]
     with pytest.raises(ValueError, match="valid: x, x_label"):
         presentation.check_presentation({"xlabel": "lr"})
@@ -347,7 +349,8 @@ def _fabricate(root, overrides: dict, known: dict, seed: int, layout: str = "old
 
 
 def _fabricate_run(root, bs, lam, seed):
-    return _fabricate(root, {"batch_size": bs, "joint_weight": lam}, _known(bs, lam, seed), seed,
+    return _fabricate(root, {"batch_size": bs, "objective.joint_weight": lam},
+                      _known(bs, lam, seed), seed,
                       layout=("old", "new")[seed % 2])
 
 
@@ -383,14 +386,15 @@ def test_aggregate_fabricated_runs_means_stds_tables_and_figures(tmp_path, drawn
                 _fabricate_run(tmp_path, bs, lam, seed)
     (tmp_path / "unfinished").mkdir()                    # no final_metrics.json: ignored
     # the GFFN study's presentation, declared by configs/gffn.py's get_sweep
-    _write_status(tmp_path, {"batch_size": list(BATCHES), "joint_weight": list(LAMBDAS)},
+    _write_status(tmp_path, {"batch_size": list(BATCHES),
+                             "objective.joint_weight": list(LAMBDAS)},
                   configfile.declared_sweep(gffn, "smoke").presentation)
     rows = agg.aggregate(str(tmp_path))
     assert len(rows) == 4
     assert [tuple(r["group"].items()) for r in rows] == [
-        (("batch_size", bs), ("joint_weight", lam)) for bs in BATCHES for lam in LAMBDAS]
+        (("batch_size", bs), ("objective.joint_weight", lam)) for bs in BATCHES for lam in LAMBDAS]
     for r in rows:
-        bs, lam = r["group"]["batch_size"], r["group"]["joint_weight"]
+        bs, lam = r["group"]["batch_size"], r["group"]["objective.joint_weight"]
         assert r["n"] == 3 and r["seeds"] == [0, 1, 2]
         m = r["metrics"]
         vals = {key: [_known(bs, lam, s)[key] for s in SEEDS] for key in _known(bs, lam, 0)}
@@ -548,7 +552,7 @@ def test_single_seed_has_no_std(tmp_path):
     rows = out["rows"]
     assert [r["n"] for r in rows] == [1, 1]
     assert all(r["metrics"]["accuracy"]["std"] is None for r in rows)
-    assert [list(r["group"]) for r in rows] == [["joint_weight"]] * 2
+    assert [list(r["group"]) for r in rows] == [["objective.joint_weight"]] * 2
     acc = rows[0]["metrics"]["accuracy"]["mean"]
     assert f"| {acc:.4f} ± n/a |" in out["text"]["md"] and "± 0.0000" not in out["text"]["md"]
     table = list(csv.DictReader(open(out["csv"])))
@@ -585,21 +589,21 @@ def test_command_line_dry_run_bad_inputs_and_the_readme_example(tmp_path):
               "--sweep", "batch_size=16", "--config.num_steps=5"]
     cases = {   # name: (arguments, exit status, what stdout or stderr says)
         "dry": (["--config=configs/gffn.py:smoke", f"--workdir={tmp_path / 'dry'}", "--sweep",
-                 "batch_size=16,32", "--sweep", "joint_weight=0,1", "--seeds", "2", "--set",
+                 "batch_size=16,32", "--sweep", "objective.joint_weight=0,1", "--seeds", "2", "--set",
                  "model.hidden=(16,)", "--dry_run"], 0,
-                "[8/8] batch_size=32,joint_weight=1,seed=1 (new, peak lr 0.0005)"),
+                "[8/8] batch_size=32,objective.joint_weight=1,seed=1 (new, peak lr 0.0005)"),
         "key": (["--config=configs/dhm.py:digits", f"--workdir={tmp_path / 'key'}",
-                 "--sweep", "objective.beta=0.1,1"], 1,
-                "error: ConfigKeyError: Unknown config key 'objective.beta'. Did you mean "
-                "model.beta"),
+                 "--sweep", "model.beta=0.1,1"], 1,
+                "error: ConfigKeyError: Unknown config key 'model.beta'. Did you mean "
+                "objective.beta"),
         "value": (["--config=configs/dhm.py:digits", f"--workdir={tmp_path / 'value'}",
-                   "--sweep", "model.beta=0.1,abc"], 1,
-                  "error: ValueError: Bad value 'abc' for config key 'model.beta'"),
+                   "--sweep", "objective.beta=0.1,abc"], 1,
+                  "error: ValueError: Bad value 'abc' for config key 'objective.beta'"),
         "changed_dry": (fixed5 + ["--dry_run"], 0,
                         "[1/1] batch_size=16,seed=0 (config differs: num_steps, peak lr"),
         "changed": (fixed5, 1, "batch_size=16,seed=0: config differs: num_steps"),
         "readme": ([f"--config={readme}:digits", f"--workdir={tmp_path / 'readme'}",
-                    "--dry_run"], 0, "[9/9] model.beta=10,seed=2 (new, peak lr"),
+                    "--dry_run"], 0, "[9/9] objective.beta=10,seed=2 (new, peak lr"),
     }
     procs = {name: subprocess.Popen([sys.executable, "-m", "jaxhybrid.tools.sweep", *args],
                                     cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -611,14 +615,14 @@ def test_command_line_dry_run_bad_inputs_and_the_readme_example(tmp_path):
         assert says in (stdout if code == 0 else stderr), (name, stdout[-2000:], stderr[-2000:])
         assert "Traceback" not in stderr, (name, stderr[-3000:])
     assert "'--config.model.hidden=(16,)'" in out["dry"][0]          # shell-quoted commands
-    assert "model.beta=0.1,seed=0 (new" in out["readme"][0]
+    assert "objective.beta=0.1,seed=0 (new" in out["readme"][0]
     for name in ("dry", "key", "value", "readme"):
         assert not (tmp_path / name).exists(), name                  # nothing written
     assert sorted(os.listdir(tmp_path / "changed")) == [changed.name]  # no sweep_status.json
     # the README's presentation names config keys of configs/dhm.py
     declared = configfile.declared_sweep(configfile.load_config_module(str(readme)), "digits")
     configfile.check_presentation_keys(dhm.get_config("digits"), declared.presentation)
-    assert declared.grid == {"model.beta": [0.1, 1.0, 10.0]} and declared.seeds == 3
+    assert declared.grid == {"objective.beta": [0.1, 1.0, 10.0]} and declared.seeds == 3
 
 
 # -- one real sweep --------------------------------------------------------------------------

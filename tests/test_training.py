@@ -19,7 +19,7 @@ from tests.helpers import REPO, restore_params, run_cli, run_python, tiny_config
 @pytest.mark.training_run
 @pytest.mark.parametrize("joint_weight", [0.0, 1.0])
 def test_digits_reaches_90_percent(tmp_path, joint_weight):
-    c = tiny_config(joint_weight=joint_weight, num_epochs=12.0)
+    c = tiny_config(**{"objective.joint_weight": joint_weight}, num_epochs=12.0)
     c.optimizer.learning_rate = 3e-3
     c.model.width = 16
     c.model.hidden = (64,)

@@ -148,7 +148,7 @@ def make_vae(config, num_classes: int, mean=None, std=None) -> Family:
     del num_classes, mean, std
     latent, hidden = int(config.model.latent), int(config.model.hidden)
     samples = int(config.model.iwae_samples)
-    warmup = float(config.model.kl_warmup_epochs)
+    warmup = float(config.objective.kl_warmup_epochs)
     module = MLPVAE(latent, hidden)
 
     def noise(rng, ids, s):

@@ -55,12 +55,12 @@ def normalized_eval_command(point: Path) -> list[str]:
     cfg = json.loads((point / "config.json").read_text())
     return [sys.executable, "-m", "jaxhybrid.main", f"--config={CONFIG}",
             f"--workdir={hr.rel(point)}", "--mode=eval", "--checkpoint=best", *BUDGET,
-            f"--config.model.beta={cfg['model']['beta']}", f"--config.seed={cfg['seed']}",
+            f"--config.objective.beta={cfg['objective']['beta']}", f"--config.seed={cfg['seed']}",
             "--config.evals.names=adversarial", "--config.evals.epsilon_space=normalized"]
 
 
 def points(runs: Path) -> list[Path]:
-    return sorted(p for p in runs.glob("model.beta=*") if (p / "final_metrics.json").exists())
+    return sorted(p for p in runs.glob("objective.beta=*") if (p / "final_metrics.json").exists())
 
 
 def run_all(runs: Path) -> None:
@@ -88,7 +88,7 @@ def one_point(point: Path) -> dict:
     raw = np.load(point / final["eval_dir"] / "ood_scores.npz")
     ood = main["ood"]["sets"]
     return {
-        "beta": cfg["model"]["beta"], "seed": cfg["seed"], "step": main["step"],
+        "beta": cfg["objective"]["beta"], "seed": cfg["seed"], "step": main["step"],
         "accuracy": main["classification"]["accuracy"], "nll": main["classification"]["nll"],
         "ece": main["temperature"]["ece_before"], "ece_ts": main["temperature"].get("ece_after"),
         "temperature": main["temperature"]["temperature"],

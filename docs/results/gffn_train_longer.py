@@ -72,7 +72,7 @@ def sweep_commands(runs: Path) -> list[list[str]]:
             out.append([sys.executable, "-m", "jaxhybrid.tools.sweep",
                         f"--config=configs/gffn.py:{variant}",
                         f"--workdir={hr.rel(sweep_dir(runs, dataset, batch))}",
-                        f"--sweep=batch_size={batch}", "--sweep=joint_weight=0,1", "--seeds=1",
+                        f"--sweep=batch_size={batch}", "--sweep=objective.joint_weight=0,1", "--seeds=1",
                         *common_flags(dataset, batch)])
     return out
 
@@ -81,7 +81,7 @@ def best_eval_command(run_dir: Path, dataset: str, batch: int) -> list[str]:
     variant, _ = DATASETS[dataset]
     return [sys.executable, "-m", "jaxhybrid.main", f"--config=configs/gffn.py:{variant}",
             f"--workdir={hr.rel(run_dir)}", "--mode=eval", "--checkpoint=best",
-            f"--config.batch_size={batch}", "--config.joint_weight=" + run_dir.name.split(
+            f"--config.batch_size={batch}", "--config.objective.joint_weight=" + run_dir.name.split(
                 "joint_weight=")[1].split(",")[0], "--config.seed=0",
             *common_flags(dataset, batch)]
 
@@ -113,7 +113,7 @@ def snapshot(metrics_path: Path) -> dict:
 
 
 def run_dir(runs: Path, dataset: str, batch: int, lam: int) -> Path:
-    return sweep_dir(runs, dataset, batch) / f"batch_size={batch},joint_weight={lam},seed=0"
+    return sweep_dir(runs, dataset, batch) / f"batch_size={batch},objective.joint_weight={lam},seed=0"
 
 
 def one_run(d: Path, batch: int) -> dict:

@@ -129,6 +129,7 @@ def run_facts(workdir: Path, evals: dict, train_cmd: str) -> dict:
         **throughput(train),
         "active_units": [[near.get(f"active_z{i + 1}"), n] for i, n in enumerate(sizes)],
         "active_units_step": near["step"], "trend": trend, "model": config["model"],
+        "objective": config["objective"],
         "num_epochs": config["num_epochs"], "lr": config["optimizer"]["learning_rate"],
         "machine": hr.machine(), "date": datetime.date.today().isoformat()}
 
@@ -296,7 +297,7 @@ def stages(model: dict) -> str:
 
 
 def differences_section(f: dict) -> str:
-    m, ev = f["model"], f["evaluations"]
+    m, o, ev = f["model"], f["objective"], f["evaluations"]
     rows = [
         ["data", "TFDS fashion_mnist / mnist", "the same images from npz files (official order); "
          "10,000 training images held out (seeded) for checkpoint selection, 50,000 trained on"],
@@ -305,10 +306,10 @@ def differences_section(f: dict) -> str:
         ["latents", "z1 conv 8 @ 14×14, z2 dense 16, z3 dense 8", "the same"],
         ["parameters", "2,588,898 (our count of the original's model)", f"{f['params']:,}"],
         ["epochs", "1000", f"{f['num_epochs']:g} ({f['total_steps']:,} steps of 128)"],
-        ["KL warm-up", "200 epochs", f"{m['warmup_epochs']:g} epochs"],
+        ["KL warm-up", "200 epochs", f"{o['warmup_epochs']:g} epochs"],
         ["free nats 2", "200 epochs constant, then cooled over 200",
-         f"{m['free_nats_constant_epochs']:g} constant, cooled over "
-         f"{m['free_nats_cooldown_epochs']:g}"],
+         f"{o['free_nats_constant_epochs']:g} constant, cooled over "
+         f"{o['free_nats_cooldown_epochs']:g}"],
         ["learning rate", "Adam 3e-4", f"Adam {f['lr']:g} (shorter schedule)"],
         ["evaluated checkpoint", "—", f"best validation ELBO (step {f['best_step']:,}; here "
                                       f"also the last)" if f["best_step"] == f["total_steps"]

@@ -13,7 +13,7 @@ One script trains (``--train``), evaluates and writes the page from the numbers:
    ``likelihood`` evaluator (the config's S = 8) at the end). ≈ 45 min here::
 
        python -m jaxhybrid.main --config=configs/hvae.py:mnist_npz --workdir=runs/hvae_mnist \
-         --config.num_epochs=30 --config.model.warmup_epochs=10 \
+         --config.num_epochs=30 --config.objective.warmup_epochs=10 \
          --config.model.free_nats_constant_epochs=10 --config.model.free_nats_cooldown_epochs=10 \
          --config.evals.names=likelihood
 
@@ -71,7 +71,7 @@ sys.path.insert(0, str(ROOT))
 from jaxhybrid.evaluators.ood import ood_metrics  # noqa: E402
 
 CONFIG = "configs/hvae.py:mnist_npz"
-TRAIN_OVERRIDES = ("--config.num_epochs=30", "--config.model.warmup_epochs=10",
+TRAIN_OVERRIDES = ("--config.num_epochs=30", "--config.objective.warmup_epochs=10",
                    "--config.model.free_nats_constant_epochs=10",
                    "--config.model.free_nats_cooldown_epochs=10")
 TRAIN_EVALS = "--config.evals.names=likelihood"
@@ -209,8 +209,8 @@ def train_seconds(records: list[dict]) -> float:
 
 
 def latent_sizes(model_cfg: dict) -> list[int]:
-    from jaxhybrid.families.hvae import build_module, read_options
-    shapes = build_module(read_options(model_cfg), 1).latent_shapes((28, 28, 1))
+    from jaxhybrid.families.hvae import build_module, module_options
+    shapes = build_module(module_options(model_cfg), 1).latent_shapes((28, 28, 1))
     return [math.prod(s) for s in shapes]
 
 
@@ -395,7 +395,7 @@ def training_text(r: dict) -> str:
 
 
 def setup_section(r: dict) -> str:
-    m, d, info = r["config"]["model"], r["data"], r["info"]
+    m, d, info = r["config"]["objective"], r["data"], r["info"]
     val = {x["step"]: x["val_elbo"] for x in r["records"] if x["kind"] == "validation"}
     act = ", ".join(f"z{i + 1} {a:.0f} of {n}" for i, (a, n) in enumerate(active_units(r)))
     rows = [

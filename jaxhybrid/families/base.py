@@ -31,8 +31,14 @@ best checkpoint and stops early on.
 """
 from __future__ import annotations
 
+import abc
 import dataclasses
 from typing import Any, Callable, Optional
+
+import ml_collections
+
+from jaxhybrid import precision
+from jaxhybrid.schema import Schema
 
 SELECT_MODES = ("max", "min")
 
@@ -84,6 +90,78 @@ class Family:
     def select_key(self) -> str:
         """The validation metric's name in logs and checkpoint metrics (``val_<metric>``)."""
         return f"val_{self.select[0]}"
+
+
+class FamilyBase(abc.ABC):
+    """The shape of every family of the library: one small class.
+
+    It declares its config sections as tables (:class:`jaxhybrid.schema.Schema`):
+    ``MODEL`` (``config.model``: the module, and the outputs' sampling) and ``OBJECTIVE``
+    (``config.objective``: the loss, its weights and schedules), plus ``RULES`` across
+    them. ``MODEL = None`` leaves ``config.model`` to the model registry
+    (:data:`jaxhybrid.models.MODELS`, the classifier's networks). ``__init__`` reads and
+    checks both sections (``self.o``: their fields in one dict; a family's field names are
+    distinct across its sections); the subclass implements the seam's functions as methods
+    and :meth:`family` returns the :class:`Family` record the trainer and evaluators hold.
+    :meth:`build` is the factory the registry calls (``(config, num_classes, mean, std)``,
+    the signature an external family's factory has too).
+    """
+    name: str = ""
+    MODEL: Optional[Schema] = None
+    OBJECTIVE: Schema = Schema("objective", {})
+    RULES: tuple = ()         # (o) -> [(dotted field, what is valid)], when each field is valid
+
+    @classmethod
+    def default_model(cls) -> ml_collections.ConfigDict:
+        """``config.model`` at the family's defaults."""
+        return cls.MODEL.defaults()
+
+    @classmethod
+    def options(cls, config) -> dict:
+        """``config.model`` and ``config.objective`` checked and merged: one ValueError
+        naming every bad field and what is valid."""
+        bad, o = [], {}
+        schemas = [s for s in (cls.MODEL, cls.OBJECTIVE) if s is not None]
+        for schema in schemas:
+            section = config.get(schema.section) if hasattr(config, "get") else None
+            found = schema.problems(section, [s for s in schemas if s is not schema])
+            bad += found
+            if not found:
+                o.update(schema.read(section))
+        if not bad:
+            bad = [f"config field {f} = {o[f.split('.', 1)[1]]!r}: {why}"
+                   for rule in cls.RULES for f, why in rule(o)]
+        if bad:
+            raise ValueError("\n".join(bad))
+        return o
+
+    @classmethod
+    def problems(cls, config) -> list[str]:
+        """One line per bad field of the family's sections (none: [])."""
+        try:
+            cls.options(config)
+        except ValueError as e:
+            return str(e).splitlines()
+        return []
+
+    @classmethod
+    def build(cls, config, num_classes: int, mean=None, std=None) -> "Family":
+        return cls(config, num_classes, mean, std).family()
+
+    def __init__(self, config, num_classes: int, mean=None, std=None):
+        self.config, self.num_classes, self.mean, self.std = config, num_classes, mean, std
+        self.o = self.options(config)
+        self.dtype = precision.compute_dtype(config)
+
+    def needs_classes(self) -> None:
+        """A supervised family's check: labelled data with at least two classes."""
+        if self.num_classes < 2:
+            raise ValueError(f"family {self.name!r} needs labelled data with >= 2 classes; "
+                             f"data {self.config.data.source!r} has {self.num_classes}")
+
+    @abc.abstractmethod
+    def family(self) -> "Family":
+        """The record the trainer and the evaluators hold (the seam)."""
 
 
 def variables_of(state: dict) -> dict:

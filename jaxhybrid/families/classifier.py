@@ -1,7 +1,8 @@
 """Classifier family: FFN (cross-entropy) and GFFN (joint likelihood), mixed by λ.
 
-loss = (1 − λ)·conditional_nll + λ·joint_nll, λ = ``config.joint_weight``
-(λ = 0: the FFN baseline; λ = 1: the thesis GFFN). Both parts are always
+loss = (1 − λ)·conditional_nll + λ·joint_nll, λ = ``config.objective.joint_weight``
+(λ = 0: the FFN baseline; λ = 1: the thesis GFFN); :data:`Classifier.OBJECTIVE` lists the
+objective's fields, ``config.model`` is one of the networks of :data:`jaxhybrid.models.MODELS`. Both parts are always
 computed and logged; the joint part's extra cost is one softmax over the global
 batch. Outputs: ``logits`` [B, K]; OOD scores max_softmax, log_px (= log Z(x)) and
 max_logit; the best checkpoint is the one with the highest validation accuracy.
@@ -12,13 +13,15 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jaxhybrid import precision
-from jaxhybrid.families.base import Family, split_variables
+import ml_collections
+
+from jaxhybrid.families.base import Family, FamilyBase, split_variables
 from jaxhybrid.mathops import global_mean
 from jaxhybrid.metrics_core import nll as softmax_nll
 from jaxhybrid.models import build_model
 from jaxhybrid.objectives.conditional import class_probabilities, conditional_nll
 from jaxhybrid.objectives.joint import LABEL_MODELS, joint_nll, log_partition
+from jaxhybrid.schema import Schema, choice, num
 
 
 def classifier_objective(logits, labels, mask, *, joint_weight: float, label_model: str,
@@ -61,54 +64,64 @@ def definitions(label_model: str) -> dict:
     }
 
 
-def make_classifier(config, num_classes: int, mean=None, std=None) -> Family:
-    if num_classes < 2:
-        raise ValueError(f"family 'classifier' needs labelled data with >= 2 classes; "
-                         f"data {config.data.source!r} has {num_classes}")
-    module = build_model(config.model, num_classes, mean=mean, std=std,
-                         dtype=precision.compute_dtype(config))
-    joint_weight = float(config.joint_weight)
-    if not 0.0 <= joint_weight <= 1.0:
-        raise ValueError(f"joint_weight must be in [0, 1], got {joint_weight}")
-    label_model = config.label_model
-    if label_model not in LABEL_MODELS:
-        raise ValueError(f"Unknown label_model {label_model!r}; valid choices: "
-                         f"{', '.join(LABEL_MODELS)}")
+class Classifier(FamilyBase):
+    """FFN/GFFN: a network of the model registry and the λ-mixed objective."""
+    name = "classifier"
+    OBJECTIVE = Schema("objective", {
+        "joint_weight": num(1.0, "λ: loss = (1 − λ)·CE + λ·joint NLL (0 = FFN, 1 = GFFN)", 0, 1),
+        "label_model": choice("softmax", LABEL_MODELS, "softmax | binary (thesis eq. "
+                              "2.15–2.20): how the logits give p(y|x) and log Z(x)"),
+    })
 
-    def init(rng, batch, axis_name=None):
+    @classmethod
+    def default_model(cls) -> ml_collections.ConfigDict:
+        """The thesis CNN (models/cnn.py)."""
+        return ml_collections.ConfigDict({"name": "cnn", "width": 32, "stages": 2,
+                                          "convs_per_stage": 2, "hidden": (256,)})
+
+    def __init__(self, config, num_classes: int, mean=None, std=None):
+        super().__init__(config, num_classes, mean, std)
+        self.needs_classes()
+        self.module = build_model(config.model, num_classes, mean=mean, std=std,
+                                  dtype=self.dtype)
+        self.joint_weight, self.label_model = self.o["joint_weight"], self.o["label_model"]
+
+    def init(self, rng, batch, axis_name=None):
         del axis_name  # no data-dependent initialisation
-        return dict(module.init(rng, batch["image"]))
+        return dict(self.module.init(rng, batch["image"]))
 
-    def loss(variables, batch, rng, progress, axis_name=None):
+    def loss(self, variables, batch, rng, progress, axis_name=None):
         del rng, progress  # a deterministic network, no schedules
         _, state = split_variables(variables)
         if state:   # non-trainable collections (e.g. batch_stats) are updated
-            logits, state = module.apply(variables, batch["image"], train=True,
-                                         mutable=list(state))
+            logits, state = self.module.apply(variables, batch["image"], train=True,
+                                              mutable=list(state))
         else:
-            logits = module.apply(variables, batch["image"], train=True)
+            logits = self.module.apply(variables, batch["image"], train=True)
         value, aux = classifier_objective(logits, batch["label"], batch["mask"],
-                                          joint_weight=joint_weight, label_model=label_model,
-                                          axis_name=axis_name)
+                                          joint_weight=self.joint_weight,
+                                          label_model=self.label_model, axis_name=axis_name)
         return value, (dict(state), aux)
 
-    def predict(variables, batch, rng, outputs=("logits",)):
+    def predict(self, variables, batch, rng, outputs=("logits",)):
         del rng, outputs  # the one output
-        return {"logits": module.apply(variables, batch["image"], train=False)}
+        return {"logits": self.module.apply(variables, batch["image"], train=False)}
 
-    def ood_scores(outputs):
+    def ood_scores(self, outputs):
         logits = jnp.asarray(outputs["logits"], jnp.float32)
         return {
-            "max_softmax": jnp.max(class_probabilities(logits, label_model), axis=-1),
-            "log_px": log_partition(logits, label_model),  # log Z(x) = log p(x) + const
+            "max_softmax": jnp.max(class_probabilities(logits, self.label_model), axis=-1),
+            "log_px": log_partition(logits, self.label_model),  # log Z(x) = log p(x) + const
             "max_logit": jnp.max(logits, axis=-1),
         }
 
-    return Family(name="classifier", init=init, loss=loss, predict=predict,
-                  outputs=("logits",), supervised=True, validation_outputs=("logits",),
-                  validate=validate_classifier, select=("accuracy", "max"),
-                  ood_outputs=("logits",), ood_score_fn=ood_scores,
-                  label=f"classifier λ={joint_weight:g}",
-                  definitions=definitions(label_model),
-                  describe={"joint_weight": joint_weight, "label_model": label_model,
-                            "model": config.model.name})
+    def family(self) -> Family:
+        return Family(name="classifier", init=self.init, loss=self.loss, predict=self.predict,
+                      outputs=("logits",), supervised=True, validation_outputs=("logits",),
+                      validate=validate_classifier, select=("accuracy", "max"),
+                      ood_outputs=("logits",), ood_score_fn=self.ood_scores,
+                      label=f"classifier λ={self.joint_weight:g}",
+                      definitions=definitions(self.label_model),
+                      describe={"joint_weight": self.joint_weight,
+                                "label_model": self.label_model,
+                                "model": self.config.model.name})

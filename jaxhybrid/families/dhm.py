@@ -1,17 +1,10 @@
 """DHM family: a ResNet-18 classifier and a β-VAE trained jointly (docs/methods/dhm.md).
 
 Module :class:`jaxhybrid.models.dhm.DHM`, objective :mod:`jaxhybrid.objectives.dhm`.
-Its fields live under ``config.model`` (``name = "dhm"``; :data:`DEFAULTS` lists them
-all with their defaults, the original's settings)::
-
-    width, blocks, latent, head_hidden, norm, vae_split_layer     the module
-    alpha, beta, kl_coef, recon, recon_scale, recon_scale_min,
-    kl_warmup_epochs                                                the loss
-                                  recon_scale: σ of gaussian (and of mse_mean's bound);
-                                  recon_scale_min: the floor of gaussian_learned's σ
-    train_samples                 1: the ELBO-style loss; K > 1: β·(−IWAE_K) replaces
-                                  β·(recon + c·KL) (needs a proper likelihood)
-    iwae_samples                  K of the ``log_likelihood`` output (and of ``elbo``)
+Its fields: :data:`DHMFamily.MODEL` (``config.model``: the network, its observation
+model ``recon`` and the samples of its bounds) and :data:`DHMFamily.OBJECTIVE`
+(``config.objective``: α, β, the KL weight c and its warm-up, the training samples), each
+row with its default (the original's settings), its check and a line of doc.
 
 Outputs, all in eval mode (dropout off, BatchNorm running statistics):
 
@@ -40,55 +33,61 @@ import jax.numpy as jnp
 from jax import lax
 import numpy as np
 
-from jaxhybrid import precision
 from jaxhybrid import rng as rnglib
-from jaxhybrid.families.base import Family, split_variables
+from jaxhybrid.families.base import Family, FamilyBase, split_variables
 from jaxhybrid.families.classifier import validate_classifier
-from jaxhybrid.families.options import Options, is_int
 from jaxhybrid.mathops import global_mean, kl_normal_std, log_mean_exp
 from jaxhybrid.models.dhm import DHM, NORMS, SPLIT_LAYERS
 from jaxhybrid.models import likelihoods
 from jaxhybrid.objectives import dhm as obj
+from jaxhybrid.schema import Field, Schema, choice, count, equals, ints, num
 
 
-DEFAULTS = {
-    "width": 64, "blocks": (2, 2, 2, 2), "latent": 256, "head_hidden": 256, "norm": "batch",
-    "vae_split_layer": 0, "alpha": 1.0, "beta": 1.0, "kl_coef": 0.1, "recon": "mse_mean",
-    "recon_scale": 1.0, "recon_scale_min": 0.01, "kl_warmup_epochs": 0.0,
-    "train_samples": 1, "iwae_samples": 16,
-}
+REAL_VALUED = ("mse_mean", "gaussian", "gaussian_learned")
+
+MODEL = Schema("model", {
+    "name": Field("dhm", equals("dhm"), "the module: models/dhm.py's DHM"),
+    "width": count(64, "channels of the trunk's first stage (64, 128, 256, 512 at 64)"),
+    "blocks": Field((2, 2, 2, 2), ints(4, 1), "residual blocks per trunk stage (ResNet-18)"),
+    "latent": count(256, "dimensions of z"),
+    "head_hidden": count(256, "hidden units of the classifier head on concat(features, μ)"),
+    "norm": choice("batch", NORMS, "the trunk's and decoder's normalisation"),
+    "vae_split_layer": choice(0, SPLIT_LAYERS, "k: the VAE models the input of trunk stage "
+                              "k (0 = the image)"),
+    "recon": choice("mse_mean", obj.RECONS, "the reconstruction term: mse_mean (the "
+                    "original) or the named likelihood of the decoder's output"),
+    "recon_scale": num(1.0, "σ of gaussian (and of mse_mean's likelihood bound)", 0,
+                       low_open=True),
+    "recon_scale_min": num(0.01, "the floor of gaussian_learned's σ", 0, low_open=True),
+    "iwae_samples": count(16, "K of the log_likelihood output (and of elbo's Monte Carlo)"),
+})
+
+OBJECTIVE = Schema("objective", {
+    "alpha": num(1.0, "α, the weight of the cross-entropy", 0),
+    "beta": num(1.0, "β, the weight of the VAE term", 0),
+    "kl_coef": num(0.1, "c, the KL's weight inside the VAE term (the original's 0.1)", 0),
+    "kl_warmup_epochs": num(0.0, "c rises linearly from 0 over this many epochs (0 = off)", 0),
+    "train_samples": count(1, "1: the ELBO-style loss; K > 1: β·(−IWAE_K) replaces "
+                              "β·(recon + c·KL) (needs a proper likelihood)"),
+})
 
 
-def read_options(model_cfg) -> dict:
-    """``config.model`` -> the family's options, every field checked (errors name the field
-    and the valid choices)."""
-    c = Options(model_cfg, DEFAULTS, "dhm")
-    o = c.o
-    c.ints(("width", "latent", "head_hidden", "train_samples", "iwae_samples"), 1)
-    c.need("blocks", isinstance(o["blocks"], tuple) and len(o["blocks"]) == 4
-           and all(is_int(b, 1) for b in o["blocks"]),
-           "must be 4 ints >= 1 (blocks per stage), e.g. (2, 2, 2, 2)")
-    c.one_of("norm", NORMS)
-    c.need("vae_split_layer", is_int(o["vae_split_layer"]) and o["vae_split_layer"] in
-           SPLIT_LAYERS, f"must be one of {', '.join(map(str, SPLIT_LAYERS))}")
-    c.one_of("recon", obj.RECONS)
-    c.numbers(("alpha", "beta", "kl_coef", "kl_warmup_epochs"), 0)
-    c.numbers(("recon_scale", "recon_scale_min"), 0, low_open=True)
-    real_valued = ("mse_mean", "gaussian", "gaussian_learned")
-    if not c.bad and o["vae_split_layer"] > 0 and o["recon"] not in real_valued:
-        c.need("recon", False, f"must be one of {', '.join(real_valued)} when "
-               "model.vae_split_layer > 0 (the VAE then reconstructs real-valued trunk features)")
-    if not c.bad and o["train_samples"] > 1 and o["recon"] == "mse_mean":
-        c.need("train_samples", False, "must be 1 with model.recon='mse_mean' (the IWAE loss "
-               "needs a proper likelihood: gaussian, bernoulli, discretized_logistic, "
-               "discretized_mix_logistic)")
-    return c.result(floats=("alpha", "beta", "kl_coef", "kl_warmup_epochs", "recon_scale",
-                            "recon_scale_min"))
+def _rules(o):
+    out = []
+    if o["vae_split_layer"] > 0 and o["recon"] not in REAL_VALUED:
+        out.append(("model.recon", f"must be one of {', '.join(REAL_VALUED)} when "
+                    "model.vae_split_layer > 0 (the VAE then reconstructs real-valued trunk "
+                    "features)"))
+    if o["train_samples"] > 1 and o["recon"] == "mse_mean":
+        out.append(("objective.train_samples", "must be 1 with model.recon='mse_mean' (the "
+                    "IWAE loss needs a proper likelihood: gaussian, bernoulli, "
+                    "discretized_logistic, discretized_mix_logistic)"))
+    return out
 
 
 def build_module(o: dict, num_classes: int, channels: int, axis_name=None, mean=None,
                  std=None, dtype="float32") -> DHM:
-    """The DHM module of options ``o`` (:func:`read_options`) for ``channels`` data channels
+    """The DHM module of options ``o`` (:meth:`DHMFamily.options`) for ``channels`` data channels
     (the trunk's stage-k input's channels when ``vae_split_layer`` k ≥ 1); ``dtype`` is the
     compute dtype."""
     out = 0
@@ -109,11 +108,16 @@ def reparameterisation_noise(rng, ids, samples: int, latent: int):
     return jax.vmap(lambda key: jax.random.normal(key, (samples, latent)))(keys)
 
 
-class _DHM:
-    """The DHM family's functions for options ``o``; :func:`make_dhm` wraps them in a Family."""
+class DHMFamily(FamilyBase):
+    """The DHM family: the module of :func:`build_module`, the objective of
+    :mod:`jaxhybrid.objectives.dhm`, the outputs and scores of the module doc."""
+    name = "dhm"
+    MODEL, OBJECTIVE, RULES = MODEL, OBJECTIVE, (_rules,)
 
-    def __init__(self, o: dict, num_classes: int, dtype, mean=None, std=None):
-        self.o, self.num_classes, self.dtype, self.mean, self.std = o, num_classes, dtype, mean, std
+    def __init__(self, config, num_classes: int, mean=None, std=None):
+        super().__init__(config, num_classes, mean, std)
+        self.needs_classes()
+        o = self.o
         self.recon, self.k = o["recon"], o["vae_split_layer"]
         self.lik = {"scale": o["recon_scale"], "scale_min": o["recon_scale_min"]}
 
@@ -263,28 +267,20 @@ class _DHM:
                               + what,
         }
 
-
-def make_dhm(config, num_classes: int, mean=None, std=None) -> Family:
-    if num_classes < 2:
-        raise ValueError(f"family 'dhm' needs labelled data with >= 2 classes; "
-                         f"data {config.data.source!r} has {num_classes}")
-    if config.model.get("name", "dhm") != "dhm":
-        raise ValueError(f"family 'dhm' builds model 'dhm'; config field model.name = "
-                         f"{config.model.name!r}: set it to 'dhm'")
-    o = read_options(config.model)
-    d = _DHM(o, num_classes, precision.compute_dtype(config), mean=mean, std=std)
-    names = ("logits", "neg_loss_sampled", "neg_loss_at_mean", "elbo") + (
-        ("log_likelihood",) if d.k == 0 else ())
-    definitions = {k: v for k, v in d.definitions().items()
-                   if k in names or k in ("max_softmax", "log_z")}
-    return Family(name="dhm", init=d.init, loss=d.loss, predict=d.predict, outputs=names,
-                  supervised=True, validation_outputs=("logits",), validate=validate_classifier,
-                  select=("accuracy", "max"),
-                  ood_outputs=("logits", "neg_loss_sampled", "neg_loss_at_mean", "elbo"),
-                  ood_score_fn=d.ood_scores,
-                  label=f"DHM β={o['beta']:g}", definitions=definitions,
-                  likelihood=obj.recon_likelihood(o["recon"], o["recon_scale"])[0]
-                  if d.k == 0 else "",
-                  describe={"model": "dhm", **{f: o[f] for f in ("width", "latent", "norm",
-                            "vae_split_layer", "alpha", "beta", "kl_coef", "recon")},
-                            "log_likelihood": f"the IWAE bound with {o['iwae_samples']} samples"})
+    def family(self) -> Family:
+        o = self.o
+        names = ("logits", "neg_loss_sampled", "neg_loss_at_mean", "elbo") + (
+            ("log_likelihood",) if self.k == 0 else ())
+        definitions = {k: v for k, v in self.definitions().items()
+                       if k in names or k in ("max_softmax", "log_z")}
+        return Family(
+            name="dhm", init=self.init, loss=self.loss, predict=self.predict, outputs=names,
+            supervised=True, validation_outputs=("logits",), validate=validate_classifier,
+            select=("accuracy", "max"),
+            ood_outputs=("logits", "neg_loss_sampled", "neg_loss_at_mean", "elbo"),
+            ood_score_fn=self.ood_scores, label=f"DHM β={o['beta']:g}", definitions=definitions,
+            likelihood=obj.recon_likelihood(o["recon"], o["recon_scale"])[0] if self.k == 0
+            else "",
+            describe={"model": "dhm", **{f: o[f] for f in (
+                "width", "latent", "norm", "vae_split_layer", "alpha", "beta", "kl_coef",
+                "recon")}, "log_likelihood": f"the IWAE bound with {o['iwae_samples']} samples"})

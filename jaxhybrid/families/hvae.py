@@ -1,36 +1,22 @@
 """HVAE family: the hierarchical VAE of hvae-oodd and its LLR>k OOD scores (docs/methods/hvae.md).
 
 Module :class:`jaxhybrid.models.hvae.HVAE`, objective :mod:`jaxhybrid.objectives.elbo`.
-Its fields live under ``config.model`` (``name = "hvae"``; :data:`DEFAULTS` lists them,
-with the original's Fashion-MNIST settings)::
+Its fields: :data:`HVAEFamily.MODEL` (``config.model``: the network, its likelihood and
+the sampling of its scores) and :data:`HVAEFamily.OBJECTIVE` (``config.objective``: the
+bound trained, the KL warm-up and free nats), each row with its default (the original's
+Fashion-MNIST settings), its check and a line of doc. The stage lists::
 
     config_deterministic   stages, each a list of blocks {out_channels, kernel_size,
                            stride (1), gated (False)}; "block": "ResBlockConv2d" and
                            "weightnorm": True are accepted, as in the original's JSON
     config_stochastic      one per stage: {block: GaussianConv2d | GaussianDense,
                            latent_features, kernel_size (3, conv only)}
-    likelihood             bernoulli (binary pixels: needs data.train_transforms=
-                           binarize unless the data are binary already; refused
-                           otherwise) | discretized_logistic |
-                           discretized_mix_logistic (on 2x − 1, 256 levels)
-    num_mix                mixture components (discretized_mix_logistic)
-    likelihood_kernel      kernel of the conv to the likelihood's parameters
-    min_scale              floor of every posterior and prior scale
-    same_shape_skips       add skip inputs the original drops (models/hvae.py)
-    warmup_epochs          KL warm-up β_t over this many epochs
-    free_nats              λ₀; free_nats_constant_epochs, free_nats_cooldown_epochs:
-                           λ_t = λ₀, then linearly to 0 (objectives/elbo.py)
-    free_nats_mode         per_element (the original) | per_layer
-    train_samples          S posterior samples per example in training (the
-                           data-dependent initialisation sees the B rows of the first
-                           batch once; the original's sees its S·B rows)
-    train_importance_weighted   the IW training bound over them (else their mean)
-    iwae_samples           S of the importance-weighted scores (log_likelihood, l_gt_k)
-    score_chunk            samples evaluated at once (memory ∝ score_chunk, any S): the
-                           scoring holds (eval_batch_size / devices) × L × score_chunk
-                           rows of activations in flight (L passes for L>k); ≈ 1 MiB a row
-                           at the Fashion-MNIST width, ≈ 5 MiB at the CIFAR-10 width
-                           (benchmarks/hvae_scoring.py measures it)
+
+``model.score_chunk`` sets the memory of scoring: it holds (eval_batch_size / devices) × L
+× score_chunk rows of activations in flight (L passes for L>k); ≈ 1 MiB a row at the
+Fashion-MNIST width, ≈ 5 MiB at the CIFAR-10 width (benchmarks/hvae_scoring.py). With
+``objective.train_samples`` S > 1 the data-dependent initialisation sees the B rows of the
+first batch once (the original's sees its S·B rows).
 
 Outputs (eval mode; every draw keyed by the fixed evaluation key, the example id and the
 sample index, so nothing depends on the device count or the chunking):
@@ -62,119 +48,137 @@ import numpy as np
 from jax import lax
 
 from jaxhybrid import rng as rnglib
-from jaxhybrid.families.options import Options, is_int
-from jaxhybrid.families.base import Family
+from jaxhybrid.families.base import Family, FamilyBase
 from jaxhybrid.mathops import log_mean_exp
 from jaxhybrid.models import likelihoods
 from jaxhybrid.models.hvae import HVAE, Block, Latent, init_from_directions
 from jaxhybrid.objectives import elbo as obj
-from jaxhybrid.precision import compute_dtype
+from jaxhybrid.schema import Field, Schema, choice, count, equals, flag, is_int, num, parsed_by
 
 LIKELIHOOD_NAMES = ("bernoulli", "discretized_logistic", "discretized_mix_logistic")
 STOCHASTIC_BLOCKS = {"GaussianConv2d": "conv", "GaussianDense": "dense"}
-_BLOCK_KEYS = {"block", "out_channels", "kernel_size", "stride", "gated", "weightnorm"}
-_LATENT_KEYS = {"block", "latent_features", "kernel_size", "weightnorm"}
 
 
 def _blocks(kernel, strides, channels=64):
     return tuple({"out_channels": channels, "kernel_size": kernel, "stride": s} for s in strides)
 
 
-DEFAULTS = {
-    "config_deterministic": (_blocks(5, (1, 1, 2)), _blocks(3, (1, 1, 2)),
-                             _blocks(3, (1, 1, 1))),
-    "config_stochastic": ({"block": "GaussianConv2d", "latent_features": 8},
-                          {"block": "GaussianDense", "latent_features": 16},
-                          {"block": "GaussianDense", "latent_features": 8}),
-    "likelihood": "bernoulli", "num_mix": 10, "likelihood_kernel": 3, "min_scale": 1e-6,
-    "same_shape_skips": False, "warmup_epochs": 200.0, "free_nats": 2.0,
-    "free_nats_constant_epochs": 200, "free_nats_cooldown_epochs": 200,
-    "free_nats_mode": "per_element", "train_samples": 1, "train_importance_weighted": False,
-    "iwae_samples": 1, "score_chunk": 8,
-}
-
-
-def _entries(value, field, keys, need, bad):
-    """A list of dicts with only ``keys`` and every key of ``need``; errors appended."""
+def _entries(value, where, keys, need) -> list:
+    """A non-empty list of dicts with only ``keys`` and every key of ``need``."""
     if not isinstance(value, (list, tuple)) or not value:
-        bad.append(f"config field {field} = {value!r}: must be a non-empty list")
-        return []
-    out = []
-    for j, d in enumerate(value):
-        if not hasattr(d, "keys") or set(d.keys()) - keys or need - set(d.keys()):
-            bad.append(f"config field {field}[{j}] = {d!r}: must be a dict with keys "
-                       f"{', '.join(sorted(need))} (optional: {', '.join(sorted(keys - need))})")
-            continue
-        out.append(dict(d))
-    return out
+        raise ValueError(f"{where} must be a non-empty list")
+    bad = [f"{where}[{j}] = {d!r} must be a dict with keys {', '.join(sorted(need))} "
+           f"(optional: {', '.join(sorted(keys - need))})"
+           for j, d in enumerate(value)
+           if not hasattr(d, "keys") or set(d.keys()) - keys or need - set(d.keys())]
+    if bad:
+        raise ValueError("; ".join(bad))
+    return [dict(d) for d in value]
 
 
-def _stage(value, i, bad) -> tuple:
-    field = f"model.config_deterministic[{i}]"
-    blocks = []
-    for j, d in enumerate(_entries(value, field, _BLOCK_KEYS, {"out_channels", "kernel_size"},
-                                   bad)):
-        f = f"config field {field}[{j}]"
-        d = {"stride": 1, "gated": False, "block": "ResBlockConv2d", "weightnorm": True, **d}
-        if not all(is_int(d[k], 1) for k in ("out_channels", "kernel_size", "stride")):
-            bad.append(f"{f} = {d!r}: out_channels, kernel_size and stride must be ints >= 1")
-        elif d["block"] != "ResBlockConv2d" or d["weightnorm"] is not True:
-            bad.append(f"{f}: block must be 'ResBlockConv2d' and weightnorm True (the only "
-                       f"deterministic block), got {d['block']!r}, {d['weightnorm']!r}")
-        elif not isinstance(d["gated"], bool):
-            bad.append(f"{f}: gated must be True or False, got {d['gated']!r}")
-        else:
-            blocks.append(Block(d["out_channels"], d["kernel_size"], d["stride"], d["gated"]))
-    return tuple(blocks)
+def _block(d: dict, where: str) -> Block:
+    d = {"stride": 1, "gated": False, "block": "ResBlockConv2d", "weightnorm": True, **d}
+    if not all(is_int(d[k], 1) for k in ("out_channels", "kernel_size", "stride")):
+        raise ValueError(f"{where} = {d!r}: out_channels, kernel_size and stride must be "
+                         f"ints >= 1")
+    if d["block"] != "ResBlockConv2d" or d["weightnorm"] is not True:
+        raise ValueError(f"{where}: block must be 'ResBlockConv2d' and weightnorm True (the "
+                         f"only deterministic block), got {d['block']!r}, {d['weightnorm']!r}")
+    if not isinstance(d["gated"], bool):
+        raise ValueError(f"{where}: gated must be True or False, got {d['gated']!r}")
+    return Block(d["out_channels"], d["kernel_size"], d["stride"], d["gated"])
 
 
-def _latent(d, j, bad):
-    f = f"config field model.config_stochastic[{j}]"
+def parse_stages(value) -> tuple:
+    """``model.config_deterministic`` -> stages, each a tuple of :class:`Block`."""
+    if not isinstance(value, (list, tuple)) or not value:
+        raise ValueError("must be a non-empty list of stages, each a non-empty list of "
+                         "block dicts")
+    keys, need = {"block", "out_channels", "kernel_size", "stride", "gated", "weightnorm"}, \
+        {"out_channels", "kernel_size"}
+    return tuple(tuple(_block(d, f"stage [{i}][{j}]")
+                       for j, d in enumerate(_entries(stage, f"stage [{i}]", keys, need)))
+                 for i, stage in enumerate(value))
+
+
+def _latent(d: dict, where: str) -> Latent:
     d = {"kernel_size": 3, "weightnorm": True, **d}
     if d["block"] not in STOCHASTIC_BLOCKS:
-        bad.append(f"{f}: block = {d['block']!r}; valid choices: {', '.join(STOCHASTIC_BLOCKS)}")
-    elif not (is_int(d["latent_features"], 1) and is_int(d["kernel_size"], 1)):
-        bad.append(f"{f} = {d!r}: latent_features and kernel_size must be ints >= 1")
-    elif d["weightnorm"] is not True:
-        bad.append(f"{f}: weightnorm must be True (the only stochastic layer)")
-    else:
-        return Latent(STOCHASTIC_BLOCKS[d["block"]], d["latent_features"], d["kernel_size"])
-    return None
+        raise ValueError(f"{where}: block = {d['block']!r}; valid choices: "
+                         f"{', '.join(STOCHASTIC_BLOCKS)}")
+    if not (is_int(d["latent_features"], 1) and is_int(d["kernel_size"], 1)):
+        raise ValueError(f"{where} = {d!r}: latent_features and kernel_size must be ints >= 1")
+    if d["weightnorm"] is not True:
+        raise ValueError(f"{where}: weightnorm must be True (the only stochastic layer)")
+    return Latent(STOCHASTIC_BLOCKS[d["block"]], d["latent_features"], d["kernel_size"])
 
 
-def read_options(model_cfg) -> dict:
-    """``config.model`` -> the family's options, every field checked (errors name the field
-    and the valid choices). Adds ``stages`` (tuples of Block) and ``latents`` (Latent)."""
-    c = Options(model_cfg, DEFAULTS, "hvae", lists_to_tuples=False)
-    o, bad, need = c.o, c.bad, c.need
-    c.ints(("num_mix", "likelihood_kernel", "train_samples", "iwae_samples", "score_chunk"), 1)
-    c.ints(("free_nats_constant_epochs", "free_nats_cooldown_epochs"), 0)
-    c.numbers(("warmup_epochs", "free_nats"), 0)
-    c.numbers(("min_scale",), 0, low_open=True)
-    need("likelihood", o["likelihood"] in LIKELIHOOD_NAMES,
-         f"must be one of {', '.join(LIKELIHOOD_NAMES)}")
-    need("free_nats_mode", o["free_nats_mode"] in obj.FREE_NATS_MODES,
-         f"must be one of {', '.join(obj.FREE_NATS_MODES)}")
-    for f in ("same_shape_skips", "train_importance_weighted"):
-        need(f, isinstance(o[f], bool), "must be True or False")
-    stages = o["config_deterministic"]
-    if not isinstance(stages, (list, tuple)) or not stages:
-        need("config_deterministic", False, "must be a non-empty list of stages, each a "
-             "non-empty list of block dicts")
-        stages = ()
-    o["stages"] = tuple(_stage(s, i, bad) for i, s in enumerate(stages))
-    latents = _entries(o["config_stochastic"], "model.config_stochastic", _LATENT_KEYS,
-                       {"block", "latent_features"}, bad)
-    o["latents"] = tuple(_latent(d, j, bad) for j, d in enumerate(latents))
-    if not bad and len(o["latents"]) != len(o["stages"]):
-        bad.append(f"config fields model.config_stochastic ({len(o['latents'])} layers) and "
-                   f"model.config_deterministic ({len(o['stages'])} stages) must have the "
-                   f"same length: one stochastic layer per stage")
-    return c.result(floats=("warmup_epochs", "free_nats"))
+def parse_latents(value) -> tuple:
+    """``model.config_stochastic`` -> one :class:`Latent` per stage."""
+    keys = {"block", "latent_features", "kernel_size", "weightnorm"}
+    return tuple(_latent(d, f"layer [{j}]") for j, d in enumerate(
+        _entries(value, "the list", keys, {"block", "latent_features"})))
+
+
+MODEL = Schema("model", {
+    "name": Field("hvae", equals("hvae"), "the module: models/hvae.py's HVAE"),
+    "config_deterministic": Field(
+        (_blocks(5, (1, 1, 2)), _blocks(3, (1, 1, 2)), _blocks(3, (1, 1, 1))),
+        parsed_by(parse_stages), "the deterministic stages: a list per stage of blocks "
+        "{out_channels, kernel_size, stride (1), gated (False)}",
+        valid_doc="a non-empty list of non-empty lists of block dicts"),
+    "config_stochastic": Field(
+        ({"block": "GaussianConv2d", "latent_features": 8},
+         {"block": "GaussianDense", "latent_features": 16},
+         {"block": "GaussianDense", "latent_features": 8}),
+        parsed_by(parse_latents), "one stochastic layer per stage: {block: GaussianConv2d | "
+        "GaussianDense, latent_features, kernel_size (3, conv only)}",
+        valid_doc="one dict per stage"),
+    "likelihood": choice("bernoulli", LIKELIHOOD_NAMES, "bernoulli (binary pixels: needs "
+                         "data.train_transforms=binarize unless the data are binary) | "
+                         "discretized_logistic | discretized_mix_logistic (on 2x − 1, 256 levels)"),
+    "num_mix": count(10, "mixture components (discretized_mix_logistic)"),
+    "likelihood_kernel": count(3, "kernel of the conv to the likelihood's parameters"),
+    "min_scale": num(1e-6, "floor of every posterior and prior scale", 0, low_open=True),
+    "same_shape_skips": flag(False, "add the skip inputs the original drops (models/hvae.py)"),
+    "iwae_samples": count(1, "S of the importance-weighted scores (log_likelihood, l_gt_k)"),
+    "score_chunk": count(8, "samples evaluated at once (memory ∝ score_chunk, any S)"),
+})
+
+OBJECTIVE = Schema("objective", {
+    "warmup_epochs": num(200.0, "KL warm-up: β_t rises to 1 over this many epochs", 0),
+    "free_nats": num(2.0, "λ₀ of the free-nats schedule (objectives/elbo.py)", 0),
+    "free_nats_constant_epochs": count(200, "λ_t = λ₀ for this many epochs ...", 0),
+    "free_nats_cooldown_epochs": count(200, "... then falls linearly to 0 over this many", 0),
+    "free_nats_mode": choice("per_element", obj.FREE_NATS_MODES, "per_element (the original) "
+                             "| per_layer"),
+    "train_samples": count(1, "S posterior samples per example in training"),
+    "train_importance_weighted": flag(False, "train the IW bound over the S samples (else "
+                                             "their mean)"),
+})
+
+
+def with_layers(o: dict) -> dict:
+    """``o`` with ``stages`` and ``latents`` parsed from the two stage lists."""
+    return {**o, "stages": parse_stages(o["config_deterministic"]),
+            "latents": parse_latents(o["config_stochastic"])}
+
+
+def module_options(model_cfg) -> dict:
+    """``config.model`` alone, checked, with its layers: what :func:`build_module` needs."""
+    return with_layers(MODEL.read(model_cfg))
+
+
+def _same_depth(o):
+    if len(parse_latents(o["config_stochastic"])) == len(parse_stages(o["config_deterministic"])):
+        return []
+    return [("model.config_stochastic", f"{len(o['config_stochastic'])} layers, but "
+             f"model.config_deterministic has {len(o['config_deterministic'])} stages: one "
+             f"stochastic layer per stage")]
 
 
 def build_module(o: dict, channels: int, axis_name=None, dtype=jnp.float32) -> HVAE:
-    """The HVAE of options ``o`` (:func:`read_options`) for ``channels`` data channels."""
+    """The HVAE of options ``o`` (:meth:`HVAEFamily.options`) for ``channels`` data channels."""
     return HVAE(o["stages"], o["latents"], out_channels(o, channels),
                 likelihood_kernel=o["likelihood_kernel"], min_scale=o["min_scale"],
                 same_shape_skips=o["same_shape_skips"], axis_name=axis_name, dtype=dtype)
@@ -258,29 +262,36 @@ def definitions(n_latents: int, samples: int, likelihood: str) -> dict:
     return out
 
 
-def make_hvae(config, num_classes: int, mean=None, std=None) -> Family:
-    del num_classes                       # unsupervised: labels, if any, are not used
-    if mean is not None or std is not None:
-        raise ValueError("family 'hvae' models [0, 1] pixels: config fields data.mean and "
-                         "data.std must be () (no normalisation)")
-    if config.model.get("name", "hvae") != "hvae":
-        raise ValueError(f"family 'hvae' builds model 'hvae'; config field model.name = "
-                         f"{config.model.name!r}: set it to 'hvae'")
-    o = read_options(config.model)
-    dtype = compute_dtype(config)
-    n_latents = len(o["latents"])
+class HVAEFamily(FamilyBase):
+    """The HVAE family: the module of :func:`build_module`, the objective of
+    :mod:`jaxhybrid.objectives.elbo`, the scores of :func:`importance_weighted_bounds`."""
+    name = "hvae"
+    MODEL, OBJECTIVE, RULES = MODEL, OBJECTIVE, (_same_depth,)
 
-    def module(image, axis_name=None):
-        return build_module(o, image.shape[-1], axis_name, dtype)
+    def __init__(self, config, num_classes: int, mean=None, std=None):
+        del num_classes                   # unsupervised: labels, if any, are not used
+        if mean is not None or std is not None:
+            raise ValueError("family 'hvae' models [0, 1] pixels: config fields data.mean and "
+                             "data.std must be () (no normalisation)")
+        super().__init__(config, 0, mean, std)
+        self.n_latents = len(self.o["latents"])
 
-    def init(rng, batch, axis_name=None):   # data-dependent: statistics of the global batch
-        image, m = batch["image"], module(batch["image"], axis_name)
+    @classmethod
+    def options(cls, config) -> dict:
+        """The checked fields, plus ``stages`` (tuples of Block) and ``latents`` (Latent)."""
+        return with_layers(super().options(config))
+
+    def module(self, image, axis_name=None) -> HVAE:
+        return build_module(self.o, image.shape[-1], axis_name, self.dtype)
+
+    def init(self, rng, batch, axis_name=None):  # data-dependent: the global batch's statistics
+        image, m = batch["image"], self.module(batch["image"], axis_name)
         eps = posterior_noise(rng, batch["id"], jnp.arange(1), m.latent_shapes(image.shape[1:]))
         return init_from_directions(m, rng, image, eps, mask=batch["mask"])
 
-    def loss(variables, batch, rng, progress, axis_name=None):
-        image, epoch = batch["image"], progress["epoch"]
-        m = module(image)
+    def loss(self, variables, batch, rng, progress, axis_name=None):
+        image, epoch, o = batch["image"], progress["epoch"], self.o
+        m = self.module(image)
         eps = posterior_noise(rng, batch["id"], jnp.arange(o["train_samples"]),
                               m.latent_shapes(image.shape[1:]))
         out = m.apply(variables, image, eps)
@@ -294,44 +305,47 @@ def make_hvae(config, num_classes: int, mean=None, std=None) -> Family:
             importance_weighted=o["train_importance_weighted"], axis_name=axis_name)
         return value, ({}, aux)
 
-    def predict(variables, batch, rng, outputs=("elbo",)):
-        image, ids, m = batch["image"], batch["id"], module(batch["image"])
+    def predict(self, variables, batch, rng, outputs=("elbo",)):
+        image, ids, m, o = batch["image"], batch["id"], self.module(batch["image"]), self.o
         res = {}
         if "elbo" in outputs:
             res["elbo"] = importance_weighted_bounds(o, m, variables, image, ids, rng, (0,),
                                                      1, 1)[:, 0]
         if {"log_likelihood", "l_gt_k"} & set(outputs):
-            skips = tuple(range(n_latents)) if "l_gt_k" in outputs else (0,)
+            skips = tuple(range(self.n_latents)) if "l_gt_k" in outputs else (0,)
             bounds = importance_weighted_bounds(o, m, variables, image, ids, rng, skips,
                                                 o["iwae_samples"], o["score_chunk"])
             res["log_likelihood"], res["l_gt_k"] = bounds[:, 0], bounds
         return {k: res[k] for k in outputs}
 
-    def ood_scores(out):
+    def ood_scores(self, out):
+        """L, L>k and −LLR>k = L>k − L (k = 1..L−1), higher = in-distribution."""
         scores = {"L": out["log_likelihood"]}
         l_gt_k = np.asarray(out["l_gt_k"], np.float64)
-        for k in range(1, n_latents):
+        for k in range(1, self.n_latents):
             scores[f"L>{k}"] = l_gt_k[:, k]
-        for k in range(1, n_latents):
+        for k in range(1, self.n_latents):
             scores[f"-LLR>{k}"] = l_gt_k[:, k] - l_gt_k[:, 0]
         return scores
 
+    @staticmethod
     def validate(out):
         return {"elbo": float(np.mean(out["elbo"]))}
 
-    def bounds(out):        # L>k, k >= 1, for the likelihood evaluator (nats, bits/dim)
+    def bounds(self, out):      # L>k, k >= 1, for the likelihood evaluator (nats, bits/dim)
         l_gt_k = np.asarray(out["l_gt_k"], np.float64)
-        return {f"L>{k}": l_gt_k[:, k] for k in range(1, n_latents)}
+        return {f"L>{k}": l_gt_k[:, k] for k in range(1, self.n_latents)}
 
-    s = o["iwae_samples"]
-    return Family(name="hvae", init=init, loss=loss, predict=predict,
-                  outputs=("elbo", "log_likelihood", "l_gt_k"), supervised=False,
-                  validation_outputs=("elbo",), validate=validate, select=("elbo", "max"),
-                  ood_outputs=("log_likelihood", "l_gt_k"), ood_score_fn=ood_scores,
-                  bound_outputs=("l_gt_k",), bound_fn=bounds,
-                  label=f"HVAE (L={n_latents})", likelihood=o["likelihood"],
-                  definitions=definitions(n_latents, s, o["likelihood"]),
-                  describe={"model": "hvae", "latents": n_latents,
-                            "likelihood": o["likelihood"], "free_nats_mode": o["free_nats_mode"],
-                            "log_likelihood": f"the importance-weighted bound L(x) with {s} "
-                                              f"sample{'s' if s > 1 else ''} (log-mean-exp)"})
+    def family(self) -> Family:
+        o, s, n = self.o, self.o["iwae_samples"], self.n_latents
+        return Family(
+            name="hvae", init=self.init, loss=self.loss, predict=self.predict,
+            outputs=("elbo", "log_likelihood", "l_gt_k"), supervised=False,
+            validation_outputs=("elbo",), validate=self.validate, select=("elbo", "max"),
+            ood_outputs=("log_likelihood", "l_gt_k"), ood_score_fn=self.ood_scores,
+            bound_outputs=("l_gt_k",), bound_fn=self.bounds, label=f"HVAE (L={n})",
+            likelihood=o["likelihood"], definitions=definitions(n, s, o["likelihood"]),
+            describe={"model": "hvae", "latents": n, "likelihood": o["likelihood"],
+                      "free_nats_mode": o["free_nats_mode"],
+                      "log_likelihood": f"the importance-weighted bound L(x) with {s} "
+                                        f"sample{'s' if s > 1 else ''} (log-mean-exp)"})

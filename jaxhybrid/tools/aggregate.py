@@ -20,7 +20,7 @@ whose value differs between runs (sorted). It writes into the output directory:
 
 What is plotted comes from the sweep's ``get_sweep`` (:mod:`jaxhybrid.tools.presentation`,
 recorded by :mod:`jaxhybrid.tools.sweep` in ``sweep_status.json``), e.g.
-``{"x": "model.beta", "x_scale": "log10", "titles": {"model.beta": "β"}, "plots":
+``{"x": "objective.beta", "x_scale": "log10", "titles": {"objective.beta": "β"}, "plots":
 [{"metrics": ["ood/*/max_softmax/auroc", "ood/*/log_px/auroc"], "title": "OOD: {}"}]}``
 (a panel per OOD set, a line per score). ``--x KEY`` picks another x among the grouping
 keys (with the default figures), and ``--metrics accuracy,ece,ood/*/*/auroc`` plots those

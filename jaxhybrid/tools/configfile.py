@@ -1,9 +1,9 @@
 """Config modules as the sweep reads them: ``FILE.py[:VARIANT]``, its ``get_config`` and
 its optional ``get_sweep(variant)``, which declares the grid beside the config::
 
-    {"model.beta": [0.1, 1.0, 10.0], "seeds": 3,       # the grid (config keys) and seeds
-     "x": "model.beta", "x_scale": "log10",            # how the aggregate presents it
-     "titles": {"model.beta": "β"}, "labels": {"model.beta": {1.0: "VAE"}},
+    {"objective.beta": [0.1, 1.0, 10.0], "seeds": 3,       # the grid (config keys) and seeds
+     "x": "objective.beta", "x_scale": "log10",            # how the aggregate presents it
+     "titles": {"objective.beta": "β"}, "labels": {"objective.beta": {1.0: "VAE"}},
      "plots": [{"metrics": ["accuracy"]}, {"kind": "reliability"}]}
 
 The presentation entries are those of :mod:`jaxhybrid.tools.presentation`.

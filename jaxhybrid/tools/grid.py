@@ -44,7 +44,7 @@ class Point:
 
 
 def point_name(overrides: dict[str, Any]) -> str:
-    """Keys sorted, seed last: 'batch_size=16,joint_weight=0,seed=0'."""
+    """Keys sorted, seed last: 'batch_size=16,objective.joint_weight=0,seed=0'."""
     keys = sorted(k for k in overrides if k != SEED_KEY)
     if SEED_KEY in overrides:
         keys.append(SEED_KEY)
@@ -52,7 +52,7 @@ def point_name(overrides: dict[str, Any]) -> str:
 
 
 def parse_sweep(config, specs: Sequence[str]) -> dict[str, list]:
-    """['batch_size=16,64', 'joint_weight=0,1'] -> {key: [typed values]} (order kept)."""
+    """['batch_size=16,64', 'objective.joint_weight=0,1'] -> {key: [typed values]} (order kept)."""
     sweep: dict[str, list] = {}
     for spec in specs:
         key, text = parse_assignment(spec)

@@ -1,7 +1,7 @@
 """Config keys and values, parsed exactly as ``jaxhybrid.main`` parses ``--config.KEY=VALUE``.
 
 Every value, of ``--sweep``, ``--set`` or ``get_sweep``, goes through ml_collections' own
-``config_flags`` parser to the type of the field it replaces: ``joint_weight=0`` is the
+``config_flags`` parser to the type of the field it replaces: ``objective.joint_weight=0`` is the
 float 0.0, ``model.hidden=16`` the tuple (16,), ``evals.pgd_random_start=true`` a bool,
 and ``batch_size=1.5`` an error naming the key. An unknown key is an error naming the keys
 near it and all valid keys. :func:`apply_overrides` is that one mechanism.
@@ -43,11 +43,11 @@ def flatten(config) -> dict[str, Any]:
 
 
 def near_keys(key: str, valid: list[str]) -> list[str]:
-    """The valid keys near ``key``: close spellings, the same last part in another
-    section (``objective.beta`` -> ``model.beta``), and the fields of its section."""
+    """The valid keys near ``key``: the same last part in another section (``model.beta``
+    -> ``objective.beta``), close spellings, and the fields of its section."""
     section, _, last = key.rpartition(".")
-    near = difflib.get_close_matches(key, valid, n=3)
-    near += [k for k in valid if k.rpartition(".")[2] == last]
+    near = [k for k in valid if k.rpartition(".")[2] == last]      # moved: first
+    near += difflib.get_close_matches(key, valid, n=3)
     if section:
         near += [k for k in valid if k.startswith(section + ".")]
     return list(dict.fromkeys(near))

@@ -3,13 +3,13 @@ the view of a table and its figures that the declaration and the command line gi
 
 The entries (checked by :func:`check_presentation`):
 
-* ``x``: the grouping key on the x axis, a dotted config key (``"model.beta"``);
+* ``x``: the grouping key on the x axis, a dotted config key (``"objective.beta"``);
   ``x_label``: its axis label (default: its title); ``x_scale``: ``linear`` (default),
   ``log2``, ``log10`` or ``categorical`` (equally spaced values, in order: a grid with 0
   and powers of ten, e.g. β ∈ {0, 0.01, 1, 100});
-* ``titles``: ``{key: column title}``, e.g. ``{"model.beta": "β"}``;
+* ``titles``: ``{key: column title}``, e.g. ``{"objective.beta": "β"}``;
 * ``labels``: ``{key: {value: label}}`` for the lines (and x ticks), e.g.
-  ``{"model.beta": {1.0: "VAE"}}``; other values read ``title=value``;
+  ``{"objective.beta": {1.0: "VAE"}}``; other values read ``title=value``;
 * ``plots``: a list of figures, each a dict of the fields of :data:`PLOT_FIELDS`.
 """
 from __future__ import annotations

@@ -1,12 +1,12 @@
 """Sweeps: a grid of ordinary runs, one subprocess per point, resumable.
 
     python -m jaxhybrid.tools.sweep --config=configs/gffn.py:digits --workdir=runs/bs \\
-        --sweep batch_size=16,64,256 --sweep joint_weight=0,1 --seeds 3 \\
+        --sweep batch_size=16,64,256 --sweep objective.joint_weight=0,1 --seeds 3 \\
         [--set num_epochs=5 ...] [--config.key=value ...] [--jobs 1] [--dry_run]
 
 The grid is the cartesian product of the ``--sweep KEY=V1,V2,...`` values times the
 seeds ``0..N-1`` (``--seeds N``; or ``--sweep seed=...`` for explicit seeds). KEY is any
-config key, nested ones dotted (``optimizer.learning_rate``, ``model.beta``); values
+config key, nested ones dotted (``optimizer.learning_rate``, ``objective.beta``); values
 split at the commas outside brackets (``model.hidden=(16,),(32, 8)``), and each is parsed
 as ``jaxhybrid.main`` parses ``--config.KEY=VALUE`` (:mod:`jaxhybrid.tools.overrides`).
 Without ``--sweep`` flags the config module's ``get_sweep(variant)`` declares the grid
@@ -14,7 +14,7 @@ and how :mod:`jaxhybrid.tools.aggregate` presents it (:mod:`jaxhybrid.tools.conf
 the presentation is recorded in ``DIR/sweep_status.json`` (``spec.aggregate``).
 
 Every point is an ordinary run directory ``DIR/<name>``, named by its overrides with
-the keys sorted and the seed last (``batch_size=16,joint_weight=0,seed=0``). ``--set
+the keys sorted and the seed last (``batch_size=16,objective.joint_weight=0,seed=0``). ``--set
 KEY=VALUE`` and ``--config.KEY=VALUE`` fix a key for every point. A point runs as
 ``python -m jaxhybrid.main --config=FILE:VARIANT --workdir=DIR/<name> --config.K=V ...``
 with its output appended to ``DIR/<name>/train.log``, so a crash in one point cannot take

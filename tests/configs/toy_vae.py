@@ -12,10 +12,10 @@ from jaxhybrid.config_defaults import base_config
 
 
 def get_config(variant: str = ""):
-    c = base_config()
-    c.family = "tests.toy_families:make_vae"
-    c.model = ml_collections.ConfigDict({"name": "mlp_vae", "latent": 4, "hidden": 32,
-                                         "iwae_samples": 16, "kl_warmup_epochs": 1.0})
+    c = base_config("tests.toy_families:make_vae")   # a family outside the library: its
+    c.model = ml_collections.ConfigDict({"name": "mlp_vae", "latent": 4, "hidden": 32,  # own
+                                         "iwae_samples": 16})                         # sections
+    c.objective = ml_collections.ConfigDict({"kl_warmup_epochs": 1.0})
     c.data.train_transforms = "binarize"
     c.data.validation_size = 0.15
     c.batch_size = 64
