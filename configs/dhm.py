@@ -28,7 +28,8 @@ Variants (``--config=configs/dhm.py:VARIANT``):
 * ``svhn``, ``cifar10`` — TFDS (prepared offline with ``python -m
   jaxhybrid.data.tfds_prepare`` or ``tfds build``), the original's settings: two
   ResNet-18s (width 64, latent 256), BatchNorm, Adam 1e-3 ×0.1 every 50 epochs,
-  150 epochs, batch 400, α = β = 1, c = 0.1, mse_mean; the best-validation-accuracy
+  150 epochs, batch 400, α = β = 1, c = 0.1, mse_mean, PyTorch's initialisation
+  (``model.init=pytorch``; the other variants keep flax's); the best-validation-accuracy
   checkpoint is evaluated, FGSM on the DHM ε grid {0.02, …, 0.08}.
   SVHN: 58,605 / 14,652 train/validation split, mean = std = 0.5; OOD: CIFAR-10,
   CIFAR-100. CIFAR-10: 42,000 / 8,000, random crop (padding 4) + flip, CIFAR
@@ -106,6 +107,7 @@ def get_config(variant: str = "digits"):
         c.evals.epsilons = "dhm"
     else:   # the original's settings
         c.data.source = "tfds"
+        c.model.init = "pytorch"                    # the original's initial weights
         c.batch_size = 400
         c.eval_batch_size = 1000
         c.num_epochs = 150.0

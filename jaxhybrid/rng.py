@@ -18,6 +18,7 @@ never both, so no two uses can draw the same key):
                     └─ MODEL ──── NOISE ──────── example id
                                 ├ LAYER_NOISE ── example id ── sample number
                                 └ DROPOUT ────── example id ── layer path
+    init key ── TORCH_INIT ── parameter path                  (the DHM's model.init=pytorch)
     seed key ── EVAL ── AUGMENT ── example id                 (fixed binarisation)
                      ├─ MODEL ──── (as in training)
                      └─ PGD_START ── attack's ε index ── example id
@@ -40,10 +41,12 @@ EVAL = 3           # evaluation-time randomness, under the seed key of evals.see
 DROPOUT = 4        # dropout masks, per example, then per layer
 NOISE = 17         # a single-latent VAE's reparameterisation noise ε (the DHM's)
 LAYER_NOISE = 19   # a hierarchical VAE's per-layer posterior noise (the HVAE's)
+TORCH_INIT = 6     # PyTorch-style redraw of the initial weights, per parameter path
 PGD_START = 1000   # PGD's random starts, per ε of the grid, then per example
 
 STREAMS = {"AUGMENT": AUGMENT, "MODEL": MODEL, "EVAL": EVAL, "DROPOUT": DROPOUT,
-           "NOISE": NOISE, "LAYER_NOISE": LAYER_NOISE, "PGD_START": PGD_START}
+           "NOISE": NOISE, "LAYER_NOISE": LAYER_NOISE, "TORCH_INIT": TORCH_INIT,
+           "PGD_START": PGD_START}
 
 
 def member(key: jax.Array, index) -> jax.Array:

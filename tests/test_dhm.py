@@ -268,6 +268,38 @@ def test_the_config_sections_are_the_tables():
     assert "| `objective.beta` | `1.0` |" in famlib.OBJECTIVE.table()
 
 
+def test_pytorch_init_draws_every_layer_as_pytorch_does():
+    """model.init=pytorch: every conv and dense kernel and bias ~ U(±b), b = gain·√3/√fan_in
+    with kaiming_uniform_(a=√5)'s gain √(2/(1 + a²)) (PyTorch's formula, computed here),
+    fan_in = kh·kw·C_in; norm scales and offsets stay 1 and 0; the draw is the key's."""
+    from flax.traverse_util import flatten_dict
+    batch = _jnp(_batch())
+    init = lambda **kw: famlib.DHMFamily.build(_config(**kw), K).init(  # noqa: E731
+        jax.random.PRNGKey(0), batch)["params"]
+    theirs, ours = flatten_dict(init(init="pytorch")), flatten_dict(init())
+    again = flatten_dict(init(init="pytorch"))
+    gain = np.sqrt(2.0 / (1.0 + 5.0))
+    redrawn = 0
+    for path, v in theirs.items():
+        np.testing.assert_array_equal(v, again[path])
+        kernel = theirs.get(path[:-1] + ("kernel",))
+        if kernel is None:                                   # norm parameters: unchanged
+            np.testing.assert_array_equal(v, ours[path])
+            continue
+        bound = gain * np.sqrt(3.0) / np.sqrt(np.prod(kernel.shape[:-1]))
+        v = np.asarray(v)
+        assert np.abs(v).max() <= bound, (path, np.abs(v).max(), bound)
+        if v.size >= 64:                                     # it fills the interval
+            assert np.abs(v).max() > 0.8 * bound, path
+            np.testing.assert_allclose(v.std(), bound / np.sqrt(3.0), rtol=0.3, err_msg=path)
+        redrawn += 1
+    convs_and_denses = sum(1 for p in ours if p[-1] == "kernel")
+    biases = sum(1 for p in ours if p[-1] == "bias" and p[:-1] + ("kernel",) in ours)
+    assert redrawn == convs_and_denses + biases and convs_and_denses > 20
+    with pytest.raises(ValueError, match="model.init = 'torch': must be one of flax, pytorch"):
+        famlib.DHMFamily.build(_config(init="torch"), K)
+
+
 def test_upsampling_is_nearest_neighbour_resize():
     from jaxhybrid.models.dhm import upsample_2x
     x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 3, 5, 4)), jnp.float32)

@@ -83,7 +83,8 @@ def test_beta_sweep_runs_and_aggregates_the_original_plots(tmp_path):
          "--config.evals.names=classification,calibration,ood,adversarial",
          "--config.evals.ood_sets=heldout", "--config.evals.ood_normalization=own",
          "--config.evals.epsilon_space=normalized",
-         "--config.evals.adversarial_max_examples=16"], cwd=REPO, capture_output=True,
+         "--config.evals.adversarial_max_examples=16", "--config.model.init=pytorch"],
+        cwd=REPO, capture_output=True,
         text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     rows = aggregate.aggregate(str(root))
@@ -98,3 +99,5 @@ def test_beta_sweep_runs_and_aggregates_the_original_plots(tmp_path):
     assert heldout["ood_normalization"] == "own" and len(heldout["own_std"]) == 1
     assert {"neg_loss_sampled", "neg_loss_at_mean"} <= set(heldout["scores"])
     assert m["adversarial"]["epsilon_space"] == "normalized" and m["adversarial"]["clip"] is None
+    saved = json.load(open(sorted(root.glob("*/config.json"))[0]))
+    assert saved["model"]["init"] == "pytorch"             # PyTorch's initialisation, recorded

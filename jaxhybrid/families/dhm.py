@@ -38,12 +38,14 @@ from jaxhybrid.families.base import Family, FamilyBase, split_variables
 from jaxhybrid.families.classifier import validate_classifier
 from jaxhybrid.mathops import global_mean, kl_normal_std, log_mean_exp
 from jaxhybrid.models.dhm import DHM, NORMS, SPLIT_LAYERS
+from jaxhybrid.models.layers import torch_default_init
 from jaxhybrid.models import likelihoods
 from jaxhybrid.objectives import dhm as obj
 from jaxhybrid.schema import Field, Schema, choice, count, equals, ints, num
 
 
 REAL_VALUED = ("mse_mean", "gaussian", "gaussian_learned")
+INITS = ("flax", "pytorch")
 
 MODEL = Schema("model", {
     "name": Field("dhm", equals("dhm"), "the module: models/dhm.py's DHM"),
@@ -60,6 +62,9 @@ MODEL = Schema("model", {
                        low_open=True),
     "recon_scale_min": num(0.01, "the floor of gaussian_learned's σ", 0, low_open=True),
     "iwae_samples": count(16, "K of the log_likelihood output (and of elbo's Monte Carlo)"),
+    "init": choice("flax", INITS, "initial weights: flax (lecun_normal kernels, zero biases) "
+                   "or pytorch (PyTorch's defaults: U(±1/√fan_in) kernels and biases, the "
+                   "original's)"),
 })
 
 OBJECTIVE = Schema("objective", {
@@ -151,8 +156,12 @@ class DHMFamily(FamilyBase):
     def init(self, rng, batch, axis_name=None):
         image = batch["image"]
         eps = jnp.zeros((image.shape[0], 1, self.o["latent"]))
-        return dict(self.module(axis_name, image.shape[-1]).init(rng, image, train=False,
-                                                                  eps=eps))
+        variables = dict(self.module(axis_name, image.shape[-1]).init(rng, image, train=False,
+                                                                       eps=eps))
+        if self.o["init"] == "pytorch":
+            variables["params"] = torch_default_init(
+                variables["params"], rnglib.stream(rng, rnglib.TORCH_INIT))
+        return variables
 
     def forward_train(self, variables, batch, rng, eps, axis_name):
         """The train-mode forward pass: (outputs, updated model state)."""

@@ -11,12 +11,16 @@ normalisation.
 - :class:`ExampleDropout`: dropout whose mask for example i is drawn from example i's
   own key (:func:`jaxhybrid.rng.example_keys` of the ``DROPOUT`` stream), then the
   layer's member of it, so it does not depend on which device holds the example.
+- :func:`torch_default_init`: PyTorch's default initialisation of every convolution and
+  dense layer of a parameter tree (the DHM's ``model.init = pytorch``).
 """
 from __future__ import annotations
 
+import math
 from typing import Optional, Sequence
 
 import flax.linen as nn
+from flax import traverse_util
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -111,3 +115,22 @@ class ExampleDropout(nn.Module):
             m = jax.random.bernoulli(rnglib.member(key, layer), keep, xi.shape)
             return jnp.where(m, xi / keep, 0.0)
         return jax.vmap(one)(x, keys)
+
+
+def torch_default_init(params, key: jax.Array):
+    """``params`` with every layer that has a ``kernel`` redrawn as PyTorch initialises
+    ``nn.Conv2d`` and ``nn.Linear``: the weight by ``kaiming_uniform_(a=√5)``, which is
+    U(±1/√fan_in), and the bias by U(±1/√fan_in), fan_in = the kernel's size without its
+    output axis (kh·kw·C_in, or C_in). Everything else (norm scales 1 and offsets 0, as in
+    PyTorch) is kept. Each array is drawn from its own member of ``key``, named by its
+    path, so the result depends only on the key and the tree."""
+    flat = traverse_util.flatten_dict(params)
+    out = {}
+    for path, value in flat.items():
+        kernel = flat.get((*path[:-1], "kernel"))
+        if path[-1] in ("kernel", "bias") and kernel is not None:
+            bound = 1.0 / math.sqrt(math.prod(kernel.shape[:-1]))
+            value = jax.random.uniform(rnglib.member(key, "/".join(path)), value.shape,
+                                       value.dtype, -bound, bound)
+        out[path] = value
+    return traverse_util.unflatten_dict(out)
