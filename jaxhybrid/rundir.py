@@ -91,6 +91,25 @@ def check_usable(workdir) -> None:
             return
 
 
+def moved_to_objective(saved: dict, given: dict) -> dict:
+    """A saved flat config written before the families' ``objective`` section existed holds
+    its loss fields at the top level (``joint_weight``) or under ``model.*``
+    (``model.beta``): read each as the ``objective.*`` field of the same name that the
+    given config has, so that a run is compared with its own values, never silently with
+    the defaults."""
+    if any(k.startswith("objective.") for k in saved):
+        return saved
+    out = dict(saved)
+    for key in given:
+        section, _, name = key.partition(".")
+        if section != "objective":
+            continue
+        for old in (name, f"model.{name}"):
+            if old in out:
+                out[key] = out.pop(old)
+    return out
+
+
 class RunDir:
     """The checks and records of one run directory (every file through ``epath``)."""
 
@@ -114,11 +133,13 @@ class RunDir:
 
     def differences(self, config) -> list[tuple[str, Any, Any]]:
         """(key, saved, given) for each non-free field where ``config`` differs from the
-        saved config (keys only one side has, e.g. a field added since, are ignored)."""
+        saved config (keys only one side has, e.g. a field added since, are ignored; a
+        loss field saved before ``config.objective`` existed is read as moved there)."""
         saved = self.saved_config()
         if saved is None:
             return []
         given = flatten(config_dict(config))
+        saved = moved_to_objective(saved, given)
         return [(k, saved[k], given[k]) for k in sorted(set(saved) & set(given))
                 if saved[k] != given[k] and not _within(k, FREE_FIELDS)]
 

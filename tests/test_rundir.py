@@ -402,3 +402,30 @@ def test_scoring_fields_may_differ_in_eval_and_get_their_own_directory(tmp_path)
     m = _load(os.path.join(eval_dir, "metrics.json"))
     assert m["ood"]["in_distribution"]["num_examples"] == 16
     assert list(m["ood"]["sets"]) == ["noise"] and m["ood"]["sets"]["noise"]["num_examples"] == 8
+
+
+def test_a_run_saved_before_the_objective_section_keeps_its_loss_values(tmp_path):
+    """config.json written when λ was top-level and the DHM's β lived under model.*: the
+    loss fields are read as objective.*, so a config with other values is refused (not
+    compared with the defaults) and one with the run's values is accepted."""
+    from configs import dhm, gffn
+    from jaxhybrid.rundir import RunDir
+    cases = [(gffn.get_config("smoke"), "joint_weight", 0.0),
+             (dhm.get_config("digits"), "beta", 100.0)]
+    for i, (config, field, value) in enumerate(cases):
+        old = json.loads(config.to_json_best_effort())
+        old.pop("objective")
+        if field == "joint_weight":
+            old["joint_weight"], old["label_model"] = value, "softmax"
+        else:
+            old["model"].update(beta=value, alpha=1.0, kl_coef=0.1)
+        workdir = tmp_path / str(i)
+        workdir.mkdir()
+        (workdir / "config.json").write_text(json.dumps(old))
+        run = RunDir(str(workdir))
+        with pytest.raises(ConfigChangeError,
+                           match=rf"objective.{field}: saved {value!r}, given 1.0"):
+            run.check_eval(config)
+        config.objective[field] = value
+        run.check_eval(config)                       # the run's own values: accepted
+        assert run.check_train(config) == {}
