@@ -31,8 +31,8 @@ Checked elsewhere, also before any training:
 
 :func:`flag_error_message` turns a failure of absl's flag parsing (an unknown
 ``--config.a.b`` key, a value of the wrong type, a config file or variant that fails)
-into the line ``jaxhybrid.main`` prints as ``error: ...``. Importing this module is
-cheap: the registries are imported when a check runs.
+into the line ``jaxhybrid.main`` prints as ``error: ...``; an unknown key that another
+section has (``model.beta``, ``joint_weight``) names it there (``objective.beta``).
 """
 from __future__ import annotations
 
