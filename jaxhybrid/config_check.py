@@ -29,22 +29,15 @@ Checked elsewhere, also before any training:
   data loader (:mod:`jaxhybrid.data.loading`); ``num_devices`` and the global batch
   sizes against the devices by :mod:`jaxhybrid.parallel`.
 
-:func:`flag_error_message` turns a failure of absl's flag parsing (an unknown
-``--config.a.b`` key, a value of the wrong type, a config file or variant that fails)
-into the line ``jaxhybrid.main`` prints as ``error: ...``; an unknown key that another
-section has (``model.beta``, ``joint_weight``) names it there (``objective.beta``).
+The failures of absl's flag parsing itself (an unknown key, a value of the wrong type, a
+config file that fails) are worded by :mod:`jaxhybrid.flag_errors`.
 """
 from __future__ import annotations
 
-import difflib
 import os
-import re
-import sys
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import numpy as np
-from absl import flags
-from ml_collections import config_flags
 
 from jaxhybrid import optim
 from jaxhybrid.data.loading import VALID_SOURCES
@@ -192,7 +185,7 @@ FIELDS: dict[str, Check] = {
 
 
 def _evaluator_list(config) -> list[str]:
-    return [n.strip() for n in str(_get(config, "evals.names", "")).split(",") if n.strip()]
+    return [n.strip() for n in str(field_value(config, "evals.names", "")).split(",") if n.strip()]
 
 
 def _library_model(c) -> list[tuple[str, str]]:
@@ -200,7 +193,7 @@ def _library_model(c) -> list[tuple[str, str]]:
     its options as :func:`~jaxhybrid.models.build_model` takes them, every int option
     (and every entry of an int tuple, e.g. ``hidden``) >= 1. A family's own model (a name
     the registry does not list) is left to its family."""
-    model = _get(c, "model", None)
+    model = field_value(c, "model", None)
     if not hasattr(model, "keys"):
         return []
     if model.get("name") not in MODELS:
@@ -220,23 +213,24 @@ def _library_model(c) -> list[tuple[str, str]]:
 # Checks across fields (or of a whole sub-config): config -> [(field, what is valid)].
 RULES: list[Callable[[Any], list[tuple[str, str]]]] = [
     lambda c: [("num_epochs", "must be > 0 (or set num_steps > 0)")]
-    if _get(c, "num_steps", 1) == 0 and _get(c, "num_epochs", 1) == 0 else [],
+    if field_value(c, "num_steps", 1) == 0 and field_value(c, "num_epochs", 1) == 0 else [],
     lambda c: [("data.name", "must name a TFDS dataset when data.source='tfds'")]
-    if _get(c, "data.source") == "tfds" and not _get(c, "data.name", "x") else [],
+    if field_value(c, "data.source") == "tfds" and not field_value(c, "data.name", "x") else [],
     lambda c: [("data.npz_path", "must name an .npz file when data.source='npz'")]
-    if _get(c, "data.source") == "npz" and not _get(c, "data.npz_path", "x") else [],
+    if field_value(c, "data.source") == "npz" and not field_value(c, "data.npz_path", "x") else [],
     lambda c: [("evals.ood_sets", "'heldout' needs data.ood_classes (classes held out of "
                 "training); set them or remove 'heldout'")]
     if "ood" in _evaluator_list(c) and "heldout" in
-    [item for _, item in labelled_items(str(_get(c, "evals.ood_sets", "")))]
-    and not tuple(_get(c, "data.ood_classes", (0,))) else [],
+    [item for _, item in labelled_items(str(field_value(c, "evals.ood_sets", "")))]
+    and not tuple(field_value(c, "data.ood_classes", (0,))) else [],
     _library_model,
 ]
 
 _MISSING = object()
 
 
-def _get(config, dotted: str, default=_MISSING):
+def field_value(config, dotted: str, default=_MISSING):
+    """The value of the dotted field of ``config``; ``default`` (else KeyError) if absent."""
     node = config
     for part in dotted.split("."):
         try:
@@ -250,7 +244,7 @@ def _get(config, dotted: str, default=_MISSING):
 
 def _family_sections(config) -> list[str]:
     """The lines of a library family's ``model`` and ``objective`` tables."""
-    spec = FAMILIES.get(_get(config, "family", None))
+    spec = FAMILIES.get(field_value(config, "family", None))
     return spec.problems(config) if spec else []
 
 
@@ -258,14 +252,14 @@ def problems(config) -> list[str]:
     """One line per bad field: 'config field F = V: must be ...'."""
     out = []
     for field, check in FIELDS.items():
-        value = _get(config, field, _MISSING)
+        value = field_value(config, field, _MISSING)
         if value is _MISSING:
             continue
         why = check(value)
         if why:
             out.append(f"config field {field} = {value!r}: {why}")
     for rule in RULES:
-        out += [f"config field {f} = {_get(config, f, None)!r}: {why}"
+        out += [f"config field {f} = {field_value(config, f, None)!r}: {why}"
                 for f, why in rule(config) if not any(o.startswith(f"config field {f} = ")
                                                       for o in out)]
     return out + [line for line in _family_sections(config)
@@ -284,13 +278,13 @@ def check_against_data(config, splits) -> None:
     width; ``data.mean`` and ``data.std`` one entry per channel (or ``()``). Every problem
     at once, in one ValueError."""
     out = []
-    frame = _get(config, "data.frame", 0)
+    frame = field_value(config, "data.frame", 0)
     h, w, channels = splits.image_shape
     if frame and (frame < h or frame < w):
         out.append(f"config field data.frame = {frame!r}: smaller than the {h}x{w} images "
                    f"of {splits.name}; must be 0 (keep the size) or >= {max(h, w)}")
     for name in ("mean", "std"):
-        value = tuple(_get(config, f"data.{name}", ()))
+        value = tuple(field_value(config, f"data.{name}", ()))
         if value and len(value) != channels:
             out.append(f"config field data.{name} = {value!r}: {len(value)} "
                        f"entr{'y' if len(value) == 1 else 'ies'} for the {channels}-channel "
@@ -327,10 +321,10 @@ def check_family_data(family, config, splits) -> None:
     once the family is built, before anything is written."""
     if not family.likelihood or get_likelihood(family.likelihood).support != "binary":
         return
-    transforms = parse_transforms(_get(config, "data.train_transforms", ""))
+    transforms = parse_transforms(field_value(config, "data.train_transforms", ""))
     if "binarize" in transforms:
         return
-    field = f"config field data.train_transforms = {_get(config, 'data.train_transforms', '')!r}"
+    field = f"config field data.train_transforms = {field_value(config, 'data.train_transforms', '')!r}"
     want = (f"family {family.name!r} models the pixels with the {family.likelihood!r} "
             f"likelihood, which needs binary data: add binarize to data.train_transforms "
             f"(--config.data.train_transforms=binarize), or choose a likelihood for 8-bit "
@@ -343,134 +337,3 @@ def check_family_data(family, config, splits) -> None:
             raise ValueError(f"{field}: the {split} images of {splits.name} are not binary "
                              f"({split} image {grey[0]} has the pixel value {grey[1]}/255), "
                              f"but {want}")
-
-
-# -- flag parsing errors (jaxhybrid.main) -------------------------------------------------
-def _config_arg(argv: Sequence[str]) -> str | None:
-    """The value of the last ``--config=...`` of ``argv`` (the one absl keeps)."""
-    value = None
-    for i, a in enumerate(argv[1:], 1):
-        m = re.match(r"^--?config=(.*)$", a)
-        if m:
-            value = m.group(1)
-        elif a in ("--config", "-config") and i + 1 < len(argv):
-            value = argv[i + 1]
-    return value
-
-
-def _overrides(argv: Sequence[str]) -> list[tuple[str, str]]:
-    out = []
-    for a in argv[1:]:
-        m = re.match(r"^--?config\.([^=]+)(?:=(.*))?$", a)
-        if m:
-            out.append((m.group(1), m.group(2) or ""))
-    return out
-
-
-def load_config(argv: Sequence[str]):
-    """The config ``--config=FILE[:VARIANT]`` of ``argv`` builds (no overrides), or None."""
-    value = _config_arg(argv)
-    if not value:
-        return None
-    try:
-        args = ["jaxhybrid", f"--config={value}"]
-        flag_values = flags.FlagValues()
-        config_flags.DEFINE_config_file("config", flag_values=flag_values, lock_config=False,
-                                        sys_argv=args)
-        flag_values(args)
-        config = flag_values.config
-        config.keys()   # a file that could not be read raises here
-        return config
-    except Exception:  # noqa: BLE001 - the original error is reported instead
-        return None
-
-
-def _elsewhere(config, name: str, path: list) -> list[str]:
-    """Where a field called ``name`` lives in another section (``model.beta`` ->
-    ``objective.beta``, ``joint_weight`` -> ``objective.joint_weight``)."""
-    out = [name] if path and name in config and not hasattr(config[name], "keys") else []
-    return out + [f"{k}.{name}" for k in config.keys() if [k] != path[:1]
-                  and hasattr(config[k], "keys") and name in config[k]]
-
-
-def unknown_key_message(config, key: str) -> str | None:
-    """For an override ``--config.KEY``: the message naming its first unknown part and
-    the valid keys of the sub-config it is missing from; None when ``key`` exists."""
-    node, path = config, []
-    for part in key.split("."):
-        name = re.sub(r"\[.*$", "", part)
-        where = ".".join(path)
-        if not hasattr(node, "keys"):
-            return (f"unknown config key {key!r}: {where} is a {type(node).__name__} "
-                    f"({node!r}), not a sub-config")
-        if name not in node:
-            valid = sorted(node.keys())
-            scope = f"of {where}" if where else "at the top level"
-            near = ['.'.join(path + difflib.get_close_matches(name, valid, n=1))] if \
-                difflib.get_close_matches(name, valid, n=1) else []
-            near += _elsewhere(config, name, path)
-            hint = f" (did you mean {', '.join(dict.fromkeys(near))}?)" if near else ""
-            return (f"unknown config key {key!r}{hint}; valid keys {scope}: "
-                    f"{', '.join(valid)}")
-        node, path = node[name], path + [name]
-    return None
-
-
-_TYPE_NAMES = {int: "an int", float: "a number", str: "a string", bool: "True or False",
-               tuple: "a tuple, e.g. (1, 2)", list: "a list"}
-
-
-def _root(error: BaseException) -> BaseException:
-    seen = {id(error)}
-    while True:
-        nxt = error.__cause__ or error.__context__
-        if nxt is None or id(nxt) in seen:
-            return error
-        seen.add(id(nxt))
-        error = nxt
-
-
-def parse_flags_or_exit(argv: Sequence[str]) -> list[str]:
-    """absl's flag parsing for every jaxhybrid command (main, tools.sweep): any bad flag or
-    config (an unknown ``--config.a.b`` key, a value of the wrong type, an unknown variant,
-    a config file that cannot be read) is ``error: ...`` and exit status 1, like every other
-    bad input; the traceback only with JAXHYBRID_DEBUG=1."""
-    try:
-        argv = flags.FLAGS(argv)
-        flags.FLAGS.config.keys()   # a config file that could not be read raises here
-        return argv
-    except Exception as e:  # noqa: BLE001 - whatever fails while parsing is bad input
-        if os.environ.get("JAXHYBRID_DEBUG"):
-            raise
-        print(f"error: {flag_error_message(e, argv)}", file=sys.stderr)
-        sys.exit(1)
-
-
-def flag_error_message(error: BaseException, argv: Sequence[str]) -> str:
-    """One line (no traceback) for a failure of absl's parsing of ``argv``: an unknown
-    ``--config.KEY`` names the key and the valid keys of its sub-config; a failing config
-    file or variant gives the config file's own message; a value of the wrong type names
-    the field's type."""
-    text = str(error)
-    if "Error whilst parsing config file" in text or isinstance(error, (OSError, SyntaxError)):
-        value = _config_arg(argv) or ""
-        path = value.split(":", 1)[0]
-        if path and not os.path.exists(path):
-            return f"--config={value}: no config file {path!r}"
-        root = _root(error)
-        return f"--config={value}: {type(root).__name__}: {' '.join(str(root).split())}"
-    config = load_config(argv)
-    if config is not None:
-        for key, _ in _overrides(argv):
-            msg = unknown_key_message(config, key)
-            if msg:
-                return msg
-        m = re.match(r"^flag --config\.([^=]+)=(.*?): (.*)$", text, re.S)
-        if m:
-            current = _get(config, m.group(1), None)
-            if current is not None:
-                kind = _TYPE_NAMES.get(type(current), f"a {type(current).__name__}")
-                return f"{text} (config field {m.group(1)} takes {kind}, now {current!r})"
-    if isinstance(error, KeyError) and error.args:
-        text = str(error.args[0])
-    return text

@@ -16,7 +16,7 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from jaxhybrid.config_check import parse_flags_or_exit
+from jaxhybrid.flag_errors import parse_flags_or_exit
 from jaxhybrid.evaluate import evaluate
 from jaxhybrid.evaluators import names
 from jaxhybrid.interrupts import Interrupted

@@ -49,7 +49,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from jaxhybrid.checkpointing import is_remote, run_path
-from jaxhybrid.config_check import parse_flags_or_exit
+from jaxhybrid.flag_errors import parse_flags_or_exit
 from jaxhybrid.optim import scaled_learning_rate
 from jaxhybrid.tools import aggregate
 from jaxhybrid.tools.configfile import (SEED_KEY, call_with_variant, check_presentation_keys,
