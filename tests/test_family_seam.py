@@ -165,9 +165,12 @@ def test_data_dependent_init_uses_the_first_global_batch_on_any_device_count():
 def test_config_page_is_the_families_tables():
     """docs/config.md is what `python -m jaxhybrid.families` writes from the tables now."""
     from jaxhybrid.families import config_tables
-    from tests.helpers import REPO
+    from tests.helpers import REPO, run_python
     page = open(os.path.join(REPO, "docs", "config.md")).read()
     assert page == config_tables(), "rerun: python -m jaxhybrid.families > docs/config.md"
+    printed = run_python("import runpy; runpy.run_module('jaxhybrid.families', "
+                         "run_name='__main__')", devices=1)
+    assert printed.returncode == 0 and printed.stdout == page, printed.stderr[-2000:]
     for field in ("objective.joint_weight", "objective.beta", "model.vae_split_layer",
                   "objective.free_nats_mode", "model.iwae_samples"):
         assert f"| `{field}` |" in page, field
