@@ -122,6 +122,17 @@ def test_dhm_statistics_and_page(tmp_path, monkeypatch):
     dhm_beta.render()
     text = (tmp_path / "dhm_beta.md").read_text()
     assert f"{100 * acc[0.0][0]:.1f} %" in text and (files / "fgsm.png").exists()
+    assert "under the original's OOD protocol" not in text      # no own evaluation: no table
+    # the original's protocol: its table, and claim 2 counted over the β > 0 cells
+    for p in pts:
+        p["auroc_own"] = {s: {k: 0.9 for k in dhm_beta.SCORES} for s in dhm_beta.SETS}
+        if p["beta"] == 1.0:
+            p["auroc_own"]["mnist"]["elbo"] = 0.3                  # below chance at β = 1
+    assert "range over 0.300–0.900, 1 of 8 below chance: the protocol changes the " \
+           "conclusion" in dhm_beta.own_protocol_sentence(pts)
+    assert "of 8 (score, β > 0) cells" in dhm_beta.claims(pts)
+    table = dhm_beta.ood_table(pts, "auroc_own")
+    assert "| mnist | elbo | 0.900 ± 0.000 | 0.900 ± 0.000 | 0.300 ± 0.000 |" in table
 
 
 def test_gffn_page_renders_and_reads_the_curves(tmp_path, monkeypatch):

@@ -14,7 +14,9 @@ figures, ``points.json`` with every number of the page, an FGSM figure)::
    the original's score (neg_loss_sampled) and of the ELBO against MNIST (near) and noise
    (far), FGSM accuracy over the original's ε grid in pixel units.
 2. Per point, a second evaluation of the same checkpoint: FGSM with ε in the normalised
-   units the original attacks in (``evals.epsilon_space=normalized``).
+   units the original attacks in (``evals.epsilon_space=normalized``); and a third: the OOD
+   AUROCs under the original's protocol, each OOD set standardised by its own statistics
+   (``evals.ood_normalization=own``).
 3. ``jaxhybrid.tools.aggregate`` writes the tables and figures into docs/results/dhm_beta/.
 """
 from __future__ import annotations
@@ -52,11 +54,28 @@ def sweep_command(runs: Path, seeds: int | None = None) -> list[str]:
 
 
 def normalized_eval_command(point: Path) -> list[str]:
-    cfg = json.loads((point / "config.json").read_text())
+    cfg = config_of(point)
     return [sys.executable, "-m", "jaxhybrid.main", f"--config={CONFIG}",
             f"--workdir={hr.rel(point)}", "--mode=eval", "--checkpoint=best", *BUDGET,
             f"--config.objective.beta={cfg['objective']['beta']}", f"--config.seed={cfg['seed']}",
             "--config.evals.names=adversarial", "--config.evals.epsilon_space=normalized"]
+
+
+def own_ood_eval_command(point: Path) -> list[str]:
+    """The OOD evaluation under the original's protocol (each set by its own statistics)."""
+    cfg = config_of(point)
+    return [sys.executable, "-m", "jaxhybrid.main", f"--config={CONFIG}",
+            f"--workdir={hr.rel(point)}", "--mode=eval", "--checkpoint=best", *BUDGET,
+            f"--config.objective.beta={cfg['objective']['beta']}", f"--config.seed={cfg['seed']}",
+            "--config.evals.names=ood", "--config.evals.ood_normalization=own"]
+
+
+def config_of(point: Path) -> dict:
+    """The point's saved config; a run saved before ``config.objective`` existed (this
+    page's runs) has β under ``model``, read as ``objective.beta``."""
+    cfg = json.loads((point / "config.json").read_text())
+    cfg.setdefault("objective", {"beta": cfg["model"].get("beta")})
+    return cfg
 
 
 def points(runs: Path) -> list[Path]:
@@ -69,6 +88,7 @@ def run_all(runs: Path) -> None:
         subprocess.run(cmd, cwd=ROOT, check=False)
     for p in points(runs):
         hr.run(normalized_eval_command(p), p / "eval_normalized.log")
+        hr.run(own_ood_eval_command(p), p / "eval_own_ood.log")
     subprocess.run([sys.executable, "-m", "jaxhybrid.tools.aggregate", hr.rel(runs),
                     "--out", hr.rel(FILES)], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
 
@@ -79,8 +99,18 @@ def evaluations(point: Path) -> list[dict]:
             for p in point.glob("eval/*/*/metrics.json")]
 
 
+def own_auroc(point: Path, step: int) -> dict | None:
+    """{set: {score: AUROC}} of the point's evaluation under ``ood_normalization=own``."""
+    own = [m for m in evaluations(point) if m["step"] == step and "ood" in m and all(
+        s.get("ood_normalization") == "own" for s in m["ood"]["sets"].values())]
+    if not own:
+        return None
+    sets = min(own, key=lambda m: m["_dir"])["ood"]["sets"]
+    return {s: {k: sets[s]["scores"][k]["auroc"] for k in SCORES} for s in SETS}
+
+
 def one_point(point: Path) -> dict:
-    cfg = json.loads((point / "config.json").read_text())
+    cfg = config_of(point)
     final = json.loads((point / "final_metrics.json").read_text())
     main = json.loads((point / final["eval_dir"] / "metrics.json").read_text())
     norm = [m for m in evaluations(point) if m.get("adversarial", {}).get("epsilon_space")
@@ -93,6 +123,7 @@ def one_point(point: Path) -> dict:
         "ece": main["temperature"]["ece_before"], "ece_ts": main["temperature"].get("ece_after"),
         "temperature": main["temperature"]["temperature"],
         "auroc": {s: {k: ood[s]["scores"][k]["auroc"] for k in SCORES} for s in SETS},
+        "auroc_own": own_auroc(point, main["step"]),
         "test_elbo_nats": float(np.mean(raw["test/elbo"])),
         "test_neg_loss_sampled": float(np.mean(raw["test/neg_loss_sampled"])),
         "mnist_elbo_nats": float(np.mean(raw["mnist/elbo"])),
@@ -109,7 +140,8 @@ def collect(runs: Path) -> None:
     data = {"points": [one_point(p) for p in points(runs)],
             "facts": {"machine": hr.machine(), "date": datetime.date.today().isoformat(),
                       "load": os.getloadavg(), "command": hr.shown(sweep_command(runs)),
-                      "normalized_eval": hr.shown(normalized_eval_command(points(runs)[0]))}}
+                      "normalized_eval": hr.shown(normalized_eval_command(points(runs)[0])),
+                      "own_ood_eval": hr.shown(own_ood_eval_command(points(runs)[0]))}}
     (FILES / "points.json").write_text(json.dumps(data, indent=1) + "\n")
 
 
@@ -167,11 +199,11 @@ def main_table(pts: list[dict]) -> str:
     return hr.md_table(["β", "seeds", "accuracy", "NLL", "ECE", "ECE after TS", "T"], rows)
 
 
-def ood_table(pts: list[dict]) -> str:
+def ood_table(pts: list[dict], key: str = "auroc") -> str:
     rows = []
     for s in SETS:
         for k in SCORES:
-            v = by_beta(pts, lambda p, s=s, k=k: p["auroc"][s][k])
+            v = by_beta(pts, lambda p, s=s, k=k: p[key][s][k] if p.get(key) else None)
             rows.append([s, k, *(ms(v.get(b)) for b in BETAS)])
     return hr.md_table(["OOD set", "score", *(f"β = {beta_label(b)}" for b in BETAS)], rows)
 
@@ -214,7 +246,7 @@ def claims(pts: list[dict]) -> str:
     lines.append(f"**2. Near-OOD failure of the likelihood-type score.** Against MNIST, the "
                  f"original's score (neg_loss_sampled) and the ELBO are below chance (AUROC < 0.5: "
                  f"MNIST looks *more* in-distribution) in {len(below)} of "
-                 f"{sum(len(v) for v in near.values())} (score, β > 0) cells: "
+                 f"{sum(1 for k in near for b in near[k] if b > 0)} (score, β > 0) cells: "
                  + ("; ".join(f"{k} at β = {beta_label(b)}: {near[k][b][0]:.3f}"
                               for k, b in below) or "none") + ". "
                  + ("Not reproduced here: " if not below else "Reproduced in part: ")
@@ -222,7 +254,7 @@ def claims(pts: list[dict]) -> str:
                  f"{min(near[k][b][0] for k in near for b in near[k] if b > 0):.3f}–"
                  f"{max(near[k][b][0] for k in near for b in near[k] if b > 0):.3f} for β > 0 "
                  "(β = 0 trains no decoder, so its likelihood-type scores are an untrained "
-                 "decoder's).")
+                 "decoder's)." + own_protocol_sentence(pts))
     parts = []
     for key, better in (("ece", min), ("ece_ts", min)):
         v = by_beta(pts, lambda p, key=key: p[key])
@@ -248,6 +280,21 @@ def claims(pts: list[dict]) -> str:
                   f"Does not hold for {len(gains)} of {len(parts)} measures (marked "
                   f"significant), with two seeds."))
     return "\n\n".join(lines)
+
+
+def own_protocol_sentence(pts: list[dict]) -> str:
+    """Claim 2 under the original's OOD protocol, when the points have it."""
+    near = {k: by_beta(pts, lambda p, k=k: p["auroc_own"]["mnist"][k] if p.get("auroc_own")
+                       else None) for k in SCORES[1:]}
+    cells = [near[k][b][0] for k in near for b in near[k] if b > 0]
+    if not cells:
+        return ""
+    below = sum(c < 0.5 for c in cells)
+    return (f" Under the original's protocol (each OOD set standardised by its own statistics) "
+            f"the same AUROCs range over {min(cells):.3f}–{max(cells):.3f}, {below} of "
+            f"{len(cells)} below chance: "
+            + ("the conclusion is the same under both protocols." if not below else
+               "the protocol changes the conclusion."))
 
 
 def page(data: dict) -> str:
@@ -285,7 +332,8 @@ python docs/results/dhm_beta.py --page    # this page from dhm_beta/points.json
   training set's mean 0.2860 and std 0.3530.
 - **Evaluation.** ECE with 15 equal-width bins, before and after temperature scaling
   (T fitted on validation); OOD: MNIST test (near; first 1,000), uniform and Gaussian
-  noise (far; 1,000 each), scores max-softmax, the original's score `neg_loss_sampled` =
+  noise (far; 1,000 each), normalised with the training set's statistics (the original's
+  own-statistics protocol is tabled too), scores max-softmax, the original's score `neg_loss_sampled` =
   −(recon + c·KL) at one sampled z (the fixed evaluation key), and the ELBO in nats (a
   σ = 1 Gaussian likelihood, 4 samples); FGSM on the first 500 test images over the
   original's ε grid, in pixel units clipped to [0, 1] and, by a second evaluation
@@ -308,6 +356,7 @@ python docs/results/dhm_beta.py --page    # this page from dhm_beta/points.json
 {elbo_table(pts)}
 
 ![OOD AUROC vs β](dhm_beta/ood_auroc_vs_beta.png)
+{own_section(pts, f)}
 
 ## FGSM
 
@@ -336,6 +385,18 @@ instead of 150 epochs of the full set; batch 128 instead of 400; no learning-rat
 β up to 10⁴ (the original went to 10⁵); MNIST as the near-OOD set. What would close the
 gap: configs/dhm.py:svhn and cifar10 at their full settings, a GPU job.
 """
+
+
+def own_section(pts: list[dict], f: dict) -> str:
+    """The OOD table under the original's protocol, when the points have it."""
+    if not any(p.get("auroc_own") for p in pts):
+        return ""
+    return f"""
+The same, under the original's OOD protocol: each OOD set standardised with its own
+per-channel mean and std, as hybrid_robustness does, instead of the training set's
+(a third evaluation of the same checkpoint: `{f.get('own_ood_eval', '')}`):
+
+{ood_table(pts, "auroc_own")}"""
 
 
 def render() -> None:
