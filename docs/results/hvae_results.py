@@ -14,7 +14,7 @@ One script trains (``--train``), evaluates and writes the page from the numbers:
 
        python -m jaxhybrid.main --config=configs/hvae.py:mnist_npz --workdir=runs/hvae_mnist \
          --config.num_epochs=30 --config.objective.warmup_epochs=10 \
-         --config.model.free_nats_constant_epochs=10 --config.model.free_nats_cooldown_epochs=10 \
+         --config.objective.free_nats_constant_epochs=10 --config.objective.free_nats_cooldown_epochs=10 \
          --config.evals.names=likelihood
 
 2. The evaluation: ``--mode=eval --checkpoint=best`` (highest validation ELBO) with
@@ -72,8 +72,8 @@ from jaxhybrid.evaluators.ood import ood_metrics  # noqa: E402
 
 CONFIG = "configs/hvae.py:mnist_npz"
 TRAIN_OVERRIDES = ("--config.num_epochs=30", "--config.objective.warmup_epochs=10",
-                   "--config.model.free_nats_constant_epochs=10",
-                   "--config.model.free_nats_cooldown_epochs=10")
+                   "--config.objective.free_nats_constant_epochs=10",
+                   "--config.objective.free_nats_cooldown_epochs=10")
 TRAIN_EVALS = "--config.evals.names=likelihood"
 MODEL_OVERRIDES = TRAIN_OVERRIDES[1:]        # repeated in eval mode (same model config)
 OOD_SETS = ("digits_resized", "digits", "inverted", "uniform_noise", "gaussian_noise",

@@ -43,12 +43,12 @@ export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-$PWD/.jax_cache}
 status=0
 
 "$PY" -m jaxhybrid.tools.sweep --config=configs/gffn.py:digits --workdir="$RUNS/digits" \
-    --sweep batch_size=4,16,64,256,1024 --sweep joint_weight=0,1 --seeds 3 \
+    --sweep batch_size=4,16,64,256,1024 --sweep objective.joint_weight=0,1 --seeds 3 \
     --config.num_epochs=150 --config.early_stopping_patience=10 \
     || status=1
 
 "$PY" -m jaxhybrid.tools.sweep --config=configs/gffn.py:mnist_npz --workdir="$RUNS/mnist" \
-    --sweep batch_size=16,64,256,1024,4096 --sweep joint_weight=0,1 --seeds 3 \
+    --sweep batch_size=16,64,256,1024,4096 --sweep objective.joint_weight=0,1 --seeds 3 \
     --config.num_epochs=5 --config.data.train_subset=10000 \
     --config.data.validation_size=0.0833333333 "--config.data.ood_classes=(8, 9)" \
     --config.model.width=8 "--config.model.hidden=(128,)" \
