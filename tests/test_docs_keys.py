@@ -1,0 +1,30 @@
+"""Every config key the README, the docs, the configs' docstrings and the results scripts
+write in a command (``--config.KEY=``, ``--sweep KEY=``, ``--set KEY=``) exists in the
+configs: a renamed field cannot leave a stale command behind."""
+import glob
+import os
+import re
+
+from configs import dhm, gffn, hvae
+from jaxhybrid.rundir import config_dict, flatten
+from tests.helpers import REPO
+
+PATTERNS = (r"--config\.([A-Za-z_][\w.]*)=", r"--(?:sweep|set)[= ]([A-Za-z_][\w.]*)=")
+PLACEHOLDERS = {"KEY"}
+
+
+def test_every_documented_key_exists():
+    keys = set()
+    for module in (gffn, dhm, hvae):
+        for variant in module.VARIANTS:
+            keys |= set(flatten(config_dict(module.get_config(variant))))
+    files = ["README.md", "Makefile", *glob.glob("docs/**/*.md", root_dir=REPO, recursive=True),
+             *glob.glob("docs/results/*.py", root_dir=REPO), *glob.glob("docs/results/*.sh", root_dir=REPO),
+             *glob.glob("configs/*.py", root_dir=REPO)]
+    stale = []
+    for name in files:
+        text = open(os.path.join(REPO, name)).read()
+        for pattern in PATTERNS:
+            stale += [(name, k) for k in re.findall(pattern, text)
+                      if k not in keys | PLACEHOLDERS]
+    assert len(files) > 10 and not stale, stale
