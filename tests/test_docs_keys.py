@@ -18,9 +18,10 @@ def test_every_documented_key_exists():
     for module in (gffn, dhm, hvae):
         for variant in module.VARIANTS:
             keys |= set(flatten(config_dict(module.get_config(variant))))
-    files = ["README.md", "Makefile", *glob.glob("docs/**/*.md", root_dir=REPO, recursive=True),
-             *glob.glob("docs/results/*.py", root_dir=REPO), *glob.glob("docs/results/*.sh", root_dir=REPO),
-             *glob.glob("configs/*.py", root_dir=REPO)]
+    files = ["README.md", "Makefile"] + [
+        f for pattern in ("docs/**/*.md", "docs/results/*.py", "docs/results/*.sh",
+                          "configs/*.py")
+        for f in glob.glob(pattern, root_dir=REPO, recursive=True)]
     stale = []
     for name in files:
         text = open(os.path.join(REPO, name)).read()
