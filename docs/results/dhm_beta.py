@@ -53,21 +53,24 @@ def sweep_command(runs: Path, seeds: int | None = None) -> list[str]:
             f"--workdir={hr.rel(runs)}", *BUDGET, *([f"--seeds={seeds}"] if seeds else [])]
 
 
-def normalized_eval_command(point: Path) -> list[str]:
+def eval_command(point: Path, *settings: str) -> list[str]:
+    """A further evaluation of the point's best checkpoint with these ``evals`` settings."""
     cfg = config_of(point)
     return [sys.executable, "-m", "jaxhybrid.main", f"--config={CONFIG}",
             f"--workdir={hr.rel(point)}", "--mode=eval", "--checkpoint=best", *BUDGET,
             f"--config.objective.beta={cfg['objective']['beta']}", f"--config.seed={cfg['seed']}",
-            "--config.evals.names=adversarial", "--config.evals.epsilon_space=normalized"]
+            *settings]
+
+
+def normalized_eval_command(point: Path) -> list[str]:
+    """FGSM with ε in the original's normalised units."""
+    return eval_command(point, "--config.evals.names=adversarial",
+                        "--config.evals.epsilon_space=normalized")
 
 
 def own_ood_eval_command(point: Path) -> list[str]:
     """The OOD evaluation under the original's protocol (each set by its own statistics)."""
-    cfg = config_of(point)
-    return [sys.executable, "-m", "jaxhybrid.main", f"--config={CONFIG}",
-            f"--workdir={hr.rel(point)}", "--mode=eval", "--checkpoint=best", *BUDGET,
-            f"--config.objective.beta={cfg['objective']['beta']}", f"--config.seed={cfg['seed']}",
-            "--config.evals.names=ood", "--config.evals.ood_normalization=own"]
+    return eval_command(point, "--config.evals.names=ood", "--config.evals.ood_normalization=own")
 
 
 def config_of(point: Path) -> dict:
