@@ -6,7 +6,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
+import shutil
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,9 +18,13 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from tests.helpers import REPO
 
 sys.path.insert(0, os.path.join(REPO, "docs", "results"))
+import batch_study  # noqa: E402
 import dhm_beta  # noqa: E402
 import gffn_train_longer  # noqa: E402
 import hvae_fashion_mnist as hfm  # noqa: E402
+import hvae_results  # noqa: E402
+
+RESULTS = os.path.join(REPO, "docs", "results")
 
 
 def _fpr80_loop(s_in, s_out) -> float:
@@ -159,3 +166,145 @@ def test_gffn_page_renders_and_reads_the_curves(tmp_path, monkeypatch):
     assert f"more than 10 % above its minimum in {n} of {n} runs; the GFFN's in 0 of {n}" in text
     assert f"GFFN ahead in {n} of {n}" in text           # lower ECE at the end, by construction
     assert all((files / f"{ds}.png").exists() for ds in gffn_train_longer.DATASETS)
+
+
+# -- every committed page, re-rendered with --page from the committed files only ---------------
+def _copy_inputs(tmp_path, folder: str, names) -> Path:
+    """The page's committed input files, copied into tmp_path/<folder>/."""
+    files = tmp_path / folder
+    files.mkdir()
+    for name in names:
+        shutil.copy(os.path.join(RESULTS, folder, name), files / name)
+    return files
+
+
+def _page_via_main(module, folder, names, tmp_path, monkeypatch) -> Path:
+    files = _copy_inputs(tmp_path, folder, names)
+    monkeypatch.setattr(module, "FILES", files)
+    monkeypatch.setattr(module, "PAGE", tmp_path / f"{folder}.md")
+    module.main(["--page"])
+    return tmp_path / f"{folder}.md"
+
+
+def _render_hvae(tmp_path, monkeypatch) -> Path:
+    _copy_inputs(tmp_path, "hvae", ["collected.json"])
+    hvae_results.main(["--page", "--out", str(tmp_path / "hvae.md")])
+    return tmp_path / "hvae.md"
+
+
+def _render_batch_study(tmp_path, monkeypatch) -> Path:
+    """The README with its generated part emptied, then re-rendered in place."""
+    text = Path(RESULTS, "README.md").read_text()
+    head, rest = text.split(batch_study.BEGIN + "\n")
+    marked, tail = rest.split(batch_study.END + "\n")
+    assert "| batch |" in marked                                 # the tables are the marked part
+    stale = f"{head}{batch_study.BEGIN}\n(stale)\n{batch_study.END}\n{tail}"
+    (tmp_path / "README.md").write_text(stale)
+    monkeypatch.setattr(batch_study, "PAGE", tmp_path / "README.md")
+    batch_study.main(["--page"])
+    return tmp_path / "README.md"
+
+
+RENDERERS = {
+    "hvae.md": _render_hvae,
+    "dhm_beta.md": lambda t, m: _page_via_main(dhm_beta, "dhm_beta", ["points.json"], t, m),
+    "gffn_train_longer.md": lambda t, m: _page_via_main(
+        gffn_train_longer, "gffn_train_longer", ["curves.json"], t, m),
+    "hvae_fashion_mnist.md": lambda t, m: _page_via_main(
+        hfm, "hvae_fashion_mnist", ["scores.npz", "run.json"], t, m),
+    "README.md": _render_batch_study,
+}
+
+
+@pytest.mark.parametrize("page", sorted(RENDERERS))
+def test_committed_page_re_renders_byte_for_byte(page, tmp_path, monkeypatch):
+    rendered = RENDERERS[page](tmp_path, monkeypatch)
+    assert rendered.read_bytes() == Path(RESULTS, page).read_bytes()
+
+
+def test_every_results_page_has_a_renderer():
+    pages = {p.name for p in Path(RESULTS).glob("*.md")}
+    assert pages == set(RENDERERS)
+
+
+def _absolute_paths(text: str) -> list[str]:
+    """Tokens like /work/shared/data/mnist.npz: a slash after a separator, two parts or more
+    (not the /std of "(x − mean)/std")."""
+    return re.findall(r"(?:^|[\s=:,`'\"(\[])(/[\w.-]+(?:/[\w.-]+)+)", text, re.M)
+
+
+INPUTS = ("hvae/collected.json", "dhm_beta/points.json", "gffn_train_longer/curves.json",
+          "hvae_fashion_mnist/run.json", "digits/aggregate.csv", "mnist/aggregate.csv")
+
+
+@pytest.mark.parametrize("name", [*INPUTS, *sorted(RENDERERS)])
+def test_pages_and_their_inputs_hold_no_absolute_path(name):
+    """Paths relative to the repository, or the data files as the configs name them."""
+    assert _absolute_paths(Path(RESULTS, name).read_text()) == []
+
+
+def test_collected_commands_name_the_data_files_as_the_configs_do():
+    """What collect writes: the run directories relative to the repository (nothing is
+    created there), the data files as $MNIST_NPZ / $FASHION_MNIST_NPZ."""
+    from jaxhybrid.config_defaults import FASHION_MNIST_NPZ, MNIST_NPZ
+    runs = Path(REPO, "runs", "not_created")
+    cmds = [hvae_results.portable(hvae_results.shown(c))
+            for c in gffn_train_longer.sweep_commands(runs)]
+    cmds.append(hvae_results.portable(hvae_results.shown(hfm.eval_command(
+        runs, "best", 1, 1, 0))))
+    text = "\n".join(cmds)
+    assert "npz:$FASHION_MNIST_NPZ" in text and "npz:$MNIST_NPZ" in text
+    assert MNIST_NPZ not in text and FASHION_MNIST_NPZ not in text
+    assert _absolute_paths(text) == []
+
+
+def _hvae_run(rng) -> dict:
+    """What hvae_results.load returns for a small synthetic run (two OOD sets)."""
+    hr = hvae_results
+    scores = {f"{n}/{k}": rng.normal(-100 - 20 * i, 5, 60 if n == "test" else 30)
+              for i, n in enumerate(("test", "digits", "constant")) for k in hr.SCORES}
+    sets = {n: {"description": f"the {n} set", "num_examples": 30, "scores": {
+        k: hr.ood_metrics(scores[f"test/{k}"], scores[f"{n}/{k}"]) for k in hr.SCORES}}
+        for n in ("constant", "digits")}                     # metrics.json sorts the sets
+    model = {"config_stochastic": [{"block": "GaussianDense", "latent_features": 4}],
+             "config_deterministic": [[{"out_channels": 4, "kernel_size": 3, "stride": 1}]],
+             "iwae_samples": 2}
+    objective = {"warmup_epochs": 1.0, "free_nats": 2.0, "free_nats_mode": "per_element",
+                 "free_nats_constant_epochs": 1, "free_nats_cooldown_epochs": 1}
+    return {"info": {"command": "python -m jaxhybrid.main ...", "seconds": 90.0,
+                     "load_before": 1.04, "load_after": 2.0, "samples": 4, "max_examples": 30,
+                     "machine": "test", "date": "2026-01-01"},
+            "eval_dir": Path(REPO, "runs", "h", "eval", "7"), "step": 7, "scores": scores,
+            "metrics": {"checkpoint": "best (step 7)", "step": 7, "ood": {
+                "in_distribution": {"split": "test", "num_examples": 60}, "sets": sets}},
+            "records": [{"kind": "train", "step": 7, "time": 120.0, "examples_per_sec": 321.4,
+                         "active_z1": 3.0}, {"kind": "validation", "step": 7, "val_elbo": -99.123}],
+            "config": {"model": model, "objective": objective, "num_steps": 0, "num_epochs": 3.0,
+                       "batch_size": 8, "optimizer": {"name": "adam", "learning_rate": 1e-3}},
+            "final": {"log_likelihood": -101.0, "evaluated_step": 7}, "params": 1234,
+            "data": {"npz_path": os.path.join(REPO, "..", "shared", "data", "mnist.npz"),
+                     "num_train": 50, "num_validation": 5, "num_test": 60}}
+
+
+def test_hvae_collect_keeps_what_the_page_prints(tmp_path, monkeypatch):
+    """A run's files -> collected.json -> the page: the same page as from the numbers at
+    full precision, with no absolute path."""
+    monkeypatch.setattr(hvae_results, "latent_sizes", lambda model: [4])
+    r = _hvae_run(np.random.default_rng(3))
+    table = hvae_results.ood_table(r)
+    c = hvae_results.collect(r, table, "python -m jaxhybrid.main --workdir=runs/h")
+    hvae_results.write_collected(c, tmp_path / "collected.json")
+    c = json.loads((tmp_path / "collected.json").read_text())
+    assert list(c["ood"]) == ["digits", "constant"]               # OOD_SETS order
+    text = hvae_results.page(c, "hvae")
+    for name in ("digits", "constant"):
+        m = table[name]["-LLR>1"]
+        assert f"| {name} | LLR>1 | {m['auroc']:.3f} | {m['aupr_out']:.3f} | " \
+               f"{m['aupr_out_balanced']:.3f} | {m['fpr80_ood']:.3f} |" in text
+    test_bpd = hvae_results.bpd(r["scores"]["test/L"])
+    assert f"| MNIST test | 60 | {test_bpd:.4f} |" in text
+    assert f"Test L = {np.mean(r['scores']['test/L']):.2f} nats with S = 4" in text
+    assert "`../shared/data/mnist.npz`" in text and "`runs/h/eval/7/report.md`" in text
+    assert "validation ELBO -99.12 nats" in text and "median 321 examples/s" in text
+    assert "1.5 min wall clock" in text and "2.0 min of training" in text
+    assert _absolute_paths(json.dumps(c)) == [] and _absolute_paths(text) == []

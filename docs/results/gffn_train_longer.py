@@ -138,7 +138,8 @@ def collect(runs: Path) -> None:
                    for b in BATCHES} for ds in DATASETS}
     FILES.mkdir(parents=True, exist_ok=True)
     facts = {"machine": hr.machine(), "date": datetime.date.today().isoformat(),
-             "load": os.getloadavg(), "commands": [hr.shown(c) for c in sweep_commands(runs)]}
+             "load": os.getloadavg(),
+             "commands": [hr.portable(hr.shown(c)) for c in sweep_commands(runs)]}
     (FILES / "curves.json").write_text(json.dumps({"curves": curves, "facts": facts},
                                                    indent=1) + "\n")
 
@@ -258,9 +259,7 @@ def reading(curves: dict) -> str:
 
 def page(data: dict) -> str:
     curves, f = data["curves"], data["facts"]
-    cmds = "\n".join(c.replace(MNIST_NPZ, "$MNIST_NPZ").replace(FASHION_MNIST_NPZ,
-                                                                 "$FASHION_MNIST_NPZ")
-                     for c in f["commands"])
+    cmds = "\n".join(f["commands"])           # collected with $MNIST_NPZ, $FASHION_MNIST_NPZ
     tables = "\n\n".join(f"### {ds.replace('_', '-')}\n\n{point_table(curves, ds)}\n\n"
                          f"![{ds} curves](gffn_train_longer/{ds}.png)" for ds in DATASETS)
     minutes = sum(curves[ds][str(b)][lam]["train_minutes"] for ds in DATASETS for b in BATCHES

@@ -86,9 +86,10 @@ def run_evaluations(workdir: Path) -> dict:
         cmd = eval_command(workdir, ckpt, samples, chunk, cap)
         load = os.getloadavg()[0]
         seconds, final = hr.run(cmd, workdir / f"eval_{name}.log")
-        done[name] = {"command": hr.shown(cmd), "seconds": round(seconds, 1),
+        done[name] = {"command": hr.portable(hr.shown(cmd)), "seconds": round(seconds, 1),
                       "load_before": load, "load_after": os.getloadavg()[0],
-                      "eval_dir": final["eval_dir"], "samples": samples, "max_examples": cap}
+                      "eval_dir": hr.rel(eval_dir(final)), "samples": samples,
+                      "max_examples": cap}
     return done
 
 
@@ -369,8 +370,7 @@ def setup_section(f: dict) -> str:
 
 
 def page(t: dict, scores: dict, f: dict) -> str:
-    cmds = "\n".join(info["command"].replace(MNIST_NPZ, "$MNIST_NPZ")
-                     for info in f["evaluations"].values())
+    cmds = "\n".join(info["command"] for info in f["evaluations"].values())   # $MNIST_NPZ
     return f"""# Results: HVAE, Fashion-MNIST → MNIST (the paper's headline pair)
 
 The hierarchical VAE of hvae-oodd (Havtorn et al. 2021; docs/methods/hvae.md) trained on
@@ -451,7 +451,8 @@ a fixed wall-clock budget on a lent accelerator.
 """
 
 
-def render(draws: int = BOOTSTRAP, out: Path = PAGE, files: Path = FILES) -> None:
+def render(draws: int = BOOTSTRAP, out: Path | None = None, files: Path | None = None) -> None:
+    out, files = out or PAGE, files or FILES          # at call time: PAGE, FILES as they are now
     scores = dict(np.load(files / "scores.npz"))
     facts = json.loads((files / "run.json").read_text())
     t = table(scores, draws)

@@ -4,7 +4,8 @@ One script trains (``--train``), evaluates and writes the page from the numbers:
 
     .venv/bin/python docs/results/hvae_results.py --train   # ≈ 45 min training + ≈ 10 min eval
     .venv/bin/python docs/results/hvae_results.py       # after training: eval + page (≈ 10 min)
-    .venv/bin/python docs/results/hvae_results.py --skip-eval   # page only (seconds)
+    .venv/bin/python docs/results/hvae_results.py --skip-eval   # figures + page from the run
+    .venv/bin/python docs/results/hvae_results.py --page        # page only, from collected.json
     .venv/bin/python docs/results/hvae_results.py --smoke --train   # tiny check (≈ 3 min)
 
 1. ``--train`` runs exactly the lead's training command (:func:`train_command`:
@@ -25,8 +26,12 @@ One script trains (``--train``), evaluates and writes the page from the numbers:
    cannot be capped: no config field limits the evaluation split (``evals.ood_max_examples``
    caps the OOD sets only; ``evals.split=validation`` would swap in the checkpoint-selection
    split), so the test split is scored in full.
-3. The page: tables and text from ``<workdir>/eval/<best step>/<eval_id>/metrics.json`` and
-   ``ood_scores.npz``, ``metrics.jsonl``, ``config.json`` and the checkpoint's metadata.
+3. The collection (:func:`collect`): from
+   ``<workdir>/eval/<best step>/<eval_id>/metrics.json`` and ``ood_scores.npz``, ``metrics.jsonl``, ``config.json`` and the checkpoint's metadata,
+   every number of the page, at the precision the page prints it, into the committed
+   docs/results/hvae/collected.json; the figures from the per-example scores.
+4. The page (:func:`page`), from collected.json alone: ``--page`` re-renders it without
+   the run directory (the figures need the per-example scores and stay as they are).
 
 Why S = 16 and 1,000 examples per OOD set. Scoring costs 3·S forward passes per example
 (L, L>1 and L>2 share the same S samples: one batch of 3·S). Measured on this shared
@@ -68,6 +73,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from jaxhybrid.config_defaults import FASHION_MNIST_NPZ, MNIST_NPZ  # noqa: E402
 from jaxhybrid.evaluators.ood import ood_metrics  # noqa: E402
 
 CONFIG = "configs/hvae.py:mnist_npz"
@@ -87,6 +93,7 @@ SMOKE_TRAIN = ("--config.num_steps=20", "--config.log_every=10",
 SMOKE_SAMPLES, SMOKE_OOD_MAX = 2, 200
 DEFAULT_WORKDIR, DEFAULT_OUT = "runs/hvae_mnist", "docs/results/hvae.md"
 SIDECAR = "hvae_results_eval.json"           # in the workdir: what the last eval ran
+COLLECTED = "collected.json"                 # beside the figures: every number of the page
 
 SCORES = ("L", "L>1", "L>2", "-LLR>1", "-LLR>2")
 FAIL, SUCCEED = 0.5, 0.9                     # AUROC: below chance / a working detector
@@ -123,6 +130,14 @@ def rel(path: Path) -> str:
 
 def shown(cmd: list[str]) -> str:
     return " ".join(["python", *cmd[1:]])
+
+
+def portable(command: str) -> str:
+    """A shown command with the data files this checkout resolves (an absolute path of
+    this machine, or $JAXHYBRID_*_NPZ) written as the names the configs give them,
+    ``$MNIST_NPZ`` and ``$FASHION_MNIST_NPZ`` (jaxhybrid.config_defaults)."""
+    return (command.replace(FASHION_MNIST_NPZ, "$FASHION_MNIST_NPZ")
+            .replace(MNIST_NPZ, "$MNIST_NPZ"))
 
 
 def run(cmd: list[str], log_path: Path) -> tuple[float, dict]:
@@ -267,7 +282,7 @@ def set_names(r: dict) -> list[str]:
 
 
 def ood_table(r: dict) -> dict:
-    """{set: {score: metrics + aupr_out_balanced + se}}."""
+    """{set: {score: metrics + aupr_out_balanced}}."""
     split = r["metrics"]["ood"]["in_distribution"]["split"]
     out = {}
     for name in set_names(r):
@@ -277,7 +292,6 @@ def ood_table(r: dict) -> dict:
             m = dict(s["scores"][k])
             m["aupr_out_balanced"] = balanced_aupr_out(r["scores"][f"{split}/{k}"],
                                                        r["scores"][f"{name}/{k}"])
-            m["se"] = auroc_se(m["auroc"], m["num_in"], m["num_out"])
             out[name][k] = m
     return out
 
@@ -285,7 +299,79 @@ def ood_table(r: dict) -> dict:
 def active_units(r: dict) -> list[tuple[float, int]]:
     last = [x for x in r["records"] if x["kind"] == "train"][-1]
     sizes = latent_sizes(r["config"]["model"])
-    return [(last.get(f"active_z{i + 1}", float("nan")), n) for i, n in enumerate(sizes)]
+    return [(last.get(f"active_z{i + 1}"), n) for i, n in enumerate(sizes)]
+
+
+# -- collecting the run into collected.json (every number of the page) ---------------------
+OOD_COLUMNS = ("auroc", "aupr_out", "aupr_out_balanced", "fpr80_ood", "aupr_in")
+MODEL_KEYS = ("config_stochastic", "config_deterministic", "iwae_samples")
+OBJECTIVE_KEYS = ("warmup_epochs", "free_nats", "free_nats_mode", "free_nats_constant_epochs",
+                  "free_nats_cooldown_epochs")
+
+
+def rounded(x, digits: int):
+    """``x`` at the page's precision (None stays None): what collected.json keeps."""
+    return None if x is None else round(float(x), digits)
+
+
+def evaluation_facts(r: dict) -> dict:
+    info = r["info"]
+    return {"command": info["command"], "samples": info["samples"],
+            "max_examples": info["max_examples"], "score_chunk": SCORE_CHUNK,
+            "minutes": rounded(info["seconds"] / 60, 1),
+            "load_before": rounded(info["load_before"], 1),
+            "load_after": rounded(info["load_after"], 1), "eval_dir": rel(r["eval_dir"]),
+            "machine": info["machine"], "date": info["date"]}
+
+
+def config_facts(c: dict) -> dict:
+    return {"model": {k: c["model"][k] for k in MODEL_KEYS},
+            "objective": {k: c["objective"][k] for k in OBJECTIVE_KEYS},
+            "num_steps": c["num_steps"], "num_epochs": c["num_epochs"],
+            "batch_size": c["batch_size"], "optimizer": {
+                k: c["optimizer"][k] for k in ("name", "learning_rate")}}
+
+
+def training_facts(r: dict) -> dict:
+    rec = [x for x in r["records"] if x["kind"] == "train"]
+    val = {x["step"]: x["val_elbo"] for x in r["records"] if x["kind"] == "validation"}
+    return {"last_step": rec[-1]["step"], "minutes": rounded(train_seconds(r["records"]) / 60, 1),
+            "examples_per_s": round(float(np.median([x["examples_per_sec"]
+                                                     for x in rec[1:] or rec]))),
+            "checkpoint": r["metrics"]["checkpoint"], "step": r["step"],
+            "val_elbo": rounded(val.get(r["step"]), 2),
+            "final_log_likelihood": rounded(r["final"].get("log_likelihood"), 2),
+            "final_evaluated_step": r["final"].get("evaluated_step")}
+
+
+def score_facts(r: dict, table: dict) -> dict:
+    sets = r["metrics"]["ood"]["sets"]
+    return {
+        "in_distribution": {k: r["metrics"]["ood"]["in_distribution"][k]
+                            for k in ("split", "num_examples")},
+        "test_L_nats": rounded(np.mean(r["scores"]["test/L"]), 2),
+        "sets": {n: {k: sets[n][k] for k in ("description", "num_examples")} for n in table},
+        "bits_per_dim": {n: {"n": cnt, **{k: rounded(v, 4) for k, v in cols.items()}}
+                         for n, cnt, cols in bpd_rows(r)},
+        "ood": {n: {k: {**{m: rounded(v[m], 3) for m in OOD_COLUMNS},
+                        "num_in": v["num_in"], "num_out": v["num_out"]}
+                    for k, v in scores.items()} for n, scores in table.items()}}
+
+
+def collect(r: dict, table: dict, train_cmd: str) -> dict:
+    """Every number of the page, at the precision the page prints it, from the run's files."""
+    d = r["data"]
+    return {"train_command": train_cmd, "evaluation": evaluation_facts(r),
+            "data": {"npz_path": os.path.relpath(d["npz_path"], ROOT),
+                     **{k: d[k] for k in ("num_train", "num_validation", "num_test")}},
+            "config": config_facts(r["config"]), "params": r["params"],
+            "training": training_facts(r),
+            "active_units": [[rounded(a, 0), n] for a, n in active_units(r)],
+            **score_facts(r, table)}
+
+
+def write_collected(c: dict, path: Path) -> None:
+    path.write_text(json.dumps(c, indent=1, ensure_ascii=False) + "\n")
 
 
 # -- figures ------------------------------------------------------------------------------
@@ -354,7 +440,7 @@ def auroc_figure(table: dict, path: Path) -> None:
     fig.savefig(path)
 
 
-# -- the page -----------------------------------------------------------------------------
+# -- the page, from collected.json only ----------------------------------------------------
 def score_label(k: str) -> str:
     return k[1:] if k.startswith("-") else k
 
@@ -372,64 +458,66 @@ def length(c: dict) -> str:
     return f"{c['num_steps']} steps" if c["num_steps"] else f"{c['num_epochs']:g} epochs"
 
 
-def model_text(r: dict) -> str:
-    m = r["config"]["model"]
+def model_text(c: dict) -> str:
+    m = c["config"]["model"]
     lat = ", ".join(f"z{i + 1} {d['block'].replace('Gaussian', '').lower()} "
                     f"{d['latent_features']}" for i, d in enumerate(m["config_stochastic"]))
     stages = "; ".join(f"stage {i + 1}: " + ", ".join(
         f"{b['out_channels']} ch k{b['kernel_size']} s{b.get('stride', 1)}" for b in st)
         for i, st in enumerate(m["config_deterministic"]))
     return (f"HVAE, {len(m['config_stochastic'])} stochastic layers ({lat}); ResBlocks "
-            f"({stages}; the original: {ORIGINAL['width']} channels); {r['params']:,} "
+            f"({stages}; the original: {ORIGINAL['width']} channels); {c['params']:,} "
             f"parameters (the original's Fashion-MNIST model: {ORIGINAL['params']:,})")
 
 
-def training_text(r: dict) -> str:
-    c = r["config"]
-    rec = [x for x in r["records"] if x["kind"] == "train"]
-    rate = float(np.median([x["examples_per_sec"] for x in rec[1:] or rec]))
-    return (f"{length(c)} ({rec[-1]['step']:,} steps of batch {c['batch_size']}), "
-            f"{c['optimizer']['name']} lr {c['optimizer']['learning_rate']:g} (the original: "
-            f"1000 epochs, lr 3e-4); {minutes(train_seconds(r['records']))} of training to the "
-            f"last log step (median {rate:.0f} examples/s)")
+def training_text(c: dict) -> str:
+    cfg, t = c["config"], c["training"]
+    return (f"{length(cfg)} ({t['last_step']:,} steps of batch {cfg['batch_size']}), "
+            f"{cfg['optimizer']['name']} lr {cfg['optimizer']['learning_rate']:g} (the "
+            f"original: 1000 epochs, lr 3e-4); {t['minutes']:.1f} min of training to the "
+            f"last log step (median {t['examples_per_s']:.0f} examples/s)")
 
 
-def setup_section(r: dict) -> str:
-    m, d, info = r["config"]["objective"], r["data"], r["info"]
-    val = {x["step"]: x["val_elbo"] for x in r["records"] if x["kind"] == "validation"}
-    act = ", ".join(f"z{i + 1} {a:.0f} of {n}" for i, (a, n) in enumerate(active_units(r)))
+def number(v, spec: str) -> str:
+    return "?" if v is None else format(v, spec)
+
+
+def setup_section(c: dict) -> str:
+    m, d, ev, t = c["config"]["objective"], c["data"], c["evaluation"], c["training"]
+    act = ", ".join(f"z{i + 1} {number(a, '.0f')} of {n}"
+                    for i, (a, n) in enumerate(c["active_units"]))
     rows = [
-        ["data", f"`{os.path.relpath(d['npz_path'], ROOT)}`: {d['num_train']:,} train / "
+        ["data", f"`{d['npz_path']}`: {d['num_train']:,} train / "
                  f"{d['num_validation']:,} validation (from train) / {d['num_test']:,} test; "
                  "dynamically binarised in training, one fixed seeded binarisation in "
                  "evaluation (OOD images too)"],
-        ["model", model_text(r)],
+        ["model", model_text(c)],
         ["objective", f"Bernoulli likelihood; KL warm-up over {m['warmup_epochs']:g} epochs; "
                       f"free nats {m['free_nats']:g} ({m['free_nats_mode']}) for "
                       f"{m['free_nats_constant_epochs']} epochs, then to 0 over "
                       f"{m['free_nats_cooldown_epochs']} (the original: 200, 200, 200 epochs)"],
-        ["training", training_text(r)],
-        ["checkpoint", f"{r['metrics']['checkpoint']}: validation ELBO "
-                       f"{val.get(r['step'], float('nan')):.2f} nats (single sample)"],
+        ["training", training_text(c)],
+        ["checkpoint", f"{t['checkpoint']}: validation ELBO {number(t['val_elbo'], '.2f')} "
+                       "nats (single sample)"],
         ["active units (Cov_x E_q[u] > 0.01, last log step)", act],
-        ["evaluation", f"S = {info['samples']} importance samples (score_chunk {SCORE_CHUNK}); "
-                       f"{minutes(info['seconds'])} wall clock for the evaluation command "
-                       f"(load average {info['load_before']:.1f} before, "
-                       f"{info['load_after']:.1f} after)"],
-        ["machine", f"{info['machine']}, shared with other jobs ({info['date']})"],
+        ["evaluation", f"S = {ev['samples']} importance samples (score_chunk "
+                       f"{ev['score_chunk']}); {ev['minutes']:.1f} min wall clock for the "
+                       f"evaluation command (load average {ev['load_before']:.1f} before, "
+                       f"{ev['load_after']:.1f} after)"],
+        ["machine", f"{ev['machine']}, shared with other jobs ({ev['date']})"],
     ]
     return md_table(["", ""], rows)
 
 
-def ood_sets_section(r: dict) -> str:
-    sets = r["metrics"]["ood"]["sets"]
-    return "\n".join(f"- **{n}**: {sets[n]['description']} ({sets[n]['num_examples']:,} "
-                     f"examples)" for n in set_names(r))
+def ood_sets_section(c: dict) -> str:
+    return "\n".join(f"- **{n}**: {s['description']} ({s['num_examples']:,} examples)"
+                     for n, s in c["sets"].items())
 
 
-def bpd_section(r: dict) -> str:
-    rows = [[f"MNIST {n}" if n == "test" else n, f"{cnt:,}", *(f"{v:.4f}" for v in cols.values())]
-            for n, cnt, cols in bpd_rows(r)]
+def bpd_section(c: dict) -> str:
+    rows = [[f"MNIST {n}" if n == "test" else n, f"{b['n']:,}",
+             *(f"{b[k]:.4f}" for k in ("L", "L>1", "L>2"))]
+            for n, b in c["bits_per_dim"].items()]
     return md_table(["set", "examples", "L", "L>1", "L>2"], rows)
 
 
@@ -445,19 +533,25 @@ def ood_section(table: dict) -> str:
                      "FPR80 (OOD+)", "AUPR-In", "# in / # OOD"], rows)
 
 
-def paper_section(r: dict, table: dict) -> str:
+def l_bpd(c: dict) -> dict:
+    """{set: mean bits/dim of L}, the test split first."""
+    return {n: b["L"] for n, b in c["bits_per_dim"].items()}
+
+
+def paper_section(c: dict) -> str:
+    table = c["ood"]
     sets = list(table)
     rows = [[score_label(k), PAPER[k], *(" / ".join(f"{table[s][k][m]:.3f}" for m in
                                                     ("auroc", "aupr_out_balanced", "fpr80_ood"))
                                          for s in sets)] for k in SCORES]
     head = ["score", "paper, FMNIST→MNIST", *(f"ours, MNIST→{s}" for s in sets)]
-    b = {n: c["L"] for n, _, c in bpd_rows(r)}
+    b = l_bpd(c)
     bpd_line = (f"Bits/dim of L: the paper's HVAE gives {PAPER_BPD['in']:.3f} on Fashion-MNIST "
                 f"test and {PAPER_BPD['out']:.3f} on MNIST (OOD); here {b['test']:.3f} on "
                 "MNIST test and "
                 + ", ".join(f"{b[s]:.3f} on {s}" for s in sets) + ".")
     return ("AUROC / AUPRC (OOD positive, equal-size sets) / FPR80 (OOD positive); ours with "
-            f"S = {r['info']['samples']}.\n\n" + md_table(head, rows) + "\n\n" + bpd_line)
+            f"S = {c['evaluation']['samples']}.\n\n" + md_table(head, rows) + "\n\n" + bpd_line)
 
 
 def _fmt_scores(table: dict, s: str, keys) -> str:
@@ -490,8 +584,8 @@ def claim_l_fails(table: dict) -> str:
             f"{len(fails)} of {len(table)} offline sets: " + "; ".join(parts) + ".")
 
 
-def claim_bpd(r: dict) -> str:
-    b = {n: c["L"] for n, _, c in bpd_rows(r)}
+def claim_bpd(c: dict) -> str:
+    b = l_bpd(c)
     lower = [s for s in b if s != "test" and b[s] < b["test"]]
     if not lower:
         return (f"**2. \"OOD data can get a higher likelihood than the training data\" — not "
@@ -535,85 +629,88 @@ def claim_far_ood(table: dict) -> str:
     return text if (good or bad) else ""
 
 
-def claim_collapse(r: dict, table: dict) -> str:
-    dead = [i + 1 for i, (a, _) in enumerate(active_units(r)) if a == 0]
+def claim_collapse(c: dict) -> str:
+    table, units = c["ood"], c["active_units"]
+    dead = [i + 1 for i, (a, _) in enumerate(units) if a == 0]
     diff = max(abs(table[s]["-LLR>2"]["auroc"] - table[s]["-LLR>1"]["auroc"]) for s in table)
     if not dead:
         return (f"**5. Latent use.** No stochastic layer is collapsed (active units: "
-                f"{', '.join(f'{a:.0f}/{n}' for a, n in active_units(r))}); LLR>1 and LLR>2 "
+                f"{', '.join(number(a, '.0f') + f'/{n}' for a, n in units)}); LLR>1 and "
+                f"LLR>2 "
                 f"differ by at most {diff:.3f} AUROC.")
     return (f"**5. Latent use.** Layer(s) {', '.join(f'z{i}' for i in dead)} have no active "
             f"units at the end of training, so L>2 carries little beyond L>1: LLR>1 and LLR>2 "
             f"differ by at most {diff:.3f} AUROC.")
 
 
-def untestable(r: dict) -> str:
-    m, c = r["config"]["model"], r["config"]
-    width = m["config_deterministic"][0][0]["out_channels"]
+def untestable(c: dict) -> str:
+    cfg, ev = c["config"], c["evaluation"]
+    width = cfg["model"]["config_deterministic"][0][0]["out_channels"]
     return ("**What cannot be tested here.** Fashion-MNIST and CIFAR-10/SVHN are not "
             "available offline, so neither of the paper's pairs is run: the closest analogue "
             "is MNIST against sklearn digits (a different digit dataset: resized to 28×28, "
             "and separately zero-padded into the 28×28 frame); the direction is reversed (MNIST is in-distribution here, "
             f"it is the OOD set in the paper). The model is narrower ({width} channels instead of "
-            f"{ORIGINAL['width']}; {r['params']:,} parameters instead of "
-            f"{ORIGINAL['params']:,}), trained for {length(c)} instead of "
+            f"{ORIGINAL['width']}; {c['params']:,} parameters instead of "
+            f"{ORIGINAL['params']:,}), trained for {length(cfg)} instead of "
             f"{ORIGINAL['epochs']} epochs with proportionally shortened schedules, and scored with "
-            f"S = {r['info']['samples']} importance samples instead of {ORIGINAL['S']}. "
-            f"The OOD sets hold at most {r['info']['max_examples']:,} examples each against "
-            f"the full {r['metrics']['ood']['in_distribution']['num_examples']:,}-image "
+            f"S = {ev['samples']} importance samples instead of {ORIGINAL['S']}. "
+            f"The OOD sets hold at most {ev['max_examples']:,} examples each against "
+            f"the full {c['in_distribution']['num_examples']:,}-image "
             "test split; the equal-size AUPRC column subsamples the test split to the paper's "
             "1:1 ratio. One training seed: no spread is given.")
 
 
-def s_note(r: dict, table: dict) -> str:
-    ll_train, s = r["final"].get("log_likelihood"), r["info"]["samples"]
-    s_train = r["config"]["model"]["iwae_samples"]
-    test_l = float(np.mean(r["scores"]["test/L"]))
-    se = max(m["se"] for t in table.values() for m in t.values())
+def s_note(c: dict) -> str:
+    t, s = c["training"], c["evaluation"]["samples"]
+    ll_train, step = t["final_log_likelihood"], t["final_evaluated_step"]
+    s_train, test_l = c["config"]["model"]["iwae_samples"], c["test_L_nats"]
+    se = max(auroc_se(m["auroc"], m["num_in"], m["num_out"])
+             for scores in c["ood"].values() for m in scores.values())
     out = (f"AUROC standard errors (Hanley & McNeil) are at most {se:.3f} in this table. ")
     if ll_train is None:
         return out
-    step = r["final"].get("evaluated_step")
-    which = "the same checkpoint" if step == r["step"] else f"step {step}"
+    which = "the same checkpoint" if step == t["step"] else f"step {step}"
     out += (f"Test L = {test_l:.2f} nats with S = {s} against {ll_train:.2f} with the "
             f"training run's own evaluation (S = {s_train}) of {which}")
-    if s > s_train and step == r["step"]:
+    if s > s_train and step == t["step"]:
         return out + (": the larger S gives the tighter bound." if test_l > ll_train else
                       ": the larger S does not give a tighter mean bound here.")
     return out + "."
 
 
-def page(r: dict, table: dict, fig_dir: str, train_cmd: str) -> str:
-    info = r["info"]
-    findings = [claim_l_fails(table), claim_bpd(r), claim_l_gt_k(table), claim_far_ood(table),
-                claim_collapse(r, table), untestable(r)]
+def page(c: dict, fig_dir: str) -> str:
+    table, ev = c["ood"], c["evaluation"]
+    findings = [claim_l_fails(table), claim_bpd(c), claim_l_gt_k(table), claim_far_ood(table),
+                claim_collapse(c), untestable(c)]
     return "\n\n".join([
         "# Results: HVAE likelihood and LLR>k OOD scores on MNIST",
         "The hierarchical VAE of hvae-oodd (Havtorn et al. 2021, docs/methods/hvae.md) trained on the "
         "shared MNIST file, and its OOD scores L, L>k and LLR>k = L − L>k against the OOD "
         "sets available offline. Everything on this page is written by one script from the "
-        f"run's files (evaluated {info['date']}):",
+        f"run's files (evaluated {ev['date']}):",
         f"```bash\npython docs/results/hvae_results.py --train   # training "
-        f"({minutes(train_seconds(r['records']))} here) + evaluation "
-        f"({minutes(info['seconds'])}) + this page\n```",
-        f"It runs the training\n\n```bash\n{train_cmd}\n```\n\nand then the evaluation of "
-        f"the best checkpoint (highest validation ELBO)\n\n```bash\n{info['command']}\n```",
+        f"({c['training']['minutes']:.1f} min here) + evaluation "
+        f"({ev['minutes']:.1f} min) + this page\n```",
+        f"It runs the training\n\n```bash\n{c['train_command']}\n```\n\nand then the "
+        f"evaluation of the best checkpoint (highest validation ELBO)\n\n```bash\n"
+        f"{ev['command']}\n```",
         "The in-distribution test split is scored in full (no config field caps the "
         "evaluation split); the OOD sets are capped by `evals.ood_max_examples`. "
-        f"Per-run details: `{rel(r['eval_dir'])}/report.md` and `ood_scores.npz`.",
-        "## Setup", setup_section(r),
-        "OOD sets (each binarised like the test images before scoring):", ood_sets_section(r),
+        f"Per-run details: `{ev['eval_dir']}/report.md` and `ood_scores.npz`.",
+        "## Setup", setup_section(c),
+        "OOD sets (each binarised like the test images before scoring):", ood_sets_section(c),
         "## Bits/dim", "Mean over each set of −score/(784·ln 2) from the per-example scores "
-        f"(S = {info['samples']}; Bernoulli on binarised pixels, so no 8-bit correction; lower "
-        "= more likely under the model):", bpd_section(r),
+        f"(S = {ev['samples']}; Bernoulli on binarised pixels, so no 8-bit correction; lower "
+        "= more likely under the model):", bpd_section(c),
         "## OOD detection", "Scores are used with higher = in-distribution: L, L>k, and "
         "−LLR>k for the rows named LLR>k. AUROC does not depend on the positive class. "
         "**AUPRC and FPR80 take OOD as the positive class, as the paper does** "
         "(docs/metrics.md: AUPR-Out, FPR@80 (OOD-positive)); AUPR-In is given for completeness. "
         "The paper subsamples both sets to equal size; AUPRC depends on that ratio, so it is "
         "given for the full sets and as the mean over 20 seeded equal-size subsamples of the "
-        "test split.", ood_section(table), s_note(r, table),
-        "## Side by side with the paper", paper_section(r, table),
+        "test split.", ood_section(table), s_note(c),
+        "## Side by side with the paper", paper_section(c),
         "## Figures",
         f"![Histograms of L (bits/dim) and −LLR>1]({fig_dir}/histograms.png)\n\n"
         f"![AUROC per OOD set and score]({fig_dir}/auroc.png)",
@@ -626,17 +723,26 @@ def page(r: dict, table: dict, fig_dir: str, train_cmd: str) -> str:
 
 
 def render(workdir: Path, out: Path, smoke: bool) -> None:
+    """From the run's files: the figures, collected.json beside them, and the page."""
     if not (workdir / SIDECAR).exists():
         sys.exit(f"{workdir / SIDECAR} is missing: run without --skip-eval first")
-    info = json.loads((workdir / SIDECAR).read_text())
-    r = load(workdir, info)
+    r = load(workdir, json.loads((workdir / SIDECAR).read_text()))
     table = ood_table(r)
     fig_dir = out.with_suffix("")
     fig_dir.mkdir(parents=True, exist_ok=True)
     histogram_figure(r, fig_dir / "histograms.png")
     auroc_figure(table, fig_dir / "auroc.png")
-    out.write_text(page(r, table, fig_dir.name, shown(train_command(workdir, smoke))))
-    print(f"wrote {out} and {fig_dir}/", flush=True)
+    write_collected(collect(r, table, shown(train_command(workdir, smoke))), fig_dir / COLLECTED)
+    render_page(out)
+
+
+def render_page(out: Path) -> None:
+    """The page from ``<out without .md>/collected.json`` alone (the figures stay as they
+    are: they need the per-example scores, which only the run directory holds)."""
+    fig_dir = out.with_suffix("")
+    c = json.loads((fig_dir / COLLECTED).read_text())
+    out.write_text(page(c, fig_dir.name))
+    print(f"wrote {out}", flush=True)
 
 
 # -- command line -------------------------------------------------------------------------
@@ -651,6 +757,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", default=None, help=f"page (default {DEFAULT_OUT}; --smoke: "
                    "<workdir>/hvae.md); figures go to the folder of the same name")
     p.add_argument("--skip-eval", action="store_true", help="re-render from the last evaluation")
+    p.add_argument("--page", action="store_true", help="only the page, from the committed "
+                   f"{COLLECTED} beside it (<out without .md>/{COLLECTED}); no run directory")
     p.add_argument("--smoke", action="store_true", help="tiny end-to-end check in a temp dir")
     a = p.parse_args(argv)
     if a.smoke and a.out and Path(a.out).resolve() == (ROOT / DEFAULT_OUT).resolve():
@@ -665,6 +773,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> None:
     a = parse_args(argv)
+    if a.page:
+        return render_page(a.out)
     if a.train:
         a.workdir.mkdir(parents=True, exist_ok=True)
         seconds, _ = run(train_command(a.workdir, a.smoke), a.workdir / "hvae_results_train.log")
