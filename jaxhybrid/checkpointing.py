@@ -230,8 +230,24 @@ def save_config(config, workdir) -> epath.Path:
     return path
 
 
+def read_json(path: epath.Path, advice: str):
+    """The JSON of ``path``; a file that is not valid JSON is an error naming it, with
+    ``advice`` on what to do."""
+    text = path.read_text()
+    try:
+        return json.loads(text)
+    except ValueError as e:
+        raise CorruptFileError(f"{path} is not valid JSON ({e}; {len(text)} bytes): "
+                               f"{advice}") from None
+
+
+class CorruptFileError(ValueError):
+    """A file of the run directory that cannot be read."""
+
+
 def load_saved_config(workdir) -> dict | None:
     path = run_path(workdir) / "config.json"
     if not path.exists():
         return None
-    return json.loads(path.read_text())
+    return read_json(path, "it records what this run trained; restore it (e.g. from a "
+                           "copy of the run), or use a new --workdir")

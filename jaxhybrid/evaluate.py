@@ -28,7 +28,7 @@ import numpy as np
 from etils import epath
 from jax.experimental import multihost_utils
 
-from jaxhybrid import selection
+from jaxhybrid import logs, selection
 from jaxhybrid.checkpointing import Checkpointer, is_remote, run_path
 from jaxhybrid.evaluators import names
 from jaxhybrid.evaluators.report import write_report
@@ -38,6 +38,7 @@ from jaxhybrid.families.base import variables_of
 from jaxhybrid.interrupts import Interrupted, StopSignals
 from jaxhybrid.predictor import Predictor
 from jaxhybrid.rundir import SCORING_FIELDS, RunDir, check_usable, config_dict
+from jaxhybrid.runlock import RunLock
 
 log = logging.getLogger("jaxhybrid")
 
@@ -160,12 +161,18 @@ def evaluate(config, workdir: str, checkpoint: str | int = "", *,
     training (:func:`jaxhybrid.selection.resolve`). Never changes final_metrics.json.
     SIGINT/SIGTERM stop it at once, leaving no evaluation directory behind."""
     check_usable(workdir)
+    with RunLock(workdir):
+        return _evaluate(config, workdir, checkpoint, overwrite)
+
+
+def _evaluate(config, workdir: str, checkpoint: str | int, overwrite: bool) -> dict:
     RunDir(workdir).check_eval(config)
     exp = build_experiment(config)
     ckpt = Checkpointer(workdir, read_only=True)
     step, label = selection.resolve(ckpt, checkpoint or config.evals.checkpoint)
     model = ckpt.restore_model(step, abstract_model(exp))
     ckpt.close()
+    logs.attach_workdir(run_path(workdir))
     signals = StopSignals()
     try:
         with signals.installed(), signals.raising():

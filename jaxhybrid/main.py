@@ -5,6 +5,11 @@ Flags only; the work is done by :func:`jaxhybrid.train.train_and_evaluate` and
 of them is printed at the end (the numbers are in the run directory). Bad input is
 ``error: ...`` and exit status 1; SIGINT/SIGTERM end with what was kept and how to
 resume, and exit status 128 + the signal number.
+
+``--config`` may name a run directory (``RUN`` or ``RUN/config.json``) or be left out:
+then the run directory's saved config is used (:mod:`jaxhybrid.saved_config`), so
+``--mode=eval --workdir=RUN`` evaluates a run without its original command. One command
+at a time per run directory (:mod:`jaxhybrid.runlock`).
 """
 from __future__ import annotations
 
@@ -16,28 +21,35 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
+from jaxhybrid import logs
 from jaxhybrid.flag_errors import parse_flags_or_exit
 from jaxhybrid.evaluate import evaluate
 from jaxhybrid.evaluators import names
 from jaxhybrid.interrupts import Interrupted
 from jaxhybrid.parallel import maybe_initialize_distributed
+from jaxhybrid.saved_config import with_saved_config
 from jaxhybrid.train import train_and_evaluate
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/gffn.py:digits.",
-                                lock_config=True)
+config_flags.DEFINE_config_file(
+    "config", None, "Config file, e.g. configs/gffn.py:digits; or a run directory (RUN or "
+    "RUN/config.json: its saved config). Without it, --workdir's saved config (to evaluate "
+    "or resume a run).", lock_config=True)
 flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics, reports).")
 flags.DEFINE_enum("mode", "train", ["train", "eval"], "train (resumes if possible) or eval.")
 flags.DEFINE_string("checkpoint", "", "eval mode: 'best', 'latest' or a step number "
-                    "(default: the config's evals.checkpoint, 'best').")
+                    "(default: the config's evals.checkpoint, 'best'). Training always "
+                    "resumes from the latest checkpoint.")
 flags.DEFINE_boolean("allow_config_change", False, "train mode: continue a run whose saved "
                      "config differs in budget fields only (num_epochs, num_steps, "
                      "max_train_seconds, early_stopping_patience, checkpoint_every); the "
                      "change is recorded in config_changes.jsonl.")
 flags.DEFINE_boolean("overwrite", False, "eval mode: replace an existing evaluation of the "
                      "same step and settings (eval/<step>/<eval_id>/) instead of reusing it.")
-flags.DEFINE_string("log_file", None, "Append the log to this file instead of printing it; "
-                    "the console gets warnings, errors and the final summary only.")
+flags.DEFINE_string("log_file", None, "Append the log to this file; the console keeps the "
+                    "progress lines (one per log step and evaluator), warnings, errors and "
+                    "the final summary. The run directory keeps its own log either way "
+                    "(jaxhybrid.log).")
 flags.DEFINE_string("coordinator_address", None, "Multi-process start-up: process 0's "
                     "HOST:PORT, the same on every process (default: JAX_COORDINATOR_ADDRESS, "
                     "else auto-detected on Cloud TPU VMs and under SLURM with "
@@ -46,7 +58,7 @@ flags.DEFINE_integer("num_processes", None, "Multi-process start-up: the number 
                      "(default: JAX_NUM_PROCESSES, else auto-detected).")
 flags.DEFINE_integer("process_id", None, "Multi-process start-up: this process's id, "
                      "0..num_processes-1 (default: JAX_PROCESS_ID, else auto-detected).")
-flags.mark_flags_as_required(["config", "workdir"])
+flags.mark_flags_as_required(["workdir"])
 
 
 # the headline numbers of the final summary, where the evaluation has them
@@ -54,19 +66,16 @@ SUMMARY = (names.ACCURACY, names.NLL, names.ECE, names.ECE_AFTER_TS, names.LOG_L
            names.BITS_PER_DIM)
 
 
-def setup_logging(log_file: str | None) -> None:
-    """INFO log lines to stdout (or ``log_file``), from process 0 only: with several
-    processes every other one logs warnings and errors only, prefixed with its rank."""
-    rank, many = jax.process_index(), jax.process_count() > 1
-    prefix = f"[process {rank}] " if many else ""
-    handlers = [logging.StreamHandler(sys.stdout)]
-    if log_file:
-        os.makedirs(os.path.dirname(os.path.abspath(log_file)), exist_ok=True)
-        handlers = [logging.FileHandler(log_file), logging.StreamHandler(sys.stderr)]
-        handlers[1].setLevel(logging.WARNING)
-    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, force=True,
-                        format=f"%(asctime)s %(levelname)s {prefix}%(message)s",
-                        handlers=handlers)
+def check_flags() -> None:
+    """Flag combinations that cannot work, before anything is done."""
+    if FLAGS.mode == "train" and FLAGS.checkpoint:
+        raise ValueError(f"--checkpoint={FLAGS.checkpoint} is for --mode=eval: training "
+                         f"always resumes from the latest checkpoint of --workdir")
+    if FLAGS.mode == "train" and FLAGS.overwrite:
+        raise ValueError("--overwrite is for --mode=eval (it replaces an evaluation)")
+    if FLAGS.log_file and os.path.isdir(FLAGS.log_file):
+        raise ValueError(f"--log_file={FLAGS.log_file} is a directory; give a file path, "
+                         f"e.g. --log_file={os.path.join(FLAGS.log_file, 'train.log')}")
 
 
 def summary(metrics: dict) -> str:
@@ -90,9 +99,10 @@ def main(argv):
     logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
     try:
         # DistributedStartupError (a ValueError) for any start-up failure: error: ..., exit 1
+        check_flags()
         maybe_initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
                                      FLAGS.process_id)
-        setup_logging(FLAGS.log_file)
+        logs.setup(FLAGS.log_file)
         if FLAGS.mode == "train":
             metrics = train_and_evaluate(FLAGS.config, FLAGS.workdir,
                                          allow_config_change=FLAGS.allow_config_change)
@@ -117,8 +127,19 @@ def main(argv):
         print(summary(metrics))
 
 
+def parse_flags(argv):
+    """absl's parsing (:func:`parse_flags_or_exit`) after ``--config=RUN`` or a missing
+    ``--config`` has been turned into the run directory's saved config."""
+    try:
+        argv = with_saved_config(argv)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    return parse_flags_or_exit(argv)
+
+
 def run():
-    app.run(main, flags_parser=parse_flags_or_exit)
+    app.run(main, flags_parser=parse_flags)
 
 
 if __name__ == "__main__":

@@ -18,17 +18,50 @@ import numpy as np
 from etils import epath
 
 log = logging.getLogger("jaxhybrid")
+# the lines kept on the console beside --log_file (jaxhybrid.logs)
+progress_log = logging.getLogger("jaxhybrid.progress")
 
 
 class NonFiniteLossError(FloatingPointError):
     pass
 
 
+def read_jsonl(path) -> list[dict]:
+    """The records of a JSON-lines file ([] when there is none). A truncated last line (a
+    process killed while appending) is left out with a warning naming the file; a broken
+    line before the last is an error naming the file and the line."""
+    path = epath.Path(path)
+    if not path.exists():
+        return []
+    lines = path.read_text().splitlines()
+    records = []
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except ValueError as e:
+            if i == len(lines):
+                log.warning("%s: its last line is truncated (a process stopped while writing "
+                            "it); it is left out", path)
+                continue
+            raise ValueError(f"{path} line {i} is not valid JSON ({e}); the file is "
+                             f"corrupted: repair or remove that line") from None
+    return records
+
+
+def once_per_kind_and_step(records: list[dict]) -> list[dict]:
+    """Each (kind, step) once, its last record kept, in the order of the file."""
+    last = {(r.get("kind"), r.get("step")): i for i, r in enumerate(records)}
+    return [r for i, r in enumerate(records) if last[(r.get("kind"), r.get("step"))] == i]
+
+
 class JsonlWriter:
     """Appends records to ``metrics.jsonl`` (process 0 only; any ``epath`` path, e.g. on
     gs://). Opened at step ``start``, it first drops the records of steps after
-    ``start``: after a crash those steps are trained again, and their records would
-    otherwise appear twice. Object stores cannot append to an object, so there the whole
+    ``start`` (after a crash those steps are trained again), a ``final`` record, a
+    truncated last line and any repeated (kind, step), so that the file holds each
+    (kind, step) once. Object stores cannot append to an object, so there the whole
     file is rewritten at each record. Each record written is also handed to ``sink``
     (an object with ``write(record)``, e.g. :class:`jaxhybrid.tblog.TensorBoardSink`)."""
 
@@ -39,15 +72,14 @@ class JsonlWriter:
         if self.path is None:
             return
         remote = "://" in os.fspath(self.path)
-        records = []
-        if self.path.exists():
-            records = [json.loads(line) for line in self.path.read_text().splitlines()
-                       if line.strip()]
-        keep = [r for r in records if r.get("step", 0) <= start and r.get("kind") != "final"]
+        text = self.path.read_text() if self.path.exists() else ""
+        keep = once_per_kind_and_step([r for r in read_jsonl(self.path)
+                                       if r.get("step", 0) <= start and r.get("kind") != "final"])
+        new = "".join(json.dumps(r) + "\n" for r in keep)
         if remote:
             self._lines = [json.dumps(r) + "\n" for r in keep]
-        if len(keep) != len(records):
-            self.path.write_text("".join(json.dumps(r) + "\n" for r in keep))
+        if new != text:
+            self.path.write_text(new)
 
     def write(self, record: dict) -> None:
         if self.path is None:
@@ -155,7 +187,7 @@ class ProgressLog:
         parts = " ".join(f"{k} {v:.4f}" for k, v in m.items()
                          if k not in ("loss", "learning_rate", "grad_norm", "params_finite",
                                       "skipped"))
-        log.info("step %d/%d epoch %.2f | loss %.4f | %s | lr %.3g | %.0f ex/s | ETA %s",
+        progress_log.info("step %d/%d epoch %.2f | loss %.4f | %s | lr %.3g | %.0f ex/s | ETA %s",
                  step_done, self.total, record["epoch"], m["loss"], parts,
                  m.get("learning_rate", float("nan")), rate,
                  _clock(eta))
@@ -187,5 +219,5 @@ class EvalProgress:
         self.done += 1
         now = time.time()
         eta = (now - self.t_start) / self.done * (len(self.names) - self.done)
-        log.info("evaluator %s done in %.1f s (%d/%d) | ETA %s", name, now - self.t_evaluator,
+        progress_log.info("evaluator %s done in %.1f s (%d/%d) | ETA %s", name, now - self.t_evaluator,
                  self.done, len(self.names), _clock(eta))

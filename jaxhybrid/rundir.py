@@ -30,8 +30,9 @@ from typing import Any
 
 import jax
 
-from jaxhybrid.checkpointing import (is_remote, load_saved_config, run_path, save_config,
-                                     write_atomic)
+from jaxhybrid.checkpointing import (is_remote, load_saved_config, read_json, run_path,
+                                     save_config, write_atomic)
+from jaxhybrid.progress import read_jsonl
 
 # How a trained model is scored, by the families that sample: S of the importance-weighted
 # bounds and how many samples are evaluated at once. No family trains or validates with
@@ -124,11 +125,8 @@ class RunDir:
         if saved is None:
             return None
         flat = flatten(saved)
-        changes = self.path / CHANGES_FILE
-        if changes.exists():
-            for line in changes.read_text().splitlines():
-                if line.strip():
-                    flat.update({k: new for k, (_, new) in json.loads(line)["changes"].items()})
+        for record in read_jsonl(self.path / CHANGES_FILE):
+            flat.update({k: new for k, (_, new) in record["changes"].items()})
         return flat
 
     def differences(self, config) -> list[tuple[str, Any, Any]]:
@@ -188,7 +186,11 @@ class RunDir:
 
     def final(self) -> dict | None:
         path = self.path / FINAL_FILE
-        return json.loads(path.read_text()) if path.exists() else None
+        if not path.exists():
+            return None
+        return read_json(path, f"it marks the run as complete; remove it and run the same "
+                               f"train command again to redo the final evaluation (the "
+                               f"checkpoints are kept)")
 
     def write_final(self, final: dict) -> None:
         if jax.process_index() == 0:

@@ -23,7 +23,6 @@ object stores, which cannot append, get the whole file rewritten at each record)
 from __future__ import annotations
 
 import io
-import json
 import logging
 import os
 import socket
@@ -33,6 +32,8 @@ import jax
 from etils import epath
 from tensorboard.compat.proto import event_pb2, summary_pb2
 from tensorboard.summary.writer.record_writer import RecordWriter
+
+from jaxhybrid.progress import read_jsonl
 
 log = logging.getLogger("jaxhybrid")
 
@@ -101,10 +102,7 @@ class TensorBoardSink:
 
 def read_records(path) -> list[dict]:
     """The records of a metrics.jsonl file ([] when there is none)."""
-    path = epath.Path(path)
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return read_jsonl(path)
 
 
 def open_sink(config, run_dir) -> TensorBoardSink | None:

@@ -32,7 +32,7 @@ import numpy as np
 import optax
 from jax.experimental import multihost_utils
 
-from jaxhybrid import evaluate, parallel, rng as rnglib, selection, tblog
+from jaxhybrid import evaluate, logs, parallel, rng as rnglib, selection, tblog
 from jaxhybrid.checkpointing import Checkpointer, run_path
 from jaxhybrid.data.resident import make_train_batches
 from jaxhybrid.experiment import (Experiment, abstract_model, abstract_state, augment,
@@ -43,6 +43,7 @@ from jaxhybrid.optim import make_optimizer, make_schedule, scaled_learning_rate
 from jaxhybrid.predictor import Predictor
 from jaxhybrid.progress import JsonlWriter, NonFiniteLossError, ProgressLog
 from jaxhybrid.rundir import RunDir, check_usable, write_atomic
+from jaxhybrid.runlock import RunLock
 from jaxhybrid.selection import Selector
 
 log = logging.getLogger("jaxhybrid")
@@ -187,13 +188,14 @@ class _Run:
         self.ckpt = Checkpointer(workdir, keep=config.keep_checkpoints)
         self.state = _start(exp, self.ckpt, optimizer, batches, self.selector)
         self.start = int(jax.device_get(self.state["step"]))
+        self.jsonl = JsonlWriter(run_path(workdir) / "metrics.jsonl", self.start)
         # every check has passed: from here on the run directory is written
         RunDir(workdir).record_start(config, changes, self.start)
+        logs.attach_workdir(run_path(workdir))
         _log_setup(exp, self.plan, workdir)
         self.train_step = make_train_step(exp, optimizer, schedule, self.plan["steps_per_epoch"],
                                           skip=skip_rule(config.optimizer))
         self.predictor = Predictor(exp)
-        self.jsonl = JsonlWriter(run_path(workdir) / "metrics.jsonl", self.start)
         self.jsonl.sink = tblog.open_sink(config, run_path(workdir))
         self.progress = ProgressLog(
             self.jsonl, total=self.total, batch_size=config.batch_size,
@@ -302,9 +304,12 @@ class _Run:
             return self.train()
         except NonFiniteLossError as e:
             self.ckpt.wait()
+            last = self.ckpt.latest_step()
+            kept = (f"the last good checkpoint is step {last} in {self.ckpt.directory} "
+                    f"(nothing after it was saved)" if last is not None else
+                    "no checkpoint was saved (it diverged before the first)")
             raise NonFiniteLossError(
-                f"{e} Stopping; the last good checkpoint is step {self.ckpt.latest_step()} in "
-                f"{self.ckpt.directory} (nothing after it was saved). Lower the learning "
+                f"{e} Stopping; {kept}. Lower the learning "
                 f"rate, enable --config.optimizer.grad_clip_norm, or skip such updates "
                 f"(--config.optimizer.skip_nonfinite=True, skip_grad_norm).") from None
         finally:
@@ -344,6 +349,11 @@ def train_and_evaluate(config, workdir: str, *, allow_config_change: bool = Fals
     final_metrics.json). ``allow_config_change``: let budget fields differ from the saved
     config (:data:`jaxhybrid.rundir.BUDGET_FIELDS`)."""
     check_usable(workdir)
+    with RunLock(workdir):
+        return _train_and_evaluate(config, workdir, allow_config_change)
+
+
+def _train_and_evaluate(config, workdir: str, allow_config_change: bool) -> dict:
     run_dir = RunDir(workdir)
     changes = run_dir.check_train(config, allow_config_change)
     final = run_dir.final()

@@ -1,0 +1,93 @@
+"""Where a command's log goes: the console, ``--log_file``, and the run directory's log.
+
+- Without ``--log_file`` every INFO line goes to stdout.
+- With ``--log_file=FILE`` the full log is appended to FILE; the console keeps the
+  progress lines (the ``jaxhybrid.progress`` logger: one line per log step and per
+  evaluator, with the ETA), warnings and errors, so a long run is never silent.
+- Every command that writes a run directory also appends its full log to
+  ``<workdir>/jaxhybrid.log``, so the run keeps its own history whatever the console
+  did. Lines logged before the run directory may be written (the checks) are held in
+  memory and written once :func:`attach_workdir` is called, after every check passed:
+  a command refused for bad input writes nothing.
+
+Each command starts its part of a log file with a header line naming the time, host,
+pid and the command line. With several processes only process 0 logs INFO (the others
+warnings and errors, prefixed with their rank).
+"""
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import os
+import socket
+import sys
+import time
+
+import jax
+from etils import epath
+
+WORKDIR_LOG = "jaxhybrid.log"
+PROGRESS = "jaxhybrid.progress"
+_FORMAT = "%(asctime)s %(levelname)s {prefix}%(message)s"
+
+
+def header() -> str:
+    return (f"===== {time.strftime('%Y-%m-%d %H:%M:%S')} {socket.gethostname()} pid "
+            f"{os.getpid()}: {' '.join(sys.argv)}")
+
+
+class _ConsoleFilter(logging.Filter):
+    """Beside a log file: warnings, errors and the progress lines."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or record.name.startswith(PROGRESS)
+
+
+class _Held(logging.handlers.BufferingHandler):
+    """The records logged before the run directory may be written (never flushed by
+    itself; :func:`attach_workdir` writes them)."""
+
+    def shouldFlush(self, record) -> bool:
+        return False
+
+
+def _file_handler(path, formatter) -> logging.Handler:
+    handler = logging.FileHandler(os.fspath(path))
+    handler.stream.write(header() + "\n")
+    handler.setFormatter(formatter)
+    return handler
+
+
+def setup(log_file: str | None) -> None:
+    """The handlers of a command (see the module docstring)."""
+    rank, many = jax.process_index(), jax.process_count() > 1
+    formatter = logging.Formatter(_FORMAT.format(prefix=f"[process {rank}] " if many else ""))
+    if log_file:
+        os.makedirs(os.path.dirname(os.path.abspath(log_file)), exist_ok=True)
+        console = logging.StreamHandler(sys.stderr)
+        console.addFilter(_ConsoleFilter())
+        handlers = [_file_handler(log_file, formatter), console]
+    else:
+        handlers = [logging.StreamHandler(sys.stdout)]
+    if rank == 0:
+        handlers.append(_Held(capacity=100_000))
+    for h in handlers:
+        h.setFormatter(formatter)
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, force=True,
+                        handlers=handlers)
+
+
+def attach_workdir(workdir) -> None:
+    """From now on the log also goes to ``<workdir>/jaxhybrid.log``, the held lines first.
+    Does nothing where :func:`setup` was not called (the Python API) or on a remote
+    run directory (object stores cannot append)."""
+    root = logging.getLogger()
+    held = [h for h in root.handlers if isinstance(h, _Held)]
+    if not held or "://" in os.fspath(workdir):
+        return
+    path = epath.Path(workdir) / WORKDIR_LOG
+    handler = _file_handler(path, held[0].formatter)
+    for record in held[0].buffer:
+        handler.handle(record)
+    root.removeHandler(held[0])
+    root.addHandler(handler)
