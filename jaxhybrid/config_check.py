@@ -17,17 +17,22 @@ Checked elsewhere, also before any training:
 - the family's own sections, ``model.*`` and ``objective.*``: by the family's tables
   (``MODEL``, ``OBJECTIVE`` of :mod:`jaxhybrid.families`), called here too
   (:func:`_family_sections`), so they are reported with the rest. This table names no
-  family's fields. A model of the library's registry (``model.name`` in
-  :data:`jaxhybrid.models.MODELS`, the classifier's networks) has its options checked
-  by :func:`_library_model`; a family outside the library (tests/configs/toy_vae.py)
-  checks its own sections when its factory runs;
+  family's fields (the classifier's ``model`` table holds each network's options,
+  :data:`jaxhybrid.models.MODEL_FIELDS`); a family outside the library
+  (tests/configs/toy_vae.py) checks its own sections when its factory runs;
 - what needs the data: :func:`check_against_data` (``data.frame`` >= the image size,
   ``data.mean``/``data.std`` one entry per channel), called in build_experiment right
   after the data are loaded; :func:`check_family_data` (a likelihood that needs binary
   pixels gets binary data), once the family is built; ``data.ood_classes``
   within the label set and ``data.validation_size`` <= the training examples by the
-  data loader (:mod:`jaxhybrid.data.loading`); ``num_devices`` and the global batch
-  sizes against the devices by :mod:`jaxhybrid.parallel`.
+  data loader (:mod:`jaxhybrid.data.loading`), which also refuses npz labels that are
+  not class ids; ``num_devices`` and the global batch sizes against the devices by
+  :mod:`jaxhybrid.parallel`; the evaluators of ``evals.names`` against what the built
+  family serves by :func:`check_family_data`.
+
+The OOD sets of ``evals.ood_sets`` are checked here: each name known, an ``npz:PATH``
+file present, and (with the ``ood`` evaluator) a ``tfds:NAME`` set prepared in
+``data.data_dir`` (:func:`_tfds_ood_sets`).
 
 The failures of absl's flag parsing itself (an unknown key, a value of the wrong type, a
 config file that fails) are worded by :mod:`jaxhybrid.flag_errors`.
@@ -42,12 +47,13 @@ import numpy as np
 from jaxhybrid import optim
 from jaxhybrid.data.loading import VALID_SOURCES
 from jaxhybrid.data.resident import PLACEMENTS
+from jaxhybrid.data.tfds_source import resolve_tfds_dir, tfds_data_dir
 from jaxhybrid.data.transforms import parse_transforms
-from jaxhybrid.evaluators.suite import evaluator_names
+from jaxhybrid.config_defaults import DEFAULT_EVALUATORS
+from jaxhybrid.evaluators.suite import evaluator_names, served_by
 from jaxhybrid.evaluators.adversarial import ATTACKS, EPSILON_SPACES, epsilon_grid
 from jaxhybrid.evaluators.ood_sets import NAMED, OOD_NORMALIZATIONS, labelled_items
 from jaxhybrid.families import FAMILIES
-from jaxhybrid.models import MODELS, build_model
 from jaxhybrid.models.likelihoods import get_likelihood
 from jaxhybrid.precision import COMPUTE_DTYPES
 from jaxhybrid.schema import (Check, boolean, integer, is_int as _is_int, is_number as _is_number,
@@ -119,6 +125,32 @@ def _ood_sets(v) -> str | None:
     return None
 
 
+def _tfds_ood_sets(c) -> list[tuple[str, str]]:
+    """The ``tfds:NAME[:SPLIT]`` OOD sets of the ``ood`` evaluator: prepared in
+    ``data.data_dir`` (as the training data must be), so that a missing one is found before
+    training, not when the evaluation builds it."""
+    if "ood" not in _evaluator_list(c):
+        return []
+    try:
+        items = labelled_items(str(field_value(c, "evals.ood_sets", "")))
+    except ValueError:
+        return []      # reported by _ood_sets
+    data_dir = field_value(c, "data.data_dir", "") or None
+    for _, item in items:
+        kind, _, rest = item.partition(":")
+        if kind != "tfds" or not rest:
+            continue
+        name = rest.partition(":")[0]
+        try:
+            resolve_tfds_dir(name, data_dir)
+        except (FileNotFoundError, ValueError) as e:
+            where = tfds_data_dir(data_dir)
+            return [("evals.ood_sets", f"OOD set {item!r}: {str(e).splitlines()[0]} Prepare it "
+                     f"(python -m jaxhybrid.data.tfds_prepare --npz PATH --name {name} "
+                     f"--data_dir {where}), point data.data_dir at where it is, or remove it")]
+    return []
+
+
 # Field -> check. A field missing from a config is skipped (a family may drop it).
 FIELDS: dict[str, Check] = {
     "family": _family,
@@ -188,28 +220,6 @@ def _evaluator_list(config) -> list[str]:
     return [n.strip() for n in str(field_value(config, "evals.names", "")).split(",") if n.strip()]
 
 
-def _library_model(c) -> list[tuple[str, str]]:
-    """``model.*`` of a model of the library's registry (:data:`jaxhybrid.models.MODELS`):
-    its options as :func:`~jaxhybrid.models.build_model` takes them, every int option
-    (and every entry of an int tuple, e.g. ``hidden``) >= 1. A family's own model (a name
-    the registry does not list) is left to its family."""
-    model = field_value(c, "model", None)
-    if not hasattr(model, "keys"):
-        return []
-    if model.get("name") not in MODELS:
-        return []
-    try:
-        build_model(model, 2)
-    except (ValueError, TypeError) as e:
-        return [("model", str(e))]
-    out = []
-    for key, value in model.items():
-        many = isinstance(value, (tuple, list))
-        if any(_is_int(x) and x < 1 for x in (value if many else (value,))):
-            out.append((f"model.{key}", "must be ints >= 1" if many else "must be an int >= 1"))
-    return out
-
-
 # Checks across fields (or of a whole sub-config): config -> [(field, what is valid)].
 RULES: list[Callable[[Any], list[tuple[str, str]]]] = [
     lambda c: [("num_epochs", "must be > 0 (or set num_steps > 0)")]
@@ -223,7 +233,7 @@ RULES: list[Callable[[Any], list[tuple[str, str]]]] = [
     if "ood" in _evaluator_list(c) and "heldout" in
     [item for _, item in labelled_items(str(field_value(c, "evals.ood_sets", "")))]
     and not tuple(field_value(c, "data.ood_classes", (0,))) else [],
-    _library_model,
+    _tfds_ood_sets,
 ]
 
 _MISSING = object()
@@ -313,6 +323,29 @@ def _grey_pixel(source, limit: int = BINARY_CHECK_EXAMPLES) -> tuple[int, int] |
 
 
 def check_family_data(family, config, splits) -> None:
+    """What the built family can do against the config and the data, before anything is
+    written: :func:`_served_evaluators` and :func:`_binary_data`."""
+    _served_evaluators(family, config)
+    _binary_data(family, config, splits)
+
+
+def _served_evaluators(family, config) -> None:
+    """``evals.names`` other than the default (every evaluator, each where the family serves
+    it) names only evaluators the family serves: one it cannot serve would train, then
+    evaluate nothing."""
+    names = _evaluator_list(config)
+    if ",".join(names) == DEFAULT_EVALUATORS:
+        return
+    served = served_by(family)
+    unserved = [n for n in names if n not in served]
+    if unserved:
+        raise ValueError(
+            f"config field evals.names = {field_value(config, 'evals.names', '')!r}: family "
+            f"{family.name!r} cannot serve the evaluator(s) {', '.join(unserved)} (its outputs: "
+            f"{', '.join(sorted(family.provides()))}); it serves {', '.join(served)}")
+
+
+def _binary_data(family, config, splits) -> None:
     """A likelihood that does not fit the data: a family whose ``likelihood`` models
     binary pixels (support ``binary``, e.g. Bernoulli) needs ``binarize`` in
     ``data.train_transforms`` (evaluation then binarises every split once, seeded by

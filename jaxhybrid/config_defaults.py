@@ -95,11 +95,17 @@ def optimizer_config(**overrides) -> ml_collections.ConfigDict:
     return d
 
 
+# evals.names by default: every evaluator, each run where the family serves what it needs
+# (the report lists the others as skipped). A list given instead may name only evaluators
+# the family serves (config_check.check_family_data).
+DEFAULT_EVALUATORS = "classification,calibration,temperature,ood,adversarial,likelihood"
+
+
 def evals_config(**overrides) -> ml_collections.ConfigDict:
     d = ml_collections.ConfigDict({
         # comma-separated evaluator plug-ins, run at eval_every and at the end of training
-        # (each runs where the family serves what it needs; the report lists the others)
-        "names": "classification,calibration,temperature,ood,adversarial,likelihood",
+        # (the default: each where the family serves it; DEFAULT_EVALUATORS)
+        "names": DEFAULT_EVALUATORS,
         "checkpoint": "best",        # evaluated after training and by --mode=eval: best | latest
         "seed": 0,                   # fixed key of evaluation randomness (binarisation, samples)
         "split": "test",             # the split the evaluators report on
@@ -114,7 +120,7 @@ def evals_config(**overrides) -> ml_collections.ConfigDict:
         # DHM's protocol), as a pixel transform the model's normalisation then undoes
         "ood_normalization": "train",
         "attack": "fgsm",            # fgsm | pgd
-        "epsilons": "default",       # default {0,1,2,4,8,16}/255 | dhm {0,.02..,.08} | "0,0.01,..."
+        "epsilons": "default",       # default {0,1,2,4,8,16}/255 | dhm {0,.02..,.08} | "0.03" | "0,0.01,..."
         # pixel: ε on the [0, 1] pixel scale, x' clipped to [0, 1]; normalized: ε in units of
         # the normalised input (ε·data.std per channel in pixels), no clipping (the original DHM)
         "epsilon_space": "pixel",

@@ -111,14 +111,15 @@ def parse_flags_or_exit(argv: Sequence[str]) -> list[str]:
     config (an unknown ``--config.a.b`` key, a value of the wrong type, an unknown variant,
     a config file that cannot be read) is ``error: ...`` and exit status 1, like every other
     bad input; the traceback only with JAXHYBRID_DEBUG=1."""
+    given = list(argv)   # the message names what was given, not what absl left over
     try:
-        argv = flags.FLAGS(argv)
+        rest = flags.FLAGS(argv)
         flags.FLAGS.config.keys()   # a config file that could not be read raises here
-        return argv
+        return rest
     except Exception as e:  # noqa: BLE001 - whatever fails while parsing is bad input
         if os.environ.get("JAXHYBRID_DEBUG"):
             raise
-        print(f"error: {flag_error_message(e, argv)}", file=sys.stderr)
+        print(f"error: {flag_error_message(e, given)}", file=sys.stderr)
         sys.exit(1)
 
 

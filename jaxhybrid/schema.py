@@ -88,6 +88,14 @@ def ints(length: int, low: int) -> Check:
     return check
 
 
+def int_tuple(low: int) -> Check:
+    """A tuple of ints >= ``low``, of any length (``()`` included)."""
+    def check(v):
+        ok = isinstance(v, (tuple, list)) and all(is_int(x, low) for x in v)
+        return None if ok else f"must be a tuple of ints >= {low}, e.g. (256,), or () for none"
+    return check
+
+
 def equals(value) -> Check:
     return lambda v: None if v == value else f"must be {value!r}"
 

@@ -133,6 +133,8 @@ def test_epsilon_grid():
     assert adversarial.epsilon_grid([0, 0.1]) == (0.0, 0.1)
     assert adversarial.epsilon_grid(np.array([0.0, 0.5])) == (0.0, 0.5)
     assert adversarial.epsilon_grid("0, 0.01,0.1") == (0.0, 0.01, 0.1)   # as documented
+    # one ε is a grid of one (--config.evals.epsilons=0.03, or a number in a config file)
+    assert adversarial.epsilon_grid("0.03") == adversarial.epsilon_grid(0.03) == (0.03,)
     with pytest.raises(ValueError, match=r"in \[0, 1\]"):
         adversarial.epsilon_grid("0,1.5")
     with pytest.raises(ValueError, match="comma-separated list of numbers"):

@@ -128,12 +128,36 @@ CASES = [
                                           "--config.objective.train_samples=4"],
      ["config field objective.train_samples = 4: must be 1 with model.recon='mse_mean'"]),
     ("unknown_label_model", ["--config.objective.label_model=probit"], ["softmax, binary"]),
-    ("unknown_model", ["--config.model.name=vit"], ["Unknown model 'vit'", "cnn, resnet18"]),
+    ("unknown_model", ["--config.model.name=vit"],
+     ["config field model.name = 'vit': must be one of cnn, resnet18"]),
+    # the classifier's model table: each network's options checked (issue 22)
+    ("model_hidden_not_ints", ["--config.model.hidden=abc"],
+     ["config field model.hidden = ('abc',): must be a tuple of ints >= 1"]),
+    ("resnet18_batch_norm", ["--config.model.name=resnet18", "--config.model.norm=batch"],
+     ["config field model.norm = 'batch': must be one of none, group"]),
+    # evaluators the family cannot serve, an OOD set that is not there: before training
+    ("hvae_adversarial", ["--config=configs/hvae.py:digits",
+                          "--config.evals.names=likelihood,adversarial"],
+     ["config field evals.names = 'likelihood,adversarial'", "family 'hvae' cannot serve "
+      "the evaluator(s) adversarial", "it serves ood, likelihood, predictions"]),
+    ("ood_set_tfds_not_prepared", ["--config.evals.ood_sets=far=tfds:nosuch_ds",
+                                   "--config.data.data_dir={tmp}/tfds"],
+     ["config field evals.ood_sets = 'far=tfds:nosuch_ds'", "OOD set 'tfds:nosuch_ds'",
+      "TFDS dataset 'nosuch_ds' is not prepared in data_dir '{tmp}/tfds'",
+      "python -m jaxhybrid.data.tfds_prepare"]),
     # npz files that cannot be split: named with the file and the split
     ("npz_labels_and_images_differ",
      ["--config.data.source=npz", "--config.data.npz_path={tmp}/mismatch.npz"],
      ["npz file '{tmp}/mismatch.npz'", "the train split has 20 images (x_train) but 15 "
       "labels (y_train)"]),
+    ("npz_negative_labels",
+     ["--config.data.source=npz", "--config.data.npz_path={tmp}/negative_labels.npz"],
+     ["npz file '{tmp}/negative_labels.npz'", "y_train has 3 label(s) that are not class ids "
+      "(-2, -1)", "whole numbers >= 0"]),
+    ("npz_fractional_labels",
+     ["--config.data.source=npz", "--config.data.npz_path={tmp}/fractional_labels.npz"],
+     ["npz file '{tmp}/fractional_labels.npz'", "y_test has 1 label(s) that are not class "
+      "ids (2.5)"]),
     ("npz_split_without_examples",
      ["--config.data.source=npz", "--config.data.npz_path={tmp}/empty_train.npz"],
      ["npz file '{tmp}/empty_train.npz'", "the train split has no examples"]),
@@ -207,12 +231,18 @@ def _argv(extra: list[str], workdir: str, tmp: str) -> list[str]:
 
 
 def _npz_files(root: str) -> None:
-    """The bad npz files of the cases: labels that do not match the images, a split
-    without examples, and 3-channel images (for a 1-entry data.mean)."""
+    """The bad npz files of the cases: labels that do not match the images, labels that
+    are not class ids, a split without examples, and 3-channel images (for a 1-entry
+    data.mean)."""
     rng = np.random.default_rng(0)
     img = lambda n, *c: rng.integers(0, 256, (n, 8, 8, *c), dtype=np.uint8)  # noqa: E731
     labels = lambda n: np.arange(n) % 10                                      # noqa: E731
+    negative, fractional = labels(40), labels(20).astype(float)
+    negative[[3, 5, 7]] = (-1, -2, -1)
+    fractional[4] = 2.5
     files = {"mismatch": (img(20), labels(15), img(10), labels(10)),
+             "negative_labels": (img(40), negative, img(20), labels(20)),
+             "fractional_labels": (img(40), labels(40), img(20), fractional),
              "empty_train": (img(0), labels(0), img(10), labels(10)),
              "rgb": (img(40, 3), labels(40), img(20, 3), labels(20))}
     for name, (xtr, ytr, xte, yte) in files.items():
@@ -268,6 +298,19 @@ def test_bad_input_is_a_clear_error(results, case_id, extra, expected):
     # nothing lost or created: the run directory holds what it held
     assert sorted(os.listdir(workdir)) == ["keep.txt"], os.listdir(workdir)
     assert open(os.path.join(workdir, "keep.txt")).read() == "earlier run\n"
+
+
+@pytest.mark.parametrize("config", ["configs/nosuch.py", "nosuch_dir/x.py:variant",
+                                    "/tmp/jaxhybrid_missing_config.py"])
+def test_a_missing_config_file_is_named_as_given(tmp_path, config):
+    """``python -m jaxhybrid.main`` (absl reads the flag as the process starts): the file
+    given, never absl's internal name for the flag (``config_config``)."""
+    wd = str(tmp_path / "run")
+    r = run_cli([f"--config={config}", f"--workdir={wd}"], devices=1)
+    path = config.split(":")[0]
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.strip() == f"error: --config={config}: no config file {path!r}", r.stderr
+    assert not os.path.exists(wd)
 
 
 def test_as_a_real_command(tmp_path):

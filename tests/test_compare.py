@@ -193,6 +193,35 @@ def test_a_missing_number_says_why(tmp_path):
     assert "–" not in "".join(rows[title])
 
 
+def test_the_config_diff_lists_every_differing_field_of_either_side(tmp_path):
+    """Runs of two families: a field only one config has is listed, marked — on the other
+    side, beside the shared fields that differ; equal fields are not listed."""
+    ffn = _run(tmp_path, "ffn", {208: _metrics(0.9)}, selected=208)
+    dhm = _run(tmp_path, "dhm", {336: _metrics(0.95)}, selected=336, family="dhm")
+    _write(tmp_path / "ffn" / "config.json",
+           {"family": "classifier", "seed": 0, "batch_size": 64,
+            "model": {"name": "cnn", "width": 16, "hidden": [128]},
+            "objective": {"joint_weight": 1.0}})
+    _write(tmp_path / "dhm" / "config.json",
+           {"family": "dhm", "seed": 0, "batch_size": 64,
+            "model": {"name": "dhm", "latent": 128}, "objective": {"beta": 1.0}})
+    md = compare.compare([ffn, dhm], ["FFN", "DHM"])
+    diff = md[md.index("## Config differences"):]
+    rows = _rows(diff)
+    assert rows["family"] == ["classifier", "dhm"] and rows["model.name"] == ["cnn", "dhm"]
+    assert rows["model.width"] == ["16", "—"] and rows["model.hidden"] == ["(128)", "—"]
+    assert rows["objective.joint_weight"] == ["1", "—"]
+    assert rows["model.latent"] == ["—", "128"] and rows["objective.beta"] == ["—", "1"]
+    assert "seed" not in rows and "batch_size" not in rows
+    data = json.loads(compare.compare([ffn, dhm], ["FFN", "DHM"], fmt="json"))
+    by_field = {d["field"]: d["cells"] for d in data["config_differences"]}
+    assert by_field["model.latent"] == {"FFN": "—", "DHM": "128"}
+    table = list(csv.reader(io.StringIO(compare.compare([ffn, dhm], ["FFN", "DHM"],
+                                                        fmt="csv"))))
+    assert ["config: objective.beta", "", "—", "1", ""] in table
+    assert "## Config differences" not in compare.compare([ffn])     # one run: no diff
+
+
 def test_csv_and_json_carry_the_same_table(tmp_path):
     ffn = _run(tmp_path, "ffn", {208: _metrics(0.9)}, selected=208)
     dhm = _run(tmp_path, "dhm", {336: _metrics(0.95, eps=(0.0, 0.03), adv=(0.97, 0.9414))},

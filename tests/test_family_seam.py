@@ -115,9 +115,15 @@ def test_unsupervised_family_trains_resumes_and_evaluates_through_the_cli(tmp_pa
     assert lik["num_examples"] == 297 and lik["dims"] == 64
     assert lik["bits_per_dim"] == pytest.approx(-lik["log_likelihood_nats"] / (64 * np.log(2)))
     assert 0.0 < lik["bits_per_dim"] < 1.0        # binary pixels: below 1 bit each
-    assert "skipped" in m["classification"] and "logits" in m["classification"]["skipped"]
+    assert "classification" not in m
     report = open(out / "report.md").read()
-    assert "Skipped: needs labels, logits" in report and "bits/dim" in report
+    assert "bits/dim" in report
+    # an evaluator the family cannot serve is refused before anything is evaluated
+    r = _toy_cli(straight, npz, "--mode=eval", "--checkpoint=best",
+                 "--config.evals.names=classification,likelihood")
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert "cannot serve the evaluator(s) classification" in r.stderr, r.stderr
+    assert "it serves ood, likelihood, predictions" in r.stderr, r.stderr
     assert m["ood"]["sets"]["uniform_noise"]["scores"]["elbo"]["auroc"] > 0.5
     # evals.seed fixes the evaluation randomness (binarisation, IWAE samples): another
     # seed gives another, equally valid estimate

@@ -1,4 +1,6 @@
 """Optimiser schedules, learning-rate rules, and the model registry."""
+import json
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -63,6 +65,27 @@ def test_models_shapes_and_errors():
     cfg.depth = 3
     with pytest.raises(ValueError, match=r"Unknown option\(s\) \['depth'\]"):
         build_model(cfg, 10)
+
+
+def test_classifier_trains_a_resnet18_step_through_the_cli(tmp_path):
+    """``model.name=resnet18`` on the gffn config: its own options (the CNN's are ignored),
+    one step trained and evaluated. One ε is a grid of one: ``evals.epsilons=0.03`` attacks
+    at [0.03] (one run, to spare CI a second)."""
+    from tests.helpers import run_cli
+    wd = tmp_path / "run"
+    r = run_cli(["--config=configs/gffn.py:smoke", f"--workdir={wd}", "--config.num_steps=1",
+                 "--config.model.name=resnet18", "--config.model.widths=(4, 4, 4, 4)",
+                 "--config.model.blocks_per_stage=(1, 1, 1, 1)", "--config.model.norm=group",
+                 "--config.model.groups=2", "--config.evals.names=classification,adversarial",
+                 "--config.evals.epsilons=0.03", "--config.evals.adversarial_max_examples=16"],
+                devices=1)
+    assert r.returncode == 0, r.stderr[-3000:]
+    final = json.loads((wd / "final_metrics.json").read_text())
+    assert final["step"] == 1 and 0 <= final["accuracy"] <= 1, final
+    saved = json.loads((wd / "config.json").read_text())["model"]
+    assert saved["name"] == "resnet18" and saved["norm"] == "group", saved
+    metrics = json.loads((wd / final["eval_dir"] / "metrics.json").read_text())
+    assert metrics["adversarial"]["epsilons"] == [0.03], metrics["adversarial"]
 
 
 @pytest.mark.parametrize("shape", [(2, 8, 8, 3), (2, 7, 5, 2)])

@@ -151,6 +151,24 @@ def _read_npz(path: str) -> dict[str, np.ndarray]:
             raise ValueError(f"{not_npz}: it holds object arrays") from None
 
 
+def _npz_labels(path: str, split: str, y) -> np.ndarray:
+    """``y_<split>`` as int32 [n]: class ids, whole numbers >= 0 (the dataset's classes are
+    0..the largest label); a ValueError naming the file and the bad values otherwise."""
+    y = np.asarray(y).reshape(-1)
+    if not (np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.floating)
+            or y.dtype == bool):
+        raise ValueError(f"npz file {path!r} (data.npz_path): y_{split} holds {y.dtype} "
+                         f"values; labels must be class ids, whole numbers >= 0")
+    ok = np.isfinite(y) & (y >= 0) & (np.mod(y, 1) == 0) if y.size else np.ones(0, bool)
+    if not ok.all():
+        bad = np.unique(y[~ok])
+        shown = ", ".join(f"{v:g}" for v in bad[:8].tolist()) + (", ..." if bad.size > 8 else "")
+        raise ValueError(f"npz file {path!r} (data.npz_path): y_{split} has {int((~ok).sum())} "
+                         f"label(s) that are not class ids ({shown}); labels must be whole "
+                         f"numbers >= 0, the classes being 0..the largest label")
+    return y.astype(np.int32)
+
+
 def npz_arrays(path: str) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
     """npz with x_train, x_test [, y_train, y_test] -> {'train', 'test'}: (images, labels).
 
@@ -169,7 +187,7 @@ def npz_arrays(path: str) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
             raise ValueError(f"npz file {path!r} (data.npz_path): the {s} split has "
                              f"{x.shape[0]} images (x_{s}) but {np.asarray(y).size} labels "
                              f"(y_{s}); it needs one label per image")
-        out[s] = (x, None if y is None else np.asarray(y).reshape(-1).astype(np.int32))
+        out[s] = (x, None if y is None else _npz_labels(path, s, y))
     if out["train"][0].shape[1:] != out["test"][0].shape[1:]:
         raise ValueError(f"npz file {path!r} (data.npz_path): train and test image shapes "
                          f"differ ({out['train'][0].shape[1:]} and "

@@ -18,6 +18,7 @@ traced scalars, `steps` must be a Python int.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Sequence
 
 import jax
@@ -53,27 +54,28 @@ def epsilon_space(space: str, std, channels: int):
 
 
 def epsilon_grid(name_or_values) -> tuple[float, ...]:
-    """"default" | "dhm" | floats in [0, 1] (a sequence or "0,0.01,...") -> tuple (pixel scale)."""
-    if isinstance(name_or_values, str) and "," in name_or_values:
+    """"default" | "dhm" | floats in [0, 1] (a sequence, one number, or "0.03" /
+    "0,0.01,...": one ε is a grid of one) -> tuple (pixel scale)."""
+    values = name_or_values
+    if isinstance(values, str):
+        key = values.strip().lower()
+        if key in EPSILON_GRIDS:
+            return EPSILON_GRIDS[key]
         try:
-            name_or_values = [float(v) for v in name_or_values.split(",") if v.strip()]
+            values = [float(v) for v in values.split(",") if v.strip()]
         except ValueError:
-            raise ValueError(f"evals.epsilons {name_or_values!r}: not a comma-separated list "
-                             f"of numbers") from None
-    if isinstance(name_or_values, str):
-        key = name_or_values.lower()
-        if key not in EPSILON_GRIDS:
             raise ValueError(
                 f"unknown epsilon grid {name_or_values!r}; valid choices: "
-                f"{', '.join(repr(k) for k in EPSILON_GRIDS)} or a sequence of floats"
-            )
-        return EPSILON_GRIDS[key]
-    if not isinstance(name_or_values, Sequence) and not hasattr(name_or_values, "__array__"):
+                f"{', '.join(repr(k) for k in EPSILON_GRIDS)} or a comma-separated list of "
+                f"numbers in [0, 1] (e.g. 0.03 or 0,0.01,0.03)") from None
+    elif isinstance(values, numbers.Real) and not isinstance(values, bool):
+        values = [values]
+    if not isinstance(values, Sequence) and not hasattr(values, "__array__"):
         raise ValueError(
             f"epsilon grid must be one of {', '.join(repr(k) for k in EPSILON_GRIDS)} "
             f"or a sequence of floats, got {name_or_values!r}"
         )
-    values = tuple(float(v) for v in list(name_or_values))
+    values = tuple(float(v) for v in list(values))
     if not values:
         raise ValueError("epsilon grid is empty")
     bad = [v for v in values if not 0.0 <= v <= 1.0]

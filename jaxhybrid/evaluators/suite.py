@@ -46,6 +46,12 @@ def unmet_needs(exp, evaluator: Evaluator) -> set[str]:
     return set(evaluator.needs) - available
 
 
+def served_by(family) -> list[str]:
+    """The evaluators whose needs ``family`` meets (labels aside: the data's part)."""
+    return [n for n, e in EVALUATORS.items()
+            if not set(e.needs) - {"labels"} - family.provides()]
+
+
 def _skipped(name: str, exp, missing: set[str]) -> Section:
     reason = (f"needs {', '.join(sorted(missing))}, which family {exp.family.name!r} "
               f"with data {exp.splits.name!r} does not provide")

@@ -98,8 +98,8 @@ class FamilyBase(abc.ABC):
     It declares its config sections as tables (:class:`jaxhybrid.schema.Schema`):
     ``MODEL`` (``config.model``: the module, and the outputs' sampling) and ``OBJECTIVE``
     (``config.objective``: the loss, its weights and schedules), plus ``RULES`` across
-    them. ``MODEL = None`` leaves ``config.model`` to the model registry
-    (:data:`jaxhybrid.models.MODELS`, the classifier's networks). ``__init__`` reads and
+    them (the classifier's ``MODEL`` holds every network of :data:`jaxhybrid.models.MODELS`
+    with its options; ``MODEL = None`` checks no model section). ``__init__`` reads and
     checks both sections (``self.o``: their fields in one dict; a family's field names are
     distinct across its sections); the subclass implements the seam's functions as methods
     and :meth:`family` returns the :class:`Family` record the trainer and evaluators hold.

@@ -2,7 +2,9 @@
 
 loss = (1 − λ)·conditional_nll + λ·joint_nll, λ = ``config.objective.joint_weight``
 (λ = 0: the FFN baseline; λ = 1: the thesis GFFN); :data:`Classifier.OBJECTIVE` lists the
-objective's fields, ``config.model`` is one of the networks of :data:`jaxhybrid.models.MODELS`. Both parts are always
+objective's fields, :data:`Classifier.MODEL` the model's: ``model.name``, one of the
+networks of :data:`jaxhybrid.models.MODELS` (cnn, resnet18), and each network's options
+(:data:`jaxhybrid.models.MODEL_FIELDS`; the named one's are used). Both parts are always
 computed and logged; the joint part's extra cost is one softmax over the global
 batch. Outputs: ``logits`` [B, K]; OOD scores max_softmax, log_px (= log Z(x)) and
 max_logit; the best checkpoint is the one with the highest validation accuracy.
@@ -13,12 +15,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-import ml_collections
-
 from jaxhybrid.families.base import Family, FamilyBase, split_variables
 from jaxhybrid.mathops import global_mean
 from jaxhybrid.metrics_core import nll as softmax_nll
-from jaxhybrid.models import build_model
+from jaxhybrid.models import MODEL_FIELDS, MODELS, build_model, network_config
 from jaxhybrid.objectives.conditional import class_probabilities, conditional_nll
 from jaxhybrid.objectives.joint import LABEL_MODELS, joint_nll, log_partition
 from jaxhybrid.schema import Schema, choice, num
@@ -67,22 +67,23 @@ def definitions(label_model: str) -> dict:
 class Classifier(FamilyBase):
     """FFN/GFFN: a network of the model registry and the λ-mixed objective."""
     name = "classifier"
+    # model.name and every network's options; the named network is built with its own
+    MODEL = Schema("model", {
+        "name": choice("cnn", MODELS, "the network: cnn (the thesis CNN, models/cnn.py) | "
+                       "resnet18 (CIFAR-style ResNet-18, models/resnet.py); the other "
+                       "network's options are ignored"),
+        **{k: f for fields in MODEL_FIELDS.values() for k, f in fields.items()},
+    })
     OBJECTIVE = Schema("objective", {
         "joint_weight": num(1.0, "λ: loss = (1 − λ)·CE + λ·joint NLL (0 = FFN, 1 = GFFN)", 0, 1),
         "label_model": choice("softmax", LABEL_MODELS, "softmax | binary (thesis eq. "
                               "2.15–2.20): how the logits give p(y|x) and log Z(x)"),
     })
 
-    @classmethod
-    def default_model(cls) -> ml_collections.ConfigDict:
-        """The thesis CNN (models/cnn.py)."""
-        return ml_collections.ConfigDict({"name": "cnn", "width": 32, "stages": 2,
-                                          "convs_per_stage": 2, "hidden": (256,)})
-
     def __init__(self, config, num_classes: int, mean=None, std=None):
         super().__init__(config, num_classes, mean, std)
         self.needs_classes()
-        self.module = build_model(config.model, num_classes, mean=mean, std=std,
+        self.module = build_model(network_config(self.o), num_classes, mean=mean, std=std,
                                   dtype=self.dtype)
         self.joint_weight, self.label_model = self.o["joint_weight"], self.o["label_model"]
 

@@ -13,6 +13,16 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxhybrid.models.layers import Normalize
+from jaxhybrid.schema import Field, count, int_tuple
+
+# The options of ``model.name = cnn`` (the classifier family's model table): ThesisCNN's fields.
+FIELDS = {
+    "width": count(32, "cnn: channels of the first stage (doubled at each further stage)"),
+    "stages": count(2, "cnn: conv-pool stages"),
+    "convs_per_stage": count(2, "cnn: 3×3 conv + ReLU layers per stage"),
+    "hidden": Field((256,), int_tuple(1), "cnn: widths of the dense ReLU layers before the "
+                    "class scores"),
+}
 
 
 def max_pool_2x2(x):

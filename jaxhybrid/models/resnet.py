@@ -27,8 +27,19 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxhybrid.models.layers import BatchNorm, Normalize
+from jaxhybrid.schema import Field, choice, count, ints
 
 NORMS = ("batch", "group", "none")
+RESNET18_NORMS = ("none", "group")   # deterministic logits: no batch statistics
+
+# The options of ``model.name = resnet18`` (the classifier family's model table).
+RESNET18_FIELDS = {
+    "widths": Field((64, 128, 256, 512), ints(4, 1), "resnet18: channels of the four stages"),
+    "blocks_per_stage": Field((2, 2, 2, 2), ints(4, 1), "resnet18: BasicBlocks per stage"),
+    "norm": choice("none", RESNET18_NORMS, "resnet18: none | group (batch statistics would "
+                   "couple examples)"),
+    "groups": count(8, "resnet18: GroupNorm groups (at most the channels; gcd taken)"),
+}
 PAD_1 = ((1, 1), (1, 1))          # PyTorch padding=1 of a 3×3 conv, any stride
 
 
@@ -135,9 +146,10 @@ class ResNet18(nn.Module):
 
     @nn.compact
     def __call__(self, x, *, train: bool = False):
-        if self.norm not in ("none", "group"):
+        if self.norm not in RESNET18_NORMS:
             raise ValueError(f"Unknown norm {self.norm!r} for model 'resnet18'; valid choices: "
-                             "none, group (batch statistics would couple examples)")
+                             f"{', '.join(RESNET18_NORMS)} (batch statistics would couple "
+                             f"examples)")
         x = Normalize(self.mean, self.std)(x.astype(jnp.float32)).astype(self.dtype)
         x, _ = ResNet(tuple(self.widths), tuple(self.blocks_per_stage), self.norm, self.groups,
                       dtype=self.dtype)(x, train=train)

@@ -7,12 +7,18 @@ table says which step and evaluation each column is. One row per headline metric
 (:mod:`jaxhybrid.evaluators.names`); rows follow :mod:`jaxhybrid.tools.identity`: ε is
 matched exactly, and a score shares a row only with a score of the same definition. A
 number that is missing says why: ``not run`` or ``not identifiable`` with the reason in
-a note, ``–`` where the evaluation does not report it.
+a note, ``–`` where the evaluation does not report it. Below the table (md, csv; json:
+``config_differences``): every config field whose value differs between the runs or that
+only some runs have (another family's ``model.*``, ``objective.*``), ``—`` on the side
+that lacks it.
 """
 from __future__ import annotations
 
 import argparse
+import csv
 import dataclasses
+import io
+import json
 import sys
 
 from jaxhybrid.checkpointing import run_path
@@ -53,6 +59,24 @@ class Table:
     columns: list[Column]
     rows: list[Row]
     notes: list[str]        # notes of the whole table
+    config_diff: list = dataclasses.field(default_factory=list)   # config_differences
+
+
+MISSING = "—"    # a config field that a run's config.json does not have
+
+
+def config_differences(columns: list[Column]) -> list[tuple[str, list[str]]]:
+    """(field, one cell per column) for every config field whose value differs between the
+    runs or that only some of them have (runs of different families: each one's own
+    ``model.*`` and ``objective.*``), sorted; :data:`MISSING` where a run lacks it."""
+    flat = [runs.flatten(c.config) for c in columns]
+    out = []
+    for key in sorted(set().union(*flat)):
+        seen = {json.dumps(f[key], sort_keys=True) if key in f else MISSING for f in flat}
+        if len(seen) > 1:
+            out.append((key, [tables.fmt_value(f[key]) if key in f else MISSING
+                              for f in flat]))
+    return out
 
 
 def column_names(run_dirs: list[str], names: list[str] | None) -> list[str]:
@@ -143,7 +167,7 @@ def build_table(columns: list[Column]) -> Table:
                         list(values), list(cells), [key in f for f in by_column], notes))
     notes = _definition_titles(rows, columns, entries)
     _unique_titles(rows)
-    return Table(columns, rows, notes)
+    return Table(columns, rows, notes, config_differences(columns) if len(columns) > 1 else [])
 
 
 def _unique_titles(rows: list[Row]) -> None:
@@ -162,7 +186,30 @@ def compare(run_dirs: list[str], names: list[str] | None = None, *, checkpoint="
     if fmt not in FORMATS:
         raise ValueError(f"--format {fmt!r}; valid choices: {', '.join(FORMATS)}")
     table = build_table(read_columns(run_dirs, names, checkpoint, eval_id))
-    return tables.render_comparison(table, fmt)
+    return _with_config_diff(tables.render_comparison(table, fmt), table, fmt)
+
+
+def _with_config_diff(text: str, table: Table, fmt: str) -> str:
+    """The rendered table and, below it (md, csv) or beside it (json), every config field
+    that differs between the runs (:data:`MISSING` where a run has no such field)."""
+    if not table.config_diff:
+        return text
+    names = [c.name for c in table.columns]
+    if fmt == "json":
+        data = json.loads(text)
+        data["config_differences"] = [{"field": k, "cells": dict(zip(names, cells))}
+                                      for k, cells in table.config_diff]
+        return json.dumps(data, indent=2)
+    if fmt == "csv":
+        buf = io.StringIO()
+        csv.writer(buf, lineterminator="\n").writerows(
+            [f"config: {k}", ""] + cells + [""] for k, cells in table.config_diff)
+        return text + buf.getvalue()
+    row = lambda cells: "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"  # noqa: E731
+    md = ["", "## Config differences", "", f"Every config field that differs between the "
+          f"runs; {MISSING}: the run's config has no such field.", "",
+          row(["field", *names]), "|" + "---|" * (len(names) + 1)]
+    return text + "\n" + "\n".join(md + [row([k, *cells]) for k, cells in table.config_diff])
 
 
 def main(argv=None) -> int:
