@@ -12,6 +12,7 @@ arrays come back sharded over the mesh.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -57,6 +58,21 @@ class CheckpointMismatchError(ValueError):
     pass
 
 
+class CheckpointStrayError(ValueError):
+    """A directory named like a step in ``checkpoints/`` that holds no checkpoint."""
+
+
+class CheckpointCorruptError(ValueError):
+    """A checkpoint whose files cannot be read back."""
+
+
+class CheckpointWriteError(ValueError):
+    """A checkpoint could not be written (a full disk, no permission)."""
+
+
+STEP_METADATA = "_CHECKPOINT_METADATA"     # orbax writes it into every finished step
+
+
 class Checkpointer:
     """The run's orbax checkpoints. Which one is best is :mod:`jaxhybrid.selection`'s
     rule; orbax only keeps the newest selected one (``selection.preservation_value``)
@@ -95,21 +111,63 @@ class Checkpointer:
         finally:
             absl_log.setLevel(level)
         self._pending: int | None = None      # a save started but not yet seen committed
+        self._strays = self._check_strays(read_only)
+        self._failed: CheckpointWriteError | None = None    # a save that failed, reported
 
     # -- queries -----------------------------------------------------------------------
+    def _is_checkpoint(self, step: int) -> bool:
+        d = self.directory / str(step)
+        return (d / STEP_METADATA).exists() and (d / "model").is_dir()
+
+    def _check_strays(self, read_only: bool) -> set[int]:
+        """Step-named directories that hold no checkpoint (e.g. ``checkpoints/999/garbage``):
+        ignored with a warning when reading; refused when training, since orbax would take
+        them for the latest steps (and keep them, deleting real ones)."""
+        if not self.directory.is_dir():
+            return set()
+        strays = {s for s in self.manager.all_steps() if not self._is_checkpoint(s)}
+        if not strays:
+            return strays
+        names = ", ".join(str(self.directory / str(s)) for s in sorted(strays))
+        if not read_only:
+            raise CheckpointStrayError(
+                f"{names}: not a checkpoint (no {STEP_METADATA} and model/ inside), but named "
+                f"like one; orbax would take it for a step. Move it out of {self.directory} "
+                f"and run again")
+        log.warning("ignoring %s: not a checkpoint (no %s and model/ inside)", names,
+                    STEP_METADATA)
+        return strays
+
     def all_steps(self) -> list[int]:
-        return sorted(self.manager.all_steps())
+        return sorted(set(self.manager.all_steps()) - self._strays)
 
     def latest_step(self) -> int | None:
-        return self.manager.latest_step()
+        steps = self.all_steps()
+        return steps[-1] if steps else None
 
     def latest_meta(self) -> dict:
         """The ``meta`` item of the latest checkpoint ({} if there is none)."""
         step = self.latest_step()
         if step is None:
             return {}
-        out = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+        out = self._restore(step, meta=ocp.args.JsonRestore())
         return dict(out["meta"] or {})
+
+    def _restore(self, step: int, **items) -> dict:
+        """orbax's restore of ``items``; unreadable files are one CheckpointCorruptError
+        naming the checkpoint and the other steps there are."""
+        try:
+            return self.manager.restore(step, args=ocp.args.Composite(**items))
+        except Exception as e:  # noqa: BLE001 -- orbax/tensorstore raise many kinds
+            others = [s for s in self.all_steps() if s != step]
+            hint = (f"evaluate another step (--checkpoint=STEP; steps here: {others}), or "
+                    f"move {self.directory / str(step)} out of {self.directory} to resume "
+                    f"from the step before it" if others else
+                    f"it is the only checkpoint: remove {self.directory / str(step)} to "
+                    f"train again from the start")
+            raise CheckpointCorruptError(
+                f"checkpoint {self.directory / str(step)} cannot be read ({type(e).__name__}: "
+                f"{_first_line(e)}); {hint}") from None
 
     def resolve(self, which: str | int) -> int:
         """'latest' | a step number -> an existing step, or a clear error ('best' is
@@ -134,12 +192,41 @@ class Checkpointer:
         """Start saving the train state (split into its model and train items), ``meta``
         and ``metrics`` (asynchronously: "checkpoint saved" is logged once committed)."""
         self.wait()                       # orbax would wait for the previous save anyway
-        self.manager.save(step, args=ocp.args.Composite(
-            model=ocp.args.StandardSave({k: state[k] for k in MODEL_KEYS}),
-            train=ocp.args.StandardSave({k: state[k] for k in TRAIN_KEYS}),
-            meta=ocp.args.JsonSave(meta or {})),
-            force=True, metrics={k: float(v) for k, v in metrics.items()})
         self._pending = step
+        with self._writing():
+            self.manager.save(step, args=ocp.args.Composite(
+                model=ocp.args.StandardSave({k: state[k] for k in MODEL_KEYS}),
+                train=ocp.args.StandardSave({k: state[k] for k in TRAIN_KEYS}),
+                meta=ocp.args.JsonSave(meta or {})),
+                force=True, metrics={k: float(v) for k, v in metrics.items()})
+
+    @contextlib.contextmanager
+    def _writing(self):
+        """A failed save (a full disk, no permission) is one CheckpointWriteError naming the
+        step and the last complete checkpoint, with the save's temporary files removed."""
+        try:
+            yield
+        except Exception as e:  # noqa: BLE001 -- orbax raises many kinds; all are a failed save
+            if self._failed is not None:     # the failure already reported, raised again
+                raise self._failed from None
+            step, self._pending = self._pending, None
+            self._stop_and_clean()
+            last = self.latest_step()
+            self._failed = CheckpointWriteError(
+                f"checkpoint step {step} could not be written to {self.directory}: "
+                f"{_first_line(e)}. Its partial files were removed; the last complete "
+                f"checkpoint is " + (f"step {last}" if last is not None else "none") +
+                ". Free space (or fix the permissions) and run the same command to resume")
+            raise self._failed from None
+
+    def _stop_and_clean(self) -> None:
+        """After a failed save: let orbax's threads end, then remove the partial step."""
+        try:
+            self.manager.close()
+        except Exception:  # noqa: BLE001 -- it re-raises the failure being reported
+            pass
+        for tmp in self.directory.glob("*.orbax-checkpoint-tmp*"):
+            tmp.rmtree()
 
     def poll(self) -> None:
         """Log the pending save once orbax has committed it (never blocks)."""
@@ -147,7 +234,8 @@ class Checkpointer:
             self._committed()
 
     def _committed(self) -> None:
-        self.manager.check_for_errors()
+        with self._writing():       # raises what the background save raised
+            self.manager.wait_until_finished()
         log.info("checkpoint saved at step %d", self._pending)
         self._pending = None
 
@@ -156,16 +244,14 @@ class Checkpointer:
         model = {k: abstract_state[k] for k in MODEL_KEYS}
         train = {k: abstract_state[k] for k in TRAIN_KEYS}
         self.check_matches(step, {"model": model, "train": train})
-        out = self.manager.restore(step, args=ocp.args.Composite(
-            model=ocp.args.StandardRestore(model), train=ocp.args.StandardRestore(train),
-            meta=ocp.args.JsonRestore()))
+        out = self._restore(step, model=ocp.args.StandardRestore(model),
+                            train=ocp.args.StandardRestore(train), meta=ocp.args.JsonRestore())
         return {**out["model"], **out["train"]}, dict(out["meta"] or {})
 
     def restore_model(self, step: int, abstract_model: Any) -> dict:
         """Restore only {params, model_state} of ``step`` (evaluation: no optimizer state)."""
         self.check_matches(step, {"model": abstract_model})
-        out = self.manager.restore(step, args=ocp.args.Composite(
-            model=ocp.args.StandardRestore(abstract_model)))
+        out = self._restore(step, model=ocp.args.StandardRestore(abstract_model))
         return out["model"]
 
     def check_matches(self, step: int, abstract: dict) -> None:
@@ -202,14 +288,25 @@ class Checkpointer:
         raise CheckpointMismatchError("\n".join(lines))
 
     def wait(self) -> None:
-        """Block until the save in flight (if any) is committed, and log it."""
-        self.manager.wait_until_finished()
+        """Block until the save in flight (if any) is committed, and log it (after a failed
+        save, which was reported, there is nothing to wait for)."""
+        if self._failed is not None:
+            return
+        with self._writing():
+            self.manager.wait_until_finished()
         if self._pending is not None:
             self._committed()
 
     def close(self) -> None:
         self.wait()
-        self.manager.close()
+        if self._failed is None:
+            self.manager.close()
+
+
+def _first_line(error: BaseException) -> str:
+    """The first line of an error's message, shortened (orbax's run to pages)."""
+    text = str(error).strip().splitlines()
+    return (text[0][:300] if text else type(error).__name__)
 
 
 def write_atomic(path: epath.Path, text: str) -> None:

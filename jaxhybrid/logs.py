@@ -21,6 +21,7 @@ import logging.handlers
 import os
 import socket
 import sys
+import threading
 import time
 
 import jax
@@ -28,6 +29,7 @@ from etils import epath
 
 WORKDIR_LOG = "jaxhybrid.log"
 PROGRESS = "jaxhybrid.progress"
+BACKGROUND = "jaxhybrid.background"
 _FORMAT = "%(asctime)s %(levelname)s {prefix}%(message)s"
 
 
@@ -41,6 +43,36 @@ class _ConsoleFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         return record.levelno >= logging.WARNING or record.name.startswith(PROGRESS)
+
+
+class _Quiet(logging.Filter):
+    """The console shows no library's traceback: orbax logs each failure of its background
+    threads with one (the error that stops the command is printed as one line by the CLI;
+    the log files keep them)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and not record.name.startswith("jaxhybrid")) \
+            and record.name != BACKGROUND
+
+
+def _log_thread_error(args) -> None:
+    """threading.excepthook: a background thread's failure (orbax's, after a failed save)
+    goes to the log files, not as a traceback on the console."""
+    logging.getLogger(BACKGROUND).error("background thread %s failed: %s: %s",
+                                        getattr(args.thread, "name", "?"),
+                                        args.exc_type.__name__, args.exc_value)
+
+
+def _quiet_excepthook(original):
+    """sys.excepthook, which also prints what a library's native callbacks raise (orbax's
+    cancelled futures after a failed save: "Event loop is closed"): those go to the log
+    files only; every other exception is printed as before."""
+    def hook(exc_type, exc, tb):
+        if exc_type is RuntimeError and "Event loop is closed" in str(exc):
+            logging.getLogger(BACKGROUND).error("background callback failed: %s", exc)
+            return
+        original(exc_type, exc, tb)
+    return hook
 
 
 class _Held(logging.handlers.BufferingHandler):
@@ -68,7 +100,14 @@ def setup(log_file: str | None) -> None:
         console.addFilter(_ConsoleFilter())
         handlers = [_file_handler(log_file, formatter), console]
     else:
-        handlers = [logging.StreamHandler(sys.stdout)]
+        console = logging.StreamHandler(sys.stdout)
+        handlers = [console]
+    console.addFilter(_Quiet())
+    logging.raiseExceptions = False       # a log file on a full disk: no traceback per line
+    threading.excepthook = _log_thread_error
+    if not getattr(sys.excepthook, "quiet", False):
+        sys.excepthook = _quiet_excepthook(sys.excepthook)
+        sys.excepthook.quiet = True
     if rank == 0:
         handlers.append(_Held(capacity=100_000))
     for h in handlers:

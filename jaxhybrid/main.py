@@ -109,9 +109,10 @@ def main(argv):
         else:
             metrics = evaluate(FLAGS.config, FLAGS.workdir, FLAGS.checkpoint,
                                overwrite=FLAGS.overwrite)
-    except (ValueError, FileNotFoundError, FloatingPointError) as e:
-        # Bad input (config, data, checkpoint) or a diverged run: the message says what to
-        # do; the traceback only with JAXHYBRID_DEBUG=1.
+    except (ValueError, OSError, FloatingPointError) as e:
+        # Bad input (config, data, checkpoint), a diverged run, or a file that cannot be
+        # written (a full disk): the message says what to do; the traceback only with
+        # JAXHYBRID_DEBUG=1.
         if os.environ.get("JAXHYBRID_DEBUG"):
             raise
         print(f"error: {type(e).__name__}: {e}", file=sys.stderr)

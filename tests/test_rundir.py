@@ -17,13 +17,14 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import jax
 import numpy as np
 import pytest
 
-from jaxhybrid import main as cli, selection
+from jaxhybrid import logs, selection
 from jaxhybrid.checkpointing import Checkpointer, CheckpointMismatchError
 from jaxhybrid.evaluate import eval_id, evaluate
 from jaxhybrid.evaluators import plugins, suite
@@ -131,6 +132,11 @@ def test_cli_refuses_another_config_and_writes_nothing(run, cli_cases):
     assert "is complete (step 32, completed): nothing to do" in stdout
     assert f"evaluated {final['checkpoint']}: {wd}/{final['eval_dir']}/report.md" in stdout
     assert "FINAL METRICS" not in stdout              # a short summary, not a JSON dump
+    # the run's own log (jaxhybrid.log) records each command that evaluated; nothing else
+    # changed, and the only other new files are those of the one new evaluation
+    log = open(os.path.join(wd, "jaxhybrid.log")).read()
+    assert log.count("===== ") == 3 and "--overwrite" in log
+    after.pop("jaxhybrid.log")
     new = sorted(set(after) - set(before))
     assert {k: v for k, v in after.items() if k in before} == before     # nothing changed
     c2 = tiny_config(**{"evals.names": "classification,calibration"})
@@ -260,8 +266,10 @@ def test_checkpoint_saved_is_logged_once_committed(run, tmp_path, caplog):
 def test_multi_process_logs_come_from_process_0(monkeypatch, capsys):
     monkeypatch.setattr(jax, "process_index", lambda: 1)
     monkeypatch.setattr(jax, "process_count", lambda: 2)
+    monkeypatch.setattr(threading, "excepthook", threading.excepthook)   # restored after
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)
     try:
-        cli.setup_logging(None)
+        logs.setup(None)
         log = logging.getLogger("jaxhybrid")
         log.info("an info line")
         log.warning("a warning")
