@@ -625,6 +625,37 @@ def test_command_line_dry_run_bad_inputs_and_the_readme_example(tmp_path):
     assert declared.grid == {"objective.beta": [0.1, 1.0, 10.0]} and declared.seeds == 3
 
 
+@pytest.mark.parametrize("sweep_arg, says", [   # the config checks word what is valid
+    ("batch_size=0,-1", ["config field batch_size = 0: must be an int >= 1 (point "
+                         "batch_size=0,seed=0)", "config field batch_size = -1: must be"]),
+    ("model.hidden=16,0", ["config field model.hidden = (0,): must be", "(point "
+                           "model.hidden=(0),seed=0)"]),
+    ("objective.joint_weight=0,2", ["config field objective.joint_weight = 2.0: must be a "
+                                    "number in [0, 1]"]),
+    ("optimizer.lr_scaling=sqrt,cubic", ["config field optimizer.lr_scaling = 'cubic': must "
+                                         "be one of none, sqrt, linear"]),
+    ("model.hidden=16,abc", ["config field model.hidden = ('abc',): must be"]),
+])
+def test_bad_sweep_values_are_one_error_line_and_nothing_is_written(tmp_path, sweep_arg, says):
+    """Every point's config goes through the project's config checks before anything is
+    run or written, --dry_run too: one ``error: ...`` line naming the key, the value and
+    what is valid; exit status 1; no sweep_status.json, no point directory."""
+    runs = {dry: tmp_path / ("dry" if dry else "run") for dry in (True, False)}
+    procs = {dry: subprocess.Popen(
+        [sys.executable, "-m", "jaxhybrid.tools.sweep", "--config=configs/gffn.py:smoke",
+         f"--workdir={root}", "--sweep", sweep_arg] + (["--dry_run"] if dry else []),
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for dry, root in runs.items()}
+    for dry, proc in procs.items():
+        stdout, stderr = proc.communicate(timeout=300)
+        context = (sweep_arg, dry, stdout[-2000:], stderr[-2000:])
+        assert proc.returncode == 1, context
+        lines = stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: "), context
+        assert all(s in lines[0] for s in says), context
+        assert not runs[dry].exists(), context                       # nothing written
+
+
 # -- one real sweep --------------------------------------------------------------------------
 def test_real_two_point_sweep_then_aggregate(tmp_path):
     root = tmp_path / "sweep"

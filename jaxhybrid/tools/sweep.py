@@ -2,7 +2,8 @@
 
     python -m jaxhybrid.tools.sweep --config=configs/gffn.py:digits --workdir=runs/bs \\
         --sweep batch_size=16,64,256 --sweep objective.joint_weight=0,1 --seeds 3 \\
-        [--set num_epochs=5 ...] [--config.key=value ...] [--jobs 1] [--dry_run]
+        [--set num_epochs=5 ...] [--config.key=value ...] [--jobs 1] [--dry_run] \\
+        [--timeout 0] [--kill_after 600]
 
 The grid is the cartesian product of the ``--sweep KEY=V1,V2,...`` values times the
 seeds ``0..N-1`` (``--seeds N``; or ``--sweep seed=...`` for explicit seeds). KEY is any
@@ -23,8 +24,27 @@ interrupted sweep resumes. A point directory whose saved ``config.json`` differs
 point's config (e.g. after changing a fixed override) is listed by ``--dry_run`` as
 ``config differs: <keys>``, and the sweep refuses to start, writing nothing. A failed
 point is recorded in ``sweep_status.json`` and the others still run; the exit status is 1
-if any failed. Bad input (an unknown key, a bad value) is ``error: ...``, nothing written.
-Finally :mod:`jaxhybrid.tools.aggregate` summarises ``DIR`` into ``DIR/aggregate``.
+if any failed. Bad input is one line ``error: ...``, exit status 1, with nothing written
+(no ``sweep_status.json``, no point directory), ``--dry_run`` included: an unknown key, a
+value that is not of the field's type, and a value the project's config checks reject
+(every point's config goes through :func:`jaxhybrid.config_check.check_config` before
+anything runs, e.g. ``--sweep batch_size=0,-1``: ``config field batch_size = 0: must be an
+int >= 1``). Finally :mod:`jaxhybrid.tools.aggregate` summarises ``DIR`` into
+``DIR/aggregate``.
+
+SIGINT (Ctrl-C) or SIGTERM to the sweep is forwarded to every running point (``--jobs``
+of them at most); each commits a checkpoint and exits (``jaxhybrid.main`` stops after its
+current step, :mod:`jaxhybrid.interrupts`), the sweep waits for them, marks them
+``interrupted`` in ``sweep_status.json`` (points not started stay ``pending``), starts no
+further point, prints how to resume (the same command: the interrupted points resume from
+their checkpoints) and exits 130 (SIGINT) or 143 (SIGTERM), without a traceback and
+without aggregating. A further signal while it waits is forwarded too; a point still
+running ``--kill_after`` seconds (default 600) after the first signal is killed with
+SIGKILL, the last resort, so that no point outlives the sweep (it then resumes from its
+last committed checkpoint). The points stay in the sweep's process group, so a Ctrl-C in
+a terminal (or a scheduler signalling every process of a job) reaches them directly as
+well as through the sweep; while training, ``jaxhybrid.main`` takes a repeated signal as
+the first.
 
 ``DIR`` may be local or remote (gs://...): every file goes through ``etils.epath``. Points
 share one persistent XLA compilation cache (``$JAX_COMPILATION_CACHE_DIR``, else
@@ -33,11 +53,13 @@ share one persistent XLA compilation cache (``$JAX_COMPILATION_CACHE_DIR``, else
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import json
 import logging
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
 import tempfile
@@ -49,6 +71,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from jaxhybrid.checkpointing import is_remote, run_path
+from jaxhybrid.config_check import check_config
 from jaxhybrid.flag_errors import parse_flags_or_exit
 from jaxhybrid.optim import scaled_learning_rate
 from jaxhybrid.tools import aggregate
@@ -65,6 +88,79 @@ log = logging.getLogger("jaxhybrid.sweep")
 STATUS_FILE = aggregate.STATUS_FILE
 
 
+# -- stopping on a signal ----------------------------------------------------------------
+KILL_AFTER = 600.0      # seconds a point may take to stop after a signal before SIGKILL
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class NotStarted(Exception):
+    """A point the sweep did not start because it is stopping (it stays ``pending``)."""
+
+
+class SweepStop:
+    """SIGINT/SIGTERM of the sweep: each signal is forwarded to every running point (which
+    commits a checkpoint and exits 128 + the signal number); no point starts after the
+    first. A point still running ``kill_after`` seconds after the first signal (0: never)
+    is killed with SIGKILL, the last resort, so that none outlives the sweep."""
+
+    def __init__(self, kill_after: float = KILL_AFTER):
+        self.signum = 0                      # the first signal received (0: none)
+        self.kill_after = kill_after
+        self._procs: set[subprocess.Popen] = set()
+        self._timer: threading.Timer | None = None
+
+    def start(self, argv: Sequence[str], **popen_kwargs) -> subprocess.Popen:
+        """Popen ``argv``, unless stopping (:class:`NotStarted`). A signal received while
+        it started is forwarded to it too."""
+        if self.signum:
+            raise NotStarted()
+        proc = subprocess.Popen(argv, **popen_kwargs)
+        self._procs.add(proc)
+        if self.signum:
+            proc.send_signal(self.signum)
+        return proc
+
+    def done(self, proc: subprocess.Popen) -> None:
+        self._procs.discard(proc)
+
+    def running(self) -> list[subprocess.Popen]:
+        return [p for p in list(self._procs) if p.poll() is None]
+
+    def handle(self, signum: int, frame=None) -> None:
+        """The signal handler: forward, and wait (the runners' waits go on)."""
+        del frame
+        first, self.signum = not self.signum, self.signum or signum
+        procs = self.running()
+        for proc in procs:
+            proc.send_signal(signum)
+        log.warning("%s received%s: forwarded to %d running point(s); waiting for them to "
+                    "save a checkpoint and stop; no further point starts",
+                    signal.Signals(signum).name, "" if first else " again", len(procs))
+        if first and self.kill_after > 0:
+            self._timer = threading.Timer(self.kill_after, self._kill_remaining)
+            self._timer.daemon = True
+            self._timer.start()
+
+    def _kill_remaining(self) -> None:
+        for proc in self.running():
+            log.error("point process %d still running %.0f s after the signal: killed "
+                      "(SIGKILL); it resumes from its last checkpoint", proc.pid,
+                      self.kill_after)
+            proc.kill()
+
+    @contextlib.contextmanager
+    def installed(self):
+        """:meth:`handle` SIGINT and SIGTERM inside the block (main thread only)."""
+        previous = {s: signal.signal(s, self.handle) for s in STOP_SIGNALS}
+        try:
+            yield self
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+            if self._timer is not None:
+                self._timer.cancel()
+
+
 # -- running -----------------------------------------------------------------------------
 Runner = Callable[[Point], int]
 
@@ -75,16 +171,22 @@ def _append_log(point: Point, text: str) -> None:
     path.write_text(old + text)
 
 
-def subprocess_runner(point: Point, *, env: dict | None = None, timeout: float = 0) -> int:
+def subprocess_runner(point: Point, *, env: dict | None = None, timeout: float = 0,
+                      stop: SweepStop | None = None) -> int:
     """Run ``point.argv``, appending stdout and stderr to the point's train.log (through a
-    local file, copied there after the run when the run directory is remote)."""
+    local file, copied there after the run when the run directory is remote). With
+    ``stop``, the process is started (or not: :class:`NotStarted`) through it, so that a
+    signal to the sweep reaches it."""
+    stop = stop or SweepStop(kill_after=0)
+    if stop.signum:
+        raise NotStarted()
     point.path.mkdir(parents=True, exist_ok=True)
     remote = is_remote(point.workdir)
     with (tempfile.TemporaryFile("w+") if remote else open(point.log_path, "a")) as f:
         f.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(point.argv)}\n")
         f.flush()
-        proc = subprocess.Popen(point.argv, stdout=f, stderr=subprocess.STDOUT, env=env,
-                                cwd=os.getcwd())
+        proc = stop.start(point.argv, stdout=f, stderr=subprocess.STDOUT, env=env,
+                          cwd=os.getcwd())
         try:
             return proc.wait(timeout=timeout or None)
         except subprocess.TimeoutExpired:
@@ -94,6 +196,7 @@ def subprocess_runner(point: Point, *, env: dict | None = None, timeout: float =
             raise TimeoutError(f"point exceeded the sweep's --timeout of {timeout:.0f} s") \
                 from None
         finally:
+            stop.done(proc)
             if remote:
                 f.flush()
                 f.seek(0)
@@ -141,7 +244,29 @@ def _learning_rate(p: Point) -> float:
     return scaled_learning_rate(p.config.optimizer, p.config.batch_size)
 
 
-def _run_point(p: Point, head: str, runner: Runner, status: StatusFile) -> None:
+def _record(p: Point, head: str, status: StatusFile, outcome: tuple, stop: SweepStop | None
+            ) -> None:
+    """Record how a point that ran went: finished, failed, or interrupted (stopped by the
+    sweep's signal; it resumes from its checkpoint when the sweep is run again)."""
+    code, error, tail, seconds = outcome
+    if stop is not None and stop.signum and (error or code != 0):
+        name = signal.Signals(stop.signum).name
+        log.warning("%s: interrupted by %s after %.0f s (exit status %s); log: %s", head,
+                    name, seconds, code, p.log_path)
+        status.update(p.name, status="interrupted", signal=name, returncode=code,
+                      seconds=seconds, error=None, log_tail=tail or None)
+    elif error:
+        log.error("%s: FAILED after %.0f s: %s (log: %s)", head, seconds, error, p.log_path)
+        status.update(p.name, status="failed", error=error, log_tail=tail,
+                      returncode=code, seconds=seconds)
+    else:
+        log.info("%s: finished in %.0f s", head, seconds)
+        status.update(p.name, status="finished", returncode=code, seconds=seconds,
+                      error=None, log_tail=None)
+
+
+def _run_point(p: Point, head: str, runner: Runner, status: StatusFile,
+               stop: SweepStop | None = None) -> None:
     """Run one unfinished point and record how it went."""
     opt = p.config.optimizer
     log.info("%s: global batch %d, peak lr %.4g (%s scaling from batch %d, base lr %.4g); "
@@ -158,33 +283,52 @@ def _run_point(p: Point, head: str, runner: Runner, status: StatusFile) -> None:
             error = f"exit status {code}" + (f": {error}" if error else "")
         elif not p.finished:
             error = f"exited 0 but wrote no {FINISHED_MARKER}"
+    except NotStarted:                    # the sweep is stopping: the point stays pending
+        status.update(p.name, status="pending", started=None)
+        return
     except Exception as e:  # noqa: BLE001 -- a failed point must not stop the sweep
         error = f"{type(e).__name__}: {e}"
         _, tail = error_from_log(p.log_path)
-    seconds = time.time() - t0
-    if error:
-        log.error("%s: FAILED after %.0f s: %s (log: %s)", head, seconds, error, p.log_path)
-        status.update(p.name, status="failed", error=error, log_tail=tail,
-                      returncode=code, seconds=seconds)
-    else:
-        log.info("%s: finished in %.0f s", head, seconds)
-        status.update(p.name, status="finished", returncode=code, seconds=seconds,
-                      error=None, log_tail=None)
+    _record(p, head, status, (code, error, tail, time.time() - t0), stop)
+
+
+def check_points(points: Sequence[Point]) -> None:
+    """:func:`jaxhybrid.config_check.check_config` on every point's config: one ValueError
+    (one line) naming each bad field, its value and what is valid, and the points it is
+    bad in. Called before anything is written or run (``--dry_run`` too)."""
+    bad: dict[str, list[str]] = {}
+    for p in points:
+        try:
+            check_config(p.config)
+        except ValueError as e:
+            for line in str(e).splitlines():
+                bad.setdefault(line.strip(), []).append(p.name)
+    if bad:
+        n = len({name for names in bad.values() for name in names})
+        where = {line: ", ".join(names[:3]) + (f" and {len(names) - 3} more"
+                                               if len(names) > 3 else "")
+                 for line, names in bad.items()}
+        raise ValueError(f"{n} of the {len(points)} point(s) have a bad config: " + "; ".join(
+            f"{line} (point{'s' if len(bad[line]) > 1 else ''} {where[line]})"
+            for line in bad))
 
 
 def run_sweep(points: Sequence[Point], root, *, runner: Runner | None = None,
-              jobs: int = 1, spec: dict | None = None) -> dict:
+              jobs: int = 1, spec: dict | None = None, stop: SweepStop | None = None) -> dict:
     """Run every unfinished point with ``runner`` (default: a subprocess each).
 
-    A point directory holding a run of another config is refused before anything is
-    written (:func:`refuse_changed_points`). Returns the status dict also written to
-    ``root/sweep_status.json``: ``{"spec", "points": {name: {"status":
-    finished|skipped|failed, ...}}, "counts"}``. A point fails when the runner raises or
-    returns non-zero, or returns 0 without writing ``final_metrics.json``; the other
-    points still run.
+    Every point's config is checked (:func:`check_points`), and a point directory holding
+    a run of another config is refused (:func:`refuse_changed_points`), before anything
+    is written. Returns the status dict also written to ``root/sweep_status.json``:
+    ``{"spec", "points": {name: {"status": finished|skipped|failed|interrupted|pending,
+    ...}}, "counts"}``. A point fails when the runner raises or returns non-zero, or
+    returns 0 without writing ``final_metrics.json``; the other points still run. Once
+    ``stop`` has received a signal no point starts (they stay ``pending``), and a point
+    that then ends without finishing is ``interrupted``.
     """
+    check_points(points)
     refuse_changed_points(points)
-    runner = runner or subprocess_runner
+    runner = runner or (lambda p: subprocess_runner(p, stop=stop))
     run_path(root).mkdir(parents=True, exist_ok=True)
     status = StatusFile(root, spec or {})
     for p in points:
@@ -197,8 +341,8 @@ def run_sweep(points: Sequence[Point], root, *, runner: Runner | None = None,
         if p.finished:
             log.info("%s: already finished, skipped", head)
             status.update(p.name, status="skipped")
-        else:
-            _run_point(p, head, runner, status)
+        elif stop is None or not stop.signum:        # stopping: the point stays pending
+            _run_point(p, head, runner, status, stop)
 
     if jobs <= 1:
         for i, p in enumerate(points):
@@ -227,6 +371,9 @@ def _define_flags():
     flags.DEFINE_multi_string("set", [], "KEY=VALUE fixed for every point (repeatable).")
     flags.DEFINE_integer("jobs", 1, "Points run at once (each uses ~1.5 CPU cores).")
     flags.DEFINE_float("timeout", 0.0, "Kill a point after this many seconds (0 = never).")
+    flags.DEFINE_float("kill_after", KILL_AFTER, "After a SIGINT/SIGTERM (forwarded to the "
+                       "running points, which save a checkpoint and stop), SIGKILL a point "
+                       "still running this many seconds later (0 = never).")
     flags.DEFINE_string("compilation_cache", "", "Persistent XLA compilation cache shared "
                         "by the points: '' = $JAX_COMPILATION_CACHE_DIR or WORKDIR/jax_cache "
                         "(local WORKDIR); 'none' = off; or a directory.")
@@ -261,6 +408,7 @@ def plan(FLAGS) -> tuple[list[Point], dict]:
     if seeds is not None and not seeds:
         raise ValueError("--seeds must be >= 1")
     points = expand_grid(config, sweep, seeds, run_path(FLAGS.workdir))
+    check_points(points)
     for p in points:
         p.argv = point_argv(config_arg, p, reference)
     spec = {"config": config_arg, "source": source,
@@ -306,6 +454,31 @@ def _finish(root: str, result: dict, aggregate_it: bool) -> None:
         sys.exit(1)
 
 
+def resume_command() -> str:
+    """The command line of this sweep, to run again."""
+    return shlex.join(["python", "-m", "jaxhybrid.tools.sweep", *sys.argv[1:]])
+
+
+def _interrupted(root: str, result: dict, signum: int) -> None:
+    """After a signal: what was stopped, how to resume; exit 128 + the signal number."""
+    points = result["points"].values()
+    stopped = sum(p.get("status") == "interrupted" for p in points)
+    pending = sum(p.get("status") == "pending" for p in points)
+    print(f"sweep interrupted by {signal.Signals(signum).name}: {stopped} running point(s) "
+          f"stopped (each kept its last checkpoint; marked interrupted), {pending} not "
+          f"started (pending); status in {root}/{STATUS_FILE}. To resume, run the same "
+          f"command again:\n  {resume_command()}", file=sys.stderr)
+    sys.exit(128 + signum)
+
+
+def _log_plan(points: Sequence[Point], spec: dict, root: str) -> None:
+    log.info("sweep of %s over %s (%s) x %d seed(s) = %d points in %s; fixed overrides: "
+             "%s", spec["config"], " × ".join(f"{k}={','.join(map(format_value, v))}"
+                                              for k, v in spec["sweep"].items()),
+             spec["source"], len(spec["seeds"]), len(points), root,
+             spec["fixed_overrides"] or "none")
+
+
 def main(argv) -> None:
     FLAGS = flags.FLAGS
     if len(argv) > 1:
@@ -313,27 +486,31 @@ def main(argv) -> None:
     logging.basicConfig(level=logging.INFO, stream=sys.stdout,
                         format="%(asctime)s %(levelname)s %(message)s", force=True)
     logging.getLogger("absl").setLevel(logging.WARNING)
+    stop = SweepStop(kill_after=FLAGS.kill_after)
     try:
         points, spec = plan(FLAGS)
         root = os.fspath(run_path(FLAGS.workdir))
-        log.info("sweep of %s over %s (%s) x %d seed(s) = %d points in %s; fixed overrides: "
-                 "%s", spec["config"], " × ".join(f"{k}={','.join(map(format_value, v))}"
-                                                  for k, v in spec["sweep"].items()),
-                 spec["source"], len(spec["seeds"]), len(points), root,
-                 spec["fixed_overrides"] or "none")
+        _log_plan(points, spec, root)
         if FLAGS.dry_run:
             dry_run(points)
             return
         runner_env = _environment(root, FLAGS.compilation_cache)
-        result = run_sweep(points, root, jobs=FLAGS.jobs, spec=spec,
-                           runner=lambda p: subprocess_runner(p, env=runner_env,
-                                                              timeout=FLAGS.timeout))
+        with stop.installed():
+            result = run_sweep(points, root, jobs=FLAGS.jobs, spec=spec, stop=stop,
+                               runner=lambda p: subprocess_runner(
+                                   p, env=runner_env, timeout=FLAGS.timeout, stop=stop))
+        if stop.signum:
+            _interrupted(root, result, stop.signum)
+        _finish(root, result, FLAGS.aggregate)
     except (ValueError, FileNotFoundError) as e:
         if os.environ.get("JAXHYBRID_DEBUG"):
             raise
         print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
         sys.exit(1)
-    _finish(root, result, FLAGS.aggregate)
+    except KeyboardInterrupt:      # before or after the points ran (no point is running)
+        print(f"interrupted (no point was running); to resume, run the same command "
+              f"again:\n  {resume_command()}", file=sys.stderr)
+        sys.exit(130)
 
 
 def run() -> None:
