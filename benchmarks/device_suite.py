@@ -15,7 +15,9 @@ Stages, in this order (each prints as it goes):
    environment elsewhere (or carry it) and leave this flag off there.
 2. The host: CPU model and count, ``uptime`` (load), ``nvidia-smi`` output if present.
 3. The HVAE at the paper's size (``--skip-hvae`` leaves it out): two subprocesses of the
-   CLI, train for a wall-clock budget, then evaluate the latest checkpoint::
+   CLI, train for a wall-clock budget (``--train-seconds``; and/or a step budget,
+   ``--train-steps``, which adds ``--config.num_steps=N``), then evaluate the latest
+   checkpoint::
 
        python -m jaxhybrid.main --config=configs/hvae.py:fashion_mnist_paper_npz \\
          --workdir=W/hvae_<time> --config.max_train_seconds=N \\
@@ -60,8 +62,10 @@ and also counts elementwise work, so MFU slightly flatters the matrix units.
 
 ``--smoke``: the same code path, tiny, on CPU: the digits variants of the three families
 (``configs/{gffn,dhm,hvae}.py:digits``, batch 8, random 8×8×1 images), 2 rounds of 1
-step; the HVAE run on ``configs/hvae.py:digits`` for 4 steps (``--config.num_steps``),
-evaluated with S = 2 on 64 examples per set, runs beside the step timing; XLA compiles
+step; the HVAE run on ``configs/hvae.py:digits`` for exactly 4 steps (``--train-steps``,
+``--config.num_steps``; no wall-clock budget, which ``--train-seconds`` would add, so
+the step reached does not depend on the machine's speed or load), evaluated with S = 2
+on 64 examples per set, runs beside the step timing; XLA compiles
 without LLVM's optimisations (``--xla_backend_optimization_level=0``, half the compile
 time). It installs nothing and writes into a new temporary directory unless
 ``--workdir`` is given (tests/test_device_suite.py runs it).
@@ -140,14 +144,15 @@ SMOKE_STEPS = {
 # -- the HVAE run (CLI overrides shared by the training and the evaluation) ---------------
 PAPER_HVAE = "configs/hvae.py:fashion_mnist_paper_npz"
 SMOKE_HVAE = "configs/hvae.py:digits"
-SMOKE_HVAE_RUN = ("--config.num_steps=4", "--config.batch_size=16", "--config.log_every=2",
+SMOKE_HVAE_RUN = ("--config.batch_size=16", "--config.log_every=2",
                   "--config.checkpoint_every=2", "--config.num_devices=1")
 SMOKE_HVAE_EVAL = ("--config.eval_batch_size=64",)
 
 # XLA:CPU without LLVM's optimisations: half the compile time of the smoke's steps
 SMOKE_XLA_FLAGS = "--xla_backend_optimization_level=0"
-# defaults: (paper, smoke)
-DEFAULTS = {"train_seconds": (120.0, 30.0), "eval_samples": (16, 2),
+# defaults: (paper, smoke); the HVAE's budgets, 0 = none: the paper's run trains for a
+# wall-clock budget, the smoke for a fixed number of steps (never for a time)
+DEFAULTS = {"train_seconds": (120.0, 0.0), "train_steps": (0, 4), "eval_samples": (16, 2),
             "eval_max_examples": (2000, 64), "repeats": (5, 2), "steps": (10, 1)}
 
 
@@ -164,8 +169,10 @@ def parse_flags(argv=None) -> argparse.Namespace:
     p.add_argument("--dtypes", default=",".join(DTYPES), help="compute dtypes of the steps")
     p.add_argument("--skip-hvae", action="store_true", help="no HVAE training and evaluation")
     p.add_argument("--skip-steps", action="store_true", help="no step timing")
-    p.add_argument("--train-seconds", type=float, help="HVAE wall-clock training budget "
-                   "(default 120; smoke 30)")
+    p.add_argument("--train-seconds", type=float, help="HVAE wall-clock training budget, "
+                   "0 = none (default 120; smoke: refused, the smoke trains --train-steps)")
+    p.add_argument("--train-steps", type=int, help="HVAE step budget (--config.num_steps), "
+                   "0 = the config's (default 0; smoke 4)")
     p.add_argument("--eval-samples", type=int, help="S, importance samples of the HVAE "
                    "evaluation (default 16; smoke 2)")
     p.add_argument("--eval-max-examples", type=int, help="examples per evaluated split and "
@@ -195,11 +202,14 @@ def check_flags(p: argparse.ArgumentParser, args) -> None:
     for key, (paper, smoke) in DEFAULTS.items():
         if getattr(args, key) is None:
             setattr(args, key, smoke if args.smoke else paper)
-    for key in ("train_seconds", "eval_samples", "repeats", "steps"):
+    for key in ("eval_samples", "repeats", "steps"):
         if not getattr(args, key) > 0:
             p.error(f"--{key.replace('_', '-')} {getattr(args, key)}: must be > 0")
-    if args.eval_max_examples < 0:
-        p.error(f"--eval-max-examples {args.eval_max_examples}: must be >= 0 (0 = all)")
+    for key, zero in (("eval_max_examples", "all"), ("train_seconds", "none"),
+                      ("train_steps", "none")):
+        if not getattr(args, key) >= 0:
+            p.error(f"--{key.replace('_', '-')} {getattr(args, key)}: must be >= 0 (0 = {zero})")
+    check_budget(p, args)
     if not args.workdir:
         args.workdir = (tempfile.mkdtemp(prefix="device_suite_") if args.smoke
                         else os.path.join("runs", "device_suite"))
@@ -207,6 +217,18 @@ def check_flags(p: argparse.ArgumentParser, args) -> None:
     args.out = os.path.abspath(args.out or os.path.join(args.workdir, "device_suite.md"))
     if not (args.smoke or args.skip_hvae):
         check_hvae_data(p)
+
+
+def check_budget(p: argparse.ArgumentParser, args) -> None:
+    """The smoke trains a step budget only (its step count must not depend on the clock);
+    a run on the paper's config needs a budget of some kind."""
+    if args.smoke and args.train_seconds:
+        p.error(f"--train-seconds {args.train_seconds:g} with --smoke: the smoke trains a "
+                f"fixed number of steps (--train-steps), not for a time")
+    if args.smoke and not args.train_steps:
+        p.error("--train-steps 0 with --smoke: the smoke needs a step budget (> 0)")
+    if not (args.train_seconds or args.train_steps):
+        p.error("--train-seconds 0 and --train-steps 0: the HVAE run needs a budget")
 
 
 def check_hvae_data(p: argparse.ArgumentParser) -> None:
@@ -307,12 +329,22 @@ def fmt_mfu(value: float | None) -> str:
 
 
 # -- 3. the HVAE run ------------------------------------------------------------------------
+def budget_overrides(flags) -> list:
+    """The HVAE run's budgets as CLI overrides: a step budget (``num_steps``) and/or a
+    wall-clock one (``max_train_seconds``); each left out when 0."""
+    out = []
+    if flags.train_seconds:
+        out.append(f"--config.max_train_seconds={flags.train_seconds:g}")
+    if flags.train_steps:
+        out.append(f"--config.num_steps={flags.train_steps}")
+    return out
+
+
 def hvae_commands(flags, run_dir: str) -> tuple[list, list]:
     """(train, eval) command lines of the CLI; the eval repeats the run's overrides."""
     config = SMOKE_HVAE if flags.smoke else PAPER_HVAE
     run = [sys.executable, "-m", "jaxhybrid.main", f"--config={config}", f"--workdir={run_dir}",
-           f"--config.max_train_seconds={flags.train_seconds:g}",
-           f"--config.model.iwae_samples={flags.eval_samples}",
+           *budget_overrides(flags), f"--config.model.iwae_samples={flags.eval_samples}",
            *(SMOKE_HVAE_RUN if flags.smoke else ())]
     train = [*run, "--config.evals.names="]
     evaluate = [*run, "--mode=eval", "--checkpoint=latest", "--config.evals.names=likelihood,ood",
@@ -360,8 +392,9 @@ def eval_summary(eval_dir: str) -> dict:
 
 
 def hvae_stage(flags, out: dict) -> None:
-    """Train for the budget, then evaluate the latest checkpoint (two CLI subprocesses);
-    ``out`` is filled as it goes (what ran, how long, the evaluation's numbers)."""
+    """Train for the budget (steps and/or seconds), then evaluate the latest checkpoint
+    (two CLI subprocesses); ``out`` is filled as it goes (what ran, how long, the
+    evaluation's numbers)."""
     out["run_dir"] = run_dir = os.path.join(flags.workdir,
                                             "hvae_" + time.strftime("%Y%m%d-%H%M%S"))
     os.makedirs(run_dir)

@@ -361,7 +361,7 @@ def test_tfds_reads_in_fresh_process_without_tensorflow(tiny_tfds, tmp_path):
         capture_output=True,
         text=True,
         env=env,
-        timeout=120,
+        timeout=600,
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr

@@ -1,7 +1,10 @@
 """benchmarks/device_suite.py: the smoke runs every stage on CPU; MFU, peaks, flags, commands.
 
 One smoke run (module fixture, ≈ 50 s on 2 idle cores: the HVAE train + eval subprocesses
-beside the six compiled steps) backs the first three tests.
+beside the six compiled steps) backs the first three tests. Nothing asserted depends on the
+clock: the smoke's HVAE trains a step budget (4 steps, no max_train_seconds), and the
+subprocess timeouts are safety nets of many minutes (a loaded 2-core machine runs the smoke
+several times slower than an idle one).
 """
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO, "benchmarks", "device_suite.py")
 
 
-def run_script(args, timeout=240):
+def run_script(args, timeout=1500):
     env = {**os.environ, "JAX_PLATFORMS": "cpu",
            "PYTHONPATH": os.pathsep.join(p for p in (REPO, os.environ.get("PYTHONPATH")) if p)}
     return subprocess.run([sys.executable, SCRIPT, *args], cwd=REPO, env=env,
@@ -57,7 +60,9 @@ def test_smoke_table_has_a_row_per_family_and_dtype(smoke):
 def test_smoke_trained_and_evaluated_the_hvae(smoke):
     hvae = smoke["json"]["hvae"]
     assert hvae["train"]["rc"] == 0 and hvae["eval"]["rc"] == 0
-    assert hvae["trained"]["step"] == 4
+    assert hvae["trained"]["step"] == 4 and hvae["trained"]["stopped"] == "completed"
+    assert "--config.num_steps=4" in hvae["train"]["command"]
+    assert "max_train_seconds" not in hvae["train"]["command"] + hvae["eval"]["command"]
     assert "--mode=eval --checkpoint=latest" in hvae["eval"]["command"]
     assert "--config.evals.names=likelihood,ood" in hvae["eval"]["command"]
     result = hvae["result"]
@@ -103,7 +108,7 @@ def test_peaks_match_device_kinds():
 
 
 def test_bad_argument_is_an_error_line():
-    proc = run_script(["--families", "gffn,resnet"], timeout=60)
+    proc = run_script(["--families", "gffn,resnet"], timeout=600)
     assert proc.returncode == 2
     assert "device_suite.py: error: --families 'gffn,resnet': unknown resnet; valid choices: " \
            "gffn,dhm,hvae" in proc.stderr
@@ -115,6 +120,11 @@ def test_bad_argument_is_an_error_line():
                                          "float32,bfloat16"),
     (["--smoke", "--repeats", "0"], "--repeats 0: must be > 0"),
     (["--smoke", "--eval-max-examples", "-1"], "--eval-max-examples -1: must be >= 0"),
+    (["--smoke", "--train-seconds", "30"], "--train-seconds 30 with --smoke: the smoke trains "
+                                           "a fixed number of steps"),
+    (["--smoke", "--train-steps", "0"], "--train-steps 0 with --smoke"),
+    (["--skip-hvae", "--train-steps", "-1"], "--train-steps -1: must be >= 0"),
+    (["--skip-hvae", "--train-seconds", "0"], "--train-seconds 0 and --train-steps 0"),
 ])
 def test_bad_flags(argv, message, capsys):
     with pytest.raises(SystemExit) as e:
@@ -131,13 +141,30 @@ def test_nothing_is_installed_unless_asked(tmp_path):
     assert jax_cuda.startswith("jax[cuda12]>=") and "<" in jax_cuda
 
 
+def test_smoke_budget_is_steps_and_paper_budget_is_seconds(tmp_path):
+    """The smoke trains a fixed number of steps and no wall-clock budget (its step count
+    is deterministic); the paper's run keeps --train-seconds, with --train-steps optional."""
+    smoke = ds.parse_flags(["--smoke", "--workdir", str(tmp_path)])
+    assert (smoke.train_steps, smoke.train_seconds) == (4, 0)
+    train, evaluate = ds.hvae_commands(smoke, "/tmp/run")
+    assert "--config.num_steps=4" in train and "--config.num_steps=4" in evaluate
+    assert not any("max_train_seconds" in a for a in train + evaluate)
+    steps = ds.parse_flags(["--smoke", "--train-steps", "6", "--workdir", str(tmp_path)])
+    assert "--config.num_steps=6" in ds.hvae_commands(steps, "/tmp/run")[0]
+    paper = ds.parse_flags(["--skip-hvae", "--workdir", str(tmp_path)])
+    assert (paper.train_steps, paper.train_seconds) == (0, 120.0)
+    assert ds.budget_overrides(paper) == ["--config.max_train_seconds=120"]
+    both = ds.parse_flags(["--skip-hvae", "--train-steps", "50", "--workdir", str(tmp_path)])
+    assert ds.budget_overrides(both) == ["--config.max_train_seconds=120", "--config.num_steps=50"]
+
+
 def test_paper_hvae_eval_describes_the_trained_run():
     """The eval command differs from the training's config in free fields only, so the
     run directory accepts it (jaxhybrid.rundir); both are the paper variant with S."""
     from configs.hvae import get_config
     from jaxhybrid.rundir import FREE_FIELDS, _within, config_dict, flatten
     from jaxhybrid.tools.overrides import apply_overrides
-    flags = argparse.Namespace(smoke=False, train_seconds=120.0, eval_samples=16,
+    flags = argparse.Namespace(smoke=False, train_seconds=120.0, train_steps=0, eval_samples=16,
                                eval_max_examples=2000)
     configs = []
     for cmd in ds.hvae_commands(flags, "/tmp/run"):
@@ -148,6 +175,7 @@ def test_paper_hvae_eval_describes_the_trained_run():
         configs.append(flatten(config_dict(c)))
     train, evaluate = configs
     assert train["max_train_seconds"] == 120.0 and train["evals.names"] == ""
+    assert train["num_steps"] == 0          # the paper's run: a wall-clock budget only
     assert evaluate["evals.names"] == "likelihood,ood" and evaluate["evals.max_examples"] == 2000
     changed = [k for k in train if train[k] != evaluate[k]]
     assert changed and all(_within(k, FREE_FIELDS) for k in changed), changed

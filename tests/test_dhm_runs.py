@@ -85,7 +85,7 @@ def test_beta_sweep_runs_and_aggregates_the_original_plots(tmp_path):
          "--config.evals.epsilon_space=normalized",
          "--config.evals.adversarial_max_examples=16", "--config.model.init=pytorch"],
         cwd=REPO, capture_output=True,
-        text=True, timeout=300)
+        text=True, timeout=1200)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     rows = aggregate.aggregate(str(root))
     assert [row["group"] for row in rows] == [{"objective.beta": 0.1}, {"objective.beta": 100.0}]

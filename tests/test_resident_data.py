@@ -134,7 +134,7 @@ def test_training_is_bit_identical_in_both_placements_and_after_resume(tmp_path,
 def test_unknown_placement_is_a_cli_error_before_any_write(tmp_path):
     wd = tmp_path / "run"
     r = run_cli(["--config=configs/gffn.py:smoke", f"--workdir={wd}",
-                 "--config.data.placement=gpu"], timeout=120)
+                 "--config.data.placement=gpu"], timeout=600)
     assert r.returncode == 1, r.stderr[-2000:]
     assert "error: ValueError: config field data.placement = 'gpu': must be one of auto, " \
            "host, device" in r.stderr

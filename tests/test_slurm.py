@@ -10,7 +10,7 @@ joined through the explicit start-up: ``--coordinator_address`` is the job's fir
 (``scontrol show hostnames``), ``--num_processes=$SLURM_NTASKS`` and
 ``--process_id=$SLURM_PROCID``. The chain:
 
-- ``killed``: SIGKILL to both tasks once checkpoint 12 is being saved (``scancel --signal=KILL
+- ``killed``: SIGKILL to both tasks once checkpoint 12 is saved (``scancel --signal=KILL
   JOB.0``: the job's step; a crash, or the OOM killer). A plain ``scancel`` of the job
   sends SIGTERM first and SIGKILL only KillWait seconds later (see below);
 - ``resumed``: the same ``sbatch`` command again. It resumes, finishes and evaluates.
@@ -22,6 +22,13 @@ plain ``scancel``, i.e. SIGTERM to every task, then SIGKILL KillWait seconds lat
 asserts the graceful-interruption contract: stop after the current step N, save a
 checkpoint M of it, print ``interrupted at step N; last complete checkpoint M; re-run
 the same command to resume``, exit with status 143 and no traceback.
+
+Both interrupted jobs pause right after logging the save the test waits for, until a
+signal arrives (``JAXHYBRID_TEST_PAUSE_AFTER_SAVE``, tests/save_gate.py, through the
+``sitecustomize`` of tests/fixtures/save_gate on the jobs' PYTHONPATH): where the signal
+lands does not depend on how fast the test polls the job's output or on the machine's load.
+The time limits are safety nets of many minutes, and ``max_train_seconds`` (an hour) never
+stops a run here.
 """
 from __future__ import annotations
 
@@ -42,6 +49,7 @@ from jaxhybrid.checkpointing import Checkpointer, run_path
 from jaxhybrid.data.loading import digits_arrays
 from jaxhybrid.evaluators import names
 from jaxhybrid.train import train_and_evaluate
+from tests import save_gate
 from tests.helpers import REPO, apply_overrides, evaluation_metrics, restore_params
 
 pytestmark = pytest.mark.slurm
@@ -50,9 +58,10 @@ SCRIPT = "launch/slurm_cpu.sbatch"
 CONFIG = "configs/gffn.py:smoke"
 STEPS = 40              # enough steps after checkpoint 8 for scancel to land mid-run
 OVERRIDES = {"model.width": 4, "num_steps": STEPS, "checkpoint_every": 4, "log_every": 2,
-             "evals.names": "classification,calibration", "max_train_seconds": 600.0,
+             "evals.names": "classification,calibration", "max_train_seconds": 3600.0,
              "data.source": "npz"}
-LIMIT_S = 240           # per job, from submission to its end
+LIMIT_S = 900           # per job, from submission to its end (a safety net: a job takes
+                        # well under a minute on an idle machine)
 # where launch/slurm_local/setup.sh writes its config
 DEFAULT_CONF = os.path.join(os.environ.get("JAXHYBRID_SLURM_DIR", "/var/tmp/jaxhybrid-slurm"),
                             "slurm.conf")
@@ -71,7 +80,7 @@ def _slurm_env() -> dict:
 
 
 def _slurm(*args: str, check: bool = True) -> str:
-    r = subprocess.run(args, env=_slurm_env(), capture_output=True, text=True, timeout=30)
+    r = subprocess.run(args, env=_slurm_env(), capture_output=True, text=True, timeout=120)
     if check and r.returncode:
         raise AssertionError(f"{' '.join(args)} failed ({r.returncode}): {r.stderr.strip()}")
     return r.stdout
@@ -86,9 +95,9 @@ def _slurm_problem() -> str | None:
         return f"SLURM_CONF={conf} does not exist"
     try:
         r = subprocess.run(["sinfo", "-h", "-o", "%T"], env=_slurm_env(), capture_output=True,
-                           text=True, timeout=15)
+                           text=True, timeout=60)
     except subprocess.TimeoutExpired:
-        return "sinfo did not answer within 15 s"
+        return "sinfo did not answer within 60 s"
     if r.returncode:
         return f"sinfo failed: {r.stderr.strip()[-300:]}"
     states = r.stdout.split()
@@ -110,20 +119,25 @@ def slurm():
 
 
 class Job:
-    """``sbatch SCRIPT CONFIG WORKDIR --config.K=V... EXTRA`` (cwd: the repository)."""
+    """``sbatch SCRIPT CONFIG WORKDIR --config.K=V... EXTRA`` (cwd: the repository);
+    ``pause_after_save=N``: the job's processes pause after saving checkpoint N until a
+    signal arrives (tests/save_gate.py)."""
 
-    def __init__(self, name: str, tmp, workdir, *extra: str, sbatch_options=()):
+    def __init__(self, name: str, tmp, workdir, *extra: str, sbatch_options=(),
+                 pause_after_save: int | None = None):
         self.name, self.out = name, tmp / f"{name}.out"
+        gate = ({"PYTHONPATH": os.pathsep.join((save_gate.SITE_DIR, REPO)),
+                 save_gate.ENV: str(pause_after_save)} if pause_after_save else {})
         env = dict(_slurm_env(), PYTHON=sys.executable, PYTHONPATH=REPO,
-                   JAXHYBRID_DISTRIBUTED_TIMEOUT="60",
+                   JAXHYBRID_DISTRIBUTED_TIMEOUT="300",
                    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
                    JAX_COMPILATION_CACHE_DIR=os.environ.get("JAX_COMPILATION_CACHE_DIR")
-                   or str(tmp / "jax_cache"))
+                   or str(tmp / "jax_cache"), **gate)
         overrides = {**OVERRIDES, "data.npz_path": str(tmp / "digits.npz")}
         cmd = ["sbatch", "--parsable", f"--job-name=jaxhybrid-test-{name}",
-               f"--output={self.out}", "--time=5", *sbatch_options, SCRIPT, CONFIG,
+               f"--output={self.out}", "--time=20", *sbatch_options, SCRIPT, CONFIG,
                str(workdir), *(f"--config.{k}={v}" for k, v in overrides.items()), *extra]
-        r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=30)
+        r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
         assert r.returncode == 0, f"{' '.join(cmd)}: {r.stderr}"
         self.id = r.stdout.strip().split(";")[0]
         self.start = time.monotonic()
@@ -194,8 +208,8 @@ def chain(slurm, tmp_path_factory):
     t0 = time.monotonic()
     jobs: list[Job] = []
     try:
-        jobs.append(killed := Job("killed", tmp, tmp / "run"))
-        killed.wait_for("checkpoint saved at step 12")   # logged once 8 is complete
+        jobs.append(killed := Job("killed", tmp, tmp / "run", pause_after_save=12))
+        killed.wait_for("checkpoint saved at step 12")   # and paused there until killed
         _slurm("scancel", "--signal=KILL", f"{killed.id}.0")   # the step: its 2 tasks
         killed.wait("FAILED")
         resumable = _checkpoints(tmp / "run")
@@ -231,10 +245,9 @@ def test_sbatch_starts_two_tasks_through_the_explicit_startup(chain):
 
 def test_resubmitted_job_resumes_after_scancel_and_matches_one_process(chain):
     tmp, resumed = chain["tmp"], chain["resumed"]
-    # checkpoint 8 survived the kill (saving 12 waited for it); 12 may be incomplete. On a
-    # loaded machine the kill lands later (the log is polled), so a later checkpoint may be
-    # the last complete one: the run must still stop short of the end and resume from it.
-    assert chain["resumable"] and 8 <= chain["resumable"][-1] < STEPS, chain["resumable"]
+    # the job paused after checkpoint 12 was saved until the kill (save_gate): 12 is the
+    # last checkpoint, complete, and no later one was started
+    assert chain["resumable"] and chain["resumable"][-1] == 12, chain["resumable"]
     assert f"resumed from checkpoint step {chain['resumable'][-1]}" in resumed.output()
     steps, losses = _train_steps_and_losses(tmp / "run")
     one_steps, one_losses = _train_steps_and_losses(tmp / "one_process")
@@ -273,8 +286,8 @@ def test_sigterm_preemption_saves_and_resumes(chain):
     tmp = chain["tmp"]
     jobs: list[Job] = []
     try:
-        jobs.append(preempted := Job("preempted", tmp, tmp / "preempted"))
-        preempted.wait_for("checkpoint saved at step 8")
+        jobs.append(preempted := Job("preempted", tmp, tmp / "preempted", pause_after_save=8))
+        preempted.wait_for("checkpoint saved at step 8")     # paused there until SIGTERM
         _slurm("scancel", preempted.id)                     # SIGTERM; SIGKILL after KillWait
         preempted.wait("CANCELLED")
         out = preempted.output()

@@ -13,6 +13,7 @@ import pytest
 
 from jaxhybrid.checkpointing import Checkpointer, CheckpointMismatchError
 from jaxhybrid.train import NonFiniteLossError, train_and_evaluate
+from tests import save_gate
 from tests.helpers import REPO, restore_params, run_cli, run_python, tiny_config
 
 
@@ -38,17 +39,23 @@ def test_digits_reaches_90_percent(tmp_path, joint_weight):
     assert any(l["kind"] == "validation" for l in lines)
 
 
-def _train_until_killed(config_overrides: dict, workdir: str, kill_at: str) -> str:
-    """Train in a fresh process and SIGKILL it once its log shows ``kill_at``."""
+def _train_until_killed(config_overrides: dict, workdir: str, pause_after_save: int) -> str:
+    """Train in a fresh process and SIGKILL it once its log shows "checkpoint saved at
+    step ``pause_after_save``". The process pauses right after that line
+    (tests/save_gate.py), so the kill lands there however loaded the machine is: no later
+    checkpoint is saved, and the run cannot finish before the kill."""
+    kill_at = f"checkpoint saved at step {pause_after_save}"
     code = f"""
 import logging, sys
 logging.basicConfig(level=logging.INFO, stream=sys.stdout)
+from tests import save_gate
+save_gate.install()
 from tests.helpers import tiny_config
 from jaxhybrid.train import train_and_evaluate
 train_and_evaluate(tiny_config(**{config_overrides!r}), {workdir!r})
 """
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-               JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
+               JAX_PLATFORMS="cpu", PYTHONPATH=REPO, **{save_gate.ENV: str(pause_after_save)})
     proc = subprocess.Popen([sys.executable, "-u", "-c", code], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     seen = []
@@ -58,7 +65,7 @@ train_and_evaluate(tiny_config(**{config_overrides!r}), {workdir!r})
             if kill_at in line:
                 proc.send_signal(signal.SIGKILL)   # no cleanup, no final checkpoint
                 break
-        proc.wait(timeout=120)
+        proc.wait(timeout=600)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -76,16 +83,16 @@ def test_killed_run_resumes_bit_identically(tmp_path):
     _, straight = restore_params(c, str(tmp_path / "straight"))
 
     crashed = str(tmp_path / "crashed")
-    _train_until_killed(overrides, crashed, kill_at="checkpoint saved at step 16")
+    _train_until_killed(overrides, crashed, pause_after_save=16)
     first = Checkpointer(crashed, read_only=True).latest_step()
-    assert first is not None and 8 <= first < 200
+    assert first == 16               # paused after saving it until killed: no later save
     r = run_python(f"""
 import logging, sys
 logging.basicConfig(level=logging.INFO, stream=sys.stdout)
 from tests.helpers import tiny_config
 from jaxhybrid.train import train_and_evaluate
 train_and_evaluate(tiny_config(**{overrides!r}), {crashed!r})
-""")
+""", timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "resumed from checkpoint step" in r.stdout + r.stderr
     step, resumed = restore_params(c, crashed)
