@@ -13,6 +13,7 @@ import time
 from etils import epath
 
 from jaxhybrid.evaluators.plugins import OOD_SCORES_FILE, binarised
+from jaxhybrid.models import MODEL_FIELDS
 
 TITLES = {"ood": "OOD detection", "adversarial": "Adversarial robustness",
           "temperature": "Temperature scaling"}
@@ -65,6 +66,16 @@ def _data_line(exp) -> str:
     return line
 
 
+def _model_options(config) -> dict:
+    """``config.model``; of a network of the classifier's table, only the named network's
+    options (the other network's are in the config, but unused)."""
+    model = dict(config.model.items())
+    name = model.get("name")
+    if config.get("family") == "classifier" and name in MODEL_FIELDS:
+        return {"name": name, **{k: model[k] for k in MODEL_FIELDS[name] if k in model}}
+    return model
+
+
 def header(exp, metrics: dict, step: int) -> list[str]:
     c = exp.config
     return [
@@ -73,7 +84,7 @@ def header(exp, metrics: dict, step: int) -> list[str]:
         f"- **Checkpoint:** {metrics.get('checkpoint', step)}; written "
         f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}",
         f"- **Family:** {exp.family.name} {exp.family.describe}",
-        f"- **Model:** `{c.model.name}` {dict(c.model.items())}; input {exp.input_shape} "
+        f"- **Model:** `{c.model.name}` {_model_options(c)}; input {exp.input_shape} "
         f"(pixel scale [0, 1]; normalisation mean={tuple(c.data.mean) or 'none'}, "
         f"std={tuple(c.data.std) or 'none'} applied inside the model)",
         _data_line(exp),
