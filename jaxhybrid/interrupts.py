@@ -47,8 +47,8 @@ class StopSignals:
     def _handle(self, signum, frame) -> None:
         first = not self.signum
         self.signum = self.signum or signum
-        if self._raise:
-            raise Interrupted(signum)
+        if self._raise and first:   # a repeat (a sweep forwards what the terminal sent
+            raise Interrupted(signum)   # too) must not cut into the cleanup the first began
         name = signal.Signals(signum).name
         if first:
             log.warning("%s received: stopping after the current step", name)

@@ -10,7 +10,8 @@ host H since T`` before it writes anything. A lock left by a process that died (
 host, its pid gone, or reused by another process: the start time recorded beside the pid
 no longer matches) is taken over with a warning. A lock held from another host cannot be
 checked from here: it is refused, with the way to clear it (remove the file once no
-process of that host uses the run).
+process of that host uses the run), unless it names this very scheduler job (a SLURM job
+requeued on another node after a preemption keeps its job id, and SLURM runs it once).
 
 Multi-process jobs take one lock for the job: process 0 takes it with a fresh job token
 and broadcasts the token; every other process checks that the lock it sees (the run
@@ -65,9 +66,18 @@ def _alive(pid: int, started: str | None) -> bool:
     return started is None or now is None or now == started
 
 
+def scheduler_job() -> str | None:
+    """The batch scheduler's id of this job (SLURM: job id and array task), which a requeued
+    job keeps on whichever node it restarts; None outside a scheduler."""
+    job = os.environ.get("SLURM_JOB_ID")
+    task = os.environ.get("SLURM_ARRAY_TASK_ID")
+    return f"slurm:{job}" + (f"_{task}" if task else "") if job else None
+
+
 def _record(job: str) -> dict:
     pid = os.getpid()
     return {"pid": pid, "host": socket.gethostname(), "job": job,
+            "scheduler_job": scheduler_job(),
             "since": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "started": _start_time(pid),
             "command": " ".join(sys.argv)[:500]}
 
@@ -148,18 +158,22 @@ class RunLock:
         if held is None:
             return                                  # released meanwhile: try again
         host, pid = held.get("host"), held.get("pid")
-        if held and host != socket.gethostname():
+        requeued = bool(held) and held.get("scheduler_job") is not None \
+            and held.get("scheduler_job") == scheduler_job()
+        if held and host != socket.gethostname() and not requeued:
             raise WorkdirInUseError(
                 f"{self.dir} is in use by pid {pid} on host {host} since {held.get('since')} "
                 f"(job {held.get('job')}; {held.get('command')!r}). It cannot be checked from "
                 f"host {socket.gethostname()}: if no process on {host} uses this run "
                 f"directory any more, remove {self.path} and run again")
-        if held and isinstance(pid, int) and _alive(pid, held.get("started")):
+        if held and not requeued and isinstance(pid, int) and _alive(pid, held.get("started")):
             raise WorkdirInUseError(
                 f"{self.dir} is in use by pid {pid} on host {host} since {held.get('since')} "
                 f"({held.get('command')!r}); wait for it to finish, stop it, or choose "
                 f"another --workdir")
         what = f"pid {pid} on {host} since {held.get('since')}" if held else "unreadable"
+        if requeued:
+            what += f"; the same scheduler job {held['scheduler_job']}, requeued"
         log.warning("taking over the lock of %s left by a process that is gone (%s)",
                     self.dir, what)
         try:

@@ -52,7 +52,7 @@ def restore_params(config, workdir, step="latest"):
     return s, jax.tree.map(np.asarray, state)
 
 
-def run_python(code: str, *, devices: int = 8, timeout: int = 300, env_extra=None):
+def run_python(code: str, *, devices: int = 8, timeout: int = 900, env_extra=None):
     """Run ``code`` in a fresh Python process with ``devices`` fake CPU devices."""
     env = dict(os.environ)
     env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
@@ -63,7 +63,7 @@ def run_python(code: str, *, devices: int = 8, timeout: int = 300, env_extra=Non
                           text=True, timeout=timeout)
 
 
-def run_cli(args: list[str], *, devices: int = 8, timeout: int = 300):
+def run_cli(args: list[str], *, devices: int = 8, timeout: int = 900):
     env = dict(os.environ)
     env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
     env["JAX_PLATFORMS"] = "cpu"

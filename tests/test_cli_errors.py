@@ -327,5 +327,5 @@ def test_as_a_real_command(tmp_path):
     env = dict(os.environ, JAXHYBRID_DEBUG="1")
     r = subprocess.run([sys.executable, "-m", "jaxhybrid.main", *BASE, f"--workdir={wd}",
                         "--config.optimizer.lr=0.1"], cwd=REPO, env=env, capture_output=True,
-                       text=True, timeout=120)
+                       text=True, timeout=600)
     assert r.returncode != 0 and "Traceback" in r.stderr

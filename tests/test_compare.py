@@ -270,7 +270,7 @@ def test_command_line_writes_the_chosen_format(tmp_path):
     out = tmp_path / "tables" / "comparison.json"
     r = subprocess.run([sys.executable, "-m", "jaxhybrid.tools.compare", a, b, "--names",
                         "A,B", "--format", "json", "--out", str(out)], cwd=REPO,
-                       capture_output=True, text=True, timeout=120)
+                       capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert json.loads(r.stdout) == json.loads(out.read_text())
     assert [c["eval_dir"] for c in json.loads(r.stdout)["columns"]] == [

@@ -149,3 +149,15 @@ def test_a_full_disk_is_one_error_and_leaves_no_partial_checkpoint(tmp_path):
         assert r.returncode == 0, r.stderr
     finally:
         subprocess.run(["umount", str(mnt)], check=False)
+
+
+def test_a_run_that_diverges_before_its_first_checkpoint_says_there_is_none(tmp_path):
+    """The toy family's loss is NaN at its third step; with the first checkpoint due at step
+    5 there is no last good checkpoint, and the error says so (not "step None")."""
+    from jaxhybrid.train import NonFiniteLossError, train_and_evaluate
+    from tests.test_training import _skip_config
+    c = _skip_config()
+    c.checkpoint_every, c.optimizer.skip_nonfinite = 5, False
+    with pytest.raises(NonFiniteLossError, match="no checkpoint was saved") as e:
+        train_and_evaluate(c, str(tmp_path))
+    assert "None" not in str(e.value)

@@ -99,6 +99,21 @@ def test_a_live_owner_and_another_host_are_refused(tmp_path):
     assert os.path.exists(os.path.join(wd, LOCK_FILE))       # never removed from here
 
 
+def test_a_requeued_scheduler_job_takes_over_its_own_lock_from_another_node(tmp_path,
+                                                                            monkeypatch, caplog):
+    wd = str(tmp_path)
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    monkeypatch.delenv("SLURM_ARRAY_TASK_ID", raising=False)
+    _write_lock(wd, host="node-7", scheduler_job="slurm:4242")
+    with caplog.at_level(logging.WARNING, logger="jaxhybrid"):
+        with RunLock(wd):
+            pass
+    assert "the same scheduler job slurm:4242, requeued" in caplog.text
+    _write_lock(wd, host="node-7", scheduler_job="slurm:4243")          # another job
+    with pytest.raises(WorkdirInUseError, match="on host node-7"):
+        RunLock(wd).acquire()
+
+
 # -- metrics.jsonl ----------------------------------------------------------------------------
 def test_jsonl_keeps_each_kind_and_step_once_and_survives_a_truncated_line(tmp_path, caplog):
     path = tmp_path / "metrics.jsonl"

@@ -608,7 +608,7 @@ def test_command_line_dry_run_bad_inputs_and_the_readme_example(tmp_path):
     procs = {name: subprocess.Popen([sys.executable, "-m", "jaxhybrid.tools.sweep", *args],
                                     cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                     text=True) for name, (args, _, _) in cases.items()}
-    out = {name: p.communicate(timeout=180) for name, p in procs.items()}
+    out = {name: p.communicate(timeout=900) for name, p in procs.items()}
     for name, (args, code, says) in cases.items():
         stdout, stderr = out[name]
         assert procs[name].returncode == code, (name, stdout[-2000:], stderr[-2000:])
@@ -647,7 +647,7 @@ def test_bad_sweep_values_are_one_error_line_and_nothing_is_written(tmp_path, sw
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for dry, root in runs.items()}
     for dry, proc in procs.items():
-        stdout, stderr = proc.communicate(timeout=300)
+        stdout, stderr = proc.communicate(timeout=900)
         context = (sweep_arg, dry, stdout[-2000:], stderr[-2000:])
         assert proc.returncode == 1, context
         lines = stderr.strip().splitlines()
@@ -663,7 +663,7 @@ def test_real_two_point_sweep_then_aggregate(tmp_path):
             f"--workdir={root}", "--sweep", "batch_size=16,32", "--config.num_steps=3",
             "--config.model.width=4", "--config.evals.names=classification",
             "--set", "model.hidden=(16,)", "--config.model.stages=1"]
-    r = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=240)
+    r = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     status = json.load(open(root / sweep.STATUS_FILE))
     assert status["counts"] == {"finished": 2}
@@ -688,7 +688,7 @@ def test_real_two_point_sweep_then_aggregate(tmp_path):
     r = subprocess.run([sys.executable, "-m", "jaxhybrid.tools.compare",
                         str(root / "batch_size=16,seed=0"), str(root / "batch_size=32,seed=0"),
                         "--names", "B16,B32", "--format", "csv"], cwd=REPO,
-                       capture_output=True, text=True, timeout=120)
+                       capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     table = {row[0]: row for row in csv.reader(r.stdout.splitlines())}
     for i, name in ((2, "batch_size=16,seed=0"), (3, "batch_size=32,seed=0")):
@@ -700,7 +700,7 @@ def test_real_two_point_sweep_then_aggregate(tmp_path):
     # 8 devices) is reported, and the exit status says so
     assert args[5:7] == ["--sweep", "batch_size=16,32"]
     r = subprocess.run(args[:6] + ["batch_size=16,32,12"] + args[7:], cwd=REPO,
-                       capture_output=True, text=True, timeout=120)
+                       capture_output=True, text=True, timeout=600)
     assert r.returncode == 1, r.stdout[-3000:] + r.stderr[-3000:]
     assert "1 point(s) failed: batch_size=12,seed=0" in r.stdout
     status = json.load(open(root / sweep.STATUS_FILE))
