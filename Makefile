@@ -47,8 +47,8 @@ demo: install
 	@echo "FFN (λ=0) vs GFFN (λ=1) on sklearn digits: a summary per command; full logs in $(RUNS)/*.log"
 	$(PY) -m jaxhybrid.main --config=configs/gffn.py:digits --workdir=$(RUNS)/ffn --config.objective.joint_weight=0 --log_file=$(RUNS)/ffn.log
 	$(PY) -m jaxhybrid.main --config=configs/gffn.py:digits --workdir=$(RUNS)/gffn --config.objective.joint_weight=1 --log_file=$(RUNS)/gffn.log
-	$(PY) -m jaxhybrid.main --config=configs/gffn.py:digits --workdir=$(RUNS)/ffn --config.objective.joint_weight=0 --mode=eval --checkpoint=latest --log_file=$(RUNS)/ffn.log
-	$(PY) -m jaxhybrid.main --config=configs/gffn.py:digits --workdir=$(RUNS)/gffn --config.objective.joint_weight=1 --mode=eval --checkpoint=latest --log_file=$(RUNS)/gffn.log
+	$(PY) -m jaxhybrid.main --workdir=$(RUNS)/ffn --mode=eval --checkpoint=latest --log_file=$(RUNS)/ffn.log
+	$(PY) -m jaxhybrid.main --workdir=$(RUNS)/gffn --mode=eval --checkpoint=latest --log_file=$(RUNS)/gffn.log
 	$(PY) -m jaxhybrid.tools.compare $(RUNS)/ffn $(RUNS)/gffn --names FFN,GFFN --out $(RUNS)/comparison.md
 	@echo
 	@echo "Run directories: $(RUNS)/ffn  $(RUNS)/gffn  (logs: $(RUNS)/ffn.log  $(RUNS)/gffn.log)"
