@@ -30,13 +30,16 @@ class Experiment:
         return self.splits.num_classes > 0
 
 
-def build_experiment(config) -> Experiment:
+def build_experiment(config, load=load_splits) -> Experiment:
+    """Everything a run needs of ``config``. ``load(config.data) -> DataSplits`` reads the
+    data (the tools that need only shapes, e.g. :mod:`jaxhybrid.tools.lower`, pass their
+    own)."""
     config_check.check_config(config)   # every field, before devices, data or workdir
     mesh = parallel.make_mesh(config.num_devices or None)
     parallel.check_global_batch(config.batch_size, mesh)
     parallel.check_global_batch(config.eval_batch_size, mesh, "eval_batch_size")
     transforms = Transforms.from_config(config.data)
-    splits = load_splits(config.data)
+    splits = load(config.data)
     config_check.check_against_data(config, splits)   # data.frame vs the image size
     frame = config.data.frame
     preprocess = Preprocess(frame=(frame, frame) if frame else None)
