@@ -27,7 +27,8 @@ Checked elsewhere, also before any training:
   within the label set and ``data.validation_size`` <= the training examples by the
   data loader (:mod:`jaxhybrid.data.loading`), which also refuses npz labels that are
   not class ids; ``num_devices`` and the global batch sizes against the devices by
-  :mod:`jaxhybrid.parallel`; the evaluators of ``evals.names`` against what the built
+  :mod:`jaxhybrid.parallel` (``accumulation_steps``' micro-batches too, in
+  :func:`check_against_data`); the evaluators of ``evals.names`` against what the built
   family serves by :func:`check_family_data`.
 
 The OOD sets of ``evals.ood_sets`` are checked here: each name known, an ``npz:PATH``
@@ -44,7 +45,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from jaxhybrid import optim
+from jaxhybrid import optim, parallel
 from jaxhybrid.data.loading import VALID_SOURCES
 from jaxhybrid.data.resident import PLACEMENTS
 from jaxhybrid.data.tfds_source import resolve_tfds_dir, tfds_data_dir
@@ -156,6 +157,7 @@ FIELDS: dict[str, Check] = {
     "family": _family,
     "seed": integer(0),
     "batch_size": integer(1),
+    "accumulation_steps": integer(1),
     "eval_batch_size": integer(1),
     "num_epochs": number(0),                      # > 0 unless num_steps: RULES
     "num_steps": integer(0),
@@ -220,6 +222,18 @@ def _evaluator_list(config) -> list[str]:
     return [n.strip() for n in str(field_value(config, "evals.names", "")).split(",") if n.strip()]
 
 
+def _accumulation(batch_size, steps) -> list[tuple[str, str]]:
+    """``accumulation_steps`` divides the global ``batch_size`` (the devices: in
+    :func:`check_against_data`, once they are known)."""
+    if not (_is_int(batch_size) and _is_int(steps)) or batch_size < 1 or steps < 1 \
+            or batch_size % steps == 0:
+        return []
+    valid = [k for k in range(1, batch_size + 1) if batch_size % k == 0]
+    return [("accumulation_steps", f"must divide the global batch_size {batch_size} (each "
+             f"step's batch is accumulation_steps micro-batches of equal size); valid: "
+             f"{', '.join(map(str, valid))}")]
+
+
 # Checks across fields (or of a whole sub-config): config -> [(field, what is valid)].
 RULES: list[Callable[[Any], list[tuple[str, str]]]] = [
     lambda c: [("num_epochs", "must be > 0 (or set num_steps > 0)")]
@@ -234,6 +248,8 @@ RULES: list[Callable[[Any], list[tuple[str, str]]]] = [
     [item for _, item in labelled_items(str(field_value(c, "evals.ood_sets", "")))]
     and not tuple(field_value(c, "data.ood_classes", (0,))) else [],
     _tfds_ood_sets,
+    lambda c: _accumulation(field_value(c, "batch_size", 1),
+                            field_value(c, "accumulation_steps", 1)),
 ]
 
 _MISSING = object()
@@ -283,11 +299,27 @@ def check_config(config) -> None:
         raise ValueError("\n".join(found))
 
 
+def _accumulation_on_devices(config) -> list[str]:
+    """The line refusing ``accumulation_steps`` > 1 whose micro-batches the devices of
+    the run's mesh do not divide (none: [])."""
+    steps = field_value(config, "accumulation_steps", 1)
+    if steps == 1:
+        return []
+    mesh = parallel.make_mesh(field_value(config, "num_devices", 0) or None)
+    try:
+        parallel.check_accumulation(field_value(config, "batch_size"), steps, mesh)
+    except ValueError as e:
+        return [str(e)]
+    return []
+
+
 def check_against_data(config, splits) -> None:
     """The fields that need the loaded data: ``data.frame`` >= the images' height and
-    width; ``data.mean`` and ``data.std`` one entry per channel (or ``()``). Every problem
-    at once, in one ValueError."""
-    out = []
+    width; ``data.mean`` and ``data.std`` one entry per channel (or ``()``); and, the
+    devices being known by then, ``accumulation_steps``: its micro-batches divisible by
+    the devices (:func:`jaxhybrid.parallel.check_accumulation`). Every problem at once,
+    in one ValueError."""
+    out = _accumulation_on_devices(config)
     frame = field_value(config, "data.frame", 0)
     h, w, channels = splits.image_shape
     if frame and (frame < h or frame < w):

@@ -145,6 +145,10 @@ def base_config(family: str = "classifier") -> ml_collections.ConfigDict:
     c.seed = 0                       # init + shuffling seed
     c.data = data_config()
     c.batch_size = 128               # GLOBAL batch over all devices and hosts
+    c.accumulation_steps = 1         # gradient accumulation: each step's global batch is this
+                                     # many micro-batches of batch_size / accumulation_steps,
+                                     # taken one after the other (memory of one micro-batch);
+                                     # the GFFN partition stays the whole global batch's
     c.eval_batch_size = 512          # GLOBAL
     c.num_epochs = 10.0
     c.num_steps = 0                  # > 0 overrides num_epochs

@@ -241,8 +241,10 @@ def to_host(x: jax.Array) -> np.ndarray:
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
-def shard_loss(loss_fn: Callable, mesh: Mesh) -> Callable:
-    """Wrap ``loss_fn(variables, batch, rng, progress, axis_name) -> (loss, (state, aux))``.
+def shard_loss(loss_fn: Callable, mesh: Mesh, extra: int = 0) -> Callable:
+    """Wrap ``loss_fn(variables, batch, rng, progress, axis_name, *rest) -> (loss, (state,
+    aux))``; ``rest``: ``extra`` further replicated arguments (e.g. the global-batch
+    statistics of :class:`jaxhybrid.families.base.GlobalStatistics`).
 
     Inside, every device sees its own rows of the batch; ``variables``, ``rng`` and
     ``progress`` are replicated. Randomness is keyed per example (the batch's ``id``),
@@ -250,11 +252,39 @@ def shard_loss(loss_fn: Callable, mesh: Mesh) -> Callable:
     reduce its outputs over ``axis_name`` (psum/pmean) so that they are the same on
     every device (checked: ``check_vma``).
     """
-    def per_device(variables, batch, rng, progress):
-        return loss_fn(variables, batch, rng, progress, AXIS)
+    def per_device(variables, batch, rng, progress, *rest):
+        return loss_fn(variables, batch, rng, progress, AXIS, *rest)
 
-    return jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(AXIS), P(), P()),
-                         out_specs=P())
+    return jax.shard_map(per_device, mesh=mesh,
+                         in_specs=(P(), P(AXIS), P(), P()) + (P(),) * extra, out_specs=P())
+
+
+def check_accumulation(global_batch_size: int, steps: int, mesh: Mesh) -> None:
+    """Refuse ``accumulation_steps`` whose micro-batches (global batch / steps) the
+    devices do not divide: one ValueError naming the field and the valid choices."""
+    n_dev = mesh.devices.size
+    if steps >= 1 and global_batch_size % (steps * n_dev) == 0:
+        return
+    per_device = global_batch_size // n_dev if global_batch_size % n_dev == 0 else 0
+    valid = ", ".join(str(k) for k in range(1, per_device + 1) if per_device % k == 0)
+    raise ValueError(
+        f"config field accumulation_steps = {steps}: the global batch_size "
+        f"{global_batch_size} is split into {steps} micro-batches, each sharded over the "
+        f"{n_dev} devices, so batch_size must be a multiple of accumulation_steps × devices "
+        f"= {steps * n_dev}; valid accumulation_steps for batch_size {global_batch_size} on "
+        f"{n_dev} devices: {valid or 'none (batch_size is not a multiple of the devices)'}")
+
+
+def micro_batches(batch: dict, steps: int, mesh: Mesh) -> dict:
+    """A global batch ``[B, ...]`` (sharded over ``data``) as ``steps`` micro-batches
+    ``[steps, B/steps, ...]``, each sharded over every device as the batch is: micro-batch
+    j holds rows j·m .. (j+1)·m − 1 of every device's own rows (m = B/(steps·devices)),
+    so the split moves no data between devices."""
+    def split(local):
+        return jax.tree.map(lambda x: x.reshape(steps, x.shape[0] // steps, *x.shape[1:]),
+                            local)
+
+    return jax.shard_map(split, mesh=mesh, in_specs=P(AXIS), out_specs=P(None, AXIS))(batch)
 
 
 def shard_init(init_fn: Callable, mesh: Mesh) -> Callable:

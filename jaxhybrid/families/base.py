@@ -16,6 +16,12 @@ A family is a Flax module, an objective and its named outputs:
   ``{"step": int32, "epoch": float32}`` (fractional),
   for schedules. ``model_state``: the updated non-trainable collections (e.g.
   ``batch_stats``, over the global batch); ``aux``: scalars reduced over ``axis_name``.
+- ``global_stats`` (optional, :class:`GlobalStatistics`): a loss with a normaliser over
+  the WHOLE global batch (the GFFN partition) exposes it, so that gradient accumulation
+  (``config.accumulation_steps``, :func:`jaxhybrid.train.make_train_step`) computes it
+  exactly over every micro-batch. Without it, a family's ``loss`` must be a mean over the
+  valid rows of its batch (plus terms of the parameters alone): the trainer averages the
+  micro-batches' losses, gradients and aux scalars weighted by their valid rows.
 - ``predict(variables, batch, rng, outputs) -> {name: [B, ...]}``: eval mode, only the
   named ``outputs`` (an expensive one is computed only when asked for). ``rng`` is the
   fixed evaluation key.
@@ -41,6 +47,29 @@ from jaxhybrid import precision
 from jaxhybrid.schema import Schema
 
 SELECT_MODES = ("max", "min")
+
+
+@dataclasses.dataclass(frozen=True)
+class GlobalStatistics:
+    """A loss's statistics over the whole global batch, for gradient accumulation.
+
+    With k micro-batches the trainer first runs ``collect`` on each (in order, the
+    model state carried from one to the next as the gradient pass will), stacks the
+    partial statistics on a leading axis [k, ...] and ``combine``s them into the global
+    batch's; it then takes each micro-batch's gradient of ``loss`` with those statistics
+    held fixed (no gradient flows into them). Per device, inside ``jax.shard_map``:
+
+    - ``collect(variables, batch, rng, progress, axis_name) -> (partial, model_state)``:
+      one micro-batch's statistics, reduced over ``axis_name`` (the same on every device);
+    - ``combine(stacked) -> statistics`` of the global batch (outside the shard_map);
+    - ``loss(variables, batch, rng, progress, axis_name, statistics) -> (loss, (state,
+      aux))``: the micro-batch's loss with the global ``statistics``, such that its value
+      and gradient, weighted by the micro-batch's share of the valid rows (n_j / N) and
+      summed over the micro-batches, are the global batch's loss and gradient.
+    """
+    collect: Callable
+    combine: Callable
+    loss: Callable
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +99,7 @@ class Family:
                               # it beside the number, and results tools never put two scores
                               # with different definitions in one row
     describe: dict = dataclasses.field(default_factory=dict)
+    global_stats: Optional[GlobalStatistics] = None   # a normaliser over the global batch
 
     def __post_init__(self):
         metric, mode = self.select

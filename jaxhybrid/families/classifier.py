@@ -8,6 +8,14 @@ networks of :data:`jaxhybrid.models.MODELS` (cnn, resnet18), and each network's 
 computed and logged; the joint part's extra cost is one softmax over the global
 batch. Outputs: ``logits`` [B, K]; OOD scores max_softmax, log_px (= log Z(x)) and
 max_logit; the best checkpoint is the one with the highest validation accuracy.
+
+With gradient accumulation (``config.accumulation_steps`` = k > 1) and λ > 0 the joint
+part's partition stays the GLOBAL batch's, exactly: the family exposes it as
+``global_stats`` (a forward pass over the k micro-batches for log Z(x), then each
+micro-batch's gradient with the global softmax weights held fixed;
+:func:`jaxhybrid.objectives.joint.joint_nll_given_partition`). With λ = 0 the joint part
+is only logged, so it is not exposed: the logged ``joint_nll`` is then the mean of the
+micro-batches' own (per micro-batch partition) values.
 """
 from __future__ import annotations
 
@@ -15,21 +23,30 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jaxhybrid.families.base import Family, FamilyBase, split_variables
+from jaxhybrid.families.base import Family, FamilyBase, GlobalStatistics, split_variables
 from jaxhybrid.mathops import global_mean
 from jaxhybrid.metrics_core import nll as softmax_nll
 from jaxhybrid.models import MODEL_FIELDS, MODELS, build_model, network_config
 from jaxhybrid.objectives.conditional import class_probabilities, conditional_nll
-from jaxhybrid.objectives.joint import LABEL_MODELS, joint_nll, log_partition
+from jaxhybrid.objectives.joint import (LABEL_MODELS, combine_partition_statistics, joint_nll,
+                                        joint_nll_given_partition, log_partition,
+                                        partition_statistics)
 from jaxhybrid.schema import Schema, choice, num
 
 
 def classifier_objective(logits, labels, mask, *, joint_weight: float, label_model: str,
-                         axis_name=None):
-    """(1 − λ)·conditional + λ·joint over the global batch; returns (loss, aux)."""
+                         axis_name=None, partition=None):
+    """(1 − λ)·conditional + λ·joint over the global batch; returns (loss, aux).
+    ``partition``: the global batch's partition statistics when this batch is one
+    micro-batch of it (:func:`joint_nll_given_partition`); None: this batch is the whole."""
     cond = conditional_nll(logits, labels, label_model=label_model, axis_name=axis_name,
                            mask=mask)
-    joint = joint_nll(logits, labels, label_model=label_model, axis_name=axis_name, mask=mask)
+    if partition is None:
+        joint = joint_nll(logits, labels, label_model=label_model, axis_name=axis_name,
+                          mask=mask)
+    else:
+        joint = joint_nll_given_partition(logits, labels, partition, label_model=label_model,
+                                          axis_name=axis_name, mask=mask)
     if joint_weight == 0.0:  # FFN: joint only logged, no gradient through it
         loss = cond
         joint = lax.stop_gradient(joint)
@@ -91,18 +108,39 @@ class Classifier(FamilyBase):
         del axis_name  # no data-dependent initialisation
         return dict(self.module.init(rng, batch["image"]))
 
-    def loss(self, variables, batch, rng, progress, axis_name=None):
-        del rng, progress  # a deterministic network, no schedules
+    def forward(self, variables, batch):
+        """Train-mode logits [B, K] and the updated non-trainable collections."""
         _, state = split_variables(variables)
         if state:   # non-trainable collections (e.g. batch_stats) are updated
             logits, state = self.module.apply(variables, batch["image"], train=True,
                                               mutable=list(state))
         else:
             logits = self.module.apply(variables, batch["image"], train=True)
+        return logits, dict(state)
+
+    def loss(self, variables, batch, rng, progress, axis_name=None, partition=None):
+        """The λ-mixed loss; ``partition``: the global batch's (micro-batch training)."""
+        del rng, progress  # a deterministic network, no schedules
+        logits, state = self.forward(variables, batch)
         value, aux = classifier_objective(logits, batch["label"], batch["mask"],
                                           joint_weight=self.joint_weight,
-                                          label_model=self.label_model, axis_name=axis_name)
-        return value, (dict(state), aux)
+                                          label_model=self.label_model, axis_name=axis_name,
+                                          partition=partition)
+        return value, (state, aux)
+
+    def partition_share(self, variables, batch, rng, progress, axis_name=None):
+        """A micro-batch's partition statistics (the ``global_stats`` pass)."""
+        del rng, progress
+        logits, state = self.forward(variables, batch)
+        return partition_statistics(logits, label_model=self.label_model,
+                                    axis_name=axis_name, mask=batch["mask"]), state
+
+    def global_stats(self) -> GlobalStatistics | None:
+        """The joint part's global-batch partition, when it has a gradient (λ > 0)."""
+        if self.joint_weight == 0.0:
+            return None
+        return GlobalStatistics(collect=self.partition_share,
+                                combine=combine_partition_statistics, loss=self.loss)
 
     def predict(self, variables, batch, rng, outputs=("logits",)):
         del rng, outputs  # the one output
@@ -125,4 +163,5 @@ class Classifier(FamilyBase):
                       definitions=definitions(self.label_model),
                       describe={"joint_weight": self.joint_weight,
                                 "label_model": self.label_model,
-                                "model": self.config.model.name})
+                                "model": self.config.model.name},
+                      global_stats=self.global_stats())
