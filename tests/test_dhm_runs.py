@@ -53,15 +53,19 @@ def test_digits_reaches_90_percent_improves_the_elbo_and_evaluates_the_best_chec
 @pytest.mark.training_run
 def test_bf16_digits_run_is_within_sampling_error_of_fp32(tmp_path, fp32_digits):
     """bf16 and fp32 train two different trajectories: on 288 test examples their accuracies
-    differ by chance by about sqrt(2·p(1−p)/n) (≈ 1.1 points at p = 0.98). Measured: 1.04
-    points (one seed), 1.74 (after the dropout stream was renamed). A bf16 defect (e.g. a
-    loss or BatchNorm statistic in bf16) costs far more; the bound is 3 of those standard
-    errors, at least 1.5 points."""
+    differ by chance by about sqrt(2·p(1−p)/n), p the pooled accuracy of the two (the
+    two-proportion test's standard error; ≈ 1.1 points at p = 0.98). Measured: 1.04 points
+    (one seed), 1.74 (after the dropout stream was renamed), both on an Intel Xeon; 2.08
+    on an AMD EPYC (XLA:CPU's code, and so the bf16 trajectory, depends on the CPU). A bf16
+    defect (e.g. a loss or BatchNorm statistic in bf16) costs far more; the bound is 3 of
+    those standard errors, at least 1.5 points. (It used the fp32 accuracy alone for p,
+    which understates the error when the two differ: 2.076 points here.)"""
     _, m = _digits_run(tmp_path, "--config.compute_dtype=bfloat16",
                        "--config.evals.names=classification")
     ref = fp32_digits[2]["classification"]["accuracy"]
     n = m["classification"]["num_examples"]
-    bound = max(0.015, 3 * np.sqrt(2 * ref * (1 - ref) / n))
+    p = (ref + m["classification"]["accuracy"]) / 2
+    bound = max(0.015, 3 * np.sqrt(2 * p * (1 - p) / n))
     assert abs(m["classification"]["accuracy"] - ref) <= bound, (m["classification"], ref, bound)
 
 
