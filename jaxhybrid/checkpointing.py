@@ -16,6 +16,7 @@ import contextlib
 import json
 import logging
 import os
+import time
 from typing import Any
 
 import jax
@@ -225,8 +226,17 @@ class Checkpointer:
             self.manager.close()
         except Exception:  # noqa: BLE001 -- it re-raises the failure being reported
             pass
-        for tmp in self.directory.glob("*.orbax-checkpoint-tmp*"):
-            tmp.rmtree()
+        for _ in range(100):   # a thread of the failed save may still be writing into it
+            left = list(self.directory.glob("*.orbax-checkpoint-tmp*"))
+            if not left:
+                return
+            for tmp in left:
+                try:
+                    tmp.rmtree()
+                except OSError:
+                    pass
+            time.sleep(0.1)
+        log.warning("could not remove the partial checkpoint(s) %s", left)
 
     def poll(self) -> None:
         """Log the pending save once orbax has committed it (never blocks)."""

@@ -75,6 +75,17 @@ def _quiet_excepthook(original):
     return hook
 
 
+def _quiet_unraisablehook(original):
+    """sys.unraisablehook, through which Python 3.12 reports the same callbacks' failures."""
+    def hook(unraisable):
+        exc = unraisable.exc_value
+        if isinstance(exc, RuntimeError) and "Event loop is closed" in str(exc):
+            logging.getLogger(BACKGROUND).error("background callback failed: %s", exc)
+            return
+        original(unraisable)
+    return hook
+
+
 class _Held(logging.handlers.BufferingHandler):
     """The records logged before the run directory may be written (never flushed by
     itself; :func:`attach_workdir` writes them)."""
@@ -108,6 +119,9 @@ def setup(log_file: str | None) -> None:
     if not getattr(sys.excepthook, "quiet", False):
         sys.excepthook = _quiet_excepthook(sys.excepthook)
         sys.excepthook.quiet = True
+    if not getattr(sys.unraisablehook, "quiet", False):
+        sys.unraisablehook = _quiet_unraisablehook(sys.unraisablehook)
+        sys.unraisablehook.quiet = True
     if rank == 0:
         handlers.append(_Held(capacity=100_000))
     for h in handlers:

@@ -128,11 +128,11 @@ class Job:
         self.name, self.out = name, tmp / f"{name}.out"
         gate = ({"PYTHONPATH": os.pathsep.join((save_gate.SITE_DIR, REPO)),
                  save_gate.ENV: str(pause_after_save)} if pause_after_save else {})
-        env = dict(_slurm_env(), PYTHON=sys.executable, PYTHONPATH=REPO,
-                   JAXHYBRID_DISTRIBUTED_TIMEOUT="300",
-                   JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-                   JAX_COMPILATION_CACHE_DIR=os.environ.get("JAX_COMPILATION_CACHE_DIR")
-                   or str(tmp / "jax_cache"), **gate)
+        env = {**_slurm_env(), "PYTHON": sys.executable, "PYTHONPATH": REPO,
+               "JAXHYBRID_DISTRIBUTED_TIMEOUT": "300",
+               "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+               "JAX_COMPILATION_CACHE_DIR": os.environ.get("JAX_COMPILATION_CACHE_DIR")
+               or str(tmp / "jax_cache"), **gate}      # the gate's PYTHONPATH wins
         overrides = {**OVERRIDES, "data.npz_path": str(tmp / "digits.npz")}
         cmd = ["sbatch", "--parsable", f"--job-name=jaxhybrid-test-{name}",
                f"--output={self.out}", "--time=20", *sbatch_options, SCRIPT, CONFIG,
