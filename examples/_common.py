@@ -46,3 +46,11 @@ def histogram(scores: dict[str, np.ndarray], name: str, out_dir: str) -> str:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def report(out: dict[str, dict], scores: list[str], out_dir: str) -> None:
+    """Each score's AUROC, test images against uniform noise, and its histogram."""
+    for score in scores:
+        s = {name: o[score] for name, o in out.items()}
+        print(f"  {score}: AUROC test vs uniform noise {auroc(s['test'], s['uniform noise']):.4f}"
+              f"  -> {histogram(s, score, out_dir)}")

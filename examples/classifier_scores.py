@@ -8,7 +8,7 @@ Prints the accuracy on the test images and the AUROC of max-softmax and of log p
 """
 import numpy as np
 
-from _common import args, arrays, auroc, histogram
+from _common import args, arrays, report
 from jaxhybrid import load_run
 
 a = args(__doc__)
@@ -17,7 +17,4 @@ data = arrays(run)
 out = {name: run.predict(x) for name, x in data.items()}
 labels = run.experiment.splits.test.labels[:len(data["test"])]
 print(f"{run}: test accuracy {np.mean(out['test']['probs'].argmax(1) == labels):.4f}")
-for score in ("max_softmax", "log_px"):
-    s = {name: o[score] for name, o in out.items()}
-    print(f"  {score}: AUROC test vs uniform noise {auroc(s['test'], s['uniform noise']):.4f}"
-          f"  -> {histogram(s, score, a.out)}")
+report(out, ["max_softmax", "log_px"], a.out)

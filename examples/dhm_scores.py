@@ -9,7 +9,7 @@ score histograms.
 """
 import numpy as np
 
-from _common import args, arrays, auroc, histogram
+from _common import args, arrays, report
 from jaxhybrid import load_run
 
 a = args(__doc__)
@@ -19,7 +19,4 @@ out = {name: run.predict(x) for name, x in data.items()}
 labels = run.experiment.splits.test.labels[:len(data["test"])]
 print(f"{run}: test accuracy {np.mean(out['test']['probs'].argmax(1) == labels):.4f}")
 scores = [k for k, v in out["test"].items() if v.ndim == 1 and k != "log_likelihood"]
-for score in scores:
-    s = {name: o[score] for name, o in out.items()}
-    print(f"  {score}: AUROC test vs uniform noise {auroc(s['test'], s['uniform noise']):.4f}"
-          f"  -> {histogram(s, score, a.out)}")
+report(out, scores, a.out)

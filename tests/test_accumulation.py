@@ -198,6 +198,7 @@ def test_gffn_micro_batches_train_as_one_global_batch(label_model):
     assert abs(naive_loss[0] - ref_loss[0]) > 1000 * RTOL * abs(ref_loss[0])
 
 
+@pytest.mark.slow_smoke       # the GFFN's two cases run in test-newest
 def test_hvae_micro_batches_train_as_one_global_batch():
     setup = _setup(_hvae_config(), lr=1e-4)   # an ELBO of ~100 nats: steep gradients
     assert setup[0].family.global_stats is None     # a plain mean: gradients averaged

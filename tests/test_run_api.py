@@ -107,6 +107,7 @@ def test_predict_any_n_and_bad_input(runs):
         load_run(runs["classifier"], checkpoint=12345)
 
 
+@pytest.mark.slow_smoke
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_the_examples_run(runs, family, tmp_path):
     env = dict(os.environ, JAX_PLATFORMS="cpu", MPLBACKEND="Agg",

@@ -19,6 +19,10 @@ import pytest
 from jaxhybrid.tools import sweep
 from tests.helpers import REPO
 
+# sweeps of real training processes: `make test` runs them, `make test-newest` leaves
+# them out (the signal handling of jaxhybrid.main they rely on is tested there too)
+pytestmark = pytest.mark.slow_smoke
+
 SAFETY_NET = 600          # seconds; only a hung run ever gets near it
 TINY = ["--config.model.width=4", "--config.evals.names=classification",
         "--set", "model.hidden=(16,)", "--config.model.stages=1", "--config.log_every=1"]
