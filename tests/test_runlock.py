@@ -219,6 +219,9 @@ def test_eval_without_config_uses_the_saved_one(trained):
     eval_dir = re.search(rf"{wd}/(eval/\S+)/report.md", r.stdout).group(1)
     m = json.load(open(os.path.join(wd, eval_dir, "metrics.json")))
     assert "calibration" in m and m["step"] == final["evaluated_step"]
+    r = run_cli([f"--workdir={wd}"])                   # train mode, the saved config: complete
+    assert r.returncode == 0 and "is complete (step 4, completed): nothing to do" in r.stdout, \
+        r.stdout + r.stderr
     r = run_cli(["--mode=eval", f"--workdir={wd}", f"--config={wd}",
                  "--config.model.width=8"])                        # still the saved model
     assert r.returncode == 1 and "model.width: saved 4, given 8" in r.stderr, r.stderr
