@@ -220,6 +220,21 @@ DRIVER = textwrap.dedent("""
 """)
 
 
+def run_driver(cases: list[dict], root: str) -> dict[str, int]:
+    """Run each case ({id, argv, stdout, stderr}) through :data:`DRIVER` (one process that
+    imported the library, a forked child per case); {id: exit code}."""
+    path = os.path.join(root, "cases.json")
+    with open(path, "w") as f:
+        json.dump(cases, f)
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO,
+               XLA_FLAGS="--xla_force_host_platform_device_count=8")
+    env.pop("JAXHYBRID_DEBUG", None)
+    proc = subprocess.run([sys.executable, "-c", DRIVER, path], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def _argv(extra: list[str], workdir: str, tmp: str) -> list[str]:
     """BASE's config and overrides, or a case's own config file with num_steps=1 only
     (another family's config has no model.width)."""
@@ -268,14 +283,7 @@ def results(tmp_path_factory):
     cases = [{"id": cid, "argv": _argv(extra, _workdir(root, cid), root),
               "stdout": os.path.join(root, cid, "stdout"),
               "stderr": os.path.join(root, cid, "stderr")} for cid, extra, _ in CASES]
-    with open(os.path.join(root, "cases.json"), "w") as f:
-        json.dump(cases, f)
-    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
-    env.pop("JAXHYBRID_DEBUG", None)
-    proc = subprocess.run([sys.executable, "-c", DRIVER, os.path.join(root, "cases.json")],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    codes = json.loads(proc.stdout.strip().splitlines()[-1])
+    codes = run_driver(cases, root)
     out = {}
     for case in cases:
         with open(case["stderr"]) as f:

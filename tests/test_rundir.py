@@ -33,7 +33,7 @@ from jaxhybrid.interrupts import Interrupted
 from jaxhybrid.rundir import ConfigChangeError, WorkdirError
 from jaxhybrid.train import train_and_evaluate
 from tests.helpers import REPO, tiny_config
-from tests.test_cli_errors import DRIVER
+from tests.test_cli_errors import run_driver
 
 ARGS = ["--config=configs/gffn.py:smoke", "--config.model.width=8",
         "--config.model.hidden=(32,)", "--config.evals.names=classification"]
@@ -92,16 +92,8 @@ def cli_cases(run, tmp_path_factory):
     spec.append({"id": "parent_is_a_file", "argv": [*ARGS, f"--workdir={blocker}/run"],
                  "stdout": os.path.join(root, "file.out"),
                  "stderr": os.path.join(root, "file.err")})
-    with open(os.path.join(root, "cases.json"), "w") as f:
-        json.dump(spec, f)
     before = _snapshot(wd)
-    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO,
-               XLA_FLAGS="--xla_force_host_platform_device_count=8")
-    env.pop("JAXHYBRID_DEBUG", None)
-    proc = subprocess.run([sys.executable, "-c", DRIVER, os.path.join(root, "cases.json")],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    codes = json.loads(proc.stdout.strip().splitlines()[-1])
+    codes = run_driver(spec, root)
     out = {s["id"]: (codes[s["id"]], open(s["stdout"]).read(), open(s["stderr"]).read())
            for s in spec}
     return before, _snapshot(wd), out, blocker

@@ -10,16 +10,14 @@ case (the driver of tests/test_cli_errors.py). The full-disk case mounts a small
 from __future__ import annotations
 
 import glob
-import json
 import os
 import shutil
 import subprocess
-import sys
 
 import pytest
 
-from tests.helpers import REPO, run_cli
-from tests.test_cli_errors import DRIVER
+from tests.helpers import run_cli
+from tests.test_cli_errors import run_driver
 from tests.test_rundir import _snapshot
 
 ARGS = ["--config=configs/gffn.py:smoke", "--config.model.width=4",
@@ -96,14 +94,7 @@ def results(trained, tmp_path_factory):
         spec.append({"id": cid, "argv": [*ARGS, *extra, f"--workdir={wd}"],
                      "stdout": os.path.join(root, cid + ".out"),
                      "stderr": os.path.join(root, cid + ".err")})
-    json.dump(spec, open(os.path.join(root, "cases.json"), "w"))
-    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO,
-               XLA_FLAGS="--xla_force_host_platform_device_count=8")
-    env.pop("JAXHYBRID_DEBUG", None)
-    proc = subprocess.run([sys.executable, "-c", DRIVER, os.path.join(root, "cases.json")],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    codes = json.loads(proc.stdout.strip().splitlines()[-1])
+    codes = run_driver(spec, root)
     return {s["id"]: (codes[s["id"]], open(s["stdout"]).read(), open(s["stderr"]).read(),
                       snaps[s["id"]][0], _snapshot(snaps[s["id"]][1]), snaps[s["id"]][1])
             for s in spec}
