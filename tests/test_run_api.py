@@ -99,6 +99,11 @@ def test_predict_any_n_and_bad_input(runs):
         np.testing.assert_allclose(part["logits"], full["logits"][:n], rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(run.predict(images[:5, ..., 0])["logits"],      # [N, H, W]
                                full["logits"][:5], rtol=1e-6, atol=1e-6)
+    fewer = load_run(runs["classifier"], checkpoint="latest", num_devices=4,
+                     eval_batch_size=20)                 # a machine with other devices
+    assert fewer.experiment.mesh.devices.size == 4 and fewer.config.eval_batch_size == 20
+    np.testing.assert_allclose(fewer.predict(images[:45])["logits"], full["logits"][:45],
+                               rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match=r"images must be \[N, 8, 8, 1\]"):
         run.predict(np.zeros((3, 28, 28, 1), np.uint8))
     with pytest.raises(ValueError, match=r"float pixels must lie in \[0, 1\]"):
