@@ -72,6 +72,9 @@ class CheckpointWriteError(ValueError):
 
 
 STEP_METADATA = "_CHECKPOINT_METADATA"     # orbax writes it into every finished step
+# what orbax writes into a step directory: this run's items and its own files
+ORBAX_ENTRIES = {"model", "train", "meta", "metrics", "descriptor", STEP_METADATA,
+                 "commit_success.txt"}
 
 
 class Checkpointer:
@@ -121,15 +124,35 @@ class Checkpointer:
         return (d / STEP_METADATA).exists() and (d / "model").is_dir()
 
     def _check_strays(self, read_only: bool) -> set[int]:
-        """Step-named directories that hold no checkpoint (e.g. ``checkpoints/999/garbage``):
-        ignored with a warning when reading; refused when training, since orbax would take
-        them for the latest steps (and keep them, deleting real ones)."""
+        """Step-named directories that hold no checkpoint. A deletion orbax began and a
+        ``kill -9`` cut short leaves one behind (older than the latest checkpoint, holding
+        only orbax's own entries): training finishes deleting it, reading ignores it. Any
+        other (e.g. ``checkpoints/999/garbage``) is ignored with a warning when reading and
+        refused when training, since orbax would take it for a step (and keep it, deleting
+        real ones)."""
         if not self.directory.is_dir():
             return set()
-        strays = {s for s in self.manager.all_steps() if not self._is_checkpoint(s)}
+        steps = set(self.manager.all_steps())
+        strays = {s for s in steps if not self._is_checkpoint(s)}
         if not strays:
             return strays
-        names = ", ".join(str(self.directory / str(s)) for s in sorted(strays))
+        half_deleted = {s for s in strays if self._half_deleted(s, steps - strays)}
+        for s in sorted(half_deleted):
+            d = self.directory / str(s)
+            if read_only:
+                log.warning("ignoring %s: an older checkpoint whose deletion was cut short",
+                            d)
+            elif jax.process_index() == 0:        # the others leave it to process 0
+                log.warning("removing %s: an older checkpoint whose deletion was cut short "
+                            "(the process stopped while orbax deleted it)", d)
+                d.rmtree()
+        if half_deleted and not read_only and jax.process_index() == 0:
+            self.manager.reload()                 # orbax forgets the steps removed
+            strays -= half_deleted
+        others = strays - half_deleted
+        if not others:
+            return strays
+        names = ", ".join(str(self.directory / str(s)) for s in sorted(others))
         if not read_only:
             raise CheckpointStrayError(
                 f"{names}: not a checkpoint (no {STEP_METADATA} and model/ inside), but named "
@@ -138,6 +161,12 @@ class Checkpointer:
         log.warning("ignoring %s: not a checkpoint (no %s and model/ inside)", names,
                     STEP_METADATA)
         return strays
+
+    def _half_deleted(self, step: int, complete: set[int]) -> bool:
+        """What orbax's deletion of an old step leaves when the process is killed midway:
+        a step older than a complete one, holding nothing but orbax's own entries."""
+        entries = {p.name for p in (self.directory / str(step)).iterdir()}
+        return bool(complete) and step < max(complete) and entries <= ORBAX_ENTRIES
 
     def all_steps(self) -> list[int]:
         return sorted(set(self.manager.all_steps()) - self._strays)

@@ -30,6 +30,15 @@ def _stray(wd):
     os.makedirs(os.path.join(wd, "checkpoints", "999", "garbage"))
 
 
+def _half_deleted(wd):
+    """What a kill -9 while orbax deletes the old step 3 leaves: some of its entries."""
+    step = os.path.join(wd, "checkpoints", "3")
+    os.remove(os.path.join(step, "_CHECKPOINT_METADATA"))
+    shutil.rmtree(os.path.join(step, "train"))
+    for f in glob.glob(os.path.join(step, "model", "*"))[:2]:
+        shutil.rmtree(f) if os.path.isdir(f) else os.remove(f)
+
+
 def _corrupt_latest(wd):
     for f in glob.glob(os.path.join(wd, "checkpoints", "6", "model", "**"), recursive=True):
         if os.path.isfile(f):
@@ -57,6 +66,10 @@ CASES = [
     ("stray_dir_train", _stray, MORE, 1,
      ["error: CheckpointStrayError: {wd}/checkpoints/999: not a checkpoint",
       "Move it out of {wd}/checkpoints"]),
+    ("half_deleted_eval", _half_deleted, ["--mode=eval", "--checkpoint=latest"], 0,
+     ["ignoring {wd}/checkpoints/3: an older checkpoint whose deletion was cut short"]),
+    ("half_deleted_train", _half_deleted, MORE, 0,
+     ["removing {wd}/checkpoints/3: an older checkpoint whose deletion was cut short"]),
     ("corrupt_checkpoint_eval", _corrupt_latest, ["--mode=eval", "--checkpoint=latest"], 1,
      ["error: CheckpointCorruptError: checkpoint {wd}/checkpoints/6 cannot be read",
       "evaluate another step (--checkpoint=STEP; steps here: [3])"]),
@@ -112,6 +125,13 @@ def test_a_damaged_run_directory(results, case):
     if code:              # refused: one line, and the run directory is as it was
         assert err.count("\n") == 1 and err.startswith("error: "), err
         assert after == before
+
+
+def test_a_half_deleted_checkpoint_is_removed_and_the_run_goes_on(results):
+    *_, wd = results["half_deleted_train"]
+    assert sorted(os.listdir(os.path.join(wd, "checkpoints"))) == ["6", "9"]
+    *_, wd = results["half_deleted_eval"]                    # reading leaves it as it was
+    assert "3" in os.listdir(os.path.join(wd, "checkpoints"))
 
 
 def test_a_full_disk_is_one_error_and_leaves_no_partial_checkpoint(tmp_path):
