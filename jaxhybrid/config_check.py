@@ -54,6 +54,7 @@ from jaxhybrid.config_defaults import DEFAULT_EVALUATORS
 from jaxhybrid.evaluators.suite import evaluator_names, served_by
 from jaxhybrid.evaluators.adversarial import ATTACKS, EPSILON_SPACES, epsilon_grid
 from jaxhybrid.evaluators.ood_sets import NAMED, OOD_NORMALIZATIONS, labelled_items
+from jaxhybrid.config_keys import MISSING, field_value
 from jaxhybrid.families import FAMILIES
 from jaxhybrid.models.likelihoods import get_likelihood
 from jaxhybrid.precision import COMPUTE_DTYPES
@@ -252,22 +253,6 @@ RULES: list[Callable[[Any], list[tuple[str, str]]]] = [
                             field_value(c, "accumulation_steps", 1)),
 ]
 
-_MISSING = object()
-
-
-def field_value(config, dotted: str, default=_MISSING):
-    """The value of the dotted field of ``config``; ``default`` (else KeyError) if absent."""
-    node = config
-    for part in dotted.split("."):
-        try:
-            node = node[part]
-        except (KeyError, TypeError, AttributeError):
-            if default is _MISSING:
-                raise KeyError(dotted) from None
-            return default
-    return node
-
-
 def _family_sections(config) -> list[str]:
     """The lines of a library family's ``model`` and ``objective`` tables."""
     spec = FAMILIES.get(field_value(config, "family", None))
@@ -278,8 +263,8 @@ def problems(config) -> list[str]:
     """One line per bad field: 'config field F = V: must be ...'."""
     out = []
     for field, check in FIELDS.items():
-        value = field_value(config, field, _MISSING)
-        if value is _MISSING:
+        value = field_value(config, field, MISSING)
+        if value is MISSING:
             continue
         why = check(value)
         if why:

@@ -10,7 +10,6 @@ afterwards by :mod:`jaxhybrid.config_check`.
 """
 from __future__ import annotations
 
-import difflib
 import os
 import re
 import sys
@@ -19,7 +18,7 @@ from typing import Sequence
 from absl import flags
 from ml_collections import config_flags
 
-from jaxhybrid.config_check import field_value
+from jaxhybrid.config_keys import field_value, unknown_key_message
 
 
 def _config_arg(argv: Sequence[str]) -> str | None:
@@ -59,37 +58,6 @@ def load_config(argv: Sequence[str]):
         return config
     except Exception:  # noqa: BLE001 - the original error is reported instead
         return None
-
-
-def _elsewhere(config, name: str, path: list) -> list[str]:
-    """Where a field called ``name`` lives in another section (``model.beta`` ->
-    ``objective.beta``, ``joint_weight`` -> ``objective.joint_weight``)."""
-    out = [name] if path and name in config and not hasattr(config[name], "keys") else []
-    return out + [f"{k}.{name}" for k in config.keys() if [k] != path[:1]
-                  and hasattr(config[k], "keys") and name in config[k]]
-
-
-def unknown_key_message(config, key: str) -> str | None:
-    """For an override ``--config.KEY``: the message naming its first unknown part and
-    the valid keys of the sub-config it is missing from; None when ``key`` exists."""
-    node, path = config, []
-    for part in key.split("."):
-        name = re.sub(r"\[.*$", "", part)
-        where = ".".join(path)
-        if not hasattr(node, "keys"):
-            return (f"unknown config key {key!r}: {where} is a {type(node).__name__} "
-                    f"({node!r}), not a sub-config")
-        if name not in node:
-            valid = sorted(node.keys())
-            scope = f"of {where}" if where else "at the top level"
-            near = ['.'.join(path + difflib.get_close_matches(name, valid, n=1))] if \
-                difflib.get_close_matches(name, valid, n=1) else []
-            near += _elsewhere(config, name, path)
-            hint = f" (did you mean {', '.join(dict.fromkeys(near))}?)" if near else ""
-            return (f"unknown config key {key!r}{hint}; valid keys {scope}: "
-                    f"{', '.join(valid)}")
-        node, path = node[name], path + [name]
-    return None
 
 
 _TYPE_NAMES = {int: "an int", float: "a number", str: "a string", bool: "True or False",

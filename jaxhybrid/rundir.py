@@ -30,6 +30,7 @@ from typing import Any
 
 import jax
 
+from jaxhybrid.config_keys import flatten
 from jaxhybrid.checkpointing import (is_remote, load_saved_config, read_json, run_path,
                                      save_config, write_atomic)
 from jaxhybrid.progress import read_jsonl
@@ -59,16 +60,6 @@ class WorkdirError(ValueError):
 def config_dict(config) -> dict:
     """A ConfigDict as the plain JSON tree ``config.json`` holds."""
     return json.loads(config.to_json_best_effort())
-
-
-def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    """A nested dict -> {"a.b": leaf}."""
-    if not isinstance(tree, dict):
-        return {prefix[:-1]: tree}
-    out: dict[str, Any] = {}
-    for k, v in tree.items():
-        out.update(flatten(v, f"{prefix}{k}."))
-    return out
 
 
 def _within(key: str, fields) -> bool:

@@ -21,7 +21,8 @@ import ml_collections
 from jaxhybrid.checkpointing import run_path
 from jaxhybrid.config_defaults import base_config
 from jaxhybrid.families import FAMILIES
-from jaxhybrid.rundir import CONFIG_FILE, RunDir, flatten, moved_to_objective
+from jaxhybrid.config_keys import flatten, unflatten
+from jaxhybrid.rundir import CONFIG_FILE, RunDir, moved_to_objective
 
 
 def _typed(value: Any, like: Any) -> Any:
@@ -34,17 +35,6 @@ def _typed(value: Any, like: Any) -> Any:
     return value
 
 
-def _unflatten(flat: dict[str, Any]) -> dict:
-    tree: dict = {}
-    for key, value in flat.items():
-        *sections, last = key.split(".")
-        node = tree
-        for s in sections:
-            node = node.setdefault(s, {})
-        node[last] = value
-    return tree
-
-
 def config_from_run(workdir) -> ml_collections.ConfigDict:
     """The run's saved config (a locked ConfigDict); an error if it has none."""
     saved = RunDir(workdir).saved_config()
@@ -54,7 +44,7 @@ def config_from_run(workdir) -> ml_collections.ConfigDict:
     family = saved.get("family", "classifier")
     base = flatten(base_config(family).to_dict()) if family in FAMILIES else {}
     saved = moved_to_objective(saved, base)
-    config = ml_collections.ConfigDict(_unflatten(
+    config = ml_collections.ConfigDict(unflatten(
         {k: _typed(v, base.get(k)) for k, v in saved.items()}))
     config.lock()
     return config

@@ -13,7 +13,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from jaxhybrid.tools import lower
+from jaxhybrid.tools import data_shapes, lower
 from tests.helpers import REPO
 
 PLATFORMS = ("cuda", "tpu")
@@ -158,4 +158,4 @@ def test_an_npz_file_gives_its_shapes_from_its_headers(tmp_path):
     np.savez(path, x_train=np.zeros((5, 6, 7), np.uint8), y_train=np.array([0, 2, 1, 0, 2]),
              x_test=np.zeros((2, 6, 7), np.uint8), y_test=np.array([1, 3]))
     data = ml_collections.ConfigDict({"source": "npz", "npz_path": str(path), "name": ""})
-    assert lower.dataset_shape(data) == ("tiles", (6, 7, 1), 4, 5)
+    assert data_shapes.dataset_shape(data) == ("tiles", (6, 7, 1), 4, 5)

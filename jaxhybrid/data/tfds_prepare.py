@@ -47,7 +47,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from jaxhybrid.data.loading import digits_arrays, npz_arrays
+from jaxhybrid.data.arrays import digits_arrays, npz_arrays
 from jaxhybrid.data.tfds_source import TfdsSource, tfds_data_dir
 
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")

@@ -4,7 +4,7 @@
 One column per run: the evaluation ``final_metrics.json`` names (``--checkpoint best``,
 the run's selected checkpoint), the highest evaluated step (``latest``) or a step; the
 table says which step and evaluation each column is. One row per headline metric
-(:mod:`jaxhybrid.evaluators.names`); rows follow :mod:`jaxhybrid.tools.identity`: ε is
+(:mod:`jaxhybrid.evaluators.suite`); rows follow :mod:`jaxhybrid.tools.identity`: ε is
 matched exactly, and a score shares a row only with a score of the same definition. A
 number that is missing says why: ``not run`` or ``not identifiable`` with the reason in
 a note, ``–`` where the evaluation does not report it. Below the table (md, csv; json:
@@ -22,6 +22,7 @@ import json
 import sys
 
 from jaxhybrid.checkpointing import run_path
+from jaxhybrid.config_keys import flatten
 from jaxhybrid.tools import identity, runs, tables
 
 FORMATS = ("md", "csv", "json")
@@ -69,7 +70,7 @@ def config_differences(columns: list[Column]) -> list[tuple[str, list[str]]]:
     """(field, one cell per column) for every config field whose value differs between the
     runs or that only some of them have (runs of different families: each one's own
     ``model.*`` and ``objective.*``), sorted; :data:`MISSING` where a run lacks it."""
-    flat = [runs.flatten(c.config) for c in columns]
+    flat = [flatten(c.config, lists_as_tuples=True) for c in columns]
     out = []
     for key in sorted(set().union(*flat)):
         seen = {json.dumps(f[key], sort_keys=True) if key in f else MISSING for f in flat}

@@ -15,7 +15,7 @@ import importlib.util
 import os
 import re
 
-from jaxhybrid.tools.overrides import get_field
+from jaxhybrid.config_keys import get_field
 from jaxhybrid.tools.presentation import PRESENTATION_KEYS, check_presentation
 
 SEED_KEY = "seed"

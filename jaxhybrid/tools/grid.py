@@ -13,8 +13,9 @@ from typing import Any, Sequence
 from etils import epath
 
 from jaxhybrid.checkpointing import run_path
+from jaxhybrid.config_keys import flatten
 from jaxhybrid.tools.configfile import SEED_KEY, split_config_arg
-from jaxhybrid.tools.overrides import (apply_overrides, copy_config, flag_value, flatten,
+from jaxhybrid.tools.overrides import (apply_overrides, copy_config, flag_value,
                                        format_value, parse_assignment, parse_value,
                                        split_values)
 

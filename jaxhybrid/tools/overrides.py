@@ -1,14 +1,14 @@
-"""Config keys and values, parsed exactly as ``jaxhybrid.main`` parses ``--config.KEY=VALUE``.
+"""Config values, parsed exactly as ``jaxhybrid.main`` parses ``--config.KEY=VALUE``.
 
 Every value, of ``--sweep``, ``--set`` or ``get_sweep``, goes through ml_collections' own
 ``config_flags`` parser to the type of the field it replaces: ``objective.joint_weight=0`` is the
 float 0.0, ``model.hidden=16`` the tuple (16,), ``evals.pgd_random_start=true`` a bool,
 and ``batch_size=1.5`` an error naming the key. An unknown key is an error naming the keys
-near it and all valid keys. :func:`apply_overrides` is that one mechanism.
+near it and all valid keys (:mod:`jaxhybrid.config_keys`). :func:`apply_overrides` is that
+one mechanism.
 """
 from __future__ import annotations
 
-import difflib
 import math
 import re
 from typing import Any, Mapping
@@ -17,57 +17,7 @@ import ml_collections
 from absl import flags
 from ml_collections import config_flags
 
-
-class ConfigKeyError(ValueError, KeyError):
-    """An unknown config key, or a section where a value is needed (a ValueError, so the
-    command lines print it as ``error: ...``; a KeyError for callers that look keys up)."""
-
-    def __str__(self) -> str:
-        return str(self.args[0]) if self.args else ""
-
-
-def flatten(config) -> dict[str, Any]:
-    """ConfigDict or nested dict -> {"a.b": leaf}."""
-    out: dict[str, Any] = {}
-
-    def walk(node, prefix):
-        items = node.items() if hasattr(node, "items") else []
-        for k, v in items:
-            key = f"{prefix}{k}"
-            if hasattr(v, "items"):
-                walk(v, key + ".")
-            else:
-                out[key] = v
-    walk(config, "")
-    return out
-
-
-def near_keys(key: str, valid: list[str]) -> list[str]:
-    """The valid keys near ``key``: the same last part in another section (``model.beta``
-    -> ``objective.beta``), close spellings, and the fields of its section."""
-    section, _, last = key.rpartition(".")
-    near = [k for k in valid if k.rpartition(".")[2] == last]      # moved: first
-    near += difflib.get_close_matches(key, valid, n=3)
-    if section:
-        near += [k for k in valid if k.startswith(section + ".")]
-    return list(dict.fromkeys(near))
-
-
-def get_field(config, key: str):
-    """Current value of the dotted ``key``; a clear error naming the valid keys near it."""
-    node = config
-    for part in key.split("."):
-        if not hasattr(node, "keys") or part not in node.keys():
-            valid = sorted(flatten(config))
-            near = near_keys(key, valid)
-            hint = f" Did you mean {', '.join(near)}?" if near else ""
-            raise ConfigKeyError(f"Unknown config key {key!r}.{hint} Valid keys: "
-                                 f"{', '.join(valid)}")
-        node = node[part]
-    if hasattr(node, "items"):
-        raise ConfigKeyError(f"Config key {key!r} is a section, not a value; sweep one of "
-                             f"its fields: {', '.join(sorted(k for k in flatten(node)))}")
-    return node
+from jaxhybrid.config_keys import get_field
 
 
 def apply_overrides(config, overrides: Mapping[str, Any]):

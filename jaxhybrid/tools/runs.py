@@ -19,11 +19,11 @@ import dataclasses
 import json
 import logging
 import re
-from typing import Any
 
 from etils import epath
 
 from jaxhybrid.checkpointing import run_path
+from jaxhybrid.config_keys import flatten
 
 log = logging.getLogger("jaxhybrid.tools")
 
@@ -189,17 +189,6 @@ def _at_step(run_dir, found: list[Evaluation], which, eval_id: str | None) -> Ev
 
 
 # -- runs of a sweep ----------------------------------------------------------------------
-def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
-    """A nested dict (config.json) -> {"a.b": leaf}, lists as tuples."""
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = tuple(v) if isinstance(v, list) else v
-    return out
-
-
 @dataclasses.dataclass
 class Run:
     directory: str
@@ -234,7 +223,7 @@ def load_run(directory: str, checkpoint="best") -> Run:
     run = check_run_dir(directory)
     final = read_json(run / FINAL_FILE)
     raw = read_json(run / CONFIG_FILE)
-    return Run(str(run), flatten(raw), raw, final, select_evaluation(run, checkpoint))
+    return Run(str(run), flatten(raw, lists_as_tuples=True), raw, final, select_evaluation(run, checkpoint))
 
 
 def collect_runs(run_root, checkpoint="best") -> list[Run]:
