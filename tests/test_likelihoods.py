@@ -1,7 +1,8 @@
-"""Observation models (jaxhybrid/models/likelihoods.py), each against an independent
+"""Observation models (jaxhybrid/models/likelihoods.py, logistic.py), each against an independent
 float64 computation (numpy / scipy / plain loops)."""
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import itertools
@@ -342,7 +343,7 @@ def test_registry_out_channels_and_errors():
     assert lk.out_channels("discretized_mix_logistic", 1, num_mix=5) == 15
     with pytest.raises(ValueError, match="valid choices: bernoulli, discretized_logistic"):
         lk.log_prob("logistic", jnp.zeros((1, 2)), jnp.zeros((1, 2)))
-    with pytest.raises(ValueError, match="valid options: num_mix, num_bins"):
+    with pytest.raises(ValueError, match="valid options: num_bins, log_scale_min, num_mix"):
         lk.out_channels("discretized_mix_logistic", 3, num_bin=8)
     with pytest.raises(ValueError, match="expects 4 decoder channels"):
         lk.log_prob("gaussian", jnp.zeros((1, 3)), jnp.zeros((1, 2)))
@@ -386,3 +387,97 @@ def test_registry_log_prob_splits_decoder_output():
         drawn = np.asarray(samples[name])
         np.testing.assert_allclose(drawn, grid[np.rint((drawn + 1) * 127.5).astype(int)],
                                    atol=1e-6)
+
+
+# ------------------------------------------------------------ One class per likelihood
+
+def test_each_default_declared_once_and_shared_with_the_math():
+    classes = {type(entry) for entry in _lk.LIKELIHOODS.values()}
+    owners = {}  # option -> the classes that declare it
+    for cls in classes:
+        for f in dataclasses.fields(cls):
+            owners.setdefault(f.name, set()).update(
+                k for k in cls.__mro__ if f.name in vars(k).get("__annotations__", {}))
+    assert all(len(declared) == 1 for declared in owners.values()), owners
+    defaults = {f.name: f.default for cls in classes for f in dataclasses.fields(cls)}
+    assert defaults == {"per_pixel_scale": True, "log_scale": None, "num_bins": 256,
+                        "log_scale_min": -7.0, "num_mix": 10}
+    for fn in (_lk.discretized_logistic_log_prob, _lk.discretized_logistic_sample,
+               _lk.discretized_mix_logistic_log_prob, _lk.discretized_mix_logistic_mean,
+               _lk.discretized_mix_logistic_sample, _lk.mix_out_channels):
+        for p in inspect.signature(fn).parameters.values():
+            if p.name in defaults and p.default is not p.empty:
+                assert p.default == defaults[p.name], (fn.__name__, p.name)
+
+
+def test_registry_entries_describe_themselves():
+    assert list(_lk.LIKELIHOODS) == ["bernoulli", "gaussian", "discretized_logistic",
+                                     "discretized_mix_logistic"]
+    for name, entry in _lk.LIKELIHOODS.items():
+        assert entry.name == name and entry.support in _lk.SUPPORTS
+        assert entry.bits_per_dim and entry.options == tuple(
+            f.name for f in dataclasses.fields(entry))
+        assert _lk.get_likelihood(name) is entry
+    configured = _lk.get_likelihood("discretized_mix_logistic", {"num_mix": 3})
+    assert configured.num_mix == 3 and configured.num_bins == 256
+    assert _lk.LIKELIHOODS["discretized_mix_logistic"].num_mix == 10  # default untouched
+    with pytest.raises(ValueError, match="log_scale is given but per_pixel_scale=True"):
+        _lk.log_prob("gaussian", jnp.zeros((1, 4)), jnp.zeros((1, 2)), log_scale=0.0)
+    with pytest.raises(ValueError, match="per_pixel_scale=False needs log_scale"):
+        _lk.log_prob("discretized_logistic", jnp.zeros((1, 2)), jnp.zeros((1, 2)),
+                     per_pixel_scale=False)
+
+
+def _by_hand(name, out, x, key, channels, opts):
+    """What each registry entry computed before the classes: the math functions with
+    the options' old defaults spelled out (256 bins, log-scale floor −7, 10 components)."""
+    o = {"per_pixel_scale": True, "log_scale": None, "num_bins": 256,
+         "log_scale_min": -7.0, "num_mix": 10, **opts}
+    if name == "bernoulli":
+        return (_lk.bernoulli_log_prob(out, x), _lk.bernoulli_mean(out),
+                _lk.bernoulli_sample(key, out))
+    if name == "discretized_mix_logistic":
+        bins = (o["num_bins"], o["log_scale_min"])
+        return (_lk.discretized_mix_logistic_log_prob(out, x, o["num_mix"], *bins),
+                _lk.discretized_mix_logistic_mean(out, channels, o["num_mix"]),
+                _lk.discretized_mix_logistic_sample(key, out, channels, o["num_mix"], *bins))
+    loc, ls = ((out[..., :channels], out[..., channels:]) if o["per_pixel_scale"]
+               else (out, o["log_scale"]))
+    if name == "gaussian":
+        return (_lk.gaussian_log_prob(loc, x, ls), loc.astype(jnp.float32),
+                _lk.gaussian_sample(key, loc, ls))
+    bins = (o["num_bins"], o["log_scale_min"])
+    return (_lk.discretized_logistic_log_prob(loc, ls, x, *bins),
+            _lk.discretized_logistic_mean(loc),
+            _lk.discretized_logistic_sample(key, loc, ls, *bins))
+
+
+def test_classes_equal_the_math_functions_bit_for_bit():
+    rng = np.random.default_rng(10)
+    x = _centres(256)[rng.integers(0, 256, (2, 3, 3, 3))].astype(np.float32)
+    out6 = rng.normal(size=(2, 2, 3, 3, 6)).astype(np.float32)  # [S, B, H, W, 2C]
+    cases = [("bernoulli", out6[..., :3], (x > 0).astype(np.float32), {}),
+             ("gaussian", out6, x, {}),
+             ("gaussian", out6[..., :3], x, {"per_pixel_scale": False, "log_scale": 0.3}),
+             ("discretized_logistic", out6, x, {}),
+             ("discretized_logistic", out6[..., :3], x,
+              {"per_pixel_scale": False, "log_scale": -2.0, "log_scale_min": None}),
+             ("discretized_mix_logistic", _random_mix_params(rng, (2, 3, 3), 3, 10), x, {}),
+             ("discretized_mix_logistic", _random_mix_params(rng, (2, 3, 3), 1, 2),
+              x[..., :1], {"num_mix": 2, "num_bins": 8, "log_scale_min": -5.0})]
+
+    @jax.jit
+    def both(key, arrays):
+        res = []
+        for (name, _, _, opts), (out, x) in zip(cases, arrays):
+            c = x.shape[-1]
+            entry = _lk.get_likelihood(name, opts)
+            res.append(((entry.log_prob(out, x), entry.mean(out, c), entry.sample(key, out, c)),
+                        _by_hand(name, out, x, key, c, opts)))
+        return res
+
+    results = both(_key(2), [(out, x) for _, out, x, _ in cases])
+    for (name, out, x, opts), (got, want) in zip(cases, results):
+        assert _lk.get_likelihood(name, opts).out_channels(x.shape[-1]) == out.shape[-1]
+        for g, w in zip(got, want):
+            np.testing.assert_array_equal(g, w, err_msg=f"{name} {opts}")
