@@ -62,7 +62,7 @@ def _parts(fam_cfg, batch, samples, key):
     b = _jnp(batch)
     variables = _variables(fam, batch)
     module = famlib.build_module(o, K, batch["image"].shape[-1])
-    eps = famlib.reparameterisation_noise(key, b["id"], samples, o["latent"])
+    eps = famlib.reparameterisation_noise(key, b["id"], samples, o.model["latent"])
     out = jax.jit(lambda v, x, e: module.apply(v, x, train=False, eps=e))(variables, b["image"],
                                                                          eps)
     return fam, variables, jax.tree.map(np.asarray, out), np.asarray(eps)
@@ -111,19 +111,47 @@ def test_elbo_and_iwae_equal_direct_computations_from_the_parts():
     assert np.all(np.abs(pred["neg_loss_sampled"] - pred["neg_loss_at_mean"]) > 1e-4)
 
 
+def test_bound_formulas_are_the_closed_forms():
+    """objectives.dhm's elbo, iwae_bound (with the warm-up's c) and the normalisation's
+    log-Jacobian against plain numpy loops."""
+    rng = np.random.default_rng(2)
+    s, b, l = 4, 3, 5
+    log_px = rng.normal(-50, 5, size=(s, b))
+    mu, log_var, z = rng.normal(size=(b, l)), rng.normal(size=(b, l)), rng.normal(size=(s, b, l))
+    log_n = lambda v, m, lv: -0.5 * ((v - m) ** 2 / np.exp(lv) + lv + np.log(2 * np.pi))  # noqa
+    for c in (1.0, 0.3):
+        want = []
+        for i in range(b):
+            w = [log_px[k, i] + c * (log_n(z[k, i], 0.0, 0.0).sum()
+                                     - log_n(z[k, i], mu[i], log_var[i]).sum()) for k in range(s)]
+            want.append(np.log(np.mean(np.exp(np.asarray(w) - max(w)))) + max(w))
+        np.testing.assert_allclose(obj.iwae_bound(log_px, z, mu, log_var, kl_coef=c), want,
+                                   rtol=1e-5)
+    kl = [sum(0.5 * (mu[i, j] ** 2 + np.exp(log_var[i, j]) - 1 - log_var[i, j])
+              for j in range(l)) for i in range(b)]
+    np.testing.assert_allclose(obj.elbo(log_px, mu, log_var, 2.5),
+                               log_px.mean(0) - np.asarray(kl) + 2.5, rtol=1e-5)
+    # x̃ = (x − m)/s_c: log |det ∂x̃/∂x| = Σ over the H·W·C elements of log(1/s_c)
+    std, shape = (0.2, 0.5, 2.0), (7, 4, 3, 3)
+    want = sum(np.log(1.0 / std[c]) for h in range(4) for w in range(3) for c in range(3))
+    assert obj.normalisation_log_jacobian(shape, std) == pytest.approx(want, rel=1e-12)
+    assert obj.normalisation_log_jacobian((7, 4, 3, 3), 0.5) == pytest.approx(36 * np.log(2))
+
+
 def test_mse_mean_loss_is_the_original_formula():
     """α·CE + β·(mean (x̂ − x)² + 0.1·mean KL), batch mean over the valid rows (α = β = 1)."""
     batch = _batch(b=10, pad=2)
     cfg = _config()                                          # recon=mse_mean, c = 0.1, BN
     o = famlib.DHMFamily.options(cfg)
-    assert (o["recon"], o["kl_coef"], o["alpha"], o["beta"]) == ("mse_mean", 0.1, 1.0, 1.0)
+    assert (o.model["recon"], o.objective["kl_coef"], o.objective["alpha"],
+            o.objective["beta"]) == ("mse_mean", 0.1, 1.0, 1.0)
     fam = famlib.DHMFamily.build(cfg, K)
     b, key = _jnp(batch), jax.random.PRNGKey(3)
     variables = _variables(fam, batch)
     progress = {"step": jnp.int32(0), "epoch": jnp.float32(0.5)}
     value, (state, aux) = jax.jit(fam.loss)(variables, b, key, progress)
     module = famlib.build_module(o, K, 1)
-    eps = famlib.reparameterisation_noise(key, b["id"], 1, o["latent"])
+    eps = famlib.reparameterisation_noise(key, b["id"], 1, o.model["latent"])
     out, _ = jax.jit(lambda v, b: module.apply(
         v, b["image"], train=True, mask=b["mask"], eps=eps,
         keys=rnglib.example_keys(rnglib.stream(key, rnglib.DROPOUT), b["id"]),
@@ -187,16 +215,16 @@ def test_decoder_reconstructs_any_input_shape_at_every_split_layer(shape):
         o = famlib.DHMFamily.options(_config(vae_split_layer=k))
         module = famlib.build_module(o, K, shape[-1])
         x = jnp.zeros((2, *shape))
-        eps = jnp.zeros((2, 4, o["latent"]))
+        eps = jnp.zeros((2, 4, o.model["latent"]))
         out, _ = jax.eval_shape(lambda: module.init_with_output(
             jax.random.PRNGKey(0), x, train=False, eps=eps))
         h, w, c = shape
-        w2 = o["width"]
+        w2 = o.model["width"]
         target = {0: (h, w, c), 1: (h, w, w2), 2: (h, w, w2),
                   3: (-(-h // 2), -(-w // 2), 2 * w2), 4: (-(-h // 4), -(-w // 4), 4 * w2)}[k]
         assert out["target"].shape == (2, *target), k
         assert out["decoded"].shape == (4, 2, *target), k
-        assert out["logits"].shape == (2, K) and out["mu"].shape == (2, o["latent"])
+        assert out["logits"].shape == (2, K) and out["mu"].shape == (2, o.model["latent"])
     # a proper likelihood's decoder outputs its parameters, e.g. the mixture's
     o = famlib.DHMFamily.options(_config(recon="discretized_mix_logistic"))
     out, _ = jax.eval_shape(lambda: famlib.build_module(o, K, shape[-1]).init_with_output(
@@ -264,7 +292,8 @@ def test_the_config_sections_are_the_tables():
     assert set(c.model) == set(famlib.MODEL.fields) and "joint_weight" not in c
     assert not set(famlib.MODEL.fields) & set(famlib.OBJECTIVE.fields)
     o = famlib.DHMFamily.options(c)
-    assert (o["beta"], o["kl_coef"], o["width"]) == (1.0, 0.1, 64)
+    assert (o.objective["beta"], o.objective["kl_coef"], o.model["width"]) == (1.0, 0.1, 64)
+    assert "beta" not in o.model and "width" not in o.objective       # each in its section
     assert "| `objective.beta` | `1.0` |" in famlib.OBJECTIVE.table()
 
 

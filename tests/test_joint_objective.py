@@ -6,7 +6,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from jaxhybrid import parallel
-from jaxhybrid.families.classifier import classifier_objective
+from jaxhybrid.objectives.classifier import classifier_objective
 from jaxhybrid.objectives.conditional import conditional_nll
 from jaxhybrid.objectives.joint import joint_nll, log_partition
 
@@ -91,6 +91,32 @@ def test_joint_closed_form_value():
     logz = np.log(np.exp(f).sum(-1))
     expected = -f[np.arange(b), np.asarray(y)].mean() + np.log(np.exp(logz).sum()) - np.log(b)
     np.testing.assert_allclose(joint_nll(_f(params, x), y), expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize("joint_weight", [0.0, 0.3, 1.0])
+def test_classifier_objective_is_the_lambda_mix(joint_weight):
+    """(1 − λ)·CE + λ·joint NLL over the valid rows (closed forms), both parts logged, the
+    gradient only through the weighted parts."""
+    params, x, y = _linear_problem()
+    mask = jnp.arange(16) < 13
+    f, yn, m = np.asarray(_f(params, x), np.float64), np.asarray(y), np.asarray(mask)
+    logz = np.log(np.exp(f).sum(-1))
+    fit = f[np.arange(16), yn]
+    ce = np.mean((logz - fit)[m])
+    joint = -fit[m].mean() + np.log(np.exp(logz[m]).sum()) - np.log(m.sum())
+    loss, aux = classifier_objective(_f(params, x), y, mask, joint_weight=joint_weight,
+                                     label_model="softmax")
+    np.testing.assert_allclose(loss, (1 - joint_weight) * ce + joint_weight * joint, rtol=1e-5)
+    np.testing.assert_allclose([aux["conditional_nll"], aux["joint_nll"]], [ce, joint],
+                               rtol=1e-5)
+    np.testing.assert_allclose(aux["accuracy"], np.mean((f.argmax(-1) == yn)[m]), rtol=1e-6)
+    grad = jax.grad(lambda p: classifier_objective(
+        _f(p, x), y, mask, joint_weight=joint_weight, label_model="softmax")[0])(params)
+    parts = [jax.grad(lambda p: fn(_f(p, x), y, mask=mask))(params)
+             for fn in (conditional_nll, joint_nll)]
+    want = jax.tree.map(lambda a, b: (1 - joint_weight) * a + joint_weight * b, *parts)
+    for g, w in zip(jax.tree.leaves(grad), jax.tree.leaves(want)):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
 
 
 def test_mask_excludes_padding():

@@ -39,7 +39,8 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from typing import Any, Callable, Optional
+import types
+from typing import Any, Callable, Mapping, Optional
 
 import ml_collections
 
@@ -122,6 +123,25 @@ class Family:
         return f"val_{self.select[0]}"
 
 
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """A family's checked config sections, each a read-only mapping {field: value}:
+    ``model`` (``config.model``) and ``objective`` (``config.objective``). A reader says
+    which section a value is of: ``opts.model["width"]``, ``opts.objective["beta"]``."""
+    model: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    objective: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        for section in ("model", "objective"):
+            object.__setattr__(self, section,
+                               types.MappingProxyType(dict(getattr(self, section))))
+
+    def field(self, dotted: str):
+        """The value of ``"model.<name>"`` or ``"objective.<name>"``."""
+        section, name = dotted.split(".", 1)
+        return getattr(self, section)[name]
+
+
 class FamilyBase(abc.ABC):
     """The shape of every family of the library: one small class.
 
@@ -130,8 +150,8 @@ class FamilyBase(abc.ABC):
     (``config.objective``: the loss, its weights and schedules), plus ``RULES`` across
     them (the classifier's ``MODEL`` holds every network of :data:`jaxhybrid.models.MODELS`
     with its options; ``MODEL = None`` checks no model section). ``__init__`` reads and
-    checks both sections (``self.o``: their fields in one dict; a family's field names are
-    distinct across its sections); the subclass implements the seam's functions as methods
+    checks both sections (``self.opts``: an :class:`Options`, ``self.opts.model[...]`` and
+    ``self.opts.objective[...]``); the subclass implements the seam's functions as methods
     and :meth:`family` returns the :class:`Family` record the trainer and evaluators hold.
     :meth:`build` is the factory the registry calls (``(config, num_classes, mean, std)``,
     the signature an external family's factory has too).
@@ -139,7 +159,8 @@ class FamilyBase(abc.ABC):
     name: str = ""
     MODEL: Optional[Schema] = None
     OBJECTIVE: Schema = Schema("objective", {})
-    RULES: tuple = ()         # (o) -> [(dotted field, what is valid)], when each field is valid
+    RULES: tuple = ()         # (opts: Options) -> [(dotted field, what is valid)], run once
+                              # every field is valid
 
     @classmethod
     def default_model(cls) -> ml_collections.ConfigDict:
@@ -147,23 +168,25 @@ class FamilyBase(abc.ABC):
         return cls.MODEL.defaults()
 
     @classmethod
-    def options(cls, config) -> dict:
-        """``config.model`` and ``config.objective`` checked and merged: one ValueError
-        naming every bad field and what is valid."""
-        bad, o = [], {}
+    def options(cls, config) -> Options:
+        """``config.model`` and ``config.objective`` checked, each read into its own
+        section of an :class:`Options`: one ValueError naming every bad field and what is
+        valid."""
+        bad, read = [], {}
         schemas = [s for s in (cls.MODEL, cls.OBJECTIVE) if s is not None]
         for schema in schemas:
             section = config.get(schema.section) if hasattr(config, "get") else None
             found = schema.problems(section, [s for s in schemas if s is not schema])
             bad += found
             if not found:
-                o.update(schema.read(section))
+                read[schema.section] = schema.read(section)
         if not bad:
-            bad = [f"config field {f} = {o[f.split('.', 1)[1]]!r}: {why}"
-                   for rule in cls.RULES for f, why in rule(o)]
+            opts = Options(**read)
+            bad = [f"config field {f} = {opts.field(f)!r}: {why}"
+                   for rule in cls.RULES for f, why in rule(opts)]
         if bad:
             raise ValueError("\n".join(bad))
-        return o
+        return opts
 
     @classmethod
     def problems(cls, config) -> list[str]:
@@ -180,7 +203,7 @@ class FamilyBase(abc.ABC):
 
     def __init__(self, config, num_classes: int, mean=None, std=None):
         self.config, self.num_classes, self.mean, self.std = config, num_classes, mean, std
-        self.o = self.options(config)
+        self.opts = self.options(config)
         self.dtype = precision.compute_dtype(config)
 
     def needs_classes(self) -> None:

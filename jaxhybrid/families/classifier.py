@@ -1,7 +1,8 @@
 """Classifier family: FFN (cross-entropy) and GFFN (joint likelihood), mixed by λ.
 
 loss = (1 − λ)·conditional_nll + λ·joint_nll, λ = ``config.objective.joint_weight``
-(λ = 0: the FFN baseline; λ = 1: the thesis GFFN); :data:`Classifier.OBJECTIVE` lists the
+(λ = 0: the FFN baseline; λ = 1: the thesis GFFN), the objective of
+:mod:`jaxhybrid.objectives.classifier`. :data:`Classifier.OBJECTIVE` lists the
 objective's fields, :data:`Classifier.MODEL` the model's: ``model.name``, one of the
 networks of :data:`jaxhybrid.models.MODELS` (cnn, resnet18), and each network's options
 (:data:`jaxhybrid.models.MODEL_FIELDS`; the named one's are used). Both parts are always
@@ -21,44 +22,15 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
 
 from jaxhybrid.families.base import Family, FamilyBase, GlobalStatistics, split_variables
-from jaxhybrid.mathops import global_mean
 from jaxhybrid.metrics_core import nll as softmax_nll
 from jaxhybrid.models import MODEL_FIELDS, MODELS, build_model, network_config
-from jaxhybrid.objectives.conditional import class_probabilities, conditional_nll
-from jaxhybrid.objectives.joint import (LABEL_MODELS, combine_partition_statistics, joint_nll,
-                                        joint_nll_given_partition, log_partition,
-                                        partition_statistics)
+from jaxhybrid.objectives.classifier import classifier_objective
+from jaxhybrid.objectives.conditional import class_probabilities
+from jaxhybrid.objectives.joint import (LABEL_MODELS, combine_partition_statistics,
+                                        log_partition, partition_statistics)
 from jaxhybrid.schema import Schema, choice, num
-
-
-def classifier_objective(logits, labels, mask, *, joint_weight: float, label_model: str,
-                         axis_name=None, partition=None):
-    """(1 − λ)·conditional + λ·joint over the global batch; returns (loss, aux).
-    ``partition``: the global batch's partition statistics when this batch is one
-    micro-batch of it (:func:`joint_nll_given_partition`); None: this batch is the whole."""
-    cond = conditional_nll(logits, labels, label_model=label_model, axis_name=axis_name,
-                           mask=mask)
-    if partition is None:
-        joint = joint_nll(logits, labels, label_model=label_model, axis_name=axis_name,
-                          mask=mask)
-    else:
-        joint = joint_nll_given_partition(logits, labels, partition, label_model=label_model,
-                                          axis_name=axis_name, mask=mask)
-    if joint_weight == 0.0:  # FFN: joint only logged, no gradient through it
-        loss = cond
-        joint = lax.stop_gradient(joint)
-    elif joint_weight == 1.0:
-        loss = joint
-        cond = lax.stop_gradient(cond)
-    else:
-        loss = (1.0 - joint_weight) * cond + joint_weight * joint
-    accuracy = global_mean(jnp.argmax(logits, -1) == labels, mask, axis_name)
-    aux = {"conditional_nll": cond, "joint_nll": joint,
-           "accuracy": lax.stop_gradient(accuracy)}
-    return loss, aux
 
 
 def validate_classifier(outputs) -> dict:
@@ -100,9 +72,10 @@ class Classifier(FamilyBase):
     def __init__(self, config, num_classes: int, mean=None, std=None):
         super().__init__(config, num_classes, mean, std)
         self.needs_classes()
-        self.module = build_model(network_config(self.o), num_classes, mean=mean, std=std,
-                                  dtype=self.dtype)
-        self.joint_weight, self.label_model = self.o["joint_weight"], self.o["label_model"]
+        self.module = build_model(network_config(self.opts.model), num_classes, mean=mean,
+                                  std=std, dtype=self.dtype)
+        o = self.opts.objective
+        self.joint_weight, self.label_model = o["joint_weight"], o["label_model"]
 
     def init(self, rng, batch, axis_name=None):
         del axis_name  # no data-dependent initialisation

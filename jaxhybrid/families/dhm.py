@@ -31,12 +31,11 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 from jax import lax
-import numpy as np
 
 from jaxhybrid import rng as rnglib
-from jaxhybrid.families.base import Family, FamilyBase, split_variables
+from jaxhybrid.families.base import Family, FamilyBase, Options, split_variables
 from jaxhybrid.families.classifier import validate_classifier
-from jaxhybrid.mathops import global_mean, kl_normal_std, log_mean_exp
+from jaxhybrid.mathops import global_mean
 from jaxhybrid.models.dhm import DHM, NORMS, SPLIT_LAYERS
 from jaxhybrid.models.layers import torch_default_init
 from jaxhybrid.models import likelihoods
@@ -77,33 +76,33 @@ OBJECTIVE = Schema("objective", {
 })
 
 
-def _rules(o):
-    out = []
-    if o["vae_split_layer"] > 0 and o["recon"] not in REAL_VALUED:
+def _rules(o: Options):
+    out, m = [], o.model
+    if m["vae_split_layer"] > 0 and m["recon"] not in REAL_VALUED:
         out.append(("model.recon", f"must be one of {', '.join(REAL_VALUED)} when "
                     "model.vae_split_layer > 0 (the VAE then reconstructs real-valued trunk "
                     "features)"))
-    if o["train_samples"] > 1 and o["recon"] == "mse_mean":
+    if o.objective["train_samples"] > 1 and m["recon"] == "mse_mean":
         out.append(("objective.train_samples", "must be 1 with model.recon='mse_mean' (the "
                     "IWAE loss needs a proper likelihood: gaussian, bernoulli, "
                     "discretized_logistic, discretized_mix_logistic)"))
     return out
 
 
-def build_module(o: dict, num_classes: int, channels: int, axis_name=None, mean=None,
+def build_module(o: Options, num_classes: int, channels: int, axis_name=None, mean=None,
                  std=None, dtype="float32") -> DHM:
-    """The DHM module of options ``o`` (:meth:`DHMFamily.options`) for ``channels`` data channels
-    (the trunk's stage-k input's channels when ``vae_split_layer`` k ≥ 1); ``dtype`` is the
-    compute dtype."""
-    out = 0
-    if o["recon"] != "mse_mean":
-        name, options = obj.recon_likelihood(o["recon"], o["recon_scale"])
-        width = channels if o["vae_split_layer"] == 0 else o["width"] * 2 ** max(
-            o["vae_split_layer"] - 2, 0)              # stage k's input: w, w, 2w, 4w
+    """The DHM module of options ``o`` (:meth:`DHMFamily.options`; its model section) for
+    ``channels`` data channels (the trunk's stage-k input's channels when
+    ``vae_split_layer`` k ≥ 1); ``dtype`` is the compute dtype."""
+    m, out = o.model, 0
+    if m["recon"] != "mse_mean":
+        name, options = obj.recon_likelihood(m["recon"], m["recon_scale"])
+        width = channels if m["vae_split_layer"] == 0 else m["width"] * 2 ** max(
+            m["vae_split_layer"] - 2, 0)              # stage k's input: w, w, 2w, 4w
         out = likelihoods.out_channels(name, width, **options)
-    return DHM(num_classes, width=o["width"], blocks=o["blocks"], latent=o["latent"],
-               head_hidden=o["head_hidden"], norm=o["norm"],
-               vae_split_layer=o["vae_split_layer"], out_channels=out, axis_name=axis_name,
+    return DHM(num_classes, width=m["width"], blocks=m["blocks"], latent=m["latent"],
+               head_hidden=m["head_hidden"], norm=m["norm"],
+               vae_split_layer=m["vae_split_layer"], out_channels=out, axis_name=axis_name,
                mean=mean, std=std, dtype=str(jnp.dtype(dtype)))
 
 
@@ -122,16 +121,16 @@ class DHMFamily(FamilyBase):
     def __init__(self, config, num_classes: int, mean=None, std=None):
         super().__init__(config, num_classes, mean, std)
         self.needs_classes()
-        o = self.o
-        self.recon, self.k = o["recon"], o["vae_split_layer"]
-        self.lik = {"scale": o["recon_scale"], "scale_min": o["recon_scale_min"]}
+        m = self.opts.model
+        self.recon, self.k = m["recon"], m["vae_split_layer"]
+        self.lik = {"scale": m["recon_scale"], "scale_min": m["recon_scale_min"]}
 
     def module(self, axis_name=None, channels=None) -> DHM:
-        return build_module(self.o, self.num_classes, channels, axis_name, mean=self.mean,
+        return build_module(self.opts, self.num_classes, channels, axis_name, mean=self.mean,
                             std=self.std, dtype=self.dtype)
 
     def noise(self, rng, ids, samples: int):
-        return reparameterisation_noise(rng, ids, samples, self.o["latent"])
+        return reparameterisation_noise(rng, ids, samples, self.opts.model["latent"])
 
     def target_of(self, out, image):
         if self.k > 0:
@@ -139,26 +138,27 @@ class DHMFamily(FamilyBase):
         return obj.likelihood_target(self.recon, image, out["target"])
 
     def log_jacobian(self, image):
-        """log |d normalised / d pixels| summed per example (mse_mean models normalised x)."""
-        if self.recon != "mse_mean" or self.std is None or self.k > 0:  # k > 0: features
+        """What turns a bound of the modelled target into one of the [0, 1] pixels: the
+        normalisation's log-Jacobian for mse_mean (it models the normalised image), else 0
+        (k > 0: trunk features, no pixel density)."""
+        if self.recon != "mse_mean" or self.std is None or self.k > 0:
             return 0.0
-        s = np.broadcast_to(np.asarray(self.std, np.float64), image.shape[-1:])
-        return -float(np.prod(image.shape[1:-1]) * np.sum(np.log(s)))
+        return obj.normalisation_log_jacobian(image.shape, self.std)
 
-    def elbo_nats(self, out, target, image, lp=None):
-        """E_q[log p(x|z)] − KL(q ‖ p) per example [B], nats (Monte Carlo over the decoded
-        samples, the KL in closed form), with mse_mean's log-Jacobian."""
-        if lp is None:
-            lp = obj.log_px_given_z(self.recon, out["decoded"], target, **self.lik)
-        kl = jnp.sum(kl_normal_std(out["mu"], out["log_var"]), axis=-1)
-        return jnp.mean(lp, axis=0) - kl + self.log_jacobian(image)
+    def log_px(self, out, target):
+        """log p(target | z) [S, B] at the S decoded samples (nats)."""
+        return obj.log_px_given_z(self.recon, out["decoded"], target, **self.lik)
+
+    def elbo(self, out, lp, image):
+        """:func:`objectives.dhm.elbo` [B] of the outputs ``out`` with log p(x|z) ``lp``."""
+        return obj.elbo(lp, out["mu"], out["log_var"], self.log_jacobian(image))
 
     def init(self, rng, batch, axis_name=None):
         image = batch["image"]
-        eps = jnp.zeros((image.shape[0], 1, self.o["latent"]))
+        eps = jnp.zeros((image.shape[0], 1, self.opts.model["latent"]))
         variables = dict(self.module(axis_name, image.shape[-1]).init(rng, image, train=False,
                                                                        eps=eps))
-        if self.o["init"] == "pytorch":
+        if self.opts.model["init"] == "pytorch":
             variables["params"] = torch_default_init(
                 variables["params"], rnglib.stream(rng, rnglib.TORCH_INIT))
         return variables
@@ -170,43 +170,39 @@ class DHMFamily(FamilyBase):
         kwargs = dict(train=True, mask=batch["mask"], eps=eps,
                       keys=rnglib.example_keys(rnglib.stream(rng, rnglib.DROPOUT),
                                                 batch["id"]))
-        if self.o["norm"] == "batch":
+        if self.opts.model["norm"] == "batch":
             out, state = m.apply(variables, batch["image"], mutable=["batch_stats"], **kwargs)
             return out, state
         return m.apply(variables, batch["image"], **kwargs), state
 
-    def iwae_term(self, out, target, c):
-        """−IWAE_K per example [B], the weights' KL part scaled by the (warm-up) c."""
-        lp = obj.log_px_given_z(self.recon, out["decoded"], target, **self.lik)   # [S, B]
-        return -log_mean_exp(obj.log_weights(lp, out["z"], out["mu"], out["log_var"], kl_coef=c))
-
     def loss(self, variables, batch, rng, progress, axis_name=None):
-        image, mask, o = batch["image"], batch["mask"], self.o
+        image, mask, o = batch["image"], batch["mask"], self.opts.objective
         eps = self.noise(rng, batch["id"], o["train_samples"])
         out, state = self.forward_train(variables, batch, rng, eps, axis_name)
         c = obj.kl_schedule(o["kl_coef"], o["kl_warmup_epochs"], progress["epoch"])
         target = self.target_of(out, image)
         recon_term, kl_term = obj.generative_terms(self.recon, out["decoded"], target, out["mu"],
                                                    out["log_var"], **self.lik)
-        generative = self.iwae_term(out, target, c) if o["train_samples"] > 1 else None
+        lp = self.log_px(out, target)                                       # [S, B]
+        generative = None   # K > 1: −IWAE_K, the weights' KL part scaled by the warm-up c
+        if o["train_samples"] > 1:
+            generative = -obj.iwae_bound(lp, out["z"], out["mu"], out["log_var"], kl_coef=c)
         value, aux = obj.dhm_objective(out["logits"], batch["label"], mask, recon_term, kl_term,
                                        alpha=o["alpha"], beta=o["beta"], kl_coef=c,
                                        axis_name=axis_name, generative=generative)
-        aux["elbo"] = lax.stop_gradient(global_mean(
-            self.elbo_nats(out, target, image), mask, axis_name))
+        aux["elbo"] = lax.stop_gradient(global_mean(self.elbo(out, lp, image), mask, axis_name))
         return value, (dict(state), aux)
 
     def bounds(self, m, variables, batch, rng) -> dict:
         """``logits``, ``elbo`` and ``log_likelihood`` (IWAE) [B] with ``iwae_samples`` draws,
         in nats."""
         image = batch["image"]
-        eps = self.noise(rng, batch["id"], self.o["iwae_samples"])
+        eps = self.noise(rng, batch["id"], self.opts.model["iwae_samples"])
         sampled = m.apply(variables, image, train=False, eps=eps)
-        target = self.target_of(sampled, image)
-        lp = obj.log_px_given_z(self.recon, sampled["decoded"], target, **self.lik)  # [S, B]
-        log_w = obj.log_weights(lp, sampled["z"], sampled["mu"], sampled["log_var"])
-        return {"logits": sampled["logits"], "elbo": self.elbo_nats(sampled, target, image, lp=lp),
-                "log_likelihood": log_mean_exp(log_w) + self.log_jacobian(image)}
+        lp = self.log_px(sampled, self.target_of(sampled, image))              # [S, B]
+        iwae = obj.iwae_bound(lp, sampled["z"], sampled["mu"], sampled["log_var"])
+        return {"logits": sampled["logits"], "elbo": self.elbo(sampled, lp, image),
+                "log_likelihood": iwae + self.log_jacobian(image)}
 
     def predict(self, variables, batch, rng, outputs=("logits",)):
         image = batch["image"]
@@ -232,7 +228,7 @@ class DHMFamily(FamilyBase):
         for i, name in enumerate(("neg_loss_at_mean", "neg_loss_sampled")):
             recon, kl = obj.generative_terms(self.recon, out["decoded"][i:i + 1], target,
                                              out["mu"], out["log_var"], **self.lik)
-            res[name] = -(recon + self.o["kl_coef"] * kl)
+            res[name] = -(recon + self.opts.objective["kl_coef"] * kl)
         return res
 
     @staticmethod
@@ -244,16 +240,16 @@ class DHMFamily(FamilyBase):
 
     def definitions(self) -> dict:
         """{output or OOD score: one-line definition} (Family.definitions)."""
-        o, c = self.o, self.o["kl_coef"]
+        m, c = self.opts.model, self.opts.objective["kl_coef"]
         if self.recon == "mse_mean":
             recon = ("recon = mean over the target's elements of (x̂ − x)² (normalised pixels"
                      + (")" if self.k == 0 else f", or trunk features at stage {self.k})")
-                     + f", KL = mean over the {o['latent']} latent dims")
-            lik = (f"a Gaussian of scale {o['recon_scale']:g} on the normalised input, with the "
+                     + f", KL = mean over the {m['latent']} latent dims")
+            lik = (f"a Gaussian of scale {m['recon_scale']:g} on the normalised input, with the "
                    "normalisation's log-Jacobian")
         else:
             recon = (f"recon = −log p(x|z) under {self.recon}, summed nats; KL summed over the "
-                     f"{o['latent']} latent dims")
+                     f"{m['latent']} latent dims")
             lik = f"the {self.recon} likelihood"
         density = self.recon in ("mse_mean", "gaussian", "gaussian_learned")
         what = ("a log-DENSITY of the continuous [0, 1] pixels (can exceed 0; its bits/dim "
@@ -270,14 +266,14 @@ class DHMFamily(FamilyBase):
             "neg_loss_at_mean": f"−(recon + {c:g}·KL) decoded at z = μ (deterministic; not the "
                                 f"original's score); {recon}",
             "elbo": f"E_q[log p(x|z)] − KL(q‖p) in nats under {lik}, Monte Carlo over "
-                    f"{o['iwae_samples']} draws, KL in closed form (weight 1; not the "
+                    f"{m['iwae_samples']} draws, KL in closed form (weight 1; not the "
                     f"original's score)",
-            "log_likelihood": f"the IWAE bound with {o['iwae_samples']} samples under {lik}: "
+            "log_likelihood": f"the IWAE bound with {m['iwae_samples']} samples under {lik}: "
                               + what,
         }
 
     def family(self) -> Family:
-        o = self.o
+        m, o = self.opts.model, self.opts.objective
         names = ("logits", "neg_loss_sampled", "neg_loss_at_mean", "elbo") + (
             ("log_likelihood",) if self.k == 0 else ())
         definitions = {k: v for k, v in self.definitions().items()
@@ -288,8 +284,9 @@ class DHMFamily(FamilyBase):
             select=("accuracy", "max"),
             ood_outputs=("logits", "neg_loss_sampled", "neg_loss_at_mean", "elbo"),
             ood_score_fn=self.ood_scores, label=f"DHM β={o['beta']:g}", definitions=definitions,
-            likelihood=obj.recon_likelihood(o["recon"], o["recon_scale"])[0] if self.k == 0
+            likelihood=obj.recon_likelihood(m["recon"], m["recon_scale"])[0] if self.k == 0
             else "",
-            describe={"model": "dhm", **{f: o[f] for f in (
-                "width", "latent", "norm", "vae_split_layer", "alpha", "beta", "kl_coef",
-                "recon")}, "log_likelihood": f"the IWAE bound with {o['iwae_samples']} samples"})
+            describe={"model": "dhm", **{f: m[f] for f in ("width", "latent", "norm",
+                                                           "vae_split_layer")},
+                      **{f: o[f] for f in ("alpha", "beta", "kl_coef")}, "recon": m["recon"],
+                      "log_likelihood": f"the IWAE bound with {m['iwae_samples']} samples"})

@@ -39,6 +39,7 @@ validation is carved from train.
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 
@@ -48,7 +49,7 @@ import numpy as np
 from jax import lax
 
 from jaxhybrid import rng as rnglib
-from jaxhybrid.families.base import Family, FamilyBase
+from jaxhybrid.families.base import Family, FamilyBase, Options
 from jaxhybrid.mathops import log_mean_exp
 from jaxhybrid.models import likelihoods
 from jaxhybrid.models.hvae import HVAE, Block, Latent, init_from_directions
@@ -158,45 +159,53 @@ OBJECTIVE = Schema("objective", {
 })
 
 
-def with_layers(o: dict) -> dict:
-    """``o`` with ``stages`` and ``latents`` parsed from the two stage lists."""
-    return {**o, "stages": parse_stages(o["config_deterministic"]),
-            "latents": parse_latents(o["config_stochastic"])}
+def with_layers(model) -> dict:
+    """The model section ``model`` with ``stages`` and ``latents`` parsed from the two
+    stage lists."""
+    return {**model, "stages": parse_stages(model["config_deterministic"]),
+            "latents": parse_latents(model["config_stochastic"])}
 
 
-def module_options(model_cfg) -> dict:
-    """``config.model`` alone, checked, with its layers: what :func:`build_module` needs."""
-    return with_layers(MODEL.read(model_cfg))
+def module_options(model_cfg) -> Options:
+    """``config.model`` alone, checked, with its layers (no objective section): what
+    :func:`build_module` needs."""
+    return Options(model=with_layers(MODEL.read(model_cfg)))
 
 
-def _same_depth(o):
-    if len(parse_latents(o["config_stochastic"])) == len(parse_stages(o["config_deterministic"])):
+def _same_depth(o: Options):
+    m = o.model
+    if len(parse_latents(m["config_stochastic"])) == len(parse_stages(m["config_deterministic"])):
         return []
-    return [("model.config_stochastic", f"{len(o['config_stochastic'])} layers, but "
-             f"model.config_deterministic has {len(o['config_deterministic'])} stages: one "
+    return [("model.config_stochastic", f"{len(m['config_stochastic'])} layers, but "
+             f"model.config_deterministic has {len(m['config_deterministic'])} stages: one "
              f"stochastic layer per stage")]
 
 
-def build_module(o: dict, channels: int, axis_name=None, dtype=jnp.float32) -> HVAE:
-    """The HVAE of options ``o`` (:meth:`HVAEFamily.options`) for ``channels`` data channels."""
-    return HVAE(o["stages"], o["latents"], out_channels(o, channels),
-                likelihood_kernel=o["likelihood_kernel"], min_scale=o["min_scale"],
-                same_shape_skips=o["same_shape_skips"], axis_name=axis_name, dtype=dtype)
+def build_module(o: Options, channels: int, axis_name=None, dtype=jnp.float32) -> HVAE:
+    """The HVAE of options ``o`` (:meth:`HVAEFamily.options`; its model section) for
+    ``channels`` data channels."""
+    m = o.model
+    return HVAE(m["stages"], m["latents"], out_channels(o, channels),
+                likelihood_kernel=m["likelihood_kernel"], min_scale=m["min_scale"],
+                same_shape_skips=m["same_shape_skips"], axis_name=axis_name, dtype=dtype)
 
 
-def _likelihood_options(o: dict) -> dict:
-    return {"num_mix": o["num_mix"]} if o["likelihood"] == "discretized_mix_logistic" else {}
+def _likelihood_options(o: Options) -> dict:
+    m = o.model
+    return {"num_mix": m["num_mix"]} if m["likelihood"] == "discretized_mix_logistic" else {}
 
 
-def out_channels(o: dict, channels: int) -> int:
-    return likelihoods.out_channels(o["likelihood"], channels, **_likelihood_options(o))
+def out_channels(o: Options, channels: int) -> int:
+    return likelihoods.out_channels(o.model["likelihood"], channels, **_likelihood_options(o))
 
 
-def log_px(o: dict, decoded, image):
-    """log p(x|z) in nats: decoded [S, B, H, W, C'], image [B, H, W, C] in [0, 1] -> [S, B].
-    Bernoulli models the pixels, the discretized likelihoods 2x − 1 on 256 levels."""
-    target = image if o["likelihood"] == "bernoulli" else 2.0 * image - 1.0
-    return likelihoods.log_prob(o["likelihood"], decoded, target, **_likelihood_options(o))
+def log_px(o: Options, decoded, image):
+    """log p(x|z) in nats under ``model.likelihood``: decoded [S, B, H, W, C'], image
+    [B, H, W, C] in [0, 1] -> [S, B]. Bernoulli models the pixels, the discretized
+    likelihoods 2x − 1 on 256 levels."""
+    name = o.model["likelihood"]
+    target = image if name == "bernoulli" else 2.0 * image - 1.0
+    return likelihoods.log_prob(name, decoded, target, **_likelihood_options(o))
 
 
 def posterior_noise(rng, ids, samples, shapes) -> tuple:
@@ -274,15 +283,17 @@ class HVAEFamily(FamilyBase):
             raise ValueError("family 'hvae' models [0, 1] pixels: config fields data.mean and "
                              "data.std must be () (no normalisation)")
         super().__init__(config, 0, mean, std)
-        self.n_latents = len(self.o["latents"])
+        self.n_latents = len(self.opts.model["latents"])
 
     @classmethod
-    def options(cls, config) -> dict:
-        """The checked fields, plus ``stages`` (tuples of Block) and ``latents`` (Latent)."""
-        return with_layers(super().options(config))
+    def options(cls, config) -> Options:
+        """The checked sections, the model's with ``stages`` (tuples of Block) and
+        ``latents`` (Latent)."""
+        o = super().options(config)
+        return dataclasses.replace(o, model=with_layers(o.model))
 
     def module(self, image, axis_name=None) -> HVAE:
-        return build_module(self.o, image.shape[-1], axis_name, self.dtype)
+        return build_module(self.opts, image.shape[-1], axis_name, self.dtype)
 
     def init(self, rng, batch, axis_name=None):  # data-dependent: the global batch's statistics
         image, m = batch["image"], self.module(batch["image"], axis_name)
@@ -290,13 +301,13 @@ class HVAEFamily(FamilyBase):
         return init_from_directions(m, rng, image, eps, mask=batch["mask"])
 
     def loss(self, variables, batch, rng, progress, axis_name=None):
-        image, epoch, o = batch["image"], progress["epoch"], self.o
+        image, epoch, o = batch["image"], progress["epoch"], self.opts.objective
         m = self.module(image)
         eps = posterior_noise(rng, batch["id"], jnp.arange(o["train_samples"]),
                               m.latent_shapes(image.shape[1:]))
         out = m.apply(variables, image, eps)
         value, aux = obj.hvae_objective(
-            log_px(o, out["decoded"], image), out["layers"], batch["mask"],
+            log_px(self.opts, out["decoded"], image), out["layers"], batch["mask"],
             beta=obj.warmup_beta(epoch, o["warmup_epochs"]),
             free_nats=obj.free_nats_schedule(epoch, o["free_nats"],
                                              o["free_nats_constant_epochs"],
@@ -306,7 +317,7 @@ class HVAEFamily(FamilyBase):
         return value, ({}, aux)
 
     def predict(self, variables, batch, rng, outputs=("elbo",)):
-        image, ids, m, o = batch["image"], batch["id"], self.module(batch["image"]), self.o
+        image, ids, m, o = batch["image"], batch["id"], self.module(batch["image"]), self.opts
         res = {}
         if "elbo" in outputs:
             res["elbo"] = importance_weighted_bounds(o, m, variables, image, ids, rng, (0,),
@@ -314,7 +325,7 @@ class HVAEFamily(FamilyBase):
         if {"log_likelihood", "l_gt_k"} & set(outputs):
             skips = tuple(range(self.n_latents)) if "l_gt_k" in outputs else (0,)
             bounds = importance_weighted_bounds(o, m, variables, image, ids, rng, skips,
-                                                o["iwae_samples"], o["score_chunk"])
+                                                o.model["iwae_samples"], o.model["score_chunk"])
             res["log_likelihood"], res["l_gt_k"] = bounds[:, 0], bounds
         return {k: res[k] for k in outputs}
 
@@ -337,15 +348,16 @@ class HVAEFamily(FamilyBase):
         return {f"L>{k}": l_gt_k[:, k] for k in range(1, self.n_latents)}
 
     def family(self) -> Family:
-        o, s, n = self.o, self.o["iwae_samples"], self.n_latents
+        m, o = self.opts.model, self.opts.objective
+        s, n = m["iwae_samples"], self.n_latents
         return Family(
             name="hvae", init=self.init, loss=self.loss, predict=self.predict,
             outputs=("elbo", "log_likelihood", "l_gt_k"), supervised=False,
             validation_outputs=("elbo",), validate=self.validate, select=("elbo", "max"),
             ood_outputs=("log_likelihood", "l_gt_k"), ood_score_fn=self.ood_scores,
             bound_outputs=("l_gt_k",), bound_fn=self.bounds, label=f"HVAE (L={n})",
-            likelihood=o["likelihood"], definitions=definitions(n, s, o["likelihood"]),
-            describe={"model": "hvae", "latents": n, "likelihood": o["likelihood"],
+            likelihood=m["likelihood"], definitions=definitions(n, s, m["likelihood"]),
+            describe={"model": "hvae", "latents": n, "likelihood": m["likelihood"],
                       "free_nats_mode": o["free_nats_mode"],
                       "log_likelihood": f"the importance-weighted bound L(x) with {s} "
                                         f"sample{'s' if s > 1 else ''} (log-mean-exp)"})

@@ -16,6 +16,9 @@ Per example, then averaged over the valid rows of the GLOBAL batch (psum over
 KL(N(μ, σ²) ‖ N(0, I)) = ½ Σ_j (μ_j² + σ_j² − 1 − log σ_j²)  (Kingma & Welling 2014, App. B).
 IWAE_K = log (1/K) Σ_k p(x, z_k)/q(z_k|x), z_k ~ q(z|x)  (Burda et al. 2016, eq. 8);
 K = 1 is the single-sample ELBO, and E[IWAE_K] increases with K.
+ELBO = E_q[log p(x|z)] − KL(q(z|x) ‖ N(0, I)) (Monte Carlo over the samples, KL in closed
+form). For mse_mean the bounds are of the NORMALISED input x̃ = (x − m)/s; adding
+log |∂x̃/∂x| = −(H·W)·Σ_c log s_c makes them bounds on the density of the [0, 1] pixels.
 """
 from __future__ import annotations
 
@@ -23,9 +26,11 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
-from jaxhybrid.mathops import global_mean, kl_normal_std, normal_log_prob, softmax_cross_entropy
+from jaxhybrid.mathops import (global_mean, kl_normal_std, log_mean_exp, normal_log_prob,
+                               softmax_cross_entropy)
 from jaxhybrid.models import likelihoods
 
 RECONS = ("mse_mean", "gaussian", "gaussian_learned", "bernoulli", "discretized_logistic",
@@ -97,6 +102,29 @@ def log_weights(log_px, z, mu, log_var, *, kl_coef=1.0):
     2016, eq. 8)."""
     log_p_z = jnp.sum(normal_log_prob(z, 0.0, log_scale=0.0), axis=-1)        # p(z) = N(0, I)
     return log_px + kl_coef * (log_p_z - log_q(z, mu, log_var))
+
+
+def iwae_bound(log_px, z, mu, log_var, *, kl_coef=1.0):
+    """IWAE_K = log (1/K) Σ_k exp(:func:`log_weights`_k) per example: log_px [K, B], z
+    [K, B, L], μ, log σ² [B, L] -> [B] (Burda et al. 2016, eq. 8; c = ``kl_coef`` scales
+    the weights' KL part, c = 1: the bound on log p(x))."""
+    return log_mean_exp(log_weights(log_px, z, mu, log_var, kl_coef=kl_coef))
+
+
+def elbo(log_px, mu, log_var, log_jacobian=0.0):
+    """E_q[log p(x|z)] − KL(q(z|x) ‖ N(0, I)) + log_jacobian per example, nats: log_px
+    [S, B] averaged over its S samples (Monte Carlo), the KL in closed form (weight 1)
+    from μ, log σ² [B, L] -> [B]."""
+    kl = jnp.sum(kl_normal_std(mu, log_var), axis=-1)
+    return jnp.mean(log_px, axis=0) - kl + log_jacobian
+
+
+def normalisation_log_jacobian(shape, std) -> float:
+    """log |∂x̃/∂x| per example of x̃ = (x − m)/s, x of ``shape`` [B, H, W, C]:
+    −(H·W)·Σ_c log s_c (s broadcast to the C channels), a constant in nats; a density of
+    x̃ plus it is the density of x."""
+    s = np.broadcast_to(np.asarray(std, np.float64), tuple(shape[-1:]))
+    return -float(np.prod(shape[1:-1]) * np.sum(np.log(s)))
 
 
 def dhm_objective(logits, labels, mask, recon_term, kl_term, *, alpha: float, beta: float,
