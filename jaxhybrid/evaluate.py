@@ -30,9 +30,8 @@ from jax.experimental import multihost_utils
 
 from jaxhybrid import logs, selection
 from jaxhybrid.checkpointing import Checkpointer, is_remote, run_path
-from jaxhybrid.evaluators import names
 from jaxhybrid.evaluators.report import write_report
-from jaxhybrid.evaluators.suite import run_evaluators
+from jaxhybrid.evaluators.suite import headline, run_evaluators
 from jaxhybrid.experiment import Experiment, abstract_model, build_experiment
 from jaxhybrid.families.base import variables_of
 from jaxhybrid.interrupts import Interrupted, StopSignals
@@ -77,7 +76,7 @@ def _existing(out: epath.Path, rel: str) -> dict:
     metrics = json.loads((out / "metrics.json").read_text())
     log.info("evaluation %s of step %s already in %s (same settings): not recomputed; "
              "--overwrite replaces it", metrics.get("eval_id"), metrics.get("step"), out)
-    return {**names.headline(metrics), "eval_dir": rel, "eval_id": metrics.get("eval_id")}
+    return {**headline(metrics), "eval_dir": rel, "eval_id": metrics.get("eval_id")}
 
 
 def _remove(path: epath.Path) -> None:

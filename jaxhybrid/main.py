@@ -24,7 +24,10 @@ from ml_collections import config_flags
 from jaxhybrid import logs
 from jaxhybrid.flag_errors import parse_flags_or_exit
 from jaxhybrid.evaluate import evaluate
-from jaxhybrid.evaluators import names
+from jaxhybrid.evaluators.calibration import ECE
+from jaxhybrid.evaluators.classification import ACCURACY, NLL
+from jaxhybrid.evaluators.likelihood import BITS_PER_DIM, LOG_LIKELIHOOD
+from jaxhybrid.evaluators.temperature import ECE_AFTER_TS
 from jaxhybrid.interrupts import Interrupted
 from jaxhybrid.parallel import maybe_initialize_distributed
 from jaxhybrid.saved_config import with_saved_config
@@ -62,8 +65,7 @@ flags.mark_flags_as_required(["workdir"])
 
 
 # the headline numbers of the final summary, where the evaluation has them
-SUMMARY = (names.ACCURACY, names.NLL, names.ECE, names.ECE_AFTER_TS, names.LOG_LIKELIHOOD,
-           names.BITS_PER_DIM)
+SUMMARY = (ACCURACY, NLL, ECE, ECE_AFTER_TS, LOG_LIKELIHOOD, BITS_PER_DIM)
 
 
 def check_flags() -> None:

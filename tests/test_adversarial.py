@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxhybrid.evaluators import adversarial, plots
+from jaxhybrid.evaluators import adversarial
 
 H, W, C, HIDDEN, K = 4, 4, 1, 8, 3
 _rng = np.random.default_rng(0)
@@ -155,7 +155,7 @@ def test_accuracy_vs_epsilon_plot(tmp_path):
                for e in eps]
         assert acc[0] == 1.0  # eps = 0 is clean accuracy
         curves[name] = (eps, acc)
-    p = plots.accuracy_vs_epsilon(curves, tmp_path / "acc.png", "FGSM")
+    p = adversarial.accuracy_vs_epsilon(curves, tmp_path / "acc.png", "FGSM")
     with open(p, "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     assert 1000 < os.path.getsize(p) < 100_000

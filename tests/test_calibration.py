@@ -4,7 +4,7 @@ import os
 import numpy as np
 import pytest
 
-from jaxhybrid.evaluators import calibration, plots
+from jaxhybrid.evaluators import calibration
 
 
 def _reference(probs, labels, num_bins=15):
@@ -195,10 +195,10 @@ def test_reliability_plots(tmp_path):
     m = calibration.calibration_metrics(probs, labels)
     assert any(c == 0 for c in m["bin_counts"])
     json.dumps(m)  # clean JSON: None for empty bins, Python scalars elsewhere
-    assert _is_png(plots.reliability_diagram(m, tmp_path / "rel.png", title="test"))
+    assert _is_png(calibration.reliability_diagram(m, tmp_path / "rel.png", title="test"))
     _check_reliability_figure()
     m2 = calibration.calibration_metrics(_random_probs(rng, 2000, 10), labels, binning="equal_mass")
-    p = plots.reliability_side_by_side({"FFN": m, "GFFN": m2}, tmp_path / "sub" / "side.png")
+    p = calibration.reliability_side_by_side({"FFN": m, "GFFN": m2}, tmp_path / "sub" / "side.png")
     assert _is_png(p)
 
 
@@ -209,7 +209,7 @@ def _check_reliability_figure():
     labels = np.array([0] * 300 + [1] * 40 + [0])        # last: confidence 0.75, wrong
     m = calibration.calibration_metrics(probs, labels, num_bins=10)
     assert m["mce"] == pytest.approx(0.75) and 1 in m["bin_counts"]
-    fig = plots.reliability_figure(m)
+    fig = calibration.reliability_figure(m)
     top, bottom = fig.axes
     legend = [t.get_text() for t in top.get_legend().get_texts()]
     assert {"gap: confidence > accuracy", "gap: accuracy > confidence", "accuracy",

@@ -189,7 +189,7 @@ DRIVER = textwrap.dedent("""
     import json, os, sys, traceback
     # imported once, shared by the children: the library, the evaluators' plotting, sklearn
     import jaxhybrid.main, jaxhybrid.train, jaxhybrid.evaluate, jaxhybrid.config_check
-    import jaxhybrid.evaluators.plugins, sklearn.datasets
+    import jaxhybrid.evaluators.suite, sklearn.datasets
     cases = json.load(open(sys.argv[1]))
     codes = {}
     for case in cases:

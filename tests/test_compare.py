@@ -17,7 +17,7 @@ from etils.epath import testing as epath_testing
 
 from configs import gffn
 from jaxhybrid.checkpointing import run_path
-from jaxhybrid.evaluators import names
+from jaxhybrid.evaluators import suite
 from jaxhybrid.evaluators.calibration import calibration_metrics
 from jaxhybrid.tools import aggregate, compare, grid, identity, runs
 from tests.helpers import REPO
@@ -350,4 +350,4 @@ def test_an_epsilon_in_normalised_units_never_shares_a_row_with_a_pixel_one(tmp_
     rows = _rows(compare.compare([pixel, normalised], ["P", "N"]))
     assert rows["FGSM acc ε=0.03"] == ["0.7000", "–"]
     assert rows["FGSM (normalised units) acc ε=0.03"] == ["–", "0.5000"]
-    assert "fgsm_normalized/eps=0.03/accuracy" in names.headline(m)
+    assert "fgsm_normalized/eps=0.03/accuracy" in suite.headline(m)

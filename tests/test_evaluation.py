@@ -8,7 +8,7 @@ import pytest
 
 from jaxhybrid.checkpointing import CheckpointNotFoundError
 from jaxhybrid.evaluate import evaluate, run_suite
-from jaxhybrid.evaluators import names
+from jaxhybrid.evaluators.adversarial import attack_accuracy
 from jaxhybrid.experiment import build_experiment
 from jaxhybrid.families.base import variables_of
 from jaxhybrid.predictor import Predictor
@@ -161,7 +161,7 @@ def test_pgd_random_starts_do_not_depend_on_the_device_count(trained):
         cn.evals.adversarial_max_examples = 128
         exp = build_experiment(cn)
         m = run_suite(exp, variables_of(state), 20_000 + n, wd, predictor=Predictor(exp))
-        accs.append([m[names.attack_accuracy("pgd", e)] for e in (0.0, 0.03, 0.1)])
+        accs.append([m[attack_accuracy("pgd", e)] for e in (0.0, 0.03, 0.1)])
     assert accs[0][2] < accs[0][0]
     np.testing.assert_array_equal(accs[0], accs[1])
 

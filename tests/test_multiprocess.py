@@ -45,7 +45,7 @@ from etils import epath
 from configs import gffn
 from jaxhybrid.checkpointing import Checkpointer, run_path
 from jaxhybrid.data.loading import digits_arrays
-from jaxhybrid.evaluators import names
+from jaxhybrid.evaluators import suite
 from tests import save_gate
 from tests.helpers import REPO, apply_overrides, restore_params
 
@@ -355,7 +355,7 @@ def test_eval_mode_in_two_processes(runs):
     assert len(found) == 1, found                  # a new evaluation beside the training's
     m = json.loads((found[0] / "metrics.json").read_text())
     assert m["evals"]["seed"] == 1
-    headline = names.headline(m)
+    headline = suite.headline(m)
     for key in ("accuracy", "nll", "ece", "brier"):
         assert headline[key] == pytest.approx(trained[key], rel=1e-6), key
     assert _final(straight) == trained             # re-evaluating never changes it
@@ -467,7 +467,7 @@ def fake_gcs(tmp_path):
 
 def test_run_directory_on_a_bucket_is_never_made_local(tmp_path, monkeypatch, fake_gcs):
     from jaxhybrid.checkpointing import CheckpointNotFoundError, load_saved_config, save_config
-    from jaxhybrid.evaluators import plots
+    from jaxhybrid.evaluators import calibration
     from jaxhybrid.evaluators.calibration import calibration_metrics
     from jaxhybrid.progress import JsonlWriter
     cwd = tmp_path / "cwd"
@@ -486,8 +486,8 @@ def test_run_directory_on_a_bucket_is_never_made_local(tmp_path, monkeypatch, fa
     lines = (fake_gcs / "bucket/runs/a/metrics.jsonl").read_text().splitlines()
     assert [json.loads(l)["step"] for l in lines] == [2, 4, 6]
     probs = np.full((10, 2), 0.5)
-    plots.reliability_diagram(calibration_metrics(probs, np.zeros(10, int), num_bins=5),
-                              f"{run}/eval/3/reliability.png")
+    calibration.reliability_diagram(calibration_metrics(probs, np.zeros(10, int), num_bins=5),
+                                    f"{run}/eval/3/reliability.png")
     assert (fake_gcs / "bucket/runs/a/eval/3/reliability.png").read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(CheckpointNotFoundError, match="gs://bucket/runs/a/checkpoints"):
         Checkpointer(run, read_only=True)

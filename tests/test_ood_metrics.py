@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from jaxhybrid.evaluators import ood, plots
+from jaxhybrid.evaluators import ood
 
 
 def _sk(score_in, score_out):
@@ -152,11 +152,11 @@ def _is_png(path):
 def test_plots(tmp_path):
     s_in, s_out = _random_case(6, 2000, 3000, None)
     s_out2 = np.concatenate([s_out[:100], [-np.inf]])
-    p = plots.score_histograms(s_in, {"ood_a": s_out, "ood_b": s_out2}, tmp_path / "h.png",
+    p = ood.score_histograms(s_in, {"ood_a": s_out, "ood_b": s_out2}, tmp_path / "h.png",
                                "log p(x)", unit="nats")
     assert _is_png(p)
     # a title, the score's unit on the axis, and in-distribution drawn last, on top
-    fig = plots.score_histogram_figure(s_in, {"ood_a": s_out, "ood_b": s_out2}, "L>1",
+    fig = ood.score_histogram_figure(s_in, {"ood_a": s_out, "ood_b": s_out2}, "L>1",
                                        title="HVAE: L>1", unit="nats")
     (ax,) = fig.axes
     assert ax.get_title() == "HVAE: L>1"
@@ -170,7 +170,7 @@ def test_plots(tmp_path):
     for name, so in {"a": s_out, "b": s_out + 1.0}.items():
         fpr, tpr = ood.roc_curve(s_in, so)
         curves[name] = (fpr, tpr, ood.ood_metrics(s_in, so)["auroc"])
-    p = plots.roc_curves(curves, tmp_path / "roc.png", "ROC")
+    p = ood.roc_curves(curves, tmp_path / "roc.png", "ROC")
     assert _is_png(p)
     import os
 

@@ -27,7 +27,7 @@ import pytest
 from jaxhybrid import logs, selection
 from jaxhybrid.checkpointing import Checkpointer, CheckpointMismatchError
 from jaxhybrid.evaluate import eval_id, evaluate
-from jaxhybrid.evaluators import plugins, suite
+from jaxhybrid.evaluators import suite
 from jaxhybrid.experiment import build_experiment
 from jaxhybrid.interrupts import Interrupted
 from jaxhybrid.rundir import ConfigChangeError, WorkdirError
@@ -224,7 +224,7 @@ def test_interrupted_evaluation_leaves_no_directory(run, monkeypatch):
     step_dir = os.path.join(wd, "eval", str(final["evaluated_step"]))
     listed = sorted(os.listdir(step_dir))
     handler = signal.getsignal(signal.SIGINT)
-    original = plugins.calibration
+    original = suite.EVALUATORS["calibration"].fn
 
     def calibration_then_signal(ctx):
         section = original(ctx)

@@ -47,7 +47,7 @@ import pytest
 from configs import gffn
 from jaxhybrid.checkpointing import Checkpointer, run_path
 from jaxhybrid.data.loading import digits_arrays
-from jaxhybrid.evaluators import names
+from jaxhybrid.evaluators import suite
 from jaxhybrid.train import train_and_evaluate
 from tests import save_gate
 from tests.helpers import REPO, apply_overrides, evaluation_metrics, restore_params
@@ -270,7 +270,7 @@ def test_eval_job_writes_the_report(chain):
     assert re.search(rf"evaluation at step {step} \(.*\) written to {re.escape(str(report))}",
                      chain["evaluated"].output())
     assert saved["step"] == step and saved["checkpoint"].startswith(f"best (step {step},")
-    headline = names.headline(saved)
+    headline = suite.headline(saved)
     for key in ("accuracy", "nll", "ece", "brier"):
         assert headline[key] == pytest.approx(trained[key], rel=1e-6), key
     c = saved["classification"]

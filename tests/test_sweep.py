@@ -14,7 +14,13 @@ import numpy as np
 import pytest
 
 from configs import dhm, gffn
-from jaxhybrid.evaluators import names, plots
+from jaxhybrid.config_keys import flatten
+from jaxhybrid.evaluators import canvas, suite
+from jaxhybrid.evaluators.adversarial import attack_accuracy
+from jaxhybrid.evaluators.calibration import ECE
+from jaxhybrid.evaluators.classification import ACCURACY, BRIER, NLL
+from jaxhybrid.evaluators.ood import ood_auroc
+from jaxhybrid.evaluators.temperature import ECE_AFTER_TS
 from jaxhybrid.evaluators.calibration import calibration_metrics
 from jaxhybrid.optim import scaled_learning_rate
 from jaxhybrid.tools import aggregate as agg
@@ -146,7 +152,7 @@ def test_python_values_and_point_commands_round_trip_through_config_flags(tmp_pa
     for p in points:
         argv = grid.point_argv("configs/gffn.py:smoke", p, _config())
         parsed = _main_config([a for a in argv if a.startswith("--config.")])
-        assert overrides.flatten(parsed) == overrides.flatten(p.config), p.name
+        assert flatten(parsed) == flatten(p.config), p.name
 
 
 def test_bad_keys_name_the_valid_ones():
@@ -398,13 +404,13 @@ def test_aggregate_fabricated_runs_means_stds_tables_and_figures(tmp_path, drawn
         assert r["n"] == 3 and r["seeds"] == [0, 1, 2]
         m = r["metrics"]
         vals = {key: [_known(bs, lam, s)[key] for s in SEEDS] for key in _known(bs, lam, 0)}
-        expect = {names.ACCURACY: "accuracy", names.NLL: "nll", names.ECE: "ece",
-                  names.ECE_AFTER_TS: "ece_after_ts",
-                  names.ood_auroc("heldout", "max_softmax"): "heldout/max_softmax",
-                  names.ood_auroc("heldout", "log_px"): "heldout/log_px",
-                  names.ood_auroc("uniform_noise", "log_px"): "uniform_noise/log_px",
-                  names.attack_accuracy("fgsm", 0.0): "fgsm0",
-                  names.attack_accuracy("fgsm", 8 / 255): "fgsm8"}
+        expect = {ACCURACY: "accuracy", NLL: "nll", ECE: "ece",
+                  ECE_AFTER_TS: "ece_after_ts",
+                  ood_auroc("heldout", "max_softmax"): "heldout/max_softmax",
+                  ood_auroc("heldout", "log_px"): "heldout/log_px",
+                  ood_auroc("uniform_noise", "log_px"): "uniform_noise/log_px",
+                  attack_accuracy("fgsm", 0.0): "fgsm0",
+                  attack_accuracy("fgsm", 8 / 255): "fgsm8"}
         for name, key in expect.items():
             assert m[name]["mean"] == pytest.approx(np.mean(vals[key]), abs=1e-12), name
             assert m[name]["std"] == pytest.approx(np.std(vals[key], ddof=1), abs=1e-12), name
@@ -517,7 +523,7 @@ def test_command_line_x_and_metrics_choose_the_figures(tmp_path, drawn_lines, ca
 
 
 def test_every_line_has_its_own_colour_and_every_panel_a_legend(tmp_path, monkeypatch):
-    saved, save = {}, plots.save_figure
+    saved, save = {}, canvas.save_figure
 
     def inspect(fig, path):
         panels = [ax for ax in fig.axes if ax.get_visible()]
@@ -530,7 +536,7 @@ def test_every_line_has_its_own_colour_and_every_panel_a_legend(tmp_path, monkey
             "colours": lines, "shared": len(fig.legends),
             "in_panels": [ax.get_legend() is not None for ax in panels]}
         return save(fig, path)
-    monkeypatch.setattr(plots, "save_figure", inspect)
+    monkeypatch.setattr(canvas, "save_figure", inspect)
     _fabricate_lr_width_sweep(tmp_path)
     agg.write_outputs(str(tmp_path), str(tmp_path / "out"), metrics=["ood/*/*/auroc"])
     agg.write_outputs(str(tmp_path), str(tmp_path / "out2"))
@@ -562,8 +568,11 @@ def test_single_seed_has_no_std(tmp_path):
 
 # -- the command line ---------------------------------------------------------------------------
 def _readme_get_sweep() -> str:
-    """The get_sweep example of README.md, as written there."""
-    text = open(os.path.join(REPO, "README.md")).read()
+    """The get_sweep example of the documentation (README.md and docs/*.md: today
+    docs/results_tools.md), as written there; exactly one page shows it."""
+    pages = ["README.md"] + sorted(f"docs/{f}" for f in os.listdir(os.path.join(REPO, "docs"))
+                                   if f.endswith(".md"))
+    text = "".join(open(os.path.join(REPO, page)).read() for page in pages)
     (block,) = re.findall(r"```python\n(def get_sweep\(variant\):\n.*?)```", text, re.S)
     return block
 
@@ -674,10 +683,10 @@ def test_real_two_point_sweep_then_aggregate(tmp_path):
         assert "jaxhybrid.main --config=" in (root / name / "train.log").read_text()
         saved = json.load(open(root / name / "config.json"))
         assert saved["model"]["width"] == 4 and saved["model"]["hidden"] == [16]
-        # names.headline rebuilds from metrics.json exactly the plug-ins' headline
+        # suite.headline rebuilds from metrics.json exactly the evaluators' headline
         final = json.load(open(root / name / "final_metrics.json"))
-        rebuilt = names.headline(runs.select_evaluation(str(root / name)).metrics)
-        assert set(rebuilt) >= {names.ACCURACY, names.NLL, names.BRIER}
+        rebuilt = suite.headline(runs.select_evaluation(str(root / name)).metrics)
+        assert set(rebuilt) >= {ACCURACY, NLL, BRIER}
         assert {k: final[k] for k in rebuilt} == rebuilt
     assert "peak lr 0.0003536" in r.stdout      # 1e-3·sqrt(16/128), logged per point
     rows = agg.aggregate(str(root))

@@ -103,7 +103,7 @@ def test_other_degenerate_fits():
 
 
 class _Ctx:
-    """The part of an EvalContext the temperature plug-in uses."""
+    """The part of an EvalContext the temperature evaluator uses."""
 
     def __init__(self, val, test, out_dir):
         import types
@@ -118,11 +118,11 @@ class _Ctx:
 
 
 def test_plugin_reports_a_degenerate_fit_as_not_identifiable(tmp_path):
-    from jaxhybrid.evaluators import names, plugins
+    from jaxhybrid.evaluators import suite
     logits, labels = _sample(5, n=3_000)
     val = {"logits": logits[:1000], "label": logits[:1000].argmax(1)}   # perfectly classified
     test = {"logits": logits[1000:] * 3.0, "label": labels[1000:]}
-    sec = plugins.temperature_scaling(_Ctx(val, test, tmp_path))
+    sec = temperature.evaluate(_Ctx(val, test, tmp_path))
     m = sec.metrics
     assert m["identifiable"] is False and m["temperature"] is None
     assert m["bound"] == temperature.T_MIN and "perfectly classified" in m["reason"]
@@ -131,14 +131,14 @@ def test_plugin_reports_a_degenerate_fit_as_not_identifiable(tmp_path):
     assert "Not identifiable" in sec.markdown and "after (T=" not in sec.markdown
     assert m["ece_before"] > 0 and m["nll_before"] > 0
     # the rebuilt headline of metrics.json holds no "after" numbers either
-    rebuilt = names.headline({"temperature": m})
-    assert rebuilt.get(names.TEMPERATURE) is None and names.ECE_AFTER_TS not in rebuilt
+    rebuilt = suite.headline({"temperature": m})
+    assert rebuilt.get(temperature.TEMPERATURE) is None and temperature.ECE_AFTER_TS not in rebuilt
 
     val = {"logits": logits[:1000] * 3.0, "label": labels[:1000]}      # a normal split
-    sec = plugins.temperature_scaling(_Ctx(val, test, tmp_path))
+    sec = temperature.evaluate(_Ctx(val, test, tmp_path))
     m = sec.metrics
     assert m["identifiable"] is True
     assert temperature.T_MIN < m["temperature"] < temperature.T_MAX
     assert m["ece_after"] < m["ece_before"] and m["nll_after"] <= m["nll_before"]
-    assert sec.headline[names.TEMPERATURE] == m["temperature"]
+    assert sec.headline[temperature.TEMPERATURE] == m["temperature"]
     assert f"T = {m['temperature']:.4f}" in sec.markdown

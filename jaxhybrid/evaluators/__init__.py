@@ -1,4 +1,4 @@
-"""Evaluator plug-ins, chosen by ``config.evals.names``.
+"""Evaluators, chosen by ``config.evals.names``: one module per evaluator type.
 
 An evaluator is ``fn(ctx: EvalContext) -> Section`` and declares what it needs:
 named outputs of the family (``logits``, ``log_likelihood``), ``ood_scores`` and/or
@@ -6,18 +6,25 @@ named outputs of the family (``logits``, ``log_likelihood``), ``ood_scores`` and
 when asked for), computes its metrics over the whole set, draws its figures into
 ``ctx.out_dir`` and returns a report section. The suite runs the evaluators whose
 needs the family and the data meet; the others are listed as skipped, with the
-reason. Adding one means adding it to ``EVALUATORS`` (:mod:`jaxhybrid.evaluators.suite`,
-which runs them; this module holds what an evaluator returns and reads).
+reason.
+
+Each type lives in the module of its name (``classification``, ``calibration``,
+``temperature``, ``ood``, ``adversarial``, ``likelihood``, ``predictions``): its entry
+function, report section, figures and headline metric names, and its
+``EVALUATOR = Evaluator(...)``, which the registry (:mod:`jaxhybrid.evaluators.suite`)
+finds by that name. Adding an evaluator means adding its module and naming it there.
+This module holds what an evaluator is, returns and reads, and the two helpers every
+section uses (:func:`probs`, :func:`md_table`).
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 from jaxhybrid.data.sources import SubsetSource
-
+from jaxhybrid.metrics_core import log_softmax
 
 
 @dataclasses.dataclass
@@ -79,3 +86,41 @@ class Results:
     sections: list
     metrics: dict
     headline: dict
+
+
+def _no_headline(section_metrics: dict) -> dict:
+    return {}
+
+
+@dataclasses.dataclass(frozen=True)
+class Evaluator:
+    """One evaluator type. ``name``: its ``evals.names`` entry and metrics.json section;
+    ``fn(ctx) -> Section``; ``needs``: output names, "ood_scores", "labels";
+    ``headline(section) -> {name: value}``: its headline rebuilt from its saved section
+    of metrics.json; ``title``: its report heading (default: the name, capitalised)."""
+    name: str
+    fn: Callable[[EvalContext], Section]
+    needs: frozenset
+    headline: Callable[[dict], dict] = _no_headline
+    title: str = ""
+
+
+def probs(logits) -> np.ndarray:
+    """softmax in float64 on the host: [N, K] -> [N, K]."""
+    return np.exp(log_softmax(np.asarray(logits, np.float64)))
+
+
+def md_table(rows: list[list], header: list[str]) -> str:
+    """A markdown table; floats to 4 decimals, a '|' inside a cell escaped."""
+    def fmt(v):
+        if isinstance(v, float):
+            return f"{v:.4f}"
+        return str(v).replace("|", "\\|")   # a '|' inside a cell (q(z|x)) would split it
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(fmt(v) for v in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def definition(family, name: str) -> str:
+    """The family's one-line definition of output or score ``name`` (or says it has none)."""
+    return family.definitions.get(name, f"(family {family.name!r} gives no definition)")

@@ -1,4 +1,9 @@
-"""Top-label calibration metrics: ECE, MCE, RMS-CE and reliability-diagram statistics.
+"""The ``calibration`` evaluator: top-label ECE, MCE, RMS-CE and the reliability diagram.
+
+The metrics (:func:`calibration_metrics`, also the temperature evaluator's), the
+reliability diagram (:func:`reliability_diagram`, also drawn side by side by
+:mod:`jaxhybrid.tools.figures`), the evaluator (:func:`evaluate`) and its headline names
+(:data:`ECE`, :data:`MCE`, :data:`RMS_CE`: the section's ``equal_width`` numbers).
 
 Conventions follow docs/metrics.md ("Calibration"):
 - confidence c_i = max_k p(k|x_i), prediction = argmax_k p(k|x_i), correct = 1[pred == y];
@@ -18,14 +23,23 @@ lands in bin m - 1, the bin that edge closes. Note that a float32 value such as
 float32(0.2) = 0.20000000298... is strictly above the float64 edge 3/15 and lands in the
 bin (0.2, 0.2667], while the float64 value 0.2 == 3/15 lands in (0.1333, 0.2].
 
-Pure numpy on the host: no jax import, no per-example Python loop.
+The metrics are pure numpy on the host, with no per-example Python loop.
 """
 
 from __future__ import annotations
 
-import numpy as np
+import os
 
+import numpy as np
+from matplotlib.figure import Figure
+
+from jaxhybrid.evaluators import EvalContext, Evaluator, Section, md_table, probs
+from jaxhybrid.evaluators.canvas import new_figure, save_figure
 from jaxhybrid.metrics_core import check_scores_and_labels
+
+ECE = "ece"
+MCE = "mce"
+RMS_CE = "rms_ce"
 
 BINNINGS = ("equal_width", "equal_mass")
 
@@ -134,3 +148,114 @@ def calibration_metrics(probs, labels, num_bins: int = 15, binning: str = "equal
         "accuracy": float(np.mean(correct)),
         "num_examples": int(n),
     }
+
+
+# -- the reliability diagram ----------------------------------------------------------------
+def _draw_reliability(ax_top, ax_bottom, cal: dict, title: str) -> None:
+    """Reliability bars (accuracy per bin) + gap to mean confidence + count histogram.
+
+    cal: output of `calibration_metrics`. Empty bins get no bar at all. The
+    gap has two colours, each in the legend: above the accuracy bar where the bin is
+    overconfident, drawn over the bar where it is underconfident. The counts are on a log
+    axis and printed above each bar, so bins of 1-3 examples (which can carry the MCE)
+    are visible.
+    """
+    lower = np.asarray(cal["bin_lower"], dtype=float)
+    upper = np.asarray(cal["bin_upper"], dtype=float)
+    counts = np.asarray(cal["bin_counts"], dtype=float)
+    nonempty = counts > 0
+    acc = np.array([a for a in cal["bin_accuracy"] if a is not None], dtype=float)
+    conf = np.array([c for c in cal["bin_confidence"] if c is not None], dtype=float)
+    left, width = lower[nonempty], (upper - lower)[nonempty]
+
+    ax_top.plot([0, 1], [0, 1], ls="--", color="0.4", lw=1, label="perfect calibration")
+    ax_top.bar(left, acc, width=width, align="edge", color="tab:blue", edgecolor="black",
+               lw=0.5, label="accuracy")
+    over = conf > acc
+    ax_top.bar(left[over], (conf - acc)[over], bottom=acc[over], width=width[over],
+               align="edge", color="tab:red", alpha=0.3, edgecolor="tab:red", hatch="//",
+               lw=0.5, label="gap: confidence > accuracy")
+    ax_top.bar(left[~over], (acc - conf)[~over], bottom=conf[~over], width=width[~over],
+               align="edge", color="tab:orange", edgecolor="black", hatch="\\\\", lw=0.5,
+               label="gap: accuracy > confidence")
+    ax_top.hlines(conf, left, left + width, color="black", lw=1.5, label="mean confidence")
+    ax_top.set_xlim(0, 1)
+    ax_top.set_ylim(0, 1)
+    ax_top.set_ylabel("accuracy")
+    binning = cal.get("binning", "equal_width").replace("_", "-")
+    ax_top.set_title(title or f"reliability ({cal['num_bins']} {binning} bins)", fontsize=10)
+    ax_top.legend(
+        loc="upper left", fontsize=7, frameon=True, framealpha=0.9,
+        title=f"ECE {cal['ece']:.4f}  MCE {cal['mce']:.4f}\nN = {cal['num_examples']}",
+        title_fontsize=7,
+    )
+
+    ax_bottom.bar(left, counts[nonempty], width=width, align="edge", color="0.5",
+                  edgecolor="black", lw=0.5)
+    for x, w, n in zip(left, width, counts[nonempty]):
+        ax_bottom.text(x + w / 2, n, f"{int(n)}", ha="center", va="bottom", fontsize=6)
+    ax_bottom.set_yscale("log")
+    ax_bottom.set_ylim(0.5, max(counts.max(initial=1.0), 1.0) * 4)
+    ax_bottom.set_xlim(0, 1)
+    ax_bottom.set_xlabel("confidence (top-label)")
+    ax_bottom.set_ylabel("count (log)")
+
+
+def reliability_figure(cal_metrics: dict, title: str = "") -> Figure:
+    """cal_metrics: `calibration_metrics(...)` output -> the reliability diagram's Figure."""
+    fig = new_figure(4.5, 5.5)
+    ax_top, ax_bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    _draw_reliability(ax_top, ax_bottom, cal_metrics, title)
+    fig.tight_layout()
+    return fig
+
+
+def reliability_diagram(cal_metrics: dict, path, title: str = "") -> str:
+    """cal_metrics: `calibration_metrics(...)` output -> PNG at path; returns path."""
+    return save_figure(reliability_figure(cal_metrics, title), path)
+
+
+def reliability_side_by_side(cal_dict: dict, path, title: str = "") -> str:
+    """cal_dict: {model name -> calibration_metrics(...)} -> one column per model; returns path."""
+    if not cal_dict:
+        raise ValueError("reliability_side_by_side needs at least one model, got an empty dict")
+    n = len(cal_dict)
+    fig = new_figure(3.6 * n, 5.5)
+    axes = fig.subplots(2, n, sharex=True, squeeze=False, gridspec_kw={"height_ratios": [3, 1]})
+    for j, (name, cal) in enumerate(cal_dict.items()):
+        _draw_reliability(axes[0, j], axes[1, j], cal, str(name))
+    if title:
+        fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+# -- the evaluator ----------------------------------------------------------------------------
+def headline(section: dict) -> dict:
+    """{ece, mce, rms_ce} of the section's equal-width binning (those it holds)."""
+    values = section.get("equal_width", {})
+    return {name: values[name] for name in (ECE, MCE, RMS_CE) if name in values}
+
+
+def evaluate(ctx: EvalContext) -> Section:
+    """Top-label calibration of softmax(logits) over the evaluated split, with
+    ``evals.num_bins`` equal-width and equal-mass bins; the equal-width reliability
+    diagram -> reliability.png."""
+    out = ctx.outputs()
+    p, labels = probs(out["logits"]), out["label"]
+    bins = int(ctx.config.evals.num_bins)
+    cal = calibration_metrics(p, labels, num_bins=bins)
+    cal_mass = calibration_metrics(p, labels, num_bins=bins, binning="equal_mass")
+    fig = "reliability.png"
+    reliability_diagram(cal, os.path.join(ctx.out_dir, fig),
+                        title=ctx.family.label or ctx.family.name)
+    m = {"equal_width": cal, "equal_mass": {k: cal_mass[k] for k in ("ece", "mce", "rms_ce")}}
+    md = (f"Top-label confidence, {bins} equal-width bins (lo, hi], confidence 1.0 in the "
+          f"last bin, computed over the whole split.\n\n"
+          + md_table([["equal-width", cal["ece"], cal["mce"], cal["rms_ce"]],
+                      ["equal-mass", cal_mass["ece"], cal_mass["mce"], cal_mass["rms_ce"]]],
+                     ["binning", "ECE", "MCE", "RMS-CE"]))
+    return Section("calibration", m, headline(m), md, [("Reliability diagram", fig)])
+
+
+EVALUATOR = Evaluator("calibration", evaluate, frozenset({"logits", "labels"}), headline)

@@ -1,149 +1,230 @@
-"""Out-of-distribution detection metrics: AUROC, AUPR-In/Out, FPR@95, FPR@80 (OOD-positive).
+"""The ``ood`` evaluator: every OOD set of ``evals.ood_sets`` (:mod:`.ood_sets`) against
+the evaluated split, by every OOD score of the family (higher = more in-distribution).
 
-Conventions follow docs/metrics.md ("Out-of-distribution detection"):
-- a score s(x) where HIGHER means MORE in-distribution (max-softmax, log p(x), ELBO).
-  Scores where higher means OOD (LLR>k) must be negated by the caller, and named so;
-- ties are handled exactly as scikit-learn handles them: all examples with the same score
-  share one threshold (one ROC / PR point), and the area under the ROC curve is the
-  trapezoidal one, i.e. a tie between an in- and an OOD example counts 1/2.
-
-Everything is computed from one sort of the pooled scores, in vectorised numpy
-(benchmarks/metrics_speed.py times it on 10^6 scores); scikit-learn is only the test oracle.
+Per set and score: AUROC, AUPR-In/Out, FPR@95 and FPR@80 (OOD positive), computed by
+:mod:`.ood_metrics` (whose :func:`ood_metrics` and :func:`roc_curve` this module
+exports); per score: the histograms of every set and the ROC curves. Every per-example
+score goes to ``ood_scores.npz``. Headline names: ``ood/<set>/<score>/auroc``
+(:func:`ood_auroc`, read back by :func:`parse_ood_auroc`).
 """
-
 from __future__ import annotations
 
+import os
+import re
+
 import numpy as np
+from matplotlib.figure import Figure
 
-# Stated in reports next to the numbers (docs/metrics.md, "Out-of-distribution detection").
-FPR95_CONVENTION = (
-    "FPR@95 (in-distribution positive, Hendrycks & Gimpel / Liu et al.): fraction of OOD "
-    "samples with score >= t, at the largest t that keeps >= 95% of in-distribution samples"
-)
-FPR80_OOD_CONVENTION = (
-    "FPR@80 (OOD positive, hvae-oodd): fraction of in-distribution samples with score <= u, "
-    "at the smallest u that flags >= 80% of OOD samples"
-)
+from jaxhybrid.evaluators import EvalContext, Evaluator, Section, definition, md_table
+from jaxhybrid.evaluators import ood_sets as ood_sets_lib
+from jaxhybrid.evaluators.canvas import new_figure, save_figure
+from jaxhybrid.evaluators.ood_metrics import (FPR80_OOD_CONVENTION, FPR95_CONVENTION,
+                                               ood_metrics, roc_curve)
 
-
-def _as_scores(x, name: str) -> np.ndarray:
-    x = np.asarray(x)
-    if x.ndim != 1:
-        raise ValueError(f"{name} must be a 1-D array of per-example scores, got shape {x.shape}")
-    if x.shape[0] == 0:
-        raise ValueError(f"{name} is empty; OOD metrics need at least one example on each side")
-    if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
-        raise ValueError(f"{name} must be numeric, got dtype {x.dtype}")
-    if np.issubdtype(x.dtype, np.integer):
-        x = x.astype(np.float64)  # so that negation and inf are well defined
-    if np.isnan(x).any():
-        raise ValueError(f"{name} contains {np.count_nonzero(np.isnan(x))} NaN scores")
-    return x
+OOD_SCORES_FILE = "ood_scores.npz"
+_MAX_CURVE_POINTS = 2000  # ROC curves of 10^6 examples are thinned to about this many points
+_OOD_AUROC = re.compile(r"^ood/([^/]+)/([^/]+)/auroc$")
 
 
-def _grouped_counts(score_in, score_out):
-    """Pool, sort descending and group equal scores.
+# -- headline names ---------------------------------------------------------------------------
+def ood_auroc(set_name: str, score: str) -> str:
+    """AUROC of OOD set ``set_name`` against the in-distribution split, by ``score``."""
+    return f"ood/{set_name}/{score}/auroc"
 
-    score_in: [N_in], score_out: [N_out] ->
-      thresholds: [G] distinct scores, descending;
-      tps: [G] int, #in-distribution with score >= thresholds[g];
-      fps: [G] int, #OOD with score >= thresholds[g].
-    This is sklearn's `_binary_clf_curve` with in-distribution as the positive class.
+
+def parse_ood_auroc(name: str) -> tuple[str, str] | None:
+    """'ood/heldout/log_px/auroc' -> ('heldout', 'log_px'); None for other names."""
+    m = _OOD_AUROC.match(name)
+    return (m.group(1), m.group(2)) if m else None
+
+
+def headline(section: dict) -> dict:
+    """{ood/<set>/<score>/auroc: AUROC} of every set and score of the section."""
+    return {ood_auroc(set_name, score): r["auroc"]
+            for set_name, s in section.get("sets", {}).items()
+            for score, r in s.get("scores", {}).items()}
+
+
+# -- the evaluator ----------------------------------------------------------------------------
+def evaluate(ctx: EvalContext) -> Section:
+    """Every OOD set of evals.ood_sets × every score of the family (higher = in-dist)."""
+    fam = ctx.family
+    in_scores = ctx.ood_scores(ctx.outputs(names=fam.ood_outputs))
+    sets = ood_sets_lib.build_ood_sets(ctx.exp, ctx.config.evals.ood_sets,
+                                       max_examples=ctx.config.evals.ood_max_examples)
+    m: dict = {"convention": {"score": "higher = more in-distribution",
+                              "fpr95": FPR95_CONVENTION, "fpr80_ood": FPR80_OOD_CONVENTION},
+        "definitions": {name: definition(fam, name) for name in in_scores},
+        "in_distribution": {"split": ctx.config.evals.split,
+                            "num_examples": int(len(next(iter(in_scores.values()))))},
+        "sets": {}}
+    out_scores: dict[str, dict[str, np.ndarray]] = {}
+    for s in sets:
+        fn, normalization = ood_sets_lib.normalized_predict_fn(ctx, s.source, fam.ood_outputs)
+        scores = ctx.ood_scores(ctx.predictor.outputs(ctx.variables, s.source, fam.ood_outputs,
+                                                      fn=fn))
+        out_scores[s.name] = scores
+        m["sets"][s.name] = {"description": s.description, "num_examples": int(len(s.source)),
+                             **normalization, "scores": {}}
+        for score_name, s_in in in_scores.items():
+            m["sets"][s.name]["scores"][score_name] = ood_metrics(s_in, scores[score_name])
+    save_scores(os.path.join(ctx.out_dir, OOD_SCORES_FILE), ctx.config.evals.split,
+                in_scores, out_scores)
+    m["per_example_scores"] = OOD_SCORES_FILE
+    figures = _figures(ctx, in_scores, out_scores, m)
+    return Section("ood", m, headline(m), _markdown(ctx, m, sets), figures)
+
+
+def file_safe(name: str) -> str:
+    """A score name as a portable file-name part: ">" -> "gt", anything but [A-Za-z0-9_.]
+    -> "_" ("-LLR>1" -> "_LLRgt1")."""
+    return re.sub(r"[^A-Za-z0-9_.]", "_", name.replace(">", "gt"))
+
+
+def save_scores(path: str, split: str, in_scores: dict, out_scores: dict) -> None:
+    """Every per-example score, for analysis: npz keys ``"<split>/<score>"`` for the
+    in-distribution split and ``"<OOD set>/<score>"`` for each OOD set (float64 arrays)."""
+    arrays = {f"{split}/{k}": np.asarray(v, np.float64) for k, v in in_scores.items()}
+    for set_name, scores in out_scores.items():
+        arrays.update({f"{set_name}/{k}": np.asarray(v, np.float64) for k, v in scores.items()})
+    np.savez_compressed(path, **arrays)
+
+
+def _markdown(ctx: EvalContext, m: dict, sets) -> str:
+    """The OOD section: the conventions, the sets, then per score its definition and a
+    table of every set."""
+    split = ctx.config.evals.split
+    desc = "\n".join(f"- **{s.name}**: {s.description} ({len(s.source)} examples)"
+                      for s in sets)
+    header = ["OOD set", "AUROC", "AUPR-In", "AUPR-Out", "FPR@95", "FPR@80 (OOD+)", "# in",
+              "# OOD"]
+    parts = [f"In-distribution: the {split} split ({m['in_distribution']['num_examples']} "
+             f"examples). Every score is higher = more in-distribution. AUROC, AUPR-In "
+             f"(in-distribution positive) and AUPR-Out (OOD positive) as scikit-learn "
+             f"computes them.\n\n- {FPR95_CONVENTION};\n- {FPR80_OOD_CONVENTION} "
+             f"(the column FPR@80 (OOD+)).", desc]
+    for score, text in m["definitions"].items():
+        rows = [[n, *(r[k] for k in ("auroc", "aupr_in", "aupr_out", "fpr95", "fpr80_ood",
+                                     "num_in", "num_out"))]
+                for n, r in ((n, v["scores"][score]) for n, v in m["sets"].items())]
+        parts += [f"### {score}\n\n{score} = {text}", md_table(rows, header)]
+    return "\n\n".join(parts)
+
+
+# -- figures ----------------------------------------------------------------------------------
+def _figures(ctx: EvalContext, in_scores: dict, out_scores: dict, m: dict) -> list:
+    """Per score: the histograms of every set and the ROC curves; -> [(title, file)]."""
+    figures = []
+    for score_name, s_in in in_scores.items():
+        if not out_scores:
+            break
+        hist = f"ood_hist_{file_safe(score_name)}.png"
+        score_histograms(s_in, {n: v[score_name] for n, v in out_scores.items()},
+                         os.path.join(ctx.out_dir, hist), score_name,
+                         title=f"{ctx.family.label or ctx.family.name}: {score_name} "
+                               f"({ctx.config.evals.split} split vs OOD sets)",
+                         unit=_score_unit(ctx.family, score_name))
+        curves = {}
+        for n, v in out_scores.items():
+            fpr, tpr = roc_curve(s_in, v[score_name])
+            curves[n] = (fpr, tpr, m["sets"][n]["scores"][score_name]["auroc"])
+        roc = f"ood_roc_{file_safe(score_name)}.png"
+        roc_curves(curves, os.path.join(ctx.out_dir, roc), title=f"ROC: {score_name}")
+        figures += [(f"Score histograms: {score_name}", hist), (f"ROC curves: {score_name}", roc)]
+    return figures
+
+
+def _score_unit(family, score_name: str) -> str:
+    """The unit of a score, read from its definition: 'nats' when it says so, else ''."""
+    return "nats" if "nats" in family.definitions.get(score_name, "") else ""
+
+
+def score_histograms(score_in, scores_out: dict, path, score_name: str, *, title: str = "",
+                     unit: str = "") -> str:
+    """:func:`score_histogram_figure` as a PNG at ``path``; returns path."""
+    return save_figure(score_histogram_figure(score_in, scores_out, score_name, title=title,
+                                              unit=unit), path)
+
+
+def score_histogram_figure(score_in, scores_out: dict, score_name: str, *, title: str = "",
+                           unit: str = "") -> Figure:
+    """Overlaid density histograms of an OOD score.
+
+    score_in: [N_in]; scores_out: {OOD set name -> [N_j]}; score_name and ``unit`` (e.g.
+    "nats"; "" for a unitless score) label the x axis, with the direction (higher =
+    in-distribution). The common bins span from the lowest 0.5th to the highest 99.5th
+    percentile of the sets' finite scores, so a small, far-off set is still shown. Each
+    density is normalised by the set's number of finite scores; scores outside the range
+    and non-finite scores are counted in the legend, not drawn. The OOD sets are filled;
+    the in-distribution histogram is drawn last, as a thick black outline, so it stays
+    visible above them.
     """
-    s_in = _as_scores(score_in, "score_in")
-    s_out = _as_scores(score_out, "score_out")
-    n_in = s_in.shape[0]
-    s = np.concatenate([s_in, s_out])  # exact promotion, so ties are the given ties
-    order = np.argsort(s)[::-1]  # descending; the order inside a tie never matters below
-    s_sorted = s[order]
-    is_in = order < n_in  # pooled index < n_in  <=>  the example came from score_in
-    # Last position of each run of equal scores: one threshold per distinct score.
-    ends = np.append(np.flatnonzero(s_sorted[1:] != s_sorted[:-1]), s.shape[0] - 1)
-    tps = np.cumsum(is_in, dtype=np.int64)[ends]
-    fps = ends + 1 - tps
-    return s_sorted[ends], tps, fps, n_in, s_out.shape[0]
+    sets = {"in-distribution": np.asarray(score_in, dtype=np.float64).ravel()}
+    for name, s in scores_out.items():
+        sets[str(name)] = np.asarray(s, dtype=np.float64).ravel()
+    finite = {name: s[np.isfinite(s)] for name, s in sets.items()}
+    ranges = [np.quantile(f, [0.005, 0.995]) for f in finite.values() if f.size]
+    lo = min((r[0] for r in ranges), default=0.0)
+    hi = max((r[1] for r in ranges), default=1.0)
+    if not hi > lo:
+        lo, hi = lo - 0.5, hi + 0.5
+    edges = np.linspace(lo, hi, 61)
+
+    fig = new_figure(5.5, 3.8)
+    ax = fig.subplots()
+    order = [n for n in sets if n != "in-distribution"] + ["in-distribution"]
+    for i, name in enumerate(order):
+        s, f = sets[name], finite[name]
+        counts, _ = np.histogram(f, bins=edges)
+        dens = counts / (max(f.size, 1) * np.diff(edges))
+        label = f"{name} (n={s.size})"
+        hidden = f.size - int(counts.sum())
+        if hidden:
+            label += f", {hidden} out of range"
+        if f.size < s.size:
+            label += f", {s.size - f.size} non-finite"
+        if name == "in-distribution":
+            ax.stairs(dens, edges, lw=2, color="black", label=label, zorder=3)
+        else:
+            color = f"C{i % 10}"
+            ax.stairs(dens, edges, fill=True, alpha=0.3, color=color, label=label)
+            ax.stairs(dens, edges, lw=1, color=color)
+    ax.set_xlabel(f"{score_name}{f' ({unit})' if unit else ''}; higher = in-distribution")
+    ax.set_ylabel(f"density (per {unit})" if unit else "density")
+    ax.set_title(title or f"OOD score: {score_name}", fontsize=10)
+    ax.legend(fontsize=7, frameon=False)
+    fig.tight_layout()
+    return fig
 
 
-def _auroc(tps, fps, n_pos, n_neg) -> float:
-    """Trapezoidal area under the ROC through (0,0) and every threshold, exact in int64."""
-    t = np.concatenate([[0], tps])
-    f = np.concatenate([[0], fps])
-    twice_area = np.sum(np.diff(f) * (t[1:] + t[:-1]))  # integer, < 2^53 for N < 10^7
-    return float(twice_area / (2.0 * n_pos * n_neg))
+def _thin_curve(fpr, tpr):
+    """Keep about _MAX_CURVE_POINTS points, evenly spaced along fpr + tpr, plus both ends."""
+    fpr = np.asarray(fpr, dtype=float)
+    tpr = np.asarray(tpr, dtype=float)
+    if fpr.size <= _MAX_CURVE_POINTS:
+        return fpr, tpr
+    arc = fpr + tpr  # monotone along an ROC curve, from 0 to 2
+    _, keep = np.unique(np.floor(arc * (_MAX_CURVE_POINTS / 2)), return_index=True)
+    keep = np.union1d(keep, [0, fpr.size - 1])
+    return fpr[keep], tpr[keep]
 
 
-def _average_precision(tps, fps, n_pos) -> float:
-    """sklearn's AP: sum over thresholds (descending) of (R_g - R_{g-1}) * P_g."""
-    precision = tps / (tps + fps)
-    d_recall = np.diff(np.concatenate([[0], tps])) / n_pos
-    return float(np.sum(d_recall * precision))
+def roc_curves(curves: dict, path, title: str = "") -> str:
+    """curves: {name -> (fpr [G], tpr [G], auroc float)} -> ROC plot; returns path."""
+    fig = new_figure(4.5, 4.5)
+    ax = fig.subplots()
+    ax.plot([0, 1], [0, 1], ls="--", color="0.5", lw=1)
+    for name, (fpr, tpr, auroc) in curves.items():
+        f, t = _thin_curve(fpr, tpr)
+        ax.plot(f, t, lw=1.5, label=f"{name} (AUROC {auroc:.3f})")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.01)
+    ax.set_xlabel("false positive rate (OOD accepted)")
+    ax.set_ylabel("true positive rate (in-distribution accepted)")
+    ax.set_title(title, fontsize=10)
+    ax.legend(loc="lower right", fontsize=7, frameon=False)
+    fig.tight_layout()
+    return save_figure(fig, path)
 
 
-def _fpr_at_tpr(tps, fps, n_pos, n_neg, target: float):
-    """FPR at the first ROC point with TPR >= target, and that point's index into tps.
-
-    Equals sklearn `fpr[np.searchsorted(tpr, target, side="left")]` for
-    `fpr, tpr, _ = roc_curve(y, s, drop_intermediate=False)`.
-    """
-    tpr = np.concatenate([[0.0], tps / n_pos])
-    k = int(np.searchsorted(tpr, target, side="left"))  # >= 1, since tpr[0] = 0 < target
-    return float(fps[k - 1] / n_neg), k - 1
-
-
-def ood_metrics(score_in, score_out) -> dict:
-    """Threshold-free and fixed-recall OOD metrics over whole sets.
-
-    Args:
-      score_in: [N_in] scores of in-distribution examples (higher = more in-distribution).
-      score_out: [N_out] scores of OOD examples, same convention.
-      numpy or jax arrays, float or int; +-inf allowed, NaN rejected.
-
-    Returns:
-      dict with
-        auroc: == sklearn roc_auc_score(is_in, s).
-        aupr_in: == average_precision_score(is_in, s)   (in-distribution positive).
-        aupr_out: == average_precision_score(is_out, -s) (OOD positive).
-        fpr95: fraction of OOD with s >= fpr95_threshold, where fpr95_threshold is the
-          LARGEST observed score t with fraction(score_in >= t) >= 0.95. Equivalently the
-          FPR at the first point of the full ROC curve (every distinct score a threshold,
-          sklearn `drop_intermediate=False`) with TPR >= 0.95. Ties: every example with
-          score == t is accepted as in-distribution.
-        fpr80_ood: fraction of in-distribution with s <= fpr80_ood_threshold, where
-          fpr80_ood_threshold is the SMALLEST observed score u with
-          fraction(score_out <= u) >= 0.80 (the same construction, OOD positive, score -s).
-        num_in, num_out: N_in, N_out (AUPR depends on their ratio; report both).
-    """
-    thresholds, tps, fps, n_in, n_out = _grouped_counts(score_in, score_out)
-    # The OOD-positive curve with score -s visits the same groups in reverse order.
-    in_per_group = np.diff(np.concatenate([[0], tps]))
-    out_per_group = np.diff(np.concatenate([[0], fps]))
-    tps_ood = np.cumsum(out_per_group[::-1])
-    fps_ood = np.cumsum(in_per_group[::-1])
-
-    fpr95, k95 = _fpr_at_tpr(tps, fps, n_in, n_out, 0.95)  # docs/metrics.md FPR@95, in positive
-    fpr80, k80 = _fpr_at_tpr(tps_ood, fps_ood, n_out, n_in, 0.80)  # hvae-oodd FPR80, OOD positive
-    return {
-        "auroc": _auroc(tps, fps, n_in, n_out),
-        "aupr_in": _average_precision(tps, fps, n_in),
-        "aupr_out": _average_precision(tps_ood, fps_ood, n_out),
-        "fpr95": fpr95,
-        "fpr95_threshold": float(thresholds[k95]),
-        "fpr80_ood": fpr80,
-        "fpr80_ood_threshold": float(thresholds[::-1][k80]),
-        "num_in": int(n_in),
-        "num_out": int(n_out),
-    }
-
-
-def roc_curve(score_in, score_out):
-    """ROC curve with in-distribution as the positive class.
-
-    score_in: [N_in], score_out: [N_out] (higher = more in-distribution) ->
-      (fpr [G + 1], tpr [G + 1]) float64, starting at (0, 0), one point per distinct score
-      in descending order, no point dropped; equal to sklearn
-      `roc_curve(is_in, s, drop_intermediate=False)[:2]`.
-    """
-    _, tps, fps, n_in, n_out = _grouped_counts(score_in, score_out)
-    fpr = np.concatenate([[0.0], fps / n_out])
-    tpr = np.concatenate([[0.0], tps / n_in])
-    return fpr, tpr
+EVALUATOR = Evaluator("ood", evaluate, frozenset({"ood_scores"}), headline, "OOD detection")

@@ -27,10 +27,10 @@ import jax
 import numpy as np
 from etils import epath
 
-from jaxhybrid.evaluators import EvalContext, Section
+from jaxhybrid.evaluators import EvalContext, Evaluator, Section, md_table, probs
 from jaxhybrid.evaluators import ood_sets as ood_sets_lib
-from jaxhybrid.evaluators.adversarial import epsilon_grid, epsilon_space
-from jaxhybrid.evaluators.plugins import _probs, _table, attacked_predictions_fn
+from jaxhybrid.evaluators.adversarial import (attacked_predictions_fn, epsilon_grid,
+                                              epsilon_space)
 
 PREDICTIONS_FILE = "predictions.npz"
 
@@ -79,7 +79,7 @@ def per_example(family, ood_out: dict, out: dict) -> dict[str, np.ndarray]:
         arrays["label"] = np.asarray(out["label"])
     if "logits" in out:
         arrays["logits"] = np.asarray(out["logits"])
-        arrays["probabilities"] = _probs(out["logits"])
+        arrays["probabilities"] = probs(out["logits"])
     if "log_likelihood" in out:
         arrays["log_likelihood"] = np.asarray(out["log_likelihood"])
     if family.bound_fn is not None:
@@ -145,7 +145,7 @@ def save_npz(path, arrays: dict) -> None:
     epath.Path(path).write_bytes(buf.getvalue())
 
 
-def predictions(ctx: EvalContext) -> Section:
+def evaluate(ctx: EvalContext) -> Section:
     """Per-example arrays of the evaluated split and each OOD set -> predictions.npz."""
     fam, ev = ctx.family, ctx.config.evals
     names = wanted_outputs(fam)
@@ -170,7 +170,10 @@ def predictions(ctx: EvalContext) -> Section:
           + (f" Attacked predictions: the first {ev.adversarial_max_examples or 'all'} "
              f"examples of the {split} split, {ev.attack.upper()} as in the adversarial "
              f"evaluator." if attack else "")
-          + "\n\n" + _table(schema_rows(sources, split, fam.definitions),
-                            ["array", "shape", "dtype", "meaning"])
-          + "\n\n" + _table([[src, n] for src, n in counts.items()], ["source", "N"]))
+          + "\n\n" + md_table(schema_rows(sources, split, fam.definitions),
+                              ["array", "shape", "dtype", "meaning"])
+          + "\n\n" + md_table([[src, n] for src, n in counts.items()], ["source", "N"]))
     return Section("predictions", m, {}, md)
+
+
+EVALUATOR = Evaluator("predictions", evaluate, frozenset())

@@ -2,7 +2,7 @@
 evaluators that ran, figures.
 
 Each number is printed beside its definition: the family's ``definitions`` for its outputs
-and OOD scores (the plug-ins put them in their sections), and the conventions below for
+and OOD scores (the evaluators put them in their sections), and the conventions below for
 the metrics, all written out in docs/metrics.md. Only the evaluators that ran are
 described: a skipped one gets its section with the reason and nothing else.
 """
@@ -12,11 +12,10 @@ import time
 
 from etils import epath
 
-from jaxhybrid.evaluators.plugins import OOD_SCORES_FILE, binarised
+from jaxhybrid.evaluators.likelihood import binarised
+from jaxhybrid.evaluators.ood import OOD_SCORES_FILE
+from jaxhybrid.evaluators.suite import title
 from jaxhybrid.models import MODEL_FIELDS
-
-TITLES = {"ood": "OOD detection", "adversarial": "Adversarial robustness",
-          "temperature": "Temperature scaling"}
 
 
 def ran(results) -> set[str]:
@@ -114,10 +113,10 @@ def write_report(exp, metrics: dict, results, out_dir, *, step: int) -> epath.Pa
         lines.append("- **Conventions** (docs/metrics.md): " + "; ".join(found) + ".")
     lines.append("")
     for sec in results.sections:
-        lines += [f"## {TITLES.get(sec.name, sec.name.capitalize())}", "", sec.markdown, ""]
-        for title, fig in sec.figures:
+        lines += [f"## {title(sec.name)}", "", sec.markdown, ""]
+        for caption, fig in sec.figures:
             if (out_dir / fig).exists():
-                lines += [f"![{title}]({fig})", ""]
+                lines += [f"![{caption}]({fig})", ""]
     lines += [closing(results), ""]
     path = out_dir / "report.md"
     path.write_text("\n".join(lines))

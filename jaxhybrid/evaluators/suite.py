@@ -1,34 +1,65 @@
-"""The evaluation suite: the evaluators of ``config.evals.names`` (:data:`EVALUATORS`),
-run in order, each skipped with its reason where the family or the data do not meet its
-needs."""
+"""The evaluation suite: the registry of evaluator types (:data:`EVALUATORS`, each found
+by its type name in the module of that name), the run of those of ``config.evals.names``
+in order, each skipped with its reason where the family or the data do not meet its
+needs, and the headline metric names across evaluators.
+
+Headline names (``Section.headline``; each built by the evaluator that produces it)::
+
+    accuracy, nll, brier                          classification
+    ece, mce, rms_ce                              calibration (equal-width bins)
+    temperature, ece_after_ts, nll_after_ts       temperature scaling
+    log_likelihood, bits_per_dim                  likelihood (the family's bound on log p(x))
+    ood/<set>/<score>/auroc                       ood.ood_auroc(set, score)
+    <attack>/eps=<ε to 4 significant digits>/accuracy    adversarial.attack_accuracy(attack, ε)
+
+:func:`headline` rebuilds the same flat dict from a saved ``eval/<step>/metrics.json``,
+and :func:`matches` tests a name against a pattern in which ``*`` stands for one
+``/``-separated part (``ood/*/max_softmax/auroc``).
+"""
 from __future__ import annotations
 
-import dataclasses
+import fnmatch
 import logging
-from typing import Callable
 
-from jaxhybrid.evaluators import EvalContext, Results, Section, plugins, predictions
+from jaxhybrid.evaluators import (EvalContext, Evaluator, Results, Section, adversarial,
+                                  calibration, classification, likelihood, ood, predictions,
+                                  temperature)
 from jaxhybrid.progress import EvalProgress
 
 log = logging.getLogger("jaxhybrid")
 
-
-@dataclasses.dataclass(frozen=True)
-class Evaluator:
-    fn: Callable[[EvalContext], Section]
-    needs: frozenset      # output names, "ood_scores", "labels"
-
-
-_CLASSES = frozenset({"logits", "labels"})
+# type name -> evaluator, in the order of evals.names' "valid choices"
 EVALUATORS: dict[str, Evaluator] = {
-    "classification": Evaluator(plugins.classification, _CLASSES),
-    "calibration": Evaluator(plugins.calibration, _CLASSES),
-    "temperature": Evaluator(plugins.temperature_scaling, _CLASSES),
-    "ood": Evaluator(plugins.ood, frozenset({"ood_scores"})),
-    "adversarial": Evaluator(plugins.adversarial, _CLASSES),
-    "likelihood": Evaluator(plugins.likelihood, frozenset({"log_likelihood"})),
-    "predictions": Evaluator(predictions.predictions, frozenset()),
-}
+    m.EVALUATOR.name: m.EVALUATOR
+    for m in (classification, calibration, temperature, ood, adversarial, likelihood,
+              predictions)}
+# the order of a rebuilt headline: the scalars, then OOD AUROCs, then attack accuracies
+_HEADLINE_ORDER = ("classification", "calibration", "temperature", "likelihood", "ood",
+                   "adversarial")
+
+
+def headline(metrics: dict) -> dict:
+    """The evaluators' headline dict, rebuilt from a saved ``metrics.json`` (each
+    evaluator's ``headline`` of its section): the scalars, then OOD AUROCs, then attack
+    accuracies (values as saved; a NaN is saved as None)."""
+    out: dict = {}
+    for name in _HEADLINE_ORDER:
+        out.update(EVALUATORS[name].headline(metrics.get(name, {})))
+    return out
+
+
+def matches(pattern: str, name: str) -> bool:
+    """Whether ``name`` fits ``pattern``: the same number of ``/``-separated parts, each
+    matched as a shell pattern (``*`` for any one part: ``ood/*/max_softmax/auroc``)."""
+    parts, want = name.split("/"), pattern.split("/")
+    return len(parts) == len(want) and all(fnmatch.fnmatchcase(p, w)
+                                           for p, w in zip(parts, want))
+
+
+def title(name: str) -> str:
+    """The report heading of evaluator ``name``."""
+    known = EVALUATORS.get(name)
+    return (known.title if known else "") or name.capitalize()
 
 
 def evaluator_names(names: str) -> list[str]:
@@ -78,7 +109,7 @@ def run_evaluators(exp, variables, predictor, out_dir: str) -> Results:
     finally:
         predictor.progress = None
     metrics = {s.name: s.metrics for s in sections}
-    headline = {}
+    flat = {}
     for s in sections:
-        headline.update(s.headline)
-    return Results(sections, metrics, headline)
+        flat.update(s.headline)
+    return Results(sections, metrics, flat)

@@ -1,6 +1,6 @@
 """Figures of a sweep: metrics against the x key (one line per series and metric, each its
 own colour, error bars = std over seeds), and reliability diagrams at the largest x.
-Drawn and written by :mod:`jaxhybrid.evaluators.plots` (Agg canvas, epath)."""
+Drawn and written on :mod:`jaxhybrid.evaluators.canvas` (Agg canvas, epath)."""
 from __future__ import annotations
 
 import json
@@ -9,7 +9,7 @@ import re
 
 import numpy as np
 
-from jaxhybrid.evaluators import names, plots
+from jaxhybrid.evaluators import calibration, canvas, suite
 from jaxhybrid.tools.presentation import LINE_STYLES, View
 from jaxhybrid.tools.runs import Run
 from jaxhybrid.tools.stats import is_number, same_value, sort_key
@@ -76,7 +76,7 @@ def _panels(rows: list[dict], spec: dict) -> list[tuple[str, list[str], int | No
     """[(panel title, metrics, the '/'-part that picks the panel)] of a curve plot."""
     patterns, mode = spec["metrics"], spec["panels"]
     found = list(dict.fromkeys(n for r in rows for n in r["metrics"]))
-    matched = list(dict.fromkeys(n for p in patterns for n in found if names.matches(p, n)))
+    matched = list(dict.fromkeys(n for p in patterns for n in found if suite.matches(p, n)))
     if mode == "single":
         return [(spec.get("title", ""), matched, None)] if matched else []
     if mode == "metric":
@@ -86,14 +86,14 @@ def _panels(rows: list[dict], spec: dict) -> list[tuple[str, list[str], int | No
     part: dict[str, int | None] = {}
     for n in found:                        # panels in the order the metrics appear
         for p in patterns:
-            if names.matches(p, n):
+            if suite.matches(p, n):
                 i = _first_wildcard(p)
                 value = n.split("/")[i] if i is not None else ""
                 panels.setdefault(value, [])
                 part[value] = i
     for n in matched:
         for p in patterns:
-            if names.matches(p, n):
+            if suite.matches(p, n):
                 i = _first_wildcard(p)
                 value = n.split("/")[i] if i is not None else ""
                 if n not in panels[value]:
@@ -170,11 +170,11 @@ def plot_curves(rows: list[dict], keys: list[str], view: View, spec: dict,
         return None
     pos, ticks, tick_labels = _x_positions(rows, view)
     lines = _lines(rows, _series(rows, keys, view), panels, spec, view, pos)
-    colours = plots.distinct_colours(list(dict.fromkeys(line["label"] for line in lines)))
+    colours = canvas.distinct_colours(list(dict.fromkeys(line["label"] for line in lines)))
     ncols = min(int(spec.get("ncols", 3)), len(panels))
     nrows = -(-len(panels) // ncols)
     width, height = spec.get("panel_size", (4.6, 3.8))
-    fig = plots.new_figure(width * ncols, height * nrows)
+    fig = canvas.new_figure(width * ncols, height * nrows)
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     ylim, ylabel, hline = _ylim(spec, rows, panels), _ylabel(spec), spec.get("hline")
     for j, (ax, (title, _, _)) in enumerate(zip(axes, panels)):
@@ -192,12 +192,12 @@ def plot_curves(rows: list[dict], keys: list[str], view: View, spec: dict,
     for ax in axes[len(panels):]:
         ax.set_visible(False)
     legend = spec.get("legend") or {"fontsize": 7, "frameon": False}
-    plots.add_legends(fig, axes[:len(panels)], shared=spec["legend_panels"] == "shared",
-                      **legend)
+    canvas.add_legends(fig, axes[:len(panels)], shared=spec["legend_panels"] == "shared",
+                       **legend)
     file = spec.get("file") or _slug("_".join(
         part for p in spec["metrics"] for part in p.split("/") if "*" not in part)) \
         + f"_vs_{_slug(view.x)}.png"
-    return plots.save_figure(fig, f"{out_dir}/{file}")
+    return canvas.save_figure(fig, f"{out_dir}/{file}")
 
 
 def plot_reliability(runs: list[Run], rows: list[dict], keys: list[str], view: View,
@@ -222,7 +222,7 @@ def plot_reliability(runs: list[Run], rows: list[dict], keys: list[str], view: V
             cal_dict[f"{label}, seed {run.seed}"] = cal
     if not cal_dict:
         return None
-    return plots.reliability_side_by_side(
+    return calibration.reliability_side_by_side(
         cal_dict, f"{out_dir}/{spec.get('file', 'reliability.png')}", title)
 
 

@@ -16,20 +16,26 @@ from __future__ import annotations
 
 import dataclasses
 
-from jaxhybrid.evaluators import names
+from jaxhybrid.evaluators import suite
+from jaxhybrid.evaluators.adversarial import attack_accuracy, attack_name, parse_attack_accuracy
+from jaxhybrid.evaluators.calibration import ECE, MCE, RMS_CE
+from jaxhybrid.evaluators.classification import ACCURACY, BRIER, NLL
+from jaxhybrid.evaluators.likelihood import BITS_PER_DIM, LOG_LIKELIHOOD
+from jaxhybrid.evaluators.ood import parse_ood_auroc
+from jaxhybrid.evaluators.temperature import ECE_AFTER_TS, NLL_AFTER_TS, TEMPERATURE
 
 # headline name -> the evaluator section that writes it
 SECTION_OF = {
-    names.ACCURACY: "classification", names.NLL: "classification",
-    names.BRIER: "classification", names.ECE: "calibration", names.MCE: "calibration",
-    names.RMS_CE: "calibration", names.TEMPERATURE: "temperature",
-    names.ECE_AFTER_TS: "temperature", names.NLL_AFTER_TS: "temperature",
-    names.LOG_LIKELIHOOD: "likelihood", names.BITS_PER_DIM: "likelihood",
+    ACCURACY: "classification", NLL: "classification",
+    BRIER: "classification", ECE: "calibration", MCE: "calibration",
+    RMS_CE: "calibration", TEMPERATURE: "temperature",
+    ECE_AFTER_TS: "temperature", NLL_AFTER_TS: "temperature",
+    LOG_LIKELIHOOD: "likelihood", BITS_PER_DIM: "likelihood",
 }
 LIKELIHOOD_OUTPUT = "log_likelihood"     # the family output the likelihood rows are of
-ROW_TITLES = {names.TEMPERATURE: "temperature T", names.ECE_AFTER_TS: "ece after TS",
-              names.NLL_AFTER_TS: "nll after TS", names.LOG_LIKELIHOOD: "log p(x) bound",
-              names.BITS_PER_DIM: "bits/dim"}
+ROW_TITLES = {TEMPERATURE: "temperature T", ECE_AFTER_TS: "ece after TS",
+              NLL_AFTER_TS: "nll after TS", LOG_LIKELIHOOD: "log p(x) bound",
+              BITS_PER_DIM: "bits/dim"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,7 +82,7 @@ def _scalar(metrics: dict, name: str, value, config: dict | None) -> Entry:
 
 
 def _ood(metrics: dict, name: str, value, config: dict | None) -> Entry:
-    set_name, score = names.parse_ood_auroc(name)
+    set_name, score = parse_ood_auroc(name)
     definition = definition_of(score, metrics, config)
     return Entry((name, None, definition), name, f"AUROC {set_name} / {score}", "ood", score,
                  definition, value)
@@ -85,11 +91,11 @@ def _ood(metrics: dict, name: str, value, config: dict | None) -> Entry:
 def _attacks(metrics: dict) -> list[Entry]:
     """Attack accuracies at the exact ε saved in metrics.json."""
     adv = metrics.get("adversarial", {})
-    attack = names.attack_name(adv.get("attack", "attack"), adv.get("epsilon_space", "pixel"))
+    attack = attack_name(adv.get("attack", "attack"), adv.get("epsilon_space", "pixel"))
     out = []
     for eps, acc in zip(adv.get("epsilons", []), adv.get("accuracy", [])):
         eps = float(eps)
-        out.append(Entry((attack, eps, None), names.attack_accuracy(attack, eps),
+        out.append(Entry((attack, eps, None), attack_accuracy(attack, eps),
                          f"{attack.upper().replace('_NORMALIZED', ' (normalised units)')} acc "
                          f"ε={epsilon_text(eps)}", "adversarial", "", "",
                          acc))
@@ -100,10 +106,10 @@ def entries(metrics: dict, config: dict | None = None) -> list[Entry]:
     """The headline numbers of one metrics.json as row identities with their values
     (None where metrics.json saved none, e.g. a temperature that is not identifiable)."""
     out = []
-    for name, value in names.headline(metrics).items():
-        if names.parse_attack_accuracy(name):
+    for name, value in suite.headline(metrics).items():
+        if parse_attack_accuracy(name):
             continue
-        maker = _ood if names.parse_ood_auroc(name) else _scalar
+        maker = _ood if parse_ood_auroc(name) else _scalar
         out.append(maker(metrics, name, value, config))
     return out + _attacks(metrics)
 

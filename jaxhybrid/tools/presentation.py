@@ -18,7 +18,10 @@ import dataclasses
 import json
 import logging
 
-from jaxhybrid.evaluators import names
+from jaxhybrid.evaluators import suite
+from jaxhybrid.evaluators.calibration import ECE
+from jaxhybrid.evaluators.classification import ACCURACY
+from jaxhybrid.evaluators.ood import ood_auroc
 from jaxhybrid.tools.stats import is_number, plain
 
 log = logging.getLogger("jaxhybrid.tools")
@@ -48,8 +51,8 @@ PLOT_KINDS = ("curve", "reliability")
 PANEL_MODES = ("single", "metric", "match")
 LEGEND_PANELS = ("all", "shared")
 LINE_STYLES = ("-", "--", ":", "-.")
-DEFAULT_PLOTS = ({"metrics": [names.ACCURACY]}, {"metrics": [names.ECE]},
-                 {"metrics": [names.ood_auroc("*", "*")]}, {"kind": "reliability"})
+DEFAULT_PLOTS = ({"metrics": [ACCURACY]}, {"metrics": [ECE]},
+                 {"metrics": [ood_auroc("*", "*")]}, {"kind": "reliability"})
 
 
 @dataclasses.dataclass
@@ -166,7 +169,7 @@ def resolve_view(rows: list[dict], keys: list[str], presentation: dict | None = 
     if metrics:
         found = list(dict.fromkeys(n for r in rows for n in r["metrics"]))
         for pattern in metrics:
-            if not any(names.matches(pattern, n) for n in found):
+            if not any(suite.matches(pattern, n) for n in found):
                 raise ValueError(f"--metrics {pattern!r} matches no metric of these runs; "
                                  f"valid names: {', '.join(found)}")
         plots = [check_plot({"metrics": [m]}) for m in metrics] \

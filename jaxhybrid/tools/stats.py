@@ -13,14 +13,19 @@ import math
 import ml_collections
 import numpy as np
 
-from jaxhybrid.evaluators import names
+from jaxhybrid.evaluators.adversarial import parse_attack_accuracy
+from jaxhybrid.evaluators.calibration import ECE
+from jaxhybrid.evaluators.classification import ACCURACY, NLL
+from jaxhybrid.evaluators.likelihood import BITS_PER_DIM, LOG_LIKELIHOOD
+from jaxhybrid.evaluators.ood import parse_ood_auroc
+from jaxhybrid.evaluators.temperature import ECE_AFTER_TS
 from jaxhybrid.optim import scaled_learning_rate
 from jaxhybrid.tools import identity
 from jaxhybrid.tools.runs import Run
 
 BUDGET = ("steps", "train_seconds")       # from final_metrics.json
-MAIN_METRICS = (names.ACCURACY, names.NLL, names.ECE, names.ECE_AFTER_TS)
-LIKELIHOOD_METRICS = (names.LOG_LIKELIHOOD, names.BITS_PER_DIM)
+MAIN_METRICS = (ACCURACY, NLL, ECE, ECE_AFTER_TS)
+LIKELIHOOD_METRICS = (LOG_LIKELIHOOD, BITS_PER_DIM)
 SEED_KEY = "seed"
 
 
@@ -62,7 +67,7 @@ def _split_name(e: identity.Entry, k: int) -> str:
     if e.section == "adversarial":
         return f"{e.key[0]}/eps={e.key[1]!r}/accuracy"
     parts = e.metric.split("/")
-    parts[2 if names.parse_ood_auroc(e.metric) else 0] += f"~{k}"
+    parts[2 if parse_ood_auroc(e.metric) else 0] += f"~{k}"
     return "/".join(parts)
 
 
@@ -107,9 +112,9 @@ def metric_order(found: list[str]) -> list[str]:
     scalars = MAIN_METRICS + LIKELIHOOD_METRICS
     main = sorted((k for k in found if k.split("~")[0] in scalars),
                   key=lambda k: (scalars.index(k.split("~")[0]), k))
-    ood = [k for k in found if names.parse_ood_auroc(k)]
-    adv = sorted((k for k in found if names.parse_attack_accuracy(k)),
-                 key=names.parse_attack_accuracy)
+    ood = [k for k in found if parse_ood_auroc(k)]
+    adv = sorted((k for k in found if parse_attack_accuracy(k)),
+                 key=parse_attack_accuracy)
     budget = [k for k in BUDGET if k in found]
     ordered = list(dict.fromkeys(main + ood + adv + budget))
     return ordered + [k for k in found if k not in ordered]

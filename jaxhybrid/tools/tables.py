@@ -9,13 +9,18 @@ import json
 import os
 
 from jaxhybrid.checkpointing import run_path
-from jaxhybrid.evaluators import names
+from jaxhybrid.evaluators.adversarial import parse_attack_accuracy
+from jaxhybrid.evaluators.calibration import ECE
+from jaxhybrid.evaluators.classification import ACCURACY, NLL
+from jaxhybrid.evaluators.likelihood import BITS_PER_DIM, LOG_LIKELIHOOD
+from jaxhybrid.evaluators.ood import parse_ood_auroc
+from jaxhybrid.evaluators.temperature import ECE_AFTER_TS
 from jaxhybrid.tools import identity
 from jaxhybrid.tools.stats import BUDGET, LIKELIHOOD_METRICS, MAIN_METRICS, metric_order
 
-METRIC_TITLES = {names.ACCURACY: "test accuracy", names.NLL: "NLL", names.ECE: "ECE",
-                 names.ECE_AFTER_TS: "ECE after TS", names.LOG_LIKELIHOOD: "log p(x) bound",
-                 names.BITS_PER_DIM: "bits/dim", "steps": "steps", "train_seconds": "train s"}
+METRIC_TITLES = {ACCURACY: "test accuracy", NLL: "NLL", ECE: "ECE",
+                 ECE_AFTER_TS: "ECE after TS", LOG_LIKELIHOOD: "log p(x) bound",
+                 BITS_PER_DIM: "bits/dim", "steps": "steps", "train_seconds": "train s"}
 
 
 def write_text(path, text: str) -> str:
@@ -49,10 +54,10 @@ def fmt_stat(stat: dict | None, n: int, name: str) -> str:
 def column_title(name: str) -> str:
     if name in METRIC_TITLES:
         return METRIC_TITLES[name]
-    ood = names.parse_ood_auroc(name)
+    ood = parse_ood_auroc(name)
     if ood:
         return f"{ood[0]} / {ood[1]}"
-    attack = names.parse_attack_accuracy(name)
+    attack = parse_attack_accuracy(name)
     if attack:
         return f"{attack[0].upper()} ε={identity.epsilon_text(attack[1], rel_tol=5e-4)}"
     base, _, k = name.partition("~")
@@ -88,9 +93,9 @@ def aggregate_markdown(rows: list[dict], keys: list[str], title) -> str:
         ("Likelihood (test split)",
          [n for n in table if n.split("~")[0] in LIKELIHOOD_METRICS], False),
         ("OOD detection: AUROC (in-distribution = test split; set / score)",
-         [n for n in table if names.parse_ood_auroc(n)], False),
+         [n for n in table if parse_ood_auroc(n)], False),
         ("Adversarial robustness: accuracy under attack",
-         [n for n in table if names.parse_attack_accuracy(n)], False),
+         [n for n in table if parse_attack_accuracy(n)], False),
     ]
     out = []
     for heading, cols, with_lr in sections:
