@@ -1,4 +1,4 @@
-"""Every config key the README, the docs, the configs' docstrings and the results scripts
+"""Every config key the README, the docs pages, the configs' docstrings and the results scripts
 write in a command (``--config.KEY=``, ``--sweep KEY=``, ``--set KEY=``) exists in the
 configs: a renamed field cannot leave a stale command behind."""
 import glob
@@ -29,3 +29,10 @@ def test_every_documented_key_exists():
             stale += [(name, k) for k in re.findall(pattern, text)
                       if k not in keys | PLACEHOLDERS]
     assert len(files) > 10 and not stale, stale
+    # wherever a command moves (README.md is a front door linking the docs pages), its
+    # page is read: every markdown page the README links to is among the files checked
+    linked = {os.path.normpath(t.partition("#")[0]) for t in
+              re.findall(r"\]\(([^)\s]+\.md(?:#[^)\s]*)?)\)",
+                         open(os.path.join(REPO, "README.md")).read())
+              if "://" not in t}
+    assert len(linked) > 5 and linked <= set(map(os.path.normpath, files)), linked - set(files)
