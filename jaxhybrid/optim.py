@@ -1,13 +1,43 @@
-"""Optimisers and learning-rate schedules from ``config.optimizer``."""
+"""Optimisers and learning-rate schedules from ``config.optimizer`` (its table:
+:data:`OPTIMIZER`)."""
 from __future__ import annotations
 
 import math
 
 import optax
 
+from jaxhybrid.schema import Field, Schema, choice, count, flag, num, number
+
 OPTIMIZERS = ("adam", "adamw", "sgd", "momentum")
 SCHEDULES = ("constant", "cosine", "step")
 LR_SCALINGS = ("none", "sqrt", "linear")
+
+OPTIMIZER = Schema("optimizer", {
+    "name": choice("adam", OPTIMIZERS, "adam | adamw | sgd | momentum"),
+    "learning_rate": num(1e-3, "base learning rate at base_batch_size", 0, low_open=True),
+    "lr_scaling": choice("none", LR_SCALINGS, "none | sqrt | linear, from base_batch_size "
+                         "(Hoffer et al. 2017: sqrt)"),
+    "base_batch_size": count(128, "the batch size learning_rate is given for"),
+    "schedule": choice("constant", SCHEDULES, "constant | cosine | step"),
+    "warmup_steps": count(0, "linear warm-up from 0 over this many steps", low=0),
+    "decay_factor": num(0.1, "step schedule: multiply by this ...", 0, 1, low_open=True),
+    "decay_every_epochs": Field(0, number(0), "... every this many epochs (0 = never)"),
+    "momentum": num(0.9, "sgd momentum / adam b1", 0, 1, high_open=True),
+    "b2": num(0.999, "adam's second-moment decay", 0, 1, high_open=True),
+    "weight_decay": num(0.0, "adamw only", 0),
+    "grad_clip_norm": num(0.0, "clip the global gradient norm to this (0 = no clipping)", 0),
+    "skip_nonfinite": flag(False, "skip (do not apply) an update whose loss or gradient norm "
+                           "is NaN/inf, instead of stopping the run"),
+    "skip_grad_norm": num(0.0, "skip an update whose gradient norm exceeds this (0 = off; "
+                          "VDVAE's skip_threshold)", 0),
+    "max_consecutive_skips": count(10, "this many skipped updates in a row stop the run "
+                                   "(NaN stop)"),
+})
+
+
+def optimizer_config(**overrides):
+    """``config.optimizer`` at its defaults, then ``overrides``."""
+    return OPTIMIZER.defaults(**overrides)
 
 
 def scaled_learning_rate(opt_cfg, batch_size: int) -> float:

@@ -96,6 +96,10 @@ def int_tuple(low: int) -> Check:
     return check
 
 
+def text(v) -> str | None:
+    return None if isinstance(v, str) else "must be a string"
+
+
 def equals(value) -> Check:
     return lambda v: None if v == value else f"must be {value!r}"
 
@@ -144,6 +148,10 @@ class Schema:
     def __init__(self, section: str, fields: dict[str, Field], rules: Iterable[Rule] = ()):
         self.section, self.fields, self.rules = section, dict(fields), tuple(rules)
 
+    def key(self, name: str) -> str:
+        """The dotted config key of field ``name`` (the top-level section is '')."""
+        return f"{self.section}.{name}" if self.section else name
+
     def defaults(self, **overrides) -> ml_collections.ConfigDict:
         """The section's ConfigDict: every field at its default, then ``overrides``."""
         unknown = set(overrides) - set(self.fields)
@@ -154,15 +162,18 @@ class Schema:
         return d
 
     def _unknown(self, names, siblings=()) -> str:
-        moved = [f"{s.section}.{n}" for n in sorted(names) for s in siblings if n in s.fields]
+        moved = [s.key(n) for n in sorted(names) for s in siblings if n in s.fields]
         hint = f" (did you mean {', '.join(moved)}?)" if moved else ""
-        return (f"unknown config field(s) {', '.join(f'{self.section}.{n}' for n in sorted(names))}"
+        return (f"unknown config field(s) {', '.join(self.key(n) for n in sorted(names))}"
                 f"{hint}; valid fields of {self.section}: {', '.join(self.fields)}")
 
     def _given(self, cfg) -> dict:
+        """The section's values; of the top-level section (''), its own fields only (the
+        other sections are their own schemas')."""
         if cfg is None:
             return {}
-        return {k: (tuple(v) if isinstance(v, list) else v) for k, v in cfg.items()}
+        return {k: (tuple(v) if isinstance(v, list) else v) for k, v in cfg.items()
+                if self.section or k in self.fields}
 
     def problems(self, cfg, siblings=()) -> list[str]:
         """One line per bad field of the section ``cfg`` (missing fields take defaults); an
@@ -174,10 +185,10 @@ class Schema:
         for k, f in self.fields.items():
             why = f.check(values[k])
             if why:
-                out.append(f"config field {self.section}.{k} = {values[k]!r}: {why}")
+                out.append(f"config field {self.key(k)} = {values[k]!r}: {why}")
         if not out:
             for rule in self.rules:
-                out += [f"config field {self.section}.{k} = {values[k]!r}: {why}"
+                out += [f"config field {self.key(k)} = {values[k]!r}: {why}"
                         for k, why in rule(values)]
         return out
 
@@ -194,7 +205,7 @@ class Schema:
     def table(self) -> str:
         """A markdown table of the fields: default, what is valid, meaning (docs)."""
         cell = lambda text: str(text).replace("|", "\\|")  # noqa: E731
-        rows = [f"| `{self.section}.{k}` | `{cell(repr(_plain(f.default)))}` | {cell(f.valid())} | "
+        rows = [f"| `{self.key(k)}` | `{cell(repr(_plain(f.default)))}` | {cell(f.valid())} | "
                 f"{cell(f.doc)} |" for k, f in self.fields.items()]
         return "\n".join(["| field | default | valid | meaning |", "|---|---|---|---|", *rows])
 

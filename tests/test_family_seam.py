@@ -168,18 +168,21 @@ def test_data_dependent_init_uses_the_first_global_batch_on_any_device_count():
     np.testing.assert_allclose(layer["bias"], -y.mean(0), rtol=1e-4, atol=1e-5)
 
 
-def test_config_page_is_the_families_tables():
-    """docs/config.md is what `python -m jaxhybrid.families` writes from the tables now."""
-    from jaxhybrid.families import config_tables
+def test_config_page_is_every_sections_table():
+    """docs/config.md is what `python -m jaxhybrid.config_page` writes from the tables now,
+    every section's field by field."""
+    from jaxhybrid.config_page import config_page
+    from jaxhybrid.config_defaults import base_config
+    from jaxhybrid.config_keys import flatten
     from tests.helpers import REPO, run_python
     page = open(os.path.join(REPO, "docs", "config.md")).read()
-    assert page == config_tables(), "rerun: python -m jaxhybrid.families > docs/config.md"
-    printed = run_python("import runpy; runpy.run_module('jaxhybrid.families', "
+    assert page == config_page(), "rerun: python -m jaxhybrid.config_page > docs/config.md"
+    printed = run_python("import runpy; runpy.run_module('jaxhybrid.config_page', "
                          "run_name='__main__')", devices=1)
     assert printed.returncode == 0 and printed.stdout == page, printed.stderr[-2000:]
-    for field in ("objective.joint_weight", "objective.beta", "model.vae_split_layer",
-                  "objective.free_nats_mode", "model.iwae_samples"):
-        assert f"| `{field}` |" in page, field
+    for family in ("classifier", "dhm", "hvae"):      # every key of every base config
+        for key in flatten(base_config(family)):
+            assert f"| `{key}` |" in page, (family, key)
 
 
 def test_schema_builds_checks_and_reads_a_section():

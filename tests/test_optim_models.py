@@ -7,7 +7,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from jaxhybrid.config_defaults import optimizer_config
+from jaxhybrid.optim import optimizer_config
 from jaxhybrid.models import build_model
 from jaxhybrid.optim import make_optimizer, make_schedule, scaled_learning_rate
 

@@ -13,7 +13,6 @@ from jaxhybrid.families.base import Family, FamilyBase
 from jaxhybrid.families.classifier import Classifier
 from jaxhybrid.families.dhm import DHMFamily
 from jaxhybrid.families.hvae import HVAEFamily
-from jaxhybrid.models import MODELS
 
 FAMILIES: dict[str, type[FamilyBase]] = {"classifier": Classifier, "dhm": DHMFamily,
                                          "hvae": HVAEFamily}
@@ -35,23 +34,3 @@ def _factory(name: str):
 
 def make_family(config, num_classes: int, mean=None, std=None) -> Family:
     return _factory(config.family)(config, num_classes, mean=mean, std=std)
-
-
-def config_tables() -> str:
-    """Markdown of every library family's ``model.*`` and ``objective.*`` tables (the page
-    docs/config.md; ``python -m jaxhybrid.families`` prints it)."""
-    out = ["# The families' config fields", "",
-           "Written by `python -m jaxhybrid.families > docs/config.md` from the tables in "
-           "`jaxhybrid/families/*.py` (`MODEL`, `OBJECTIVE`); `tests/test_family_seam.py` "
-           "checks that it is current. The fields every family shares (data, optimiser, "
-           "budget, evaluation) are in `jaxhybrid/config_defaults.py`.", ""]
-    for name, spec in FAMILIES.items():
-        out += [f"## `{name}` ({spec.__name__}, `jaxhybrid/families/{name}.py`)", ""]
-        if spec.MODEL is None:
-            out += ["`model.*`: a network of `jaxhybrid/models` (`model.name`: "
-                    f"{', '.join(MODELS)}) and its options; default: "
-                    f"`{dict(spec.default_model())}`.", ""]
-        else:
-            out += [spec.MODEL.table(), ""]
-        out += [spec.OBJECTIVE.table(), ""]
-    return "\n".join(out)
