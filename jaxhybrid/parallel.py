@@ -83,6 +83,74 @@ def distributed_settings(coordinator_address: str | None = None,
     return {"coordinator_address": address, "num_processes": n, "process_id": i}
 
 
+def _startup_timeout() -> int:
+    """``JAXHYBRID_DISTRIBUTED_TIMEOUT`` (default 300) as whole seconds > 0."""
+    raw_timeout = os.environ.get("JAXHYBRID_DISTRIBUTED_TIMEOUT", "300").strip()
+    try:
+        timeout = int(raw_timeout)
+        assert timeout > 0
+    except (ValueError, AssertionError):
+        raise DistributedStartupError(
+            f"JAXHYBRID_DISTRIBUTED_TIMEOUT={raw_timeout!r}; give a whole number of seconds "
+            f"> 0") from None
+    return timeout
+
+
+def _use_gloo_on_cpu() -> None:
+    """Selects gloo for cross-process collectives on CPU unless one is already chosen."""
+    try:  # CPU processes need a cross-process collectives implementation (gloo)
+        if jax.config.jax_cpu_collectives_implementation in (None, "none"):
+            jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    except AttributeError:  # a JAX without the option: its default applies
+        pass
+
+
+def _not_connected_message(settings: dict, who: str, timeout: int) -> str:
+    """The ``error: ...`` line printed when not every process connected within `timeout`."""
+    n = settings["num_processes"]
+    return (f"error: {DistributedStartupError.__name__}: {who}: not every process "
+            f"connected to the coordinator "
+            f"{settings['coordinator_address'] or '(auto-detected)'} within {timeout} s "
+            f"(JAXHYBRID_DISTRIBUTED_TIMEOUT). Start all {n or 'N'} processes, process "
+            f"0 among them, with the same --coordinator_address (process 0's host and a "
+            f"free port), --num_processes={n or 'N'} and distinct --process_id values "
+            f"0..{n - 1 if n else 'N-1'} (or JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, "
+            f"JAX_PROCESS_ID).")
+
+
+def _start_watchdog(settings: dict, who: str, timeout: int) -> threading.Event:
+    """Starts a daemon thread that exits the process (status 1, message on stderr) unless
+    the returned event is set within `timeout` seconds.
+
+    JAX aborts the process (a C++ fatal error, no exception) when not every process
+    connects in time; this exits cleanly with a clear message just before that instead.
+    """
+    connected = threading.Event()
+
+    def give_up() -> None:
+        if not connected.wait(timeout):
+            print(_not_connected_message(settings, who, timeout), file=sys.stderr, flush=True)
+            os._exit(1)
+
+    threading.Thread(target=give_up, name="jax-distributed-startup", daemon=True).start()
+    return connected
+
+
+def _startup_error(e: Exception, given: dict) -> DistributedStartupError:
+    """The DistributedStartupError for `jax.distributed.initialize(**given)` raising `e`."""
+    if not given:
+        what = ("jax.distributed.initialize() found no cluster to auto-detect (Cloud TPU "
+                "VM, SLURM or Open MPI)")
+    else:
+        what = ("jax.distributed.initialize(" +
+                ", ".join(f"{k}={v!r}" for k, v in given.items()) + ") failed")
+    reason = str(e).strip().splitlines()[0].rstrip(".") if str(e).strip() else ""
+    return DistributedStartupError(
+        f"{what}: {type(e).__name__}: {reason}. To start a multi-process run, {_HOW}; "
+        f"set JAXHYBRID_DISTRIBUTED=1 "
+        f"only where JAX can auto-detect them.")
+
+
 def maybe_initialize_distributed(coordinator_address: str | None = None,
                                  num_processes: int | None = None,
                                  process_id: int | None = None) -> bool:
@@ -104,57 +172,19 @@ def maybe_initialize_distributed(coordinator_address: str | None = None,
     settings = distributed_settings(coordinator_address, num_processes, process_id)
     if settings is None:
         return False
-    raw_timeout = os.environ.get("JAXHYBRID_DISTRIBUTED_TIMEOUT", "300").strip()
-    try:
-        timeout = int(raw_timeout)
-        assert timeout > 0
-    except (ValueError, AssertionError):
-        raise DistributedStartupError(
-            f"JAXHYBRID_DISTRIBUTED_TIMEOUT={raw_timeout!r}; give a whole number of seconds "
-            f"> 0") from None
-    try:  # CPU processes need a cross-process collectives implementation (gloo)
-        if jax.config.jax_cpu_collectives_implementation in (None, "none"):
-            jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    except AttributeError:  # a JAX without the option: its default applies
-        pass
+    timeout = _startup_timeout()
+    _use_gloo_on_cpu()
     given = {k: v for k, v in settings.items() if v is not None}
     who = (f"process {settings['process_id'] if settings['process_id'] is not None else '?'} "
            f"of {settings['num_processes'] or '?'}")
     logging.info("starting jax.distributed (%s, coordinator %s); waiting up to %d s for every "
                  "process to connect", who, settings["coordinator_address"] or "auto-detected",
                  timeout)
-    # JAX aborts the process (a C++ fatal error, no exception) when not every process
-    # connects in time; exit cleanly with a clear message just before that instead.
-    connected = threading.Event()
-
-    def give_up() -> None:
-        if not connected.wait(timeout):
-            n = settings["num_processes"]
-            print(f"error: {DistributedStartupError.__name__}: {who}: not every process "
-                  f"connected to the coordinator "
-                  f"{settings['coordinator_address'] or '(auto-detected)'} within {timeout} s "
-                  f"(JAXHYBRID_DISTRIBUTED_TIMEOUT). Start all {n or 'N'} processes, process "
-                  f"0 among them, with the same --coordinator_address (process 0's host and a "
-                  f"free port), --num_processes={n or 'N'} and distinct --process_id values "
-                  f"0..{n - 1 if n else 'N-1'} (or JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, "
-                  f"JAX_PROCESS_ID).", file=sys.stderr, flush=True)
-            os._exit(1)
-
-    threading.Thread(target=give_up, name="jax-distributed-startup", daemon=True).start()
+    connected = _start_watchdog(settings, who, timeout)
     try:
         jax.distributed.initialize(**given, initialization_timeout=timeout + 60)
     except Exception as e:  # noqa: BLE001 -- every start-up failure gets the same advice
-        if not given:
-            what = ("jax.distributed.initialize() found no cluster to auto-detect (Cloud TPU "
-                    "VM, SLURM or Open MPI)")
-        else:
-            what = ("jax.distributed.initialize(" +
-                    ", ".join(f"{k}={v!r}" for k, v in given.items()) + ") failed")
-        reason = str(e).strip().splitlines()[0].rstrip(".") if str(e).strip() else ""
-        raise DistributedStartupError(
-            f"{what}: {type(e).__name__}: {reason}. To start a multi-process run, {_HOW}; "
-            f"set JAXHYBRID_DISTRIBUTED=1 "
-            f"only where JAX can auto-detect them.") from e
+        raise _startup_error(e, given) from e
     finally:
         connected.set()
     logging.info("jax.distributed initialised: process %d of %d, %d local / %d global devices",

@@ -39,6 +39,7 @@ plain `tfds.data_source(NAME, split=..., data_dir=DIR)` works too, `version=None
 from __future__ import annotations
 
 import argparse
+import importlib
 import io
 import os
 import re
@@ -140,72 +141,71 @@ def _registered_match(
     return str(cls.VERSION), list(label.names)
 
 
-def prepare_from_arrays(
+def _image_shape(arrays: Mapping[str, tuple[np.ndarray, np.ndarray | None]]) -> tuple:
+    """(H, W, C) of the checked arrays (the same in every split)."""
+    return tuple(int(d) for d in next(iter(arrays.values()))[0].shape[1:])
+
+
+def _is_labelled(arrays: Mapping[str, tuple[np.ndarray, np.ndarray | None]]) -> bool:
+    """Whether the checked arrays carry labels (all splits do, or none)."""
+    return next(iter(arrays.values()))[1] is not None
+
+
+def _resolve_version(
     name: str,
-    data_dir: str | os.PathLike | None,
-    splits: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    data_dir: str,
+    arrays: Mapping[str, tuple[np.ndarray, np.ndarray | None]],
     num_classes: int,
-    version: str | None = None,
-    *,
-    class_names: Sequence[str] | None = None,
-    description: str = "",
-    overwrite: bool = False,
-) -> str:
-    """Writes `splits` as TFDS dataset `name` (array_record) and returns its directory.
+    version: str | None,
+    class_names: Sequence[str] | None,
+) -> tuple[str, Sequence[str] | None]:
+    """-> (validated "X.Y.Z", class names or None), as described in the module docstring.
 
-    Args:
-      name: dataset name, snake_case (e.g. "mnist"); written to DATA_DIR/name/VERSION.
-      data_dir: TFDS data dir (None: $TFDS_DATA_DIR or ~/tensorflow_datasets).
-      splits: {split: (images uint8 [N, H, W] or [N, H, W, C], labels int [N])};
-        labels None in every split writes an unlabeled dataset (no 'label' feature).
-      num_classes: K of the ClassLabel feature; labels must lie in [0, K). 0 when
-        unlabeled.
-      version: "X.Y.Z"; None picks the registered TFDS builder's version when its
-        features match, else "1.0.0" (see the module docstring).
-      class_names: K names for the ClassLabel (default: the registered builder's,
-        else "0".."K-1").
-      description: free text stored in dataset_info.json (provenance).
-      overwrite: replace an existing DATA_DIR/name/VERSION; otherwise
-        FileExistsError.
-
-    Returns:
-      The dataset version directory, e.g. "/data/mnist/3.0.1".
+    version None picks TFDS' registered builder's version (and, unless `class_names` is
+    given, its class names) when its features match the arrays, else "1.0.0"; unlabeled
+    arrays always get "1.0.0". Raises ValueError for a malformed version or a number of
+    class names other than `num_classes`.
     """
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
-    if not _NAME_RE.match(name):
-        raise ValueError(f"invalid dataset name {name!r}: use snake_case, e.g. 'mnist'")
-    data_dir = tfds_data_dir(data_dir)
-    arrays = _check_splits(splits, int(num_classes))
-    image_shape = tuple(int(d) for d in next(iter(arrays.values()))[0].shape[1:])
-    labelled = next(iter(arrays.values()))[1] is not None
-    if version is None and not labelled:
+    if version is None and not _is_labelled(arrays):
         version = _FALLBACK_VERSION
     if version is None:
-        match = _registered_match(name, image_shape, int(num_classes), data_dir)
+        match = _registered_match(name, _image_shape(arrays), int(num_classes), data_dir)
         version = match[0] if match else _FALLBACK_VERSION
         if class_names is None and match:
             class_names = match[1]
     version = str(tfds.core.Version(version))  # validates "X.Y.Z"
     if class_names is not None and len(class_names) != num_classes:
         raise ValueError(f"{len(class_names)} class names for {num_classes} classes")
-    target = os.path.join(data_dir, name, version)
-    if os.path.exists(target) and not overwrite:
-        raise FileExistsError(f"{target} exists; pass overwrite=True (--overwrite) to replace it")
+    return version, class_names
 
-    feature_dict = {"image": tfds.features.Image(shape=image_shape)}
-    if labelled:
+
+def _features(
+    arrays: Mapping[str, tuple[np.ndarray, np.ndarray | None]],
+    num_classes: int,
+    class_names: Sequence[str] | None,
+):
+    """The FeaturesDict: 'image' (Image of the arrays' shape), plus 'label' (ClassLabel
+    named by `class_names`, else of `num_classes` classes) when the arrays are labelled."""
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+    feature_dict = {"image": tfds.features.Image(shape=_image_shape(arrays))}
+    if _is_labelled(arrays):
         feature_dict["label"] = (
             tfds.features.ClassLabel(names=list(class_names))
             if class_names is not None
             else tfds.features.ClassLabel(num_classes=int(num_classes))
         )
-    features = tfds.features.FeaturesDict(feature_dict)
-    info_text = description or (
-        "Written by jaxhybrid.data.tfds_prepare from local arrays: "
-        + ", ".join(f"{s} {len(x)}" for s, (x, _) in arrays.items())
-    )
-    builder_name = name
+    return tfds.features.FeaturesDict(feature_dict)
+
+
+def _builder_class(builder_name: str, version: str, info_text: str, features, arrays) -> type:
+    """A GeneratorBasedBuilder subclass (unregistered) named `builder_name` at `version`
+    that writes `arrays` split by split, record i == example i, images as PNG bytes."""
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+    labelled = _is_labelled(arrays)
 
     class LocalArrays(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         """Builder over in-memory arrays; images pass as PNG bytes (no TensorFlow)."""
@@ -237,7 +237,15 @@ def prepare_from_arrays(
                     example["label"] = int(labels[i])
                 yield i, example
 
-    builder = LocalArrays(data_dir=data_dir, file_format="array_record")
+    return LocalArrays
+
+
+def _build(builder_cls: type, data_dir: str, overwrite: bool) -> str:
+    """Runs `builder_cls`'s download_and_prepare into `data_dir` as array_record (forcing a
+    rewrite when `overwrite`) and returns the version directory it wrote."""
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+    builder = builder_cls(data_dir=data_dir, file_format="array_record")
     mode = (
         tfds.download.GenerateMode.FORCE_REDOWNLOAD
         if overwrite
@@ -251,6 +259,56 @@ def prepare_from_arrays(
     return os.fspath(builder.data_dir)
 
 
+def prepare_from_arrays(
+    name: str,
+    data_dir: str | os.PathLike | None,
+    splits: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    num_classes: int,
+    version: str | None = None,
+    *,
+    class_names: Sequence[str] | None = None,
+    description: str = "",
+    overwrite: bool = False,
+) -> str:
+    """Writes `splits` as TFDS dataset `name` (array_record) and returns its directory.
+
+    Args:
+      name: dataset name, snake_case (e.g. "mnist"); written to DATA_DIR/name/VERSION.
+      data_dir: TFDS data dir (None: $TFDS_DATA_DIR or ~/tensorflow_datasets).
+      splits: {split: (images uint8 [N, H, W] or [N, H, W, C], labels int [N])};
+        labels None in every split writes an unlabeled dataset (no 'label' feature).
+      num_classes: K of the ClassLabel feature; labels must lie in [0, K). 0 when
+        unlabeled.
+      version: "X.Y.Z"; None picks the registered TFDS builder's version when its
+        features match, else "1.0.0" (see the module docstring).
+      class_names: K names for the ClassLabel (default: the registered builder's,
+        else "0".."K-1").
+      description: free text stored in dataset_info.json (provenance).
+      overwrite: replace an existing DATA_DIR/name/VERSION; otherwise
+        FileExistsError.
+
+    Returns:
+      The dataset version directory, e.g. "/data/mnist/3.0.1".
+    """
+    importlib.import_module("tensorflow_datasets")  # without TFDS, fail before any check
+    if not _NAME_RE.match(name):
+        raise ValueError(f"invalid dataset name {name!r}: use snake_case, e.g. 'mnist'")
+    data_dir = tfds_data_dir(data_dir)
+    arrays = _check_splits(splits, int(num_classes))
+    version, class_names = _resolve_version(
+        name, data_dir, arrays, num_classes, version, class_names
+    )
+    target = os.path.join(data_dir, name, version)
+    if os.path.exists(target) and not overwrite:
+        raise FileExistsError(f"{target} exists; pass overwrite=True (--overwrite) to replace it")
+    info_text = description or (
+        "Written by jaxhybrid.data.tfds_prepare from local arrays: "
+        + ", ".join(f"{s} {len(x)}" for s, (x, _) in arrays.items())
+    )
+    features = _features(arrays, num_classes, class_names)
+    return _build(_builder_class(name, version, info_text, features, arrays), data_dir, overwrite)
+
+
 def _limit(arrays: tuple[np.ndarray, np.ndarray | None], max_n: int | None):
     """Keeps the first `max_n` examples (all if max_n is 0 or None); labels may be None."""
     images, labels = arrays
@@ -259,7 +317,8 @@ def _limit(arrays: tuple[np.ndarray, np.ndarray | None], max_n: int | None):
     return images[:max_n], None if labels is None else labels[:max_n]
 
 
-def main(argv: Sequence[str] | None = None) -> str:
+def _arg_parser() -> argparse.ArgumentParser:
+    """The command line: what to write (--npz or --digits), where, and how much."""
     parser = argparse.ArgumentParser(
         prog="python -m jaxhybrid.data.tfds_prepare",
         description="Write a local npz (x_train, x_test [, y_train, y_test]) or sklearn "
@@ -284,6 +343,12 @@ def main(argv: Sequence[str] | None = None) -> str:
         default=None,
         help="TFDS data dir (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)",
     )
+    _add_output_args(parser)
+    return parser
+
+
+def _add_output_args(parser: argparse.ArgumentParser) -> None:
+    """Adds --max_train, --max_test, --num_classes, --version and --overwrite."""
     parser.add_argument(
         "--max_train", type=int, default=0, help="keep only the first N train examples (0: all)"
     )
@@ -302,8 +367,10 @@ def main(argv: Sequence[str] | None = None) -> str:
     parser.add_argument(
         "--overwrite", action="store_true", help="replace an existing prepared version"
     )
-    args = parser.parse_args(argv)
 
+
+def _load_splits(args: argparse.Namespace) -> tuple[dict, str]:
+    """-> ({"train": (x, y), "test": (x, y)} cut to --max_train/--max_test, provenance)."""
     if args.digits:
         arrays = digits_arrays()
         provenance = "sklearn.datasets.load_digits, pixels round(v*255/16)"
@@ -314,10 +381,35 @@ def main(argv: Sequence[str] | None = None) -> str:
         "train": _limit(arrays["train"], args.max_train),
         "test": _limit(arrays["test"], args.max_test),
     }
+    return splits, provenance
+
+
+def _count_classes(splits: Mapping[str, tuple[np.ndarray, np.ndarray | None]]) -> int:
+    """max label + 1 over every split; 0 for unlabeled splits (an npz without y_*)."""
     labelled = splits["train"][1] is not None  # an npz without y_* is unlabeled
-    num_classes = args.num_classes or (
-        max(int(y.max(initial=-1)) for _, y in splits.values()) + 1 if labelled else 0
+    return max(int(y.max(initial=-1)) for _, y in splits.values()) + 1 if labelled else 0
+
+
+def _report(args: argparse.Namespace, path: str, splits: Mapping, num_classes: int) -> None:
+    """Prints what was written (read back through TfdsSource) and how to train on it."""
+    data_dir = tfds_data_dir(args.data_dir)
+    check = TfdsSource(f"{args.name}:{os.path.basename(path)}", "train", data_dir)
+    print(
+        f"Prepared {path}: "
+        + ", ".join(f"{s} {len(x)}" for s, (x, _) in splits.items())
+        + f", {num_classes} classes, image shape {check.image_shape}."
     )
+    print(
+        f"Use it with --config.data.source=tfds --config.data.name={args.name} "
+        f"--config.data.data_dir={data_dir}"
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> str:
+    """The command line (see the module docstring); returns the written version directory."""
+    args = _arg_parser().parse_args(argv)
+    splits, provenance = _load_splits(args)
+    num_classes = args.num_classes or _count_classes(splits)
     description = f"Written by jaxhybrid.data.tfds_prepare from {provenance}: " + ", ".join(
         f"{s} {len(x)}" for s, (x, _) in splits.items()
     )
@@ -330,17 +422,7 @@ def main(argv: Sequence[str] | None = None) -> str:
         description=description,
         overwrite=args.overwrite,
     )
-    data_dir = tfds_data_dir(args.data_dir)
-    check = TfdsSource(f"{args.name}:{os.path.basename(path)}", "train", data_dir)
-    print(
-        f"Prepared {path}: "
-        + ", ".join(f"{s} {len(x)}" for s, (x, _) in splits.items())
-        + f", {num_classes} classes, image shape {check.image_shape}."
-    )
-    print(
-        f"Use it with --config.data.source=tfds --config.data.name={args.name} "
-        f"--config.data.data_dir={data_dir}"
-    )
+    _report(args, path, splits, num_classes)
     return path
 
 

@@ -81,6 +81,60 @@ def assign_bins(confidence, edges) -> np.ndarray:
     return np.clip(idx, 0, num_bins - 1)
 
 
+def _check_binning(num_bins, binning: str) -> int:
+    """Validates `num_bins` (a positive int, not a bool) and `binning`; returns int(num_bins)."""
+    if not isinstance(num_bins, (int, np.integer)) or isinstance(num_bins, bool) or num_bins < 1:
+        raise ValueError(f"num_bins must be a positive int, got {num_bins!r}")
+    if binning not in BINNINGS:
+        raise ValueError(f"unknown binning {binning!r}; valid choices: {', '.join(BINNINGS)}")
+    return int(num_bins)
+
+
+def _checked_top_label(probs, labels):
+    """`_top_label`, plus checks that every confidence is a finite probability.
+
+    Returns (confidence [N] float64, correct [N] bool). A little float slack above 1 is
+    accepted (it lands in the last bin); anything further off means logits were passed
+    instead of probabilities.
+    """
+    conf, correct = _top_label(probs, labels)
+    if not np.all(np.isfinite(conf)):
+        raise ValueError(f"probs contain {np.count_nonzero(~np.isfinite(conf))} non-finite confidences")
+    if conf.min() < 0.0 or conf.max() > 1.0 + 1e-5:
+        raise ValueError(
+            f"probs must be probabilities in [0, 1], got top-label confidences in "
+            f"[{conf.min():.6g}, {conf.max():.6g}] (pass softmax(logits), not logits)"
+        )
+    return conf, correct
+
+
+def _bin_statistics(conf, correct, edges):
+    """Per-bin count n_m, accuracy acc_m and mean confidence conf_m, and the non-empty mask.
+
+    conf: [N] float64, correct: [N] bool, edges: [M + 1] (see `assign_bins`).
+    Returns (counts [M] int, acc_m [M], conf_m [M], nonempty [M] bool); acc_m and conf_m
+    are 0 for empty bins.
+    """
+    num_bins = len(edges) - 1
+    idx = assign_bins(conf, edges)
+    counts = np.bincount(idx, minlength=num_bins)
+    sum_correct = np.bincount(idx, weights=correct.astype(np.float64), minlength=num_bins)
+    sum_conf = np.bincount(idx, weights=conf, minlength=num_bins)
+    nonempty = counts > 0
+    safe = np.maximum(counts, 1)
+    return counts, sum_correct / safe, sum_conf / safe, nonempty
+
+
+def _calibration_errors(counts, acc_m, conf_m, nonempty, n: int) -> tuple[float, float, float]:
+    """(ECE, MCE, RMS-CE) from the per-bin statistics of `_bin_statistics` over N = n."""
+    gap = np.abs(acc_m - conf_m)  # zero for empty bins, which carry weight n_m/N = 0
+    weights = counts / n
+    ece = float(np.sum(weights * gap))  # docs/metrics.md: ECE = sum_m (n_m/N)|acc_m - conf_m|
+    mce = float(np.max(gap[nonempty]))  # docs/metrics.md: max over non-empty bins
+    rms_ce = float(np.sqrt(np.sum(weights * gap**2)))  # docs/metrics.md: RMS-CE
+    return ece, mce, rms_ce
+
+
 def calibration_metrics(probs, labels, num_bins: int = 15, binning: str = "equal_width") -> dict:
     """Top-label calibration of a whole evaluation set.
 
@@ -101,39 +155,12 @@ def calibration_metrics(probs, labels, num_bins: int = 15, binning: str = "equal
         bin_accuracy, bin_confidence: [M] lists of floats, None for empty bins.
         accuracy: float, top-1 accuracy; num_examples: int N.
     """
-    if not isinstance(num_bins, (int, np.integer)) or isinstance(num_bins, bool) or num_bins < 1:
-        raise ValueError(f"num_bins must be a positive int, got {num_bins!r}")
-    num_bins = int(num_bins)
-    if binning not in BINNINGS:
-        raise ValueError(f"unknown binning {binning!r}; valid choices: {', '.join(BINNINGS)}")
-    conf, correct = _top_label(probs, labels)
-    if not np.all(np.isfinite(conf)):
-        raise ValueError(f"probs contain {np.count_nonzero(~np.isfinite(conf))} non-finite confidences")
-    # Top-label confidences must be probabilities; a little float slack above 1 lands in the
-    # last bin, anything further off means logits were passed instead of probabilities.
-    if conf.min() < 0.0 or conf.max() > 1.0 + 1e-5:
-        raise ValueError(
-            f"probs must be probabilities in [0, 1], got top-label confidences in "
-            f"[{conf.min():.6g}, {conf.max():.6g}] (pass softmax(logits), not logits)"
-        )
+    num_bins = _check_binning(num_bins, binning)
+    conf, correct = _checked_top_label(probs, labels)
     n = conf.shape[0]
     edges = bin_edges(conf, num_bins, binning)
-    idx = assign_bins(conf, edges)
-
-    counts = np.bincount(idx, minlength=num_bins)
-    sum_correct = np.bincount(idx, weights=correct.astype(np.float64), minlength=num_bins)
-    sum_conf = np.bincount(idx, weights=conf, minlength=num_bins)
-    nonempty = counts > 0
-    safe = np.maximum(counts, 1)
-    acc_m = sum_correct / safe
-    conf_m = sum_conf / safe
-    gap = np.abs(acc_m - conf_m)  # zero for empty bins, which carry weight n_m/N = 0
-
-    weights = counts / n
-    ece = float(np.sum(weights * gap))  # docs/metrics.md: ECE = sum_m (n_m/N)|acc_m - conf_m|
-    mce = float(np.max(gap[nonempty]))  # docs/metrics.md: max over non-empty bins
-    rms_ce = float(np.sqrt(np.sum(weights * gap**2)))  # docs/metrics.md: RMS-CE
-
+    counts, acc_m, conf_m, nonempty = _bin_statistics(conf, correct, edges)
+    ece, mce, rms_ce = _calibration_errors(counts, acc_m, conf_m, nonempty, n)
     return {
         "ece": ece,
         "mce": mce,
