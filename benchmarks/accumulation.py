@@ -32,28 +32,34 @@ measured on a GPU.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import sys
 
-from absl import app, flags
-from ml_collections import config_flags
+import jax
+import jax.numpy as jnp
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)   # measure this checkout, whatever the environment has installed
-from benchmarks.common import cpu_model, fmt_range, run_steps, summary, uptime  # noqa: E402
+from benchmarks import common  # noqa: E402
+from benchmarks.common import fmt_range, ratio, run_steps, summary  # noqa: E402
+from jaxhybrid.data.pipeline import TrainBatches  # noqa: E402
+from jaxhybrid.experiment import build_experiment, create_state  # noqa: E402
+from jaxhybrid.optim import make_optimizer, make_schedule  # noqa: E402
+from jaxhybrid.train import make_train_step  # noqa: E402
 
-FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file(
-    "config", os.path.join(REPO, "configs", "gffn.py") + ":digits",
-    "Config of the measured model (batch_size and accumulation_steps are set here).",
-    lock_config=True)
-flags.DEFINE_integer("batch_size", 256, "The global batch, equal for every k.")
-flags.DEFINE_string("ks", "1,4,16", "accumulation_steps values, comma-separated.")
-flags.DEFINE_integer("devices", 1, "Devices in the data mesh (CPU: fake devices).")
-flags.DEFINE_integer("repeats", 5, "Timed blocks per k (round-robin).")
-flags.DEFINE_integer("steps", 5, "Steps per timed block.")
-flags.DEFINE_string("out", "", "Write the results as JSON to this path (optional).")
+
+def parse_flags(argv=None):
+    p = common.parser(__doc__, repeats=5, json_flags=("--out", "--json"),
+                      config="configs/gffn.py:digits")
+    p.add_argument("--batch_size", type=int, default=256, help="the global batch, equal "
+                   "for every k")
+    p.add_argument("--ks", default="1,4,16", help="accumulation_steps values, comma-separated")
+    p.add_argument("--devices", type=int, default=1,
+                   help="devices in the data mesh (CPU: fake devices)")
+    p.add_argument("--steps", type=int, default=5, help="steps per timed block")
+    return common.parse(p, argv, smoke={"batch_size": 8, "ks": "1,4", "repeats": 1,
+                                        "steps": 1},
+                        smoke_config=common.SMOKE_CNN)
 
 
 @dataclasses.dataclass
@@ -82,14 +88,6 @@ def memory_of(compiled) -> dict:
 def build(config, k: int, state0):
     """The trainer's step for ``accumulation_steps = k``, compiled, with a copy of
     ``state0`` (or a fresh state) and four global batches."""
-    import jax
-    import jax.numpy as jnp
-
-    from jaxhybrid.data.pipeline import TrainBatches
-    from jaxhybrid.experiment import build_experiment, create_state
-    from jaxhybrid.optim import make_optimizer, make_schedule
-    from jaxhybrid.train import make_train_step
-
     config = config.copy_and_resolve_references()
     config.accumulation_steps = k
     exp = build_experiment(config)
@@ -109,10 +107,8 @@ def build(config, k: int, state0):
 def measure(setups, repeats: int, steps: int) -> None:
     for s in setups:                 # compile (the jit cache) and warm up
         run_steps(s, 1)
-    for _ in range(repeats):         # interleaved: each repeat times every k once
-        for s in setups:
-            wall, _ = run_steps(s, steps)
-            s.times.append(wall / steps)
+    common.round_robin(setups, repeats,   # interleaved: each round times every k once
+                       lambda s, _: s.times.append(run_steps(s, steps)[0] / steps))
 
 
 def report(setups, batch_size: int) -> dict:
@@ -121,38 +117,32 @@ def report(setups, batch_size: int) -> dict:
     print(f"\nglobal batch {batch_size}; seconds per step, median (min–max) over "
           f"{len(base)} interleaved repeats; ratio to k={setups[0].k} per repeat")
     for s in setups:
-        t, ratio = summary(s.times), summary([a / b for a, b in zip(s.times, base)])
+        t, r = summary(s.times), ratio(s.times, base)
         temp = s.memory.get("temp")
         print(f"k={s.k:3d} (micro-batch {batch_size // s.k:4d}): {fmt_range(t, 1e3)} ms/step"
-              f"  ratio {fmt_range(ratio, 1, '.2f')}  temp "
+              f"  ratio {fmt_range(r, 1, '.2f')}  temp "
               f"{'n/a' if temp is None else f'{temp:.1f} MiB'}")
         out[str(s.k)] = {"sec_per_step": t, "sec_per_step_all": s.times,
-                         "ratio_to_first": ratio, "memory_mib": s.memory}
+                         "ratio_to_first": r, "memory_mib": s.memory}
     return out
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    import jax
-    if FLAGS.devices > 1:
-        jax.config.update("jax_num_cpu_devices", FLAGS.devices)
-    config = FLAGS.config.copy_and_resolve_references()
-    config.batch_size, config.num_devices = FLAGS.batch_size, FLAGS.devices
-    print(f"uptime: {uptime()}\ncpu: {cpu_model()} ({os.cpu_count()} cores); jax "
-          f"{jax.__version__}, backend {jax.default_backend()}, {FLAGS.devices} device(s); "
-          f"family {config.family}")
+def main(argv=None) -> dict:
+    args = parse_flags(argv)
+    if args.devices > 1:
+        jax.config.update("jax_num_cpu_devices", args.devices)
+    config = args.config.copy_and_resolve_references()
+    config.batch_size, config.num_devices = args.batch_size, args.devices
+    machine = common.header(args.devices)
+    print(f"family {config.family}")
     setups = []
-    for k in (int(x) for x in FLAGS.ks.split(",") if x.strip()):
+    for k in common.csv_ints(args.ks):
         setups.append(build(config, k, setups[0].state if setups else None))
-    measure(setups, FLAGS.repeats, FLAGS.steps)
-    results = report(setups, FLAGS.batch_size)
-    print(f"uptime after: {uptime()}")
-    if FLAGS.out:
-        with open(FLAGS.out, "w") as f:
-            json.dump({"cpu": cpu_model(), "batch_size": FLAGS.batch_size,
-                       "results": results}, f, indent=2)
+    measure(setups, args.repeats, args.steps)
+    results = {"machine": machine, "smoke": args.smoke, "batch_size": args.batch_size,
+               "results": report(setups, args.batch_size)}
+    return common.finish(results, args.json)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    main()

@@ -51,31 +51,35 @@ Duration at the full size (2-core CPU): ~1 min to compile each dtype's step and
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
+
+import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)   # measure this checkout, whatever the environment has installed
 from benchmarks import xla_floor  # noqa: E402
+from configs.dhm import get_config  # noqa: E402
 
-FLAGS = argparse.Namespace()   # filled by parse_flags()
 REFERENCE = xla_floor.Reference(seconds=8.9, gflop=1426.0, gflops=160.0)
 
 
 def parse_flags(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = xla_floor.parser(__doc__)
     p.add_argument("--batch", type=int, default=128, help="global batch size")
     p.add_argument("--width", type=int, default=64, help="ResNet width (model.width)")
     p.add_argument("--latent", type=int, default=256, help="latent size (model.latent)")
     p.add_argument("--image", type=int, default=32,
                    help="height and width of the random 3-channel images")
-    xla_floor.add_flags(p)
-    return xla_floor.parse(p, argv, FLAGS)
+    p.add_argument("--variant", default="cifar10",
+                   help="the configs/dhm.py variant whose model and optimizer are timed")
+    return xla_floor.parse(p, argv, smoke={"variant": "digits", "batch": 4, "width": 4,
+                                           "latent": 8, "image": 8, "dtypes": "float32"})
 
 
 def synthetic_npz(tmpdir: str, n_train: int, image: int) -> str:
     """Random uint8 [n, image, image, 3] images, labels 0..9 (every class present)."""
-    import numpy as np
     rng = np.random.default_rng(0)
     path = os.path.join(tmpdir, "synthetic.npz")
     np.savez(path, x_train=rng.integers(0, 256, (n_train, image, image, 3), dtype=np.uint8),
@@ -85,34 +89,36 @@ def synthetic_npz(tmpdir: str, n_train: int, image: int) -> str:
     return path
 
 
-def make_config(npz_path: str, dtype: str):
+def make_config(flags, npz_path: str, dtype: str):
     """configs/dhm.py:cifar10 with the benchmark's sizes and the synthetic npz."""
-    from configs.dhm import get_config
-    c = get_config("cifar10")
+    c = get_config(flags.variant)
     c.data.source, c.data.name, c.data.npz_path = "npz", "", npz_path
     c.data.validation_size = 0.0
-    c.batch_size, c.num_devices = FLAGS.batch, 1
-    c.model.width, c.model.latent = FLAGS.width, FLAGS.latent
+    c.evals.ood_sets = "uniform_noise"   # checked by build_experiment; never evaluated here
+    c.batch_size, c.num_devices = flags.batch, 1
+    c.model.width, c.model.latent = flags.width, flags.latent
     c.compute_dtype = dtype
     return c
 
 
-def describe(c) -> str:
-    m = c.model
-    return (f"DHM (configs/dhm.py:cifar10): width {m.width} blocks {tuple(m.blocks)} latent "
-            f"{m.latent} head {m.head_hidden} norm {m.norm}; α={m.alpha:g} β={m.beta:g} "
-            f"c={m.kl_coef:g} recon {m.recon}; optimizer {c.optimizer.name}; batch "
-            f"{FLAGS.batch} of random uint8 {FLAGS.image}x{FLAGS.image}x3, 10 classes; "
+def describe(flags, c) -> str:
+    m, o = c.model, c.objective
+    return (f"DHM (configs/dhm.py:{flags.variant}): width {m.width} blocks "
+            f"{tuple(m.blocks)} latent "
+            f"{m.latent} head {m.head_hidden} norm {m.norm}; α={o.alpha:g} β={o.beta:g} "
+            f"c={o.kl_coef:g} recon {m.recon}; optimizer {c.optimizer.name}; batch "
+            f"{flags.batch} of random uint8 {flags.image}x{flags.image}x3, 10 classes; "
             f"train transforms {c.data.train_transforms}")
 
 
-def main(argv=None):
-    parse_flags(argv)
-    xla_floor.main(xla_floor.Bench(
-        name="DHM", batch=FLAGS.batch,
-        sizes={k: getattr(FLAGS, k) for k in ("batch", "width", "latent", "image")},
-        write_npz=lambda d: synthetic_npz(d, max(4 * FLAGS.batch, 20), FLAGS.image),
-        make_config=make_config, describe=describe, reference=REFERENCE), FLAGS)
+def main(argv=None) -> dict:
+    flags = parse_flags(argv)
+    return xla_floor.main(xla_floor.Bench(
+        name="DHM", batch=flags.batch,
+        sizes={k: getattr(flags, k) for k in ("batch", "width", "latent", "image")},
+        write_npz=lambda d: synthetic_npz(d, max(4 * flags.batch, 20), flags.image),
+        make_config=functools.partial(make_config, flags),
+        describe=functools.partial(describe, flags), reference=REFERENCE), flags)
 
 
 if __name__ == "__main__":

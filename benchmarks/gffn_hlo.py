@@ -51,49 +51,69 @@ Measured (2-core AMD EPYC VM shared with other jobs, load average 1.6–4; jax 0
 """
 from __future__ import annotations
 
+import argparse
 import collections
 import difflib
+import glob
 import os
 import re
+import shutil
 import statistics
+import sys
+import tempfile
 import time
+import types
 
-from absl import app, flags
-from ml_collections import config_flags
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax import lax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHARED_MNIST = os.path.join(REPO, "..", "shared", "data", "mnist.npz")
-VARIANTS = ("ce_only", "lambda0", "lambda1")
+sys.path.insert(0, REPO)   # measure this checkout, whatever the environment has installed
+from benchmarks import common  # noqa: E402
+from benchmarks.common import SHARED_MNIST, fmt_range, ratio, summary  # noqa: E402
+from jaxhybrid.models import build_model, network_config  # noqa: E402
+from jaxhybrid.objectives.conditional import conditional_nll  # noqa: E402
+from jaxhybrid.objectives.joint import joint_nll  # noqa: E402
+from jaxhybrid.optim import make_optimizer, make_schedule  # noqa: E402
 
-FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file(
-    "config", os.path.join(REPO, "configs", "gffn.py") + ":mnist_npz",
-    "Config whose model, optimizer, label model and data.frame are measured.",
-    lock_config=True)
-flags.DEFINE_integer("batch_size", 128, "Global batch size.")
-flags.DEFINE_integer("devices", 1, "Devices in the data mesh (CPU: fake devices).")
-flags.DEFINE_list("variants", ["ce_only", "lambda1"],
-                  f"Variants to compare, the first is the reference; from {VARIANTS}.")
-flags.DEFINE_integer("repeats", 20, "Timed rounds (each variant once per round).")
-flags.DEFINE_integer("steps", 2, "Consecutive steps per variant per round.")
-flags.DEFINE_integer("warmup", 2, "Untimed steps per variant after compilation.")
-flags.DEFINE_bool("hlo", True, "Print the optimized-HLO summary and diff.")
-flags.DEFINE_string("dump_dir", "", "Write each variant's optimized HLO text here.")
-flags.DEFINE_bool("profile", False, "Trace a few steps per variant with jax.profiler and "
-                  "print per-op (XLA thunk) times.")
-flags.DEFINE_integer("profile_steps", 4, "Steps per variant in the profile.")
+VARIANTS = ("ce_only", "lambda0", "lambda1")
+SMOKE = {"batch_size": 8, "repeats": 1, "steps": 1, "warmup": 1, "profile_steps": 1}
+
+
+def parse_flags(argv=None):
+    p = common.parser(__doc__, repeats=20, config="configs/gffn.py:mnist_npz")
+    p.add_argument("--batch_size", type=int, default=128, help="global batch size")
+    p.add_argument("--devices", type=int, default=1,
+                   help="devices in the data mesh (CPU: fake devices)")
+    p.add_argument("--variants", default="ce_only,lambda1", help="variants to compare, the "
+                   f"first is the reference; from {','.join(VARIANTS)}")
+    p.add_argument("--steps", type=int, default=2, help="consecutive steps per variant per round")
+    p.add_argument("--warmup", type=int, default=2,
+                   help="untimed steps per variant after compilation")
+    p.add_argument("--hlo", action=argparse.BooleanOptionalAction, default=True,
+                   help="print the optimized-HLO summary and diff")
+    p.add_argument("--dump_dir", default="", help="write each variant's optimized HLO here")
+    p.add_argument("--profile", action="store_true", help="trace a few steps per variant "
+                   "with jax.profiler and print per-op (XLA thunk) times")
+    p.add_argument("--profile_steps", type=int, default=4, help="steps per variant profiled")
+    args = common.parse(p, argv, smoke=SMOKE, smoke_config=common.SMOKE_CNN)
+    args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    bad = [v for v in args.variants if v not in VARIANTS]
+    if bad or not args.variants:
+        p.error(f"--variants: unknown {bad}; valid choices: {', '.join(VARIANTS)}")
+    if args.batch_size % args.devices:
+        p.error(f"--batch_size={args.batch_size} is not divisible by --devices={args.devices}")
+    return args
 
 
 # ----------------------------------------------------------------------------- steps
 
 def make_loss(variant: str, logits_fn, label_model: str):
     """loss(params, batch, axis_name) -> (loss, aux) for one variant (per device)."""
-    import jax.numpy as jnp
-    from jax import lax
-
-    from jaxhybrid.objectives.conditional import conditional_nll
-    from jaxhybrid.objectives.joint import joint_nll
-
     def loss_fn(params, batch, axis_name):
         logits = logits_fn(params, batch["image"])
         labels, mask = batch["label"], batch["mask"]
@@ -122,10 +142,6 @@ def make_loss(variant: str, logits_fn, label_model: str):
 
 def make_step(loss_fn, mesh, optimizer, schedule):
     """The trainer's step: (state, batch) -> (state, metrics), jitted, state donated."""
-    import jax
-    import optax
-    from jax.sharding import PartitionSpec as P
-
     sharded = jax.shard_map(lambda p, b: loss_fn(p, b, "data"), mesh=mesh,
                             in_specs=(P(), P("data")), out_specs=P())
 
@@ -144,7 +160,6 @@ def make_step(loss_fn, mesh, optimizer, schedule):
 
 def load_batches(config, batch_size: int, n_batches: int = 4):
     """A few [B, frame, frame, 1] batches in [0, 1]: MNIST (shared npz) or synthetic."""
-    import numpy as np
     n = batch_size * n_batches
     path = config.data.npz_path if os.path.exists(str(config.data.npz_path or "")) else (
         SHARED_MNIST if os.path.exists(SHARED_MNIST) else None)
@@ -233,7 +248,7 @@ def entry_signature(comps, entry) -> list[str]:
     return rows
 
 
-def hlo_report(texts: dict[str, str]) -> None:
+def hlo_report(texts: dict[str, str]) -> dict:
     names = list(texts)
     parsed = {v: parse_hlo(t) for v, t in texts.items()}
     print("\nOptimized HLO: operation counts")
@@ -242,16 +257,20 @@ def hlo_report(texts: dict[str, str]) -> None:
     counts = {v: collections.Counter(op for instrs in c.values() for _, _, op, _ in instrs)
               for v, (c, _) in parsed.items()}
     print(f"  {'':10s}" + "".join(f"{k:>13s}" for k in keys) + f"{'entry instrs':>14s}")
+    out = {}
     for v in names:
         c, e = parsed[v]
         print(f"  {v:10s}" + "".join(f"{counts[v][k]:13d}" for k in keys)
               + f"{len(c[e]):14d}")
+        out[v] = {"counts": {k: counts[v][k] for k in keys}, "entry_instructions": len(c[e])}
     ref = names[0]
     ref_heavy = heavy_ops(parsed[ref][0])
     for v in names[1:]:
         heavy = heavy_ops(parsed[v][0])
         only_v, only_ref = heavy - ref_heavy, ref_heavy - heavy
         same = sum((heavy & ref_heavy).values())
+        out[v].update(heavy_identical=same, heavy_only_here=sum(only_v.values()),
+                      heavy_only_in_reference=sum(only_ref.values()))
         print(f"\n{v} vs {ref}: heavy instructions (conv/dot/copy/transpose/custom-call/"
               f"collectives, shapes + layouts): {same} identical, {sum(only_v.values())} only "
               f"in {v}, {sum(only_ref.values())} only in {ref}")
@@ -267,17 +286,13 @@ def hlo_report(texts: dict[str, str]) -> None:
               f"added):")
         for line in diff:
             print(f"    {line[:160]}")
+    return out
 
 
 # ----------------------------------------------------------------------------- profile
 
 def profile_report(runners: dict, n_steps: int) -> None:
     """Per-op (XLA:CPU thunk) time per step from a jax.profiler trace."""
-    import glob
-    import shutil
-    import tempfile
-
-    import jax
     d = tempfile.mkdtemp(prefix="gffn_hlo_trace_")
     with jax.profiler.trace(d):
         for _ in range(n_steps):
@@ -323,124 +338,97 @@ def profile_report(runners: dict, n_steps: int) -> None:
 
 # ----------------------------------------------------------------------------- main
 
-def summary(values) -> dict:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
-
-
-def fmt(s, scale=1.0, spec=".1f") -> str:
-    return (f"{s['median'] * scale:{spec}} ({s['min'] * scale:{spec}}–"
-            f"{s['max'] * scale:{spec}})")
-
-
-def loadavg() -> str:
-    try:
-        return " ".join(f"{x:.2f}" for x in os.getloadavg())
-    except OSError:
-        return "n/a"
-
-
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    bad = [v for v in FLAGS.variants if v not in VARIANTS]
-    if bad or not FLAGS.variants:
-        raise app.UsageError(f"Unknown variant(s) {bad}; valid choices: {', '.join(VARIANTS)}")
-    import jax
-    if FLAGS.devices > 1:
-        jax.config.update("jax_num_cpu_devices", FLAGS.devices)
-    import jax.numpy as jnp
-    import numpy as np
-    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-
-    from jaxhybrid.models import build_model
-    from jaxhybrid.optim import make_optimizer, make_schedule
-
-    config = FLAGS.config
-    b = FLAGS.batch_size
-    if b % FLAGS.devices:
-        raise app.UsageError(f"--batch_size={b} is not divisible by --devices={FLAGS.devices}")
+def build(args):
+    """(runners {variant: run(n steps)}, optimized HLO texts, data source): the steps on
+    one shared initial state, compiled and warmed up."""
+    config, b = args.config, args.batch_size
     host_batches, source = load_batches(config, b)
-    mesh = Mesh(np.asarray(jax.devices()[:FLAGS.devices]), ("data",))
+    mesh = Mesh(np.asarray(jax.devices()[:args.devices]), ("data",))
     batches = [jax.device_put(x, NamedSharding(mesh, P("data"))) for x in host_batches]
-    module = build_model(config.model, 10)
-    params = module.init(jax.random.PRNGKey(0), batches[0]["image"][:1])["params"]
+    module = build_model(network_config(config.model), 10)
     schedule = make_schedule(config.optimizer, b, 10_000, 500)
     optimizer = make_optimizer(config.optimizer, schedule)
-    state0 = {"params": params, "opt_state": optimizer.init(params),
-              "step": jnp.zeros((), jnp.int32), "rng": jax.random.PRNGKey(1)}
-    state0 = jax.device_put(state0, NamedSharding(mesh, P()))
+
+    def init(key, image):   # jitted: one compilation, not one per op of the model's init
+        params = module.init(key, image)["params"]
+        return {"params": params, "opt_state": optimizer.init(params),
+                "step": jnp.zeros((), jnp.int32), "rng": jax.random.PRNGKey(1)}
+    state0 = jax.device_put(jax.jit(init)(jax.random.PRNGKey(0), batches[0]["image"][:1]),
+                            NamedSharding(mesh, P()))
     logits_fn = lambda p, x: module.apply({"params": p}, x)  # noqa: E731
-
-    m = config.model
-    print(f"jax {jax.__version__} ({jax.default_backend()}, {FLAGS.devices} device(s)); "
-          f"{os.cpu_count()} CPU(s); load average {loadavg()}")
-    print(f"model {m.name} {dict(m)}; frame {config.data.frame}; optimizer "
-          f"{config.optimizer.name}; label model {config.objective.label_model}; B={b}; data: {source}")
-
-    steps, states, cursor = {}, {}, collections.Counter()
-    for v in FLAGS.variants:
-        steps[v] = make_step(make_loss(v, logits_fn, config.objective.label_model), mesh, optimizer,
-                             schedule)
-        states[v] = jax.tree.map(jnp.copy, state0)
-
-    def runner(v):
-        def run(n):
-            state, metrics = states[v], None
-            for _ in range(n):
-                state, metrics = steps[v](state, batches[cursor[v] % len(batches)])
-                cursor[v] += 1
-            jax.block_until_ready((state, metrics))
-            states[v] = state
-        return run
-    runners = {v: runner(v) for v in FLAGS.variants}
-
-    texts = {}
-    for v in FLAGS.variants:
+    runners, texts = {}, {}
+    for v in args.variants:
+        step = make_step(make_loss(v, logits_fn, config.objective.label_model), mesh,
+                         optimizer, schedule)
+        setup = common_setup(step, jax.tree.map(jnp.copy, state0), batches)
+        runners[v] = lambda n, s=setup: common.run_steps(s, n)
         t0 = time.perf_counter()
-        texts[v] = steps[v].lower(states[v], batches[0]).compile().as_text()
+        texts[v] = step.lower(setup.state, batches[0]).compile().as_text()
         runners[v](1)
         compile_s = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        runners[v](FLAGS.warmup)
+        warm = runners[v](args.warmup)[0] / max(args.warmup, 1) if args.warmup else 0.0
         print(f"  {v:10s} compile + first step {compile_s:5.2f} s; warm step "
-              f"{(time.perf_counter() - t0) / max(FLAGS.warmup, 1) * 1e3:7.1f} ms")
-        if FLAGS.dump_dir:
-            os.makedirs(FLAGS.dump_dir, exist_ok=True)
-            with open(os.path.join(FLAGS.dump_dir, f"{v}_B{b}.hlo.txt"), "w") as f:
+              f"{warm * 1e3:7.1f} ms")
+        if args.dump_dir:
+            os.makedirs(args.dump_dir, exist_ok=True)
+            with open(os.path.join(args.dump_dir, f"{v}_B{b}.hlo.txt"), "w") as f:
                 f.write(texts[v])
-    if FLAGS.dump_dir:
-        print(f"  optimized HLO written to {FLAGS.dump_dir}")
+    return runners, texts, source
 
-    wall = {v: [] for v in FLAGS.variants}
-    cpu = {v: [] for v in FLAGS.variants}
-    load_before = loadavg()
-    names = list(FLAGS.variants)
-    for r in range(FLAGS.repeats):
-        for v in names[r % len(names):] + names[:r % len(names)]:
-            t0, c0 = time.perf_counter(), time.process_time()
-            runners[v](FLAGS.steps)
-            wall[v].append((time.perf_counter() - t0) / FLAGS.steps)
-            cpu[v].append((time.process_time() - c0) / FLAGS.steps)
-    print(f"\nTiming: {FLAGS.repeats} rounds × {FLAGS.steps} steps per variant, interleaved "
-          f"(load average before {load_before}, after {loadavg()})")
+
+def common_setup(step, state, batches):
+    """What :func:`benchmarks.common.run_steps` advances: step, state, batches, cursor."""
+    return types.SimpleNamespace(step=step, state=state, batches=batches, cursor=0)
+
+
+def time_variants(runners: dict, args) -> dict:
+    """Interleaved rounds; per variant wall and CPU s/step, and ratios to the first."""
+    names = list(runners)
+    wall, cpu = {v: [] for v in names}, {v: [] for v in names}
+
+    def one(v, _):
+        w, c = runners[v](args.steps)
+        wall[v].append(w / args.steps)
+        cpu[v].append(c / args.steps)
+    common.round_robin(names, args.repeats, one)
+    print(f"\nTiming: {args.repeats} rounds × {args.steps} steps per variant, interleaved")
     print(f"  {'variant':10s} {'wall ms/step median (min–max)':>32s} "
           f"{'CPU ms/step median (min–max)':>32s}")
+    out = {v: {"wall_sec_per_step": summary(wall[v]), "cpu_sec_per_step": summary(cpu[v]),
+               "wall_all": wall[v]} for v in names}
     for v in names:
-        print(f"  {v:10s} {fmt(summary(wall[v]), 1e3):>32s} {fmt(summary(cpu[v]), 1e3):>32s}")
+        print(f"  {v:10s} {fmt_range(summary(wall[v]), 1e3):>32s} "
+              f"{fmt_range(summary(cpu[v]), 1e3):>32s}")
     ref = names[0]
     for v in names[1:]:
-        rw = summary([a / c for a, c in zip(wall[v], wall[ref])])
-        rc = summary([a / c for a, c in zip(cpu[v], cpu[ref])])
+        rw, rc = ratio(wall[v], wall[ref]), ratio(cpu[v], cpu[ref])
         verdict = "OK" if rw["median"] <= 1.03 else "ABOVE TARGET"
-        print(f"  {v}/{ref}: wall, per round {fmt(rw, 1, '.3f')} [{verdict}; target ≤ 1.03]; "
-              f"ratio of medians {statistics.median(wall[v]) / statistics.median(wall[ref]):.3f};"
-              f" CPU, per round {fmt(rc, 1, '.3f')}")
+        of_medians = statistics.median(wall[v]) / statistics.median(wall[ref])
+        print(f"  {v}/{ref}: wall, per round {fmt_range(rw, 1, '.3f')} [{verdict}; target "
+              f"≤ 1.03]; ratio of medians {of_medians:.3f}; CPU, per round "
+              f"{fmt_range(rc, 1, '.3f')}")
+        out[v].update(wall_ratio_to_reference=rw, cpu_ratio_to_reference=rc)
+    return out
 
-    if FLAGS.hlo:
-        hlo_report(texts)
-    if FLAGS.profile:
-        profile_report(runners, FLAGS.profile_steps)
+
+def main(argv=None) -> dict:
+    args = parse_flags(argv)
+    if args.devices > 1:
+        jax.config.update("jax_num_cpu_devices", args.devices)
+    machine = common.header(args.devices)
+    m = args.config.model
+    runners, texts, source = build(args)
+    print(f"model {m.name} {dict(m)}; frame {args.config.data.frame}; optimizer "
+          f"{args.config.optimizer.name}; label model {args.config.objective.label_model}; "
+          f"B={args.batch_size}; data: {source}")
+    results = {"machine": machine, "smoke": args.smoke, "batch_size": args.batch_size,
+               "variants": time_variants(runners, args)}
+    if args.hlo:
+        results["hlo"] = hlo_report(texts)
+    if args.profile:
+        profile_report(runners, args.profile_steps)
+    return common.finish(results, args.json)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    main()

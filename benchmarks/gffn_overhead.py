@@ -42,37 +42,38 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import platform
 import shutil
 import statistics
 import sys
 import tempfile
 import time
 
-from absl import app, flags
-from ml_collections import config_flags
-
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)   # measure this checkout, whatever the environment has installed
-from benchmarks.common import fmt_range, resolve_data, run_steps, summary, uptime  # noqa: E402
-
-FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file(
-    "config", os.path.join(REPO, "configs", "gffn.py") + ":mnist_npz",
-    "Config of the measured model and optimizer (batch_size and joint_weight are set "
-    "by the benchmark).", lock_config=True)
-flags.DEFINE_integer("devices", 1, "Devices in the data mesh (CPU: fake devices; 1 is the "
-                     "meaningful measurement on a CPU).")
-flags.DEFINE_string("batch_sizes", "128,1024", "Global batch sizes, comma-separated.")
-flags.DEFINE_integer("repeats", 5, "Timed blocks per configuration (round-robin).")
-flags.DEFINE_integer("steps", 0, "Steps per timed block (0: chosen per batch size so that "
-                     "a block takes about --block_seconds).")
-flags.DEFINE_float("block_seconds", 1.0, "Target duration of one timed block when --steps=0.")
-flags.DEFINE_integer("warmup", 1, "Untimed steps per configuration after compilation.")
-flags.DEFINE_integer("pipeline_examples", 16384, "Examples read per pipeline measurement.")
-flags.DEFINE_string("out", "", "Write the results as JSON to this path (optional).")
+from benchmarks import common  # noqa: E402
+from benchmarks.common import fmt_range, resolve_data, run_steps, summary  # noqa: E402
 
 VARIANTS = ("lambda0", "lambda1", "ce_only")
+
+
+def parse_flags(argv=None):
+    p = common.parser(__doc__, repeats=5, json_flags=("--out", "--json"),
+                      config="configs/gffn.py:mnist_npz")
+    p.add_argument("--devices", type=int, default=1, help="devices in the data mesh (CPU: "
+                   "fake devices; 1 is the meaningful measurement on a CPU)")
+    p.add_argument("--batch_sizes", default="128,1024", help="global batch sizes, "
+                   "comma-separated")
+    p.add_argument("--steps", type=int, default=0, help="steps per timed block (0: chosen per "
+                   "batch size so that a block takes about --block_seconds)")
+    p.add_argument("--block_seconds", type=float, default=1.0,
+                   help="target duration of one timed block when --steps=0")
+    p.add_argument("--warmup", type=int, default=1,
+                   help="untimed steps per configuration after compilation")
+    p.add_argument("--pipeline_examples", type=int, default=16384,
+                   help="examples read per pipeline measurement")
+    return common.parse(p, argv, smoke={"batch_sizes": "8", "repeats": 1, "steps": 1,
+                                        "pipeline_examples": 16},
+                        smoke_config=common.SMOKE_CNN)
 
 
 def ce_only_loss(family, label_model):
@@ -183,16 +184,15 @@ def time_pipeline(batches, n_examples: int, repeats: int) -> dict:
             "iterate": summary(full), "host_batch_all": host, "iterate_all": full}
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+def main(argv=None) -> dict:
+    args = parse_flags(argv)
     import jax
-    if FLAGS.devices > 1:
-        jax.config.update("jax_num_cpu_devices", FLAGS.devices)
+    if args.devices > 1:
+        jax.config.update("jax_num_cpu_devices", args.devices)
     import numpy as np
 
-    config = FLAGS.config
-    batch_sizes = [int(b) for b in FLAGS.batch_sizes.split(",") if b.strip()]
+    config = args.config
+    batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b.strip()]
     tmpdir = tempfile.mkdtemp(prefix="gffn_overhead_")
     config.data.npz_path = resolve_data(config, tmpdir)
     val = config.data.validation_size
@@ -203,10 +203,7 @@ def main(argv):
             n_train = f["y_train"].shape[0]
         config.data.validation_size = val / n_train
     m = config.model
-    print("uptime (start):", uptime())
-    print(f"jax {jax.__version__} ({jax.default_backend()}, {FLAGS.devices} of "
-          f"{jax.device_count()} device(s)); python {platform.python_version()}; "
-          f"{os.cpu_count()} CPU(s)")
+    machine = common.header(args.devices)
     print(f"model {m.name} width {m.width} stages {m.stages}x{m.convs_per_stage} conv hidden "
           f"{tuple(m.hidden)}; frame {config.data.frame}; optimizer {config.optimizer.name}; "
           f"label model {config.objective.label_model}")
@@ -215,7 +212,7 @@ def main(argv):
     setups = []
     for b in batch_sizes:
         for v in VARIANTS:
-            setups.append(build_setup(config, b, v, FLAGS.devices,
+            setups.append(build_setup(config, b, v, args.devices,
                                       setups[0].state if setups else None))
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(setups[0].state["params"]))
     print(f"parameters: {n_params:,}; built {len(setups)} configurations in "
@@ -227,28 +224,28 @@ def main(argv):
         t0 = time.perf_counter()
         s.run(1)
         compile_s = time.perf_counter() - t0
-        warm = s.run(max(FLAGS.warmup, 1)) / max(FLAGS.warmup, 1)
+        warm = s.run(max(args.warmup, 1)) / max(args.warmup, 1)
         print(f"  {s.name:<18s} first step (compile) {compile_s:5.2f} s, warm step "
               f"{warm * 1e3:7.1f} ms")
         if s.variant == "lambda1":
-            steps[s.batch_size] = FLAGS.steps or max(1, round(FLAGS.block_seconds / warm))
+            steps[s.batch_size] = args.steps or max(1, round(args.block_seconds / warm))
     print("steps per timed block: " + ", ".join(f"B={b}: {n}" for b, n in steps.items())
-          + f"; {FLAGS.repeats} repeats, round-robin")
+          + f"; {args.repeats} repeats, round-robin")
 
     # Timed blocks, round-robin over the configurations; the starting configuration
     # rotates between repeats so that no configuration always follows the same one.
-    for r in range(FLAGS.repeats):
+    for r in range(args.repeats):
         order = setups[r % len(setups):] + setups[:r % len(setups)]
         for s in order:
             n = steps[s.batch_size]
             s.times.append(s.run(n) / n)
             s.cpu_times.append(s.last_cpu / n)
 
-    results = {"config": {"model": json.loads(config.model.to_json()),
+    results = {"machine": machine, "smoke": args.smoke, "config": {"model": json.loads(config.model.to_json()),
                           "frame": config.data.frame, "optimizer": config.optimizer.name,
                           "npz_path": config.data.npz_path,
                           "synthetic_data": config.data.npz_path.startswith(tmpdir)},
-               "devices": FLAGS.devices, "repeats": FLAGS.repeats,
+               "devices": args.devices, "repeats": args.repeats,
                "steps_per_block": {str(b): n for b, n in steps.items()},
                "jax": jax.__version__, "cpus": os.cpu_count(), "batch_sizes": {}}
 
@@ -284,8 +281,8 @@ def main(argv):
     print("Input pipeline vs train step (examples/s, median (min–max); ratio > 1: the "
           "pipeline is not the bottleneck):")
     for b in batch_sizes:
-        pipe = time_pipeline(by[(b, "lambda1")].trainer_batches, FLAGS.pipeline_examples,
-                             max(3, min(FLAGS.repeats, 5)))
+        pipe = time_pipeline(by[(b, "lambda1")].trainer_batches, args.pipeline_examples,
+                             max(3, min(args.repeats, 5)))
         step_rate = b / statistics.median(by[(b, "lambda1")].times)
         h, it = pipe["host_batch"], pipe["iterate"]
         print(f"  B={b:<5d} host_batch {fmt_range(h, 1, '.0f'):>24s}   iterate "
@@ -297,14 +294,9 @@ def main(argv):
             "ratio_host_batch_over_step": h["median"] / step_rate,
             "ratio_iterate_over_step": it["median"] / step_rate}
 
-    print("uptime (end):  ", uptime())
-    if FLAGS.out:
-        os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)
-        with open(FLAGS.out, "w") as f:
-            json.dump(results, f, indent=2)
-        print(f"\nresults written to {FLAGS.out}")
     shutil.rmtree(tmpdir, ignore_errors=True)
+    return common.finish(results, args.json)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    main()

@@ -8,7 +8,8 @@ Run (from the repository root; the full size takes ~30 min on the 2-core CPU):
         --chunks 5,10,20 --repeats 2 --channels 8          # a quick check (~2 min)
 
 The model: ``configs/hvae.py:fashion_mnist`` (L = 3 latents, 64-channel ResBlocks,
-Bernoulli; ``--channels`` overrides every block's channels, for quick checks), its
+Bernoulli; ``--channels`` overrides every block's channels, for quick checks; ``--variant``
+scores another variant with 3 latents, ``--smoke``: ``digits``, 4 channels, S = 4), its
 variables from the family's data-dependent init on a batch of 128 (the config's batch
 size; timing does not depend on training). The data: random uint8 28×28×1 images,
 binarised once with a fixed seed (as evaluation does); the first ``--examples`` of them
@@ -70,10 +71,12 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)   # measure this checkout, whatever the environment has installed
-from benchmarks import xla_floor  # noqa: E402
-from benchmarks.common import fmt_range, summary, uptime  # noqa: E402
+from benchmarks import common  # noqa: E402
+from benchmarks.common import fmt_range, summary  # noqa: E402
 
 FLAGS = argparse.Namespace()   # filled by parse_flags()
+SMOKE = {"examples": 2, "samples": 4, "chunk": "2", "chunks": "2", "repeats": 1,
+         "channels": 4, "rss": False, "variant": "digits"}
 OUTPUTS = ("log_likelihood", "l_gt_k")
 MB = 2.0 ** 20
 INIT_BATCH = 128   # the config's batch size
@@ -81,32 +84,32 @@ K = 3              # passes per sample: L, L>1, L>2 (the config's 3 latents)
 
 
 def parse_flags(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = common.parser(__doc__, repeats=3)
     p.add_argument("--examples", type=int, default=4, help="examples scored (one batch)")
     p.add_argument("--samples", type=int, default=1000, help="S, importance samples")
     p.add_argument("--chunk", default="1,100",
                    help="score_chunk values of the timed vectorised runs, comma-separated")
     p.add_argument("--chunks", default="10,50,100,250,1000",
                    help="score_chunk values of the memory table, comma-separated")
-    p.add_argument("--repeats", type=int, default=3, help="timed rounds")
     p.add_argument("--channels", type=int, default=64,
                    help="out_channels of every deterministic block (64 in the config)")
+    p.add_argument("--variant", default="fashion_mnist",
+                   help="the configs/hvae.py variant whose model is scored (its 3 latents)")
     p.add_argument("--no-rss", "--no_rss", dest="rss", action="store_false",
                    help="skip the max-RSS subprocess per chunk size")
-    p.add_argument("--json", default="", help="write the results as JSON to this path")
     p.add_argument("--rss-child", type=int, default=0, help=argparse.SUPPRESS)
-    args = p.parse_args(argv, namespace=FLAGS)
-    args.chunk, args.chunks = ([int(c) for c in v.split(",") if c.strip()]
-                               for v in (args.chunk, args.chunks))
+    args = common.parse(p, argv, smoke=SMOKE)
+    args.chunk, args.chunks = common.csv_ints(args.chunk), common.csv_ints(args.chunks)
+    vars(FLAGS).update(vars(args))
     return args
 
 
 # -- model, data, the two methods ------------------------------------------------------
 def make_family(samples: int, chunk: int):
-    """configs/hvae.py:fashion_mnist's family with S = samples, score_chunk = chunk."""
+    """configs/hvae.py:--variant's family with S = samples, score_chunk = chunk."""
     from configs.hvae import get_config
     from jaxhybrid.families import make_family as make
-    c = get_config("fashion_mnist")
+    c = get_config(FLAGS.variant)
     c.model.iwae_samples, c.model.score_chunk = samples, chunk
     c.model.config_deterministic = tuple(
         tuple({**b, "out_channels": FLAGS.channels} for b in stage)
@@ -165,7 +168,7 @@ def compile_single_sample(o, variables, batch, key):
     def one(v, image, ids, rng, s):
         eps = famlib.posterior_noise(rng, ids, s[None], shapes)
         cols = []
-        for k in range(len(o["latents"])):
+        for k in range(len(o.model["latents"])):
             out = module.apply(v, image, eps, skip=k)
             cols.append(obj.log_weights(famlib.log_px(o, out["decoded"], image),
                                         out["layers"], k)[0])
@@ -276,7 +279,7 @@ def rss_child(chunk: int) -> None:
 def run_rss_child(chunk: int) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--rss-child", str(chunk),
            "--examples", str(FLAGS.examples), "--samples", str(FLAGS.samples),
-           "--channels", str(FLAGS.channels)]
+           "--channels", str(FLAGS.channels), "--variant", FLAGS.variant]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     for line in proc.stdout.splitlines():
         if line.startswith("RSS_CHILD "):
@@ -285,11 +288,15 @@ def run_rss_child(chunk: int) -> dict:
             "returncode": proc.returncode}
 
 
-def memory_row(chunk: int, variables, batch, key) -> dict:
-    fam, _ = make_family(FLAGS.samples, chunk)
-    t0 = time.perf_counter()
-    row = {"chunk": chunk, **memory_of(compile_vectorised(fam, variables, batch, key))}
-    row["compile_s"] = time.perf_counter() - t0
+def memory_row(chunk: int, variables, batch, key, compiled=None) -> dict:
+    """XLA's memory analysis of the vectorised call with ``chunk`` (``compiled``: that
+    call's executable, already compiled by the timing: not compiled again)."""
+    t0, reused = time.perf_counter(), compiled is not None
+    if compiled is None:
+        compiled = compile_vectorised(make_family(FLAGS.samples, chunk)[0], variables,
+                                      batch, key)
+    row = {"chunk": chunk, **memory_of(compiled)}
+    row["compile_s"] = None if reused else time.perf_counter() - t0   # None: the timing's
     if FLAGS.rss and row["peak_estimate"] > mem_available() / 2:
         row["rss"] = {"skipped": "XLA's estimate exceeds half of MemAvailable"}
     elif FLAGS.rss:
@@ -329,37 +336,35 @@ def report_memory(rows: list, single_mem: dict) -> None:
 def measure() -> dict:
     fams, o, variables, batch, key = setup()
     t0 = time.perf_counter()
-    methods = {}
+    methods, compiled = {}, {}
     for c, fam in fams.items():
-        fn = compile_vectorised(fam, variables, batch, key)
+        fn = compiled[c] = compile_vectorised(fam, variables, batch, key)
         methods[f"vectorised c={c}"] = lambda fn=fn: fn(variables, batch, key)
     single = compile_single_sample(o, variables, batch, key)
     methods["sequential"] = lambda: run_sequential(single, variables, batch, key, FLAGS.samples)
     print(f"compiled {len(methods)} methods in {time.perf_counter() - t0:.1f} s")
     times, outs = time_methods(methods)
     results = {"speed": report_speed(times, outs)}
-    rows = [memory_row(c, variables, batch, key) for c in FLAGS.chunks]
+    rows = [memory_row(c, variables, batch, key, compiled.get(c)) for c in FLAGS.chunks]
     results["memory"] = {"chunks": rows, "sequential_single_call": memory_of(single)}
     report_memory(rows, results["memory"]["sequential_single_call"])
     return results
 
 
-def main(argv=None):
+def main(argv=None) -> dict:
     parse_flags(argv)
     if FLAGS.rss_child:
         return rss_child(FLAGS.rss_child)
-    up_start = uptime()
-    print("uptime (start):", up_start)
-    machine = xla_floor.header()
-    print(f"HVAE (configs/hvae.py:fashion_mnist, {FLAGS.channels} channels) LLR>k scoring: "
+    machine = common.header()
+    print(f"HVAE (configs/hvae.py:{FLAGS.variant}, {FLAGS.channels} channels) LLR>k scoring: "
           f"B = {FLAGS.examples} examples, S = {FLAGS.samples} samples, K = {K} passes "
           f"(L, L>1, L>2); vectorised chunks {FLAGS.chunk}; {FLAGS.repeats} rounds")
-    results = {"machine": machine, "uptime_start": up_start,
+    results = {"machine": machine, "smoke": FLAGS.smoke,
                "sizes": {k: getattr(FLAGS, k) for k in
-                         ("examples", "samples", "chunk", "chunks", "channels", "repeats")},
-               **measure(), "uptime_end": uptime()}
-    print(f"\nuptime (start): {up_start}\nuptime (end):   {results['uptime_end']}")
-    xla_floor.write_json(FLAGS.json, results)
+                         ("variant", "examples", "samples", "chunk", "chunks", "channels",
+                          "repeats")},
+               **measure()}
+    return common.finish(results, FLAGS.json)
 
 
 if __name__ == "__main__":

@@ -36,30 +36,34 @@ step and about as much for its floor, per dtype: ~5 min in all with 5 rounds.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
+
+import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)   # measure this checkout, whatever the environment has installed
 from benchmarks import xla_floor  # noqa: E402
+from configs.hvae import get_config  # noqa: E402
 
-FLAGS = argparse.Namespace()   # filled by parse_flags()
 REFERENCE = xla_floor.Reference(seconds=2.61, gflop=630.0, gflops=240.0)
 IMAGE = 28
 
 
 def parse_flags(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = xla_floor.parser(__doc__)
     p.add_argument("--batch", type=int, default=128, help="global batch size")
     p.add_argument("--channels", type=int, default=64,
                    help="out_channels of every deterministic block")
-    xla_floor.add_flags(p)
-    return xla_floor.parse(p, argv, FLAGS)
+    p.add_argument("--variant", default="fashion_mnist",
+                   help="the configs/hvae.py variant whose model and optimizer are timed")
+    return xla_floor.parse(p, argv, smoke={"variant": "digits", "batch": 4, "channels": 4,
+                                           "dtypes": "float32"})
 
 
 def synthetic_npz(tmpdir: str, n_train: int) -> str:
     """Random uint8 [n, 28, 28] images, no labels (the HVAE is unsupervised)."""
-    import numpy as np
     rng = np.random.default_rng(0)
     path = os.path.join(tmpdir, "synthetic.npz")
     np.savez(path, x_train=rng.integers(0, 256, (n_train, IMAGE, IMAGE), dtype=np.uint8),
@@ -67,40 +71,42 @@ def synthetic_npz(tmpdir: str, n_train: int) -> str:
     return path
 
 
-def make_config(npz_path: str, dtype: str):
+def make_config(flags, npz_path: str, dtype: str):
     """configs/hvae.py:fashion_mnist with the benchmark's sizes and the synthetic npz."""
-    from configs.hvae import get_config
-    c = get_config("fashion_mnist")
+    c = get_config(flags.variant)
     c.data.source, c.data.name, c.data.npz_path = "npz", "", npz_path
     c.data.validation_size = 0.0
-    c.batch_size, c.num_devices = FLAGS.batch, 1
+    c.evals.ood_sets = "uniform_noise"   # checked by build_experiment; never evaluated here
+    c.batch_size, c.num_devices = flags.batch, 1
     c.model.config_deterministic = tuple(
-        tuple({**b, "out_channels": FLAGS.channels} for b in stage)
+        tuple({**b, "out_channels": flags.channels} for b in stage)
         for stage in c.model.config_deterministic)
     c.compute_dtype = dtype
     return c
 
 
-def describe(c) -> str:
-    m = c.model
+def describe(flags, c) -> str:
+    m, o = c.model, c.objective
     stages = " | ".join(",".join(f"{b['kernel_size']}/{b['stride']}" for b in s)
                         for s in m.config_deterministic)
     latents = ", ".join(f"{d['block']} {d['latent_features']}" for d in m.config_stochastic)
-    return (f"HVAE (configs/hvae.py:fashion_mnist): ResBlocks of {FLAGS.channels} channels, "
+    return (f"HVAE (configs/hvae.py:{flags.variant}): ResBlocks of {flags.channels} "
+            f"channels, "
             f"kernel/stride {stages}; latents {latents}; likelihood {m.likelihood}; free "
-            f"nats {m.free_nats:g} ({m.free_nats_mode}); {m.train_samples} sample(s); "
+            f"nats {o.free_nats:g} ({o.free_nats_mode}); {o.train_samples} sample(s); "
             f"optimizer {c.optimizer.name} lr {c.optimizer.learning_rate:g}; batch "
-            f"{FLAGS.batch} of random uint8 {IMAGE}x{IMAGE}x1; train transforms "
+            f"{flags.batch} of random uint8 {IMAGE}x{IMAGE}x1; train transforms "
             f"{c.data.train_transforms}")
 
 
-def main(argv=None):
-    parse_flags(argv)
-    xla_floor.main(xla_floor.Bench(
-        name="HVAE", batch=FLAGS.batch,
-        sizes={"batch": FLAGS.batch, "channels": FLAGS.channels, "image": IMAGE},
-        write_npz=lambda d: synthetic_npz(d, max(4 * FLAGS.batch, 20)),
-        make_config=make_config, describe=describe, reference=REFERENCE), FLAGS)
+def main(argv=None) -> dict:
+    flags = parse_flags(argv)
+    return xla_floor.main(xla_floor.Bench(
+        name="HVAE", batch=flags.batch,
+        sizes={"batch": flags.batch, "channels": flags.channels, "image": IMAGE},
+        write_npz=lambda d: synthetic_npz(d, max(4 * flags.batch, 20)),
+        make_config=functools.partial(make_config, flags),
+        describe=functools.partial(describe, flags), reference=REFERENCE), flags)
 
 
 if __name__ == "__main__":

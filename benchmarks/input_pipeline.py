@@ -3,11 +3,13 @@
 Run (from the repository root; ~2–3 min on the 2-core CPU):
 
     python benchmarks/input_pipeline.py [--repeats 5] [--json results.json]
+    python benchmarks/input_pipeline.py --datasets mnist --batch_sizes 128   # a subset
+    python benchmarks/input_pipeline.py --smoke    # MNIST-shaped 64 rows, batch 8: a check
 
 Pipeline figures, examples/s, for digits, MNIST (``jaxhybrid.config_defaults.MNIST_NPZ``
 if present, else synthetic uint8 arrays of its size; framed to 32×32 as the thesis
 CNN's config) and a synthetic CIFAR-sized set (50,000 × 32×32×3 uint8), each at global
-batch 128 and 1024, on ONE device:
+batch 128 and 1024 (``--batch_sizes``), on ONE device:
 
 - ``host``: ``TrainBatches.host_batch`` (read the rows, frame, scale to float32; numpy);
 - ``transfer``: ``parallel.to_global`` of ready host batches (host→device copy only);
@@ -24,29 +26,43 @@ Train steps, examples/s at batch 128 (``--step_batch``), built by the trainer's 
 the thesis CNN classifier on MNIST (``configs/gffn.py:mnist_npz``, GFFN λ = 1), the DHM at
 its digits variant's small size on the CIFAR-sized set, the HVAE at its digits variant's
 size on digits. Each pipeline figure is divided by the step of the family paired with its
-data set: > 1 means the pipeline outruns the step. Last, the thesis CNN's training loop
-(``iterate`` + step, as ``train.py`` runs it) with host and with device-resident data.
+data set: > 1 means the pipeline outruns the step. Last (with ``mnist`` among
+``--datasets``), the thesis CNN's training loop (``iterate`` + step, as ``train.py`` runs
+it) with host and with device-resident data.
 
 Every configuration is timed in blocks of about ``--block_seconds`` (steps per block from
 a warm-up), repeated ``--repeats`` times round-robin, so machine load hits all alike;
 figures are median (min–max) over the repeats. Compilation is excluded (and printed).
+
+``--rows N`` replaces MNIST and the CIFAR-sized set by synthetic sets of N training rows
+(even where MNIST is present); ``--smoke`` uses 64 and shrinks the models (it runs the
+code path, its figures mean nothing).
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
+import importlib
 import os
-import platform
 import sys
 import tempfile
 import time
 
+import jax
+import numpy as np
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)   # measure this checkout, whatever the environment has installed
-from benchmarks.common import SHARED_MNIST, cpu_model, fmt_range, summary, uptime  # noqa: E402
+from benchmarks import common  # noqa: E402
+from benchmarks.common import SHARED_MNIST, fmt_range, summary  # noqa: E402
+from jaxhybrid import parallel  # noqa: E402
+from jaxhybrid.config_defaults import MNIST_NPZ  # noqa: E402
+from jaxhybrid.data.pipeline import TrainBatches  # noqa: E402
+from jaxhybrid.data.resident import DeviceTrainBatches  # noqa: E402
+from jaxhybrid.experiment import build_experiment, create_state  # noqa: E402
+from jaxhybrid.optim import make_optimizer, make_schedule  # noqa: E402
+from jaxhybrid.tools.overrides import apply_overrides  # noqa: E402
+from jaxhybrid.train import make_train_step, training_plan  # noqa: E402
 
-BATCHES = (128, 1024)
 MEASURES = ("host", "transfer", "iterate", "gather")
 # data set -> (config file:variant of the family paired with it, its model, overrides)
 FAMILIES = {
@@ -56,47 +72,78 @@ FAMILIES = {
     "cifar_synthetic": ("configs/dhm.py:digits", "DHM (digits variant: width 8, latent 16)",
                         {"data.train_transforms": "crop,flip"}),
 }
+# --smoke: smaller models, so that a smoke compiles quickly
+SMOKE_MODELS = {"mnist": common.SMOKE_CNN,
+                "cifar_synthetic": {"model.width": 4, "model.latent": 4,
+                                    "model.head_hidden": 8}}
+SMOKE = {"repeats": 1, "batch_sizes": "8", "step_batch": 8, "datasets": "mnist",
+         "rows": 64, "block_seconds": 1e-3}
 
 
-def write_npz(tmpdir: str) -> dict[str, tuple[str, str]]:
-    """{data set: (npz path, what it holds)} for MNIST and the CIFAR-sized set."""
-    import numpy as np
-    from jaxhybrid.config_defaults import MNIST_NPZ
+def parse_flags(argv=None):
+    p = common.parser(__doc__, repeats=5)
+    p.add_argument("--block_seconds", type=float, default=0.25,
+                   help="target length of a pipeline block (a step block: 4x this)")
+    p.add_argument("--step_batch", type=int, default=128, help="global batch of the steps")
+    p.add_argument("--batch_sizes", default="128,1024",
+                   help="global batch sizes of the pipeline figures, comma-separated")
+    p.add_argument("--datasets", default=",".join(FAMILIES),
+                   help="data sets (each with its paired family's step), comma-separated, "
+                        f"of {', '.join(FAMILIES)}")
+    p.add_argument("--rows", type=int, default=0, help="training rows of synthetic MNIST "
+                   "and CIFAR-sized sets (0: MNIST's file if present, else 60,000; 50,000)")
+    args = common.parse(p, argv, smoke=SMOKE)
+    args.datasets = [d for d in args.datasets.split(",") if d.strip()]
+    unknown = [d for d in args.datasets if d not in FAMILIES]
+    if unknown or not args.datasets:
+        p.error(f"--datasets: unknown {unknown}; valid choices: {', '.join(FAMILIES)}")
+    args.batch_sizes = common.csv_ints(args.batch_sizes)
+    return args
+
+
+def synthetic_npz(path: str, rows: int, shape: tuple, rng) -> str:
+    np.savez(path, x_train=rng.integers(0, 256, (rows, *shape), np.uint8),
+             y_train=rng.integers(0, 10, rows), x_test=np.zeros((100, *shape), np.uint8),
+             y_test=np.zeros(100, np.int64))
+    return path
+
+
+def write_npz(tmpdir: str, datasets: list, rows: int = 0) -> dict[str, tuple[str, str]]:
+    """{data set: (npz path, what it holds)} for MNIST and the CIFAR-sized set (those in
+    ``datasets``); ``rows`` > 0: synthetic sets of that many training rows."""
     rng = np.random.default_rng(0)
     out = {}
     found = [p for p in (MNIST_NPZ, SHARED_MNIST) if os.path.exists(p)]
-    if found:
+    if "mnist" in datasets and found and not rows:
         out["mnist"] = (os.path.abspath(found[0]), f"MNIST {os.path.abspath(found[0])}")
-    else:
-        path = os.path.join(tmpdir, "mnist_synthetic.npz")
-        np.savez(path, x_train=rng.integers(0, 256, (60000, 28, 28), np.uint8),
-                 y_train=rng.integers(0, 10, 60000), x_test=np.zeros((100, 28, 28), np.uint8),
-                 y_test=np.zeros(100, np.int64))
-        out["mnist"] = (path, "MNIST not found: SYNTHETIC uint8 60000×28×28")
-    path = os.path.join(tmpdir, "cifar_synthetic.npz")
-    np.savez(path, x_train=rng.integers(0, 256, (50000, 32, 32, 3), np.uint8),
-             y_train=rng.integers(0, 10, 50000), x_test=np.zeros((100, 32, 32, 3), np.uint8),
-             y_test=np.zeros(100, np.int64))
-    out["cifar_synthetic"] = (path, "SYNTHETIC uint8 50000×32×32×3, 10 classes")
+    elif "mnist" in datasets:
+        n = rows or 60000
+        out["mnist"] = (synthetic_npz(os.path.join(tmpdir, "mnist_synthetic.npz"), n,
+                                      (28, 28), rng),
+                        f"{'MNIST not found: ' if not found else ''}SYNTHETIC uint8 "
+                        f"{n}×28×28")
+    if "cifar_synthetic" in datasets:
+        n = rows or 50000
+        path = synthetic_npz(os.path.join(tmpdir, "cifar_synthetic.npz"), n, (32, 32, 3), rng)
+        out["cifar_synthetic"] = (path, f"SYNTHETIC uint8 {n}×32×32×3, 10 classes")
     return out
 
 
-def family_config(dataset: str, npz: dict, batch: int):
+def family_config(dataset: str, npz: dict, batch: int, smoke: bool = False):
     """The paired family's config on ``dataset``, on one device, no validation split."""
-    import importlib
-
-    from jaxhybrid.tools.overrides import apply_overrides
     path, overrides = FAMILIES[dataset][0], FAMILIES[dataset][2]
     file, variant = path.split(":")
-    module = file.removesuffix(".py").replace("/", ".")
-    config = importlib.import_module(module).get_config(variant)
-    common = {"batch_size": batch, "num_devices": 1, "data.validation_size": 0.0,
-              "data.ood_classes": (), "data.placement": "host", "evals.ood_sets": "uniform_noise"}
+    config = importlib.import_module(file.removesuffix(".py").replace("/", ".")).get_config(
+        variant)
+    shared = {"batch_size": batch, "num_devices": 1, "data.validation_size": 0.0,
+              "data.ood_classes": (), "data.placement": "host",
+              "evals.ood_sets": "uniform_noise"}
     if dataset != "digits":
-        common.update({"data.source": "npz", "data.npz_path": npz[dataset][0]})
+        shared.update({"data.source": "npz", "data.npz_path": npz[dataset][0]})
     if dataset == "mnist":
-        common["data.frame"] = 32
-    return apply_overrides(config, {**common, **overrides})
+        shared["data.frame"] = 32
+    smaller = SMOKE_MODELS.get(dataset, {}) if smoke else {}
+    return apply_overrides(config, {**shared, **overrides, **smaller})
 
 
 @dataclasses.dataclass
@@ -124,8 +171,6 @@ class Case:
 def pipelined(batches_of):
     """(start, n) -> None over the batches ``batches_of(start, n)`` yields, waiting for the
     batch two back (the trainer's prefetch depth) and for the last at the end."""
-    import jax
-
     def run(start, n):
         pending = []
         for b in batches_of(start, n):
@@ -137,9 +182,6 @@ def pipelined(batches_of):
 
 
 def pipeline_cases(dataset: str, exp, batch: int) -> list[Case]:
-    from jaxhybrid import parallel
-    from jaxhybrid.data.pipeline import TrainBatches
-    from jaxhybrid.data.resident import DeviceTrainBatches
     kw = dict(seed=0, mesh=exp.mesh, preprocess=exp.preprocess)
     host = TrainBatches(exp.splits.train, batch, **kw)
     device = DeviceTrainBatches(exp.splits.train, batch, **kw)
@@ -162,10 +204,6 @@ def pipeline_cases(dataset: str, exp, batch: int) -> list[Case]:
 def step_setup(config):
     """(experiment, jitted step, initial state, 4 ready device batches): the trainer's
     construction (train._Run) for ``config``."""
-    from jaxhybrid.data.pipeline import TrainBatches
-    from jaxhybrid.experiment import build_experiment, create_state
-    from jaxhybrid.optim import make_optimizer, make_schedule
-    from jaxhybrid.train import make_train_step, training_plan
     exp = build_experiment(config)
     batches = TrainBatches(exp.splits.train, config.batch_size, seed=config.seed,
                            mesh=exp.mesh, preprocess=exp.preprocess)
@@ -185,8 +223,6 @@ class Stepper:
         self.step, self.state = step, state
 
     def case(self, name: str, batch: int, batches_of) -> Case:
-        import jax
-
         def run(start, n):
             state, metrics = self.state, None
             for b in batches_of(start, n):
@@ -196,40 +232,35 @@ class Stepper:
         return Case(name, batch, run, stepped=True)
 
 
-def parse_args():
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--repeats", type=int, default=5, help="timed blocks per configuration")
-    p.add_argument("--block_seconds", type=float, default=0.25,
-                   help="target length of a pipeline block (a step block: 4x this)")
-    p.add_argument("--step_batch", type=int, default=128, help="global batch of the steps")
-    p.add_argument("--json", default="", help="write the results to this JSON file")
-    return p.parse_args()
+def loop_cases(stepper: Stepper, exp, batch: int) -> list[Case]:
+    """The thesis CNN's training loop (iterate + step) with host and with device data."""
+    kw = dict(seed=1, mesh=exp.mesh, preprocess=exp.preprocess)
+    host = TrainBatches(exp.splits.train, batch, **kw)
+    dev = DeviceTrainBatches(exp.splits.train, batch, **kw)
+    return [stepper.case("thesis CNN loop, host data", batch,
+                         lambda s, n: (b for _, b in host.iterate(s, s + n))),
+            stepper.case("thesis CNN loop, device-resident data", batch,
+                         lambda s, n: (dev.batch(i) for i in range(s, s + n)))]
 
 
 def build(args, npz: dict):
     """(pipeline cases, {data set: its family's step case}, thesis CNN loop cases)."""
-    from jaxhybrid.data.pipeline import TrainBatches
-    from jaxhybrid.data.resident import DeviceTrainBatches
     pipes, steps, loops = [], {}, []
-    for dataset, (_, model, _) in FAMILIES.items():
+    for dataset in args.datasets:
+        model = FAMILIES[dataset][1]
         t0 = time.perf_counter()
-        exp, step, state, ready = step_setup(family_config(dataset, npz, args.step_batch))
+        exp, step, state, ready = step_setup(family_config(dataset, npz, args.step_batch,
+                                                           args.smoke))
         stepper = Stepper(step, state)
         steps[dataset] = stepper.case(f"{dataset}: {model}", args.step_batch,
                                       lambda start, n, r=ready: (r[i % 4] for i in range(n)))
         print(f"  {dataset:<16s} train {len(exp.splits.train):>6,d} × "
               f"{'×'.join(map(str, exp.input_shape))}; {model}: built and initialised in "
               f"{time.perf_counter() - t0:.1f} s")
-        for b in BATCHES:
+        for b in args.batch_sizes:
             pipes += pipeline_cases(dataset, exp, b)
         if dataset == "mnist":
-            kw = dict(seed=1, mesh=exp.mesh, preprocess=exp.preprocess)
-            host = TrainBatches(exp.splits.train, args.step_batch, **kw)
-            dev = DeviceTrainBatches(exp.splits.train, args.step_batch, **kw)
-            loops = [stepper.case("thesis CNN loop, host data", args.step_batch,
-                                  lambda s, n: (b for _, b in host.iterate(s, s + n))),
-                     stepper.case("thesis CNN loop, device-resident data", args.step_batch,
-                                  lambda s, n: (dev.batch(i) for i in range(s, s + n)))]
+            loops = loop_cases(stepper, exp, args.step_batch)
     return pipes, steps, loops
 
 
@@ -240,64 +271,72 @@ def measure(cases: list[Case], args) -> None:
             c.calibrate(args.block_seconds * 4, 1, 50)
         else:
             c.calibrate(args.block_seconds, 2, 500)
-    for r in range(args.repeats):
-        for c in cases[r % len(cases):] + cases[:r % len(cases)]:
-            c.rates.append(c.n * c.examples / c.time(3 + r * c.n, c.n))
+
+    def block(c, r):
+        c.rates.append(c.n * c.examples / c.time(3 + r * c.n, c.n))
+    common.round_robin(cases, args.repeats, block)
 
 
-def report(pipes, steps, loops, args) -> dict:
-    def per_repeat(a: Case, b: Case) -> dict:
-        return summary([x / y for x, y in zip(a.rates, b.rates)])
-
+def report_steps(steps: dict, args) -> dict:
     print(f"\nSteps at batch {args.step_batch} (examples/s; first call incl. compilation):")
     for c in steps.values():
         print(f"  {c.name:<62s} {fmt_range(summary(c.rates), 1, '.0f'):>22s}  "
               f"{args.step_batch / summary(c.rates)['median'] * 1e3:8.1f} ms/step  "
               f"first {c.first_s:5.1f} s")
+    return {k: {"examples_per_sec": summary(c.rates), "first_call_s": c.first_s}
+            for k, c in steps.items()}
+
+
+def report_pipeline(pipes: list, steps: dict, args) -> dict:
     print("\nPipeline, examples/s median (min–max); [÷ the paired family's step, per repeat]:")
     print(f"  {'data set':<16s} {'B':>5s}  " + "  ".join(f"{m:>34s}" for m in MEASURES))
-    out = {"steps": {k: summary(c.rates) for k, c in steps.items()}, "pipeline": {}}
-    for dataset in FAMILIES:
-        for b in BATCHES:
+    out = {}
+    for dataset in args.datasets:
+        for b in args.batch_sizes:
             row = {m: next(c for c in pipes if c.name == f"{dataset} B={b} {m}")
                    for m in MEASURES}
+            over = {m: common.ratio(c.rates, steps[dataset].rates) for m, c in row.items()}
             cells = [f"{fmt_range(summary(c.rates), 1e-3, '.0f')}k "
-                     f"[{per_repeat(c, steps[dataset])['median']:6.0f}x]" for c in row.values()]
+                     f"[{over[m]['median']:6.0f}x]" for m, c in row.items()]
             print(f"  {dataset:<16s} {b:>5d}  " + "  ".join(f"{x:>34s}" for x in cells))
-            out["pipeline"][f"{dataset} {b}"] = {
+            out[f"{dataset} {b}"] = {
                 m: {"examples_per_sec": summary(c.rates), "all": c.rates,
-                    "over_step": per_repeat(c, steps[dataset])} for m, c in row.items()}
+                    "over_step": over[m]} for m, c in row.items()}
+    return out
+
+
+def report_loops(loops: list, args) -> dict:
     host, dev = loops
-    ratio = summary([h / d for h, d in zip(host.rates, dev.rates)])
+    ratio = common.ratio(host.rates, dev.rates)   # time device / time host
     print(f"\nThesis CNN training loop at batch {args.step_batch} (iterate + step, as "
           f"train.py), ms/step median (min–max):")
     for c in loops:
         print(f"  {c.name:<40s} {fmt_range(summary([c.examples / r for r in c.rates]), 1e3)}")
     print(f"  device-resident / host step time, per repeat: {fmt_range(ratio, 1, '.3f')}")
-    out["loop"] = {"host": summary(host.rates), "device": summary(dev.rates),
-                   "device_over_host_time": ratio}
-    return out
+    return {"host": summary(host.rates), "device": summary(dev.rates),
+            "device_over_host_time": ratio}
 
 
-def main():
-    args = parse_args()
-    import jax
+def main(argv=None) -> dict:
+    args = parse_flags(argv)
+    machine = common.header(1)
     t_start = time.perf_counter()
-    print("uptime (start):", uptime())
-    print(f"CPU: {cpu_model()} ({os.cpu_count()} cores); jax {jax.__version__} "
-          f"({jax.default_backend()}, 1 of {jax.device_count()} device(s)); python "
-          f"{platform.python_version()}")
     with tempfile.TemporaryDirectory(prefix="input_pipeline_") as tmpdir:
-        npz = write_npz(tmpdir)
-        for name, (_, what) in npz.items():
+        npz = write_npz(tmpdir, args.datasets, args.rows)
+        data = {name: what for name, (_, what) in npz.items()}
+        for name, what in data.items():
             print(f"data {name}: {what}")
         pipes, steps, loops = build(args, npz)
         measure(pipes + list(steps.values()) + loops, args)
-        results = report(pipes, steps, loops, args)
-    print(f"\ntotal {time.perf_counter() - t_start:.0f} s; uptime (end):", uptime())
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"args": vars(args), "cpu": cpu_model(), **results}, f, indent=2)
+    results = {"machine": machine, "smoke": args.smoke, "datasets": args.datasets,
+               "data": data, "batch_sizes": args.batch_sizes, "step_batch": args.step_batch,
+               "rows": args.rows, "block_seconds": args.block_seconds,
+               "repeats": args.repeats, "steps": report_steps(steps, args),
+               "pipeline": report_pipeline(pipes, steps, args)}
+    if loops:
+        results["loop"] = report_loops(loops, args)
+    print(f"\ntotal {time.perf_counter() - t_start:.0f} s")
+    return common.finish(results, args.json)
 
 
 if __name__ == "__main__":

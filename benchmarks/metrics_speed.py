@@ -22,13 +22,23 @@ Sections are functions returning result rows.
 
 from __future__ import annotations
 
-import argparse
+import os
 import statistics
+import sys
 import time
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
-from jaxhybrid.evaluators import calibration, ood
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)   # measure this checkout, whatever the environment has installed
+from benchmarks import common  # noqa: E402
+from jaxhybrid.config_defaults import base_config  # noqa: E402
+from jaxhybrid.data.preprocess import pad_to_frame, to_float  # noqa: E402
+from jaxhybrid.evaluators import calibration, ood  # noqa: E402
+from jaxhybrid.evaluators.adversarial import fgsm  # noqa: E402
+from jaxhybrid.models import build_model, network_config  # noqa: E402
 
 
 def timeit(fn, repeats: int):
@@ -97,19 +107,12 @@ def bench_ood(n: int, repeats: int, rng) -> list[dict]:
 
 def bench_fgsm(batch: int, repeats: int, seed: int = 0) -> list[dict]:
     """FGSM (eps = 8/255) vs one input gradient of the summed CE, thesis CNN, jitted."""
-    import jax
-    import jax.numpy as jnp
-
-    from jaxhybrid.config_defaults import base_config
-    from jaxhybrid.data.preprocess import pad_to_frame, to_float
-    from jaxhybrid.evaluators.adversarial import fgsm
-    from jaxhybrid.models import build_model
-
-    module = build_model(base_config().model, num_classes=10)  # the thesis CNN
+    module = build_model(network_config(base_config().model), num_classes=10)  # thesis CNN
     rng = np.random.default_rng(seed)
-    x = jnp.asarray(pad_to_frame(to_float(rng.integers(0, 256, (batch, 28, 28, 1), np.uint8)), 32))
+    x = jnp.asarray(pad_to_frame(to_float(rng.integers(0, 256, (batch, 28, 28, 1),
+                                                       np.uint8)), 32))
     y = jnp.asarray(rng.integers(0, 10, batch), jnp.int32)
-    params = module.init(jax.random.PRNGKey(seed), x[:1])["params"]
+    params = jax.jit(module.init)(jax.random.PRNGKey(seed), x[:1])["params"]
 
     def logits_fn(p):
         return lambda images: module.apply({"params": p}, images)
@@ -145,7 +148,7 @@ def bench_fgsm(batch: int, repeats: int, seed: int = 0) -> list[dict]:
     ]
 
 
-def print_rows(rows: list[dict]) -> None:
+def print_rows(rows: list[dict]) -> list[dict]:
     for r in rows:
         med, lo, hi = r["t"]
         ratio = f"  ref/ours = {r['ref_t'][0] / med:5.1f}x" if r["ref_t"] else ""
@@ -153,21 +156,24 @@ def print_rows(rows: list[dict]) -> None:
             n = r["examples"]
             ratio += f"  {n / med:8.0f} ex/s ({n / hi:.0f}–{n / lo:.0f})"
         ratio += r.get("note", "")
-        print(f"{r['name']:<44s} median {med * 1e3:8.1f} ms  (min {lo * 1e3:7.1f}, max {hi * 1e3:7.1f}){ratio}")
+        print(f"{r['name']:<44s} median {med * 1e3:8.1f} ms  (min {lo * 1e3:7.1f}, max "
+              f"{hi * 1e3:7.1f}){ratio}")
+    return rows
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=1_000_000, help="examples per metric")
-    parser.add_argument("--repeats", type=int, default=7, help="timed repetitions after one warm-up")
-    parser.add_argument("--fgsm_batch", type=int, default=1024, help="FGSM batch size (0: skip)")
-    args = parser.parse_args(argv)
+def main(argv=None) -> dict:
+    p = common.parser(__doc__, repeats=7)
+    p.add_argument("--n", type=int, default=1_000_000, help="examples per metric")
+    p.add_argument("--fgsm_batch", type=int, default=1024, help="FGSM batch size (0: skip)")
+    args = common.parse(p, argv, smoke={"n": 2000, "repeats": 1, "fgsm_batch": 8})
     rng = np.random.default_rng(0)
+    results = {"machine": common.header(), "smoke": args.smoke, "n": args.n}
     print(f"numpy {np.__version__}; {args.repeats} repeats after one warm-up; times in ms")
-    print_rows(bench_calibration(args.n, args.repeats, rng))
-    print_rows(bench_ood(args.n, args.repeats, rng))
+    results["calibration"] = print_rows(bench_calibration(args.n, args.repeats, rng))
+    results["ood"] = print_rows(bench_ood(args.n, args.repeats, rng))
     if args.fgsm_batch > 0:
-        print_rows(bench_fgsm(args.fgsm_batch, args.repeats))
+        results["fgsm"] = print_rows(bench_fgsm(args.fgsm_batch, args.repeats))
+    return common.finish(results, args.json)
 
 
 if __name__ == "__main__":

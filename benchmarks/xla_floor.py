@@ -44,9 +44,7 @@ from __future__ import annotations
 import argparse
 import collections
 import dataclasses
-import json
 import os
-import platform
 import re
 import shutil
 import sys
@@ -54,9 +52,22 @@ import tempfile
 import time
 from typing import Callable
 
+import jax
+import jax.numpy as jnp
+import numpy as np
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)   # measure this checkout, whatever the environment has installed
-from benchmarks.common import fmt_range, run_steps, summary, uptime  # noqa: E402
+from benchmarks import common  # noqa: E402
+from benchmarks.common import fmt_range, run_steps, summary  # noqa: E402
+from jaxhybrid.data.pipeline import TrainBatches  # noqa: E402
+from jaxhybrid.experiment import abstract_state, build_experiment, create_state  # noqa: E402
+from jaxhybrid.optim import make_optimizer, make_schedule  # noqa: E402
+from jaxhybrid.precision import COMPUTE_DTYPES  # noqa: E402
+from jaxhybrid.train import make_train_step, training_plan  # noqa: E402
+
+# --smoke: a tiny model (the script's own sizes) and 1 round; the floor's convs alone included
+SMOKE = {"repeats": 1, "conv_block_seconds": 0.0, "max_convs": 3}
 
 
 @dataclasses.dataclass
@@ -79,10 +90,9 @@ class Bench:
     reference: Reference
 
 
-def add_flags(p: argparse.ArgumentParser) -> None:
-    """The timing flags every step benchmark has."""
-    p.add_argument("--repeats", type=int, default=5,
-                   help="timed rounds (each: every dtype's step and every conv alone)")
+def parser(doc: str) -> argparse.ArgumentParser:
+    """The flags every step benchmark has (:func:`benchmarks.common.parser` and timing)."""
+    p = common.parser(doc, repeats=5)
     p.add_argument("--steps", type=int, default=1, help="steps per timed block")
     p.add_argument("--dtypes", default="float32,bfloat16",
                    help="config.compute_dtype values to time, comma-separated")
@@ -91,14 +101,17 @@ def add_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--conv-block-seconds", "--conv_block_seconds", dest="conv_block_seconds",
                    type=float, default=0.1, help="minimum duration of one timed block of a "
                    "conv alone (calls per block chosen from the warm-up)")
-    p.add_argument("--json", default="", help="write the results as JSON to this path")
+    p.add_argument("--max-convs", "--max_convs", dest="max_convs", type=int, default=0,
+                   help="time only the first N distinct convs: a partial floor, for the "
+                        "smoke (0: all)")
+    return p
 
 
-def parse(p: argparse.ArgumentParser, argv, namespace) -> argparse.Namespace:
-    """Parse into ``namespace``; ``--dtypes`` split and checked."""
-    args = p.parse_args(argv, namespace=namespace)
+def parse(p: argparse.ArgumentParser, argv, smoke: dict) -> argparse.Namespace:
+    """Parse (``--smoke``: :data:`SMOKE` and the script's ``smoke`` sizes); ``--dtypes``
+    split and checked."""
+    args = common.parse(p, argv, smoke={**SMOKE, **smoke})
     args.dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
-    from jaxhybrid.precision import COMPUTE_DTYPES
     bad = [d for d in args.dtypes if d not in COMPUTE_DTYPES]
     if bad or not args.dtypes:
         p.error(f"--dtypes {','.join(bad)}: valid: {','.join(COMPUTE_DTYPES)}")
@@ -139,15 +152,6 @@ def hlo_conv_counts(text: str) -> tuple:
 def build_setup(config, initial_state, ops: dict) -> Setup:
     """The trainer's construction (train._Run) for ``config``; compiles the step once.
     ``initial_state``: another dtype's initial state, copied when its shapes match."""
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
-
-    from jaxhybrid.data.pipeline import TrainBatches
-    from jaxhybrid.experiment import abstract_state, build_experiment, create_state
-    from jaxhybrid.optim import make_optimizer, make_schedule
-    from jaxhybrid.train import make_train_step, training_plan
-
     exp = build_experiment(config)
     batches = TrainBatches(exp.splits.train, config.batch_size, seed=config.seed,
                            mesh=exp.mesh, preprocess=exp.preprocess)
@@ -218,20 +222,18 @@ class ConvOp:
 
     def prepare(self):
         """Compile alone (the same primitive and parameters), random inputs, XLA FLOPs."""
-        import jax
         if self.fn is not None:
             return
         prim, params = self.primitive, self.params
-        k1, k2 = jax.random.split(jax.random.PRNGKey(0))
-        self.args = (jax.random.normal(k1, self.lhs.shape, self.lhs.dtype),
-                     jax.random.normal(k2, self.rhs.shape, self.rhs.dtype))
+        rng = np.random.default_rng(0)   # numpy: no random kernel to compile per shape
+        self.args = tuple(jnp.asarray(rng.standard_normal(a.shape, np.float32), a.dtype)
+                          for a in (self.lhs, self.rhs))
         self.fn = jax.jit(lambda l, r: prim.bind(l, r, **params)).lower(*self.args).compile()
         self.flops = xla_flops(self.fn)
         self.alone_hlo = hlo_conv_counts(self.fn.as_text())
 
     def run(self, n: int) -> float:
         """Seconds per call of n calls."""
-        import jax
         t0 = time.perf_counter()
         for _ in range(n):
             out = self.fn(*self.args)
@@ -281,7 +283,6 @@ def floor_per_round(setup: Setup, ops: dict) -> list:
 # -- measurement -----------------------------------------------------------------------
 def build_all(bench: Bench, flags, npz_path: str):
     """One Setup per dtype (a shared dict of the distinct convs); prints what was built."""
-    import jax.numpy as jnp
     ops, setups = {}, []
     for dtype in flags.dtypes:
         s = build_setup(bench.make_config(npz_path, dtype),
@@ -299,6 +300,11 @@ def build_all(bench: Bench, flags, npz_path: str):
         if dtype == "bfloat16" and jnp.dtype(jnp.bfloat16).name not in real:
             print(f"  NOTE: compute_dtype=bfloat16 is not wired into the {bench.name} yet: "
                   f"its step runs its convolutions in float32")
+    if flags.max_convs and not flags.skip_floor:
+        ops = dict(list(ops.items())[:flags.max_convs])
+        for s in setups:
+            s.convs = collections.Counter({k: n for k, n in s.convs.items() if k in ops})
+        print(f"  --max-convs {flags.max_convs}: a PARTIAL floor of {len(ops)} distinct convs")
     return setups, ops
 
 
@@ -320,17 +326,14 @@ def warm_up(setups, ops, flags):
 
 def run_rounds(setups, ops, flags):
     """``--repeats`` rounds over every step and conv, the start rotating each round."""
-    items = [("step", s) for s in setups]
-    if not flags.skip_floor:
-        items += [("conv", op) for op in ops.values()]
-    for r in range(flags.repeats):
-        t0 = time.perf_counter()
-        for kind, x in items[r % len(items):] + items[:r % len(items)]:
-            if kind == "step":
-                x.times.append(run_steps(x, flags.steps)[0] / flags.steps)
-            else:
-                x.times.append(x.run(x.calls))
-        print(f"  round {r + 1}/{flags.repeats}: {time.perf_counter() - t0:.1f} s")
+    items = list(setups) + ([] if flags.skip_floor else list(ops.values()))
+
+    def one(x, _):
+        if isinstance(x, Setup):
+            x.times.append(run_steps(x, flags.steps)[0] / flags.steps)
+        else:
+            x.times.append(x.run(x.calls))
+    common.round_robin(items, flags.repeats, one, log=True)
 
 
 # -- report ----------------------------------------------------------------------------
@@ -383,27 +386,6 @@ def report_floor(s: Setup, ops: dict) -> dict:
             "conv_flops": conv_flops, "table": table}
 
 
-def header() -> dict:
-    import jax
-    dev = jax.devices()[0]
-    info = {"jax": jax.__version__, "backend": jax.default_backend(),
-            "device": f"{dev.platform}:{dev.device_kind}", "devices": jax.device_count(),
-            "cpus": os.cpu_count(), "python": platform.python_version(),
-            "machine": platform.machine()}
-    print(f"jax {info['jax']} ({info['backend']}, device {info['device']}, 1 of "
-          f"{info['devices']} used); python {info['python']} on {info['machine']}; "
-          f"{info['cpus']} CPU(s)")
-    return info
-
-
-def write_json(path: str, results: dict) -> None:
-    if path:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        with open(path, "w") as f:
-            json.dump(results, f, indent=2)
-        print(f"results written to {path}")
-
-
 def measure(bench: Bench, flags):
     """Build, warm up and time (prints as it goes) -> (setups, ops)."""
     tmpdir = tempfile.mkdtemp(prefix=f"{bench.name.lower()}_step_")
@@ -423,20 +405,15 @@ def measure(bench: Bench, flags):
 
 
 def main(bench: Bench, flags) -> dict:
-    """The whole benchmark: uptime, header, measurement, reports, JSON (``--json``)."""
-    up_start = uptime()
-    print("uptime (start):", up_start)
-    machine = header()
+    """The whole benchmark: header (uptime, CPU), measurement, reports, JSON (``--json``)."""
+    machine = common.header()
     setups, ops = measure(bench, flags)
     ref = bench.reference
-    results = {"machine": machine, "uptime_start": up_start, "sizes": bench.sizes,
+    results = {"machine": machine, "sizes": bench.sizes, "smoke": flags.smoke,
                "repeats": flags.repeats, "steps_per_block": flags.steps,
                "parameters": setups[0].n_params,
                "reference": {"sec_per_step": ref.seconds, "gflop": ref.gflop},
                "steps": report_steps(setups, bench.batch, ref)}
     if not flags.skip_floor:
         results["floor"] = {s.dtype: report_floor(s, ops) for s in setups}
-    results["uptime_end"] = uptime()
-    print(f"\nuptime (start): {up_start}\nuptime (end):   {results['uptime_end']}")
-    write_json(flags.json, results)
-    return results
+    return common.finish(results, flags.json)
