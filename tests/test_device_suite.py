@@ -1,4 +1,6 @@
-"""benchmarks/device_suite.py: the smoke runs every stage on CPU; MFU, peaks, flags, commands.
+"""benchmarks/device_suite.py: the smoke runs every stage on CPU; MFU, peaks, flags, commands;
+the --budget_s plan (a pure function, no clock), the install from carried wheels (skipped when
+the packages are found; no network), launch/device_wheels.sh (valid bash, its package list).
 
 One smoke run (module fixture, ≈ 50 s on 2 idle cores: the HVAE train + eval subprocesses
 beside the six compiled steps) backs the first three tests. Nothing asserted depends on the
@@ -12,8 +14,10 @@ import argparse
 import json
 import math
 import os
+import re
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -84,6 +88,9 @@ def test_smoke_recorded_the_device(smoke):
     assert record["jax"]["peak_tflops"] == {"float32": None, "bfloat16": None}
     assert record["host"]["cpu_model"] and "load average" in record["host"]["uptime_start"]
     assert "## Device" in smoke["md"] and "# Device suite (smoke): cpu" in smoke["md"]
+    deps = record["host"]["dependencies"]
+    assert deps[next(r for r in deps if r.startswith("jax>="))] == jax.__version__
+    assert f"- dependencies: jax {jax.__version__}, flax " in smoke["md"]
 
 
 def test_mfu_arithmetic():
@@ -125,6 +132,10 @@ def test_bad_argument_is_an_error_line():
     (["--smoke", "--train-steps", "0"], "--train-steps 0 with --smoke"),
     (["--skip-hvae", "--train-steps", "-1"], "--train-steps -1: must be >= 0"),
     (["--skip-hvae", "--train-seconds", "0"], "--train-seconds 0 and --train-steps 0"),
+    (["--smoke", "--budget_s", "60"], "--budget_s with --smoke"),
+    (["--budget_s", "300", "--train-seconds", "60"], "--budget_s with --train-seconds"),
+    (["--budget_s", "300", "--install"], "--budget_s with --install"),
+    (["--budget_s", "-5"], "--budget_s -5: must be > 0"),
 ])
 def test_bad_flags(argv, message, capsys):
     with pytest.raises(SystemExit) as e:
@@ -179,3 +190,171 @@ def test_paper_hvae_eval_describes_the_trained_run():
     assert evaluate["evals.names"] == "likelihood,ood" and evaluate["evals.max_examples"] == 2000
     changed = [k for k in train if train[k] != evaluate[k]]
     assert changed and all(_within(k, FREE_FIELDS) for k in changed), changed
+
+
+# -- --budget_s ---------------------------------------------------------------------------------
+ESTIMATES = (("host", 5.0), ("hvae", 150.0), ("jax", 20.0), ("steps_gffn", 40.0),
+             ("steps_dhm", 90.0), ("steps_hvae", 40.0), ("report", 5.0))
+
+
+def test_plan_gives_the_hvae_what_the_fixed_stages_leave():
+    plan = ds.plan_budget(420, ESTIMATES, elapsed_s=10, reserve_s=15, min_train_s=30)
+    assert plan.run == tuple(n for n, _ in ESTIMATES) and plan.skipped == ()
+    assert plan.train_seconds == pytest.approx(420 - 10 - 15 - sum(s for _, s in ESTIMATES))
+    # tight: the HVAE at its minimum training, then the stages that still fit, in order
+    plan = ds.plan_budget(250, ESTIMATES, elapsed_s=0, reserve_s=15, min_train_s=30)
+    assert plan.run == ("host", "hvae", "jax", "report")
+    assert [n for n, _ in plan.skipped] == ["steps_gffn", "steps_dhm", "steps_hvae"]
+    assert "needs ~40 s, 25 s left" in dict(plan.skipped)["steps_gffn"]
+    assert plan.train_seconds == pytest.approx(30 + 250 - 15 - 5 - 180 - 20 - 5)
+    # the HVAE does not fit with 30 s of training: skipped, later smaller stages run
+    plan = ds.plan_budget(100, ESTIMATES, elapsed_s=0, reserve_s=15, min_train_s=30)
+    assert plan.run == ("host", "jax", "steps_gffn", "report") and plan.train_seconds == 0
+    assert dict(plan.skipped)["hvae"] == "needs ~180 s, 75 s left"
+
+
+def test_plan_never_exceeds_the_budget():
+    for budget in range(30, 1001, 7):
+        for elapsed in (0.0, 12.5):
+            plan = ds.plan_budget(budget, ESTIMATES, elapsed_s=elapsed, reserve_s=15,
+                                  min_train_s=30)
+            used = sum(s for n, s in ESTIMATES if n in plan.run) + plan.train_seconds
+            # host and report (10 s) always run, into the reserve when nothing else fits
+            assert used <= max(budget - elapsed - 15, 10) + 1e-9, (budget, elapsed, plan)
+            assert plan.train_seconds == 0 or plan.train_seconds >= 30
+            assert plan.run[0] == "host" and plan.run[-1] == "report"
+            assert set(plan.run) | {n for n, _ in plan.skipped} == {n for n, _ in ESTIMATES}
+
+
+def test_plan_skips_the_steps_without_jax():
+    plan = ds.plan_budget(30, (("host", 5), ("jax", 20), ("steps_gffn", 1), ("report", 5)),
+                          reserve_s=15)
+    assert plan.run == ("host", "report")
+    assert dict(plan.skipped) == {"jax": "needs ~20 s, 5 s left",
+                                  "steps_gffn": "the jax stage did not run"}
+
+
+def test_budget_flags_plan_the_stages_asked_for(tmp_path):
+    flags = ds.parse_flags(["--budget_s=420", "--workdir", str(tmp_path), "--families",
+                            "gffn,hvae", "--dtypes", "bfloat16"])   # no data check before
+    assert flags.budget_s == 420 and flags.train_seconds == 120   # the plan replaces it
+    est = dict(ds.stage_estimates(flags))
+    assert list(est) == ["host", "hvae", "jax", "steps_gffn", "steps_hvae", "report"]
+    assert est["steps_gffn"] == dict(ds.STAGE_ESTIMATES)["steps_gffn"]   # one dtype
+    flags = ds.parse_flags(["--budget-s", "300", "--skip-hvae", "--skip-steps",
+                            "--workdir", str(tmp_path)])
+    assert [n for n, _ in ds.stage_estimates(flags)] == ["host", "jax", "report"]
+
+
+def test_budget_skips_at_run_time_what_the_clock_has_no_room_for(capsys):
+    plan = ds.plan_budget(420, ESTIMATES, elapsed_s=0)
+    late = ds.Budget(420, ESTIMATES, plan, t0=time.perf_counter() - 400)   # 20 s left
+    assert late.may_run("host") and late.may_run("report")       # never skipped
+    assert not late.may_run("jax") and not late.may_run("steps_dhm")
+    assert "skip: jax: needs ~20 s" in capsys.readouterr().out
+    fresh = ds.Budget(420, ESTIMATES, plan, t0=time.perf_counter())
+    assert fresh.estimates["hvae"] == 150 + plan.train_seconds
+    assert fresh.may_run("hvae") and fresh.share("hvae") > fresh.estimates["hvae"]
+    assert fresh.may_run("jax") and "hvae" in fresh.seconds    # one stage ends, the next starts
+    summary = fresh.summary()
+    assert summary["train_seconds"] == plan.train_seconds and summary["skipped"] == {}
+
+
+def test_report_of_a_run_stopped_by_the_budget(tmp_path):
+    """What the watchdog writes when the budget ends mid-run: no steps, the HVAE unfinished."""
+    flags = ds.parse_flags(["--budget_s=60", "--workdir", str(tmp_path), "--skip-hvae"])
+    flags.argv = ["--budget_s=60"]
+    plan = ds.plan_budget(60, ESTIMATES)
+    record = {"host": {"cpus": 2, "cpu_model": "cpu", "platform": "linux", "python": "3.12",
+                       "uptime_start": "load average: 0", "nvidia_smi": None},
+              "budget": ds.Budget(60, ESTIMATES, plan).summary()}
+    ds.write_report(flags, record, [], {"run_dir": str(tmp_path / "hvae_x")})
+    md = open(flags.out).read()
+    assert "**stopped before its evaluation**" in md and "## Budget" in md
+    assert "| hvae | 150 | — | skipped: needs ~180 s, 35 s left |" in md
+
+
+def test_dependencies_missing_or_out_of_range_are_named():
+    assert ds.stages.out_of_range({"flax>=0.12.8,<0.13": "0.13.1", "numpy>=2.0,<3": "2.5.2",
+                                   "ml-collections>=1.1,<2": None}) == [
+        "flax 0.13.1, pyproject: <0.13,>=0.12.8", "ml-collections missing, pyproject: <2,>=1.1"]
+    assert ds.stages.out_of_range(ds.stages.dependencies()) == []   # this environment
+
+
+# -- installing from the carried wheels (no network) ---------------------------------------
+def _no_pip(cmd, **kwargs):
+    raise AssertionError(f"pip ran: {cmd}")
+
+
+def test_install_is_skipped_when_the_packages_import(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    assert ds.stages.ensure_packages(str(tmp_path / "site"), str(tmp_path / "none"),
+                                     ("json", "ml_collections"), run=_no_pip) is None
+    assert "install: skipped" in capsys.readouterr().out
+    assert str(tmp_path / "site") not in sys.path and not (tmp_path / "site").exists()
+
+
+def test_install_from_the_wheels_when_a_package_is_missing(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.setenv("PYTHONPATH", "/elsewhere")
+    with pytest.raises(RuntimeError, match="launch/device_wheels.sh"):   # nothing carried
+        ds.stages.ensure_packages(str(tmp_path / "site"), str(tmp_path), ("no_such_mod_x",),
+                                  run=_no_pip)
+    (tmp_path / "no_such_mod_x-1.0-py3-none-any.whl").write_text("")
+    ran = []
+    with pytest.raises(RuntimeError, match="no_such_mod_x still missing"):
+        ds.stages.ensure_packages(str(tmp_path / "site"), str(tmp_path), ("no_such_mod_x",),
+                                  run=lambda cmd, **kw: ran.append(cmd))
+    cmd = ran[0]
+    assert cmd[:4] == [sys.executable, "-m", "pip", "install"] and "--no-index" in cmd
+    assert cmd[cmd.index("--find-links") + 1] == str(tmp_path) and "--no-deps" in cmd
+    assert cmd[cmd.index("--target") + 1] == str(tmp_path / "site")
+    assert cmd[-1] == str(tmp_path / "no_such_mod_x-1.0-py3-none-any.whl")
+    assert sys.path[1] == str(tmp_path / "site")      # after the checkout, for this process
+    assert os.environ["PYTHONPATH"].split(os.pathsep) == [str(tmp_path / "site"), "/elsewhere"]
+
+
+def test_carried_data_fill_only_unset_variables(tmp_path, monkeypatch):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "mnist.npz").write_bytes(b"")
+    (tmp_path / "data" / "fashion_mnist.npz").write_bytes(b"")
+    monkeypatch.setenv("JAXHYBRID_FASHION_MNIST_NPZ", "/mine.npz")
+    monkeypatch.delenv("JAXHYBRID_MNIST_NPZ", raising=False)
+    assert ds.stages.use_carried_data(str(tmp_path)) == {
+        "JAXHYBRID_MNIST_NPZ": str(tmp_path / "data" / "mnist.npz")}
+    assert os.environ["JAXHYBRID_FASHION_MNIST_NPZ"] == "/mine.npz"
+
+
+# -- launch/device_wheels.sh ------------------------------------------------------------------
+WHEELS_SCRIPT = os.path.join(REPO, "launch", "device_wheels.sh")
+
+
+def _norm(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def test_device_wheels_script_is_bash_and_carries_what_the_image_lacks():
+    """Valid bash; its PACKAGES cover pyproject's dependencies the image lacks (IMAGE_HAS),
+    each pinned by .ci/constraints-newest.txt inside pyproject's range; nothing runs."""
+    import tomllib
+    from packaging.requirements import Requirement
+    subprocess.run(["bash", "-n", WHEELS_SCRIPT], check=True)
+    text = open(WHEELS_SCRIPT).read()
+    packages = {_norm(line.split("#")[0].strip()) for line in
+                re.search(r"^PACKAGES=\(\n(.*?)^\)", text, re.S | re.M).group(1).splitlines()
+                if line.split("#")[0].strip()}
+    image = {_norm(n) for n in re.search(r'^IMAGE_HAS="(.*?)"', text, re.S | re.M).group(1).split()}
+    assert {"ml-collections", "tensorflow-datasets", "array-record", "promise"} <= packages
+    assert {"jax", "flax", "optax", "orbax-checkpoint", "numpy", "tensorboard"} <= image
+    assert not packages & image, packages & image
+    with open(os.path.join(REPO, "pyproject.toml"), "rb") as f:
+        deps = [Requirement(d) for d in tomllib.load(f)["project"]["dependencies"]]
+    assert {_norm(d.name) for d in deps} <= packages | image
+    with open(os.path.join(REPO, ".ci", "constraints-newest.txt")) as f:
+        pins = {_norm(k): v.strip() for k, v in (line.split("==", 1) for line in f
+                                                 if "==" in line and not line.startswith("#"))}
+    assert packages <= set(pins), packages - set(pins)
+    for d in deps:
+        if _norm(d.name) in packages:
+            assert d.specifier.contains(pins[_norm(d.name)]), (d, pins[_norm(d.name)])
+    assert "/.whl/" in open(os.path.join(REPO, ".gitignore")).read().split()
