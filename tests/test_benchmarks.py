@@ -17,6 +17,11 @@ from benchmarks import (accumulation, dhm_step, gffn_hlo, gffn_overhead, hvae_sc
                         hvae_step, input_pipeline, metrics_speed, seam_overhead)
 
 
+# `make test` runs them; `make test-newest` leaves them out (CI's 30 minutes): the package
+# APIs they call are exercised at the newest end by the package's own tests
+pytestmark = pytest.mark.slow_smoke
+
+
 @pytest.fixture(autouse=True, scope="module")
 def fast_compiles():
     before = jax.config.values["jax_disable_most_optimizations"]
