@@ -165,8 +165,13 @@ class Checkpointer:
     def _half_deleted(self, step: int, complete: set[int]) -> bool:
         """What orbax's deletion of an old step leaves when the process is killed midway:
         a step older than a complete one, holding nothing but orbax's own entries."""
-        entries = {p.name for p in (self.directory / str(step)).iterdir()}
-        return bool(complete) and step < max(complete) and entries <= ORBAX_ENTRIES
+        if not (complete and step < max(complete)):
+            return False
+        try:
+            entries = {p.name for p in (self.directory / str(step)).iterdir()}
+        except FileNotFoundError:      # process 0 of a multi-process run removed it already
+            return True
+        return entries <= ORBAX_ENTRIES
 
     def all_steps(self) -> list[int]:
         return sorted(set(self.manager.all_steps()) - self._strays)

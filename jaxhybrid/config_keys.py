@@ -111,10 +111,10 @@ def unknown_key_message(config, key: str) -> str | None:
         if name not in node:
             valid = sorted(node.keys())
             scope = f"of {where}" if where else "at the top level"
-            wanted = ".".join(path + [name])
-            flat = sorted(flatten(config))
-            near = moved_keys(wanted, flat) or difflib.get_close_matches(wanted, flat, n=1)
-            hint = f" (did you mean {', '.join(near)}?)" if near else ""
+            close = difflib.get_close_matches(name, valid, n=1)       # a misspelt part
+            near = [".".join(path + close)] if close else []
+            near += moved_keys(".".join(path + [name]), sorted(flatten(config)))
+            hint = f" (did you mean {', '.join(dict.fromkeys(near))}?)" if near else ""
             return (f"unknown config key {key!r}{hint}; valid keys {scope}: "
                     f"{', '.join(valid)}")
         node, path = node[name], path + [name]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from jaxhybrid.families import FAMILIES
 from jaxhybrid.precision import COMPUTE_DTYPES
-from jaxhybrid.schema import Field, Schema, choice, count, flag, is_int, num
+from jaxhybrid.schema import Field, Schema, choice, count, flag, is_int, num, reads
 
 
 def _family(v) -> str | None:
@@ -17,6 +17,7 @@ def _family(v) -> str | None:
     return f"must be one of {', '.join(sorted(FAMILIES))} or 'package.module:factory'"
 
 
+@reads("num_steps", "num_epochs")
 def _budget(values: dict) -> list[tuple[str, str]]:
     """Training needs a length: num_epochs > 0 unless num_steps > 0."""
     if values["num_steps"] == 0 and values["num_epochs"] == 0:
@@ -24,6 +25,7 @@ def _budget(values: dict) -> list[tuple[str, str]]:
     return []
 
 
+@reads("batch_size", "accumulation_steps")
 def _accumulation(values: dict) -> list[tuple[str, str]]:
     """``accumulation_steps`` divides the global ``batch_size`` (the devices: in
     :func:`jaxhybrid.config_check.check_against_data`, once they are known)."""

@@ -44,6 +44,8 @@ def config_from_run(workdir) -> ml_collections.ConfigDict:
     family = saved.get("family", "classifier")
     base = flatten(base_config(family).to_dict()) if family in FAMILIES else {}
     saved = moved_to_objective(saved, base)
+    if base:      # a field this version no longer has cannot matter to the run: left out
+        saved = {k: v for k, v in saved.items() if k in base}
     config = ml_collections.ConfigDict(unflatten(
         {k: _typed(v, base.get(k)) for k, v in saved.items()}))
     config.lock()

@@ -137,9 +137,18 @@ def choice(default, choices, doc) -> Field:
     return Field(default, one_of(choices), doc)
 
 
-# A rule across fields: (the checked values) -> [(field, what is valid)]; run only when
-# every field is valid on its own.
+# A rule across fields: (the checked values) -> [(field, what is valid)]; run once the
+# fields it reads (:func:`reads`; undeclared: every field of the section) are valid.
 Rule = Callable[[dict], list]
+
+
+def reads(*fields: str) -> Callable[[Rule], Rule]:
+    """Declare the fields a rule reads, so that it runs whenever those are valid, beside
+    the problems of the section's other fields."""
+    def mark(rule: Rule) -> Rule:
+        rule.fields = fields
+        return rule
+    return mark
 
 
 class Schema:
@@ -182,12 +191,11 @@ class Schema:
         unknown = set(given) - set(self.fields)
         out = [self._unknown(unknown, siblings)] if unknown else []
         values = {k: given.get(k, f.default) for k, f in self.fields.items()}
-        for k, f in self.fields.items():
-            why = f.check(values[k])
-            if why:
-                out.append(f"config field {self.key(k)} = {values[k]!r}: {why}")
-        if not out:
-            for rule in self.rules:
+        bad = {k for k, f in self.fields.items() if f.check(values[k])}
+        out += [f"config field {self.key(k)} = {values[k]!r}: {self.fields[k].check(values[k])}"
+                for k in self.fields if k in bad]
+        for rule in self.rules:
+            if not (unknown or bad & set(getattr(rule, "fields", self.fields))):
                 out += [f"config field {self.key(k)} = {values[k]!r}: {why}"
                         for k, why in rule(values)]
         return out

@@ -12,7 +12,7 @@ from jaxhybrid.data.loading import VALID_SOURCES
 from jaxhybrid.data.resident import PLACEMENTS
 from jaxhybrid.data.transforms import parse_transforms
 from jaxhybrid.schema import (Check, Field, Schema, choice, count, is_int, is_number, num,
-                              parsed_by, text)
+                              parsed_by, reads, text)
 
 
 def _feature_name(v) -> str | None:
@@ -46,6 +46,7 @@ def _numbers(positive: bool) -> Check:
     return check
 
 
+@reads("source", "name", "npz_path")
 def _named_source(values: dict) -> list[tuple[str, str]]:
     """A tfds source names its dataset; an npz source its file."""
     if values["source"] == "tfds" and not values["name"]:
