@@ -88,6 +88,21 @@ def load_config(p: argparse.ArgumentParser, spec: str, overrides: list):
     return values.config
 
 
+def add_step_timing(p: argparse.ArgumentParser, *, batch_sizes: str,
+                    block_seconds: float) -> None:
+    """The flags of a benchmark timing blocks of train steps per global batch size."""
+    p.add_argument("--devices", type=int, default=1, help="devices in the data mesh (CPU: "
+                   "fake devices; 1 is the meaningful measurement on a CPU)")
+    p.add_argument("--batch_sizes", default=batch_sizes, help="global batch sizes, "
+                   "comma-separated")
+    p.add_argument("--steps", type=int, default=0, help="steps per timed block (0: chosen per "
+                   "batch size so that a block takes about --block_seconds)")
+    p.add_argument("--block_seconds", type=float, default=block_seconds,
+                   help="target duration of one timed block when --steps=0")
+    p.add_argument("--warmup", type=int, default=1,
+                   help="untimed steps per configuration after compilation")
+
+
 def csv_ints(text) -> list[int]:
     return [int(x) for x in str(text).split(",") if x.strip()]
 

@@ -59,16 +59,7 @@ VARIANTS = ("lambda0", "lambda1", "ce_only")
 def parse_flags(argv=None):
     p = common.parser(__doc__, repeats=5, json_flags=("--out", "--json"),
                       config="configs/gffn.py:mnist_npz")
-    p.add_argument("--devices", type=int, default=1, help="devices in the data mesh (CPU: "
-                   "fake devices; 1 is the meaningful measurement on a CPU)")
-    p.add_argument("--batch_sizes", default="128,1024", help="global batch sizes, "
-                   "comma-separated")
-    p.add_argument("--steps", type=int, default=0, help="steps per timed block (0: chosen per "
-                   "batch size so that a block takes about --block_seconds)")
-    p.add_argument("--block_seconds", type=float, default=1.0,
-                   help="target duration of one timed block when --steps=0")
-    p.add_argument("--warmup", type=int, default=1,
-                   help="untimed steps per configuration after compilation")
+    common.add_step_timing(p, batch_sizes="128,1024", block_seconds=1.0)
     p.add_argument("--pipeline_examples", type=int, default=16384,
                    help="examples read per pipeline measurement")
     return common.parse(p, argv, smoke={"batch_sizes": "8", "repeats": 1, "steps": 1,

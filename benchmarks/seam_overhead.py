@@ -73,17 +73,9 @@ def parse_flags(argv=None):
     p.add_argument("--ref", default="86269a1", help="commit of the reference (old) trainer")
     p.add_argument("--new", default="", help="commit of the new trainer ('': this "
                    "checkout's jaxhybrid/, uncommitted edits included)")
-    p.add_argument("--devices", type=int, default=1,
-                   help="devices in the data mesh (CPU: fake devices)")
-    p.add_argument("--batch_sizes", default="128", help="global batch sizes, comma-separated")
+    common.add_step_timing(p, batch_sizes="128", block_seconds=3.0)
     p.add_argument("--lambdas", default="0,1", help="values of λ = joint_weight, "
                    "comma-separated")
-    p.add_argument("--steps", type=int, default=0, help="steps per timed block (0: chosen per "
-                   "batch size so that a block takes about --block_seconds)")
-    p.add_argument("--block_seconds", type=float, default=3.0,
-                   help="target duration of one timed block when --steps=0")
-    p.add_argument("--warmup", type=int, default=1,
-                   help="untimed steps per configuration after compilation")
     p.add_argument("--tolerance", type=float, default=0.02,
                    help="allowed |median ratio − 1| (the requirement: 2 %%)")
     return common.parse(p, argv, smoke={"batch_sizes": "8", "lambdas": "1", "repeats": 1,
