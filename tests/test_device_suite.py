@@ -358,3 +358,18 @@ def test_device_wheels_script_is_bash_and_carries_what_the_image_lacks():
         if _norm(d.name) in packages:
             assert d.specifier.contains(pins[_norm(d.name)]), (d, pins[_norm(d.name)])
     assert "/.whl/" in open(os.path.join(REPO, ".gitignore")).read().split()
+
+
+def test_budget_through_the_command_line_skips_what_does_not_fit(tmp_path):
+    """``--budget_s`` end to end: a budget too small for any timed stage skips each with
+    its reason, and the report still comes, with the plan against the seconds used."""
+    out = tmp_path / "suite.md"
+    r = run_script(["--budget_s=25", f"--workdir={tmp_path / 'work'}", f"--out={out}"])
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "budget: 25 s" in r.stdout
+    assert re.search(r"^skip: jax: needs ~\d+ s, \d+ s left$", r.stdout, re.M), r.stdout
+    assert re.search(r"^skip: hvae: ", r.stdout, re.M), r.stdout   # no time (or no data here)
+    assert "skip: steps_gffn: the jax stage did not run" in r.stdout
+    report = out.read_text()
+    assert "## Budget" in report and "--budget_s=25" in report and "no HVAE run" in report
+    assert json.loads(out.with_suffix(".json").read_text())
